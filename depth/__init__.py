@@ -1,0 +1,1 @@
+"""Depth backends (DVD video depth, plane-sweep stereo, user files), SfM alignment and metrics."""

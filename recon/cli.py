@@ -1,0 +1,298 @@
+"""The `recon` command line: one subcommand per stage, each running the stages it needs first.
+
+    recon run scene.mp4 --out runs/scene            # everything: frames ... train, export, report
+    recon poses scene.mp4 --out RUN --max-frames 60 --max-size 320
+    recon depth --out RUN --backend stereo           # INPUT remembered in RUN/manifest.json
+    recon export nerfstudio RUN
+    recon report RUN
+
+Configuration: preset (configs/cpu.yaml or cuda.yaml, picked by device) <- --config FILE.yaml <- flags
+<- --set section.field=value. The merged config of every stage is saved in RUN/manifest.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import tyro
+
+from recon.errors import ReconError
+
+BACKENDS = Literal["auto", "dvd", "stereo", "file"]
+
+
+@dataclass
+class StageCommand:
+    input: tyro.conf.Positional[Optional[Path]] = None
+    """Video file or image folder (optional once RUN has frames: it is remembered in the manifest)."""
+    out: Path = Path("runs/latest")
+    """Run directory."""
+    config: Optional[Path] = None
+    """YAML file with stage sections (frames:, poses:, split:, depth:, align:, fuse:, train:)."""
+    preset: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device preset; auto = cuda when a CUDA GPU is visible, else cpu."""
+    set: tuple[str, ...] = ()
+    """Overrides of any config field, e.g. --set train.iterations=500 depth.stereo.num_planes=96."""
+    force: tuple[str, ...] = ()
+    """Stages to redo even if finished (downstream stages follow)."""
+    verbose: Annotated[bool, tyro.conf.arg(aliases=("-v",))] = False
+    """More output."""
+    quiet: Annotated[bool, tyro.conf.arg(aliases=("-q",))] = False
+    """Only errors and the final table."""
+
+    # frames
+    stride: Optional[int] = None
+    """Keep every N-th video frame."""
+    max_frames: Optional[int] = None
+    """Keep at most N frames, spread evenly."""
+    target_fps: Optional[float] = None
+    """Sample the video at about this frame rate."""
+    max_size: Optional[int] = None
+    """Long side of the stored frames in pixels."""
+    no_dedup: bool = False
+    """Keep near-duplicate frames (camera not moving)."""
+    # poses
+    mapper: Optional[Literal["incremental", "global"]] = None
+    """COLMAP mapper."""
+    matcher: Optional[Literal["auto", "sequential", "exhaustive"]] = None
+    """Feature matching (auto: sequential for video, exhaustive for small image sets)."""
+    poses: Optional[Path] = None
+    """Known poses (COLMAP model folder or transforms.json): skips SfM."""
+    # split
+    test_every: Optional[int] = None
+    """Hold out every N-th frame as a test view (0: none)."""
+    train_views: Optional[int] = None
+    """Sparse view: keep N training views spread evenly."""
+    split: Optional[Path] = None
+    """JSON split file with 'train' and 'test' lists."""
+    prior_from_all_frames: bool = False
+    """Compute the depth prior on all frames, test views included."""
+    # depth
+    backend: Optional[BACKENDS] = None
+    """Depth backend; auto = DVD when its weights and a CUDA GPU are available, else stereo."""
+    dvd_weights: Optional[Path] = None
+    """DVD checkpoint (.safetensors)."""
+    vae_weights: Optional[Path] = None
+    """Wan2.1 VAE (Wan2.1_VAE.pth or a diffusers folder)."""
+    dvd_config: Optional[Path] = None
+    """DVD architecture config JSON (default: the shipped Wan2.1-T2V-1.3B config)."""
+    dtype: Optional[Literal["auto", "float32", "bfloat16", "float16"]] = None
+    """DVD precision (auto: bf16 on CUDA, fp32 on CPU)."""
+    depth_files: Optional[Path] = None
+    """Backend file: folder or .npz of depth/disparity maps."""
+    # align
+    align_mode: Optional[Literal["global", "per-window", "per-frame"]] = None
+    """How many scale/shift pairs are fitted to the SfM points."""
+    # train
+    iterations: Optional[int] = None
+    """Training iterations."""
+    init: Optional[Literal["depth", "sfm", "random"]] = None
+    """Gaussian initialisation."""
+    depth_loss: Optional[Literal["none", "l1-inverse", "pearson"]] = None
+    """Depth regulariser."""
+    device: Optional[str] = None
+    """Torch device for depth and training (auto, cpu, cuda, cuda:1...)."""
+    resume: bool = False
+    """Resume training from RUN/splat/checkpoint.pt."""
+
+
+def _flag_overrides(cmd: StageCommand) -> dict:
+    """Flat flags -> nested config mapping (only flags the user gave)."""
+    o: dict = {}
+
+    def put(section: str, key: str, value) -> None:
+        if value is None:
+            return
+        node = o
+        parts = [section] + key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+
+    put("frames", "stride", cmd.stride)
+    put("frames", "max_frames", cmd.max_frames)
+    put("frames", "target_fps", cmd.target_fps)
+    put("frames", "max_size", cmd.max_size)
+    if cmd.no_dedup:
+        put("frames", "dedup", False)
+    put("poses", "mapper", cmd.mapper)
+    put("poses", "matcher", cmd.matcher)
+    put("poses", "poses", str(cmd.poses) if cmd.poses else None)
+    put("split", "test_every", cmd.test_every)
+    put("split", "train_views", cmd.train_views)
+    put("split", "split_file", str(cmd.split) if cmd.split else None)
+    if cmd.prior_from_all_frames:
+        put("split", "prior_from_all_frames", True)
+    put("depth", "backend", cmd.backend)
+    put("depth", "dvd.dvd_weights", str(cmd.dvd_weights) if cmd.dvd_weights else None)
+    put("depth", "dvd.vae_weights", str(cmd.vae_weights) if cmd.vae_weights else None)
+    put("depth", "dvd.dvd_config", str(cmd.dvd_config) if cmd.dvd_config else None)
+    put("depth", "dvd.dtype", cmd.dtype)
+    put("depth", "dvd.device", cmd.device)
+    if cmd.depth_files:
+        put("depth", "file.path", str(cmd.depth_files))
+    put("align", "mode", cmd.align_mode)
+    put("train", "iterations", cmd.iterations)
+    put("train", "init", cmd.init)
+    put("train", "depth_loss", cmd.depth_loss)
+    put("train", "device", cmd.device)
+    if cmd.resume:
+        put("train", "resume", True)
+    return o
+
+
+def _pick_preset(name: str) -> str:
+    if name != "auto":
+        return name
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception:
+        return "cpu"
+
+
+def build_config(cmd: StageCommand):
+    """Merge preset, --config, flags and --set into a RunConfig."""
+    from recon.config import apply_mapping, load_yaml, nest, parse_set, preset_path
+    from recon.pipeline import RunConfig
+
+    cfg = RunConfig()
+    preset = _pick_preset(cmd.preset)
+    try:
+        from splat.train import TrainConfig
+
+        if hasattr(TrainConfig, "preset"):
+            cfg = dataclasses.replace(cfg, train=TrainConfig.preset(preset))
+    except ImportError:
+        pass
+    cfg = apply_mapping(cfg, load_yaml(preset_path(preset)))
+    if cmd.config is not None:
+        cfg = apply_mapping(cfg, load_yaml(cmd.config))
+    cfg = apply_mapping(cfg, _flag_overrides(cmd))
+    for item in cmd.set:
+        keys, value = parse_set(item)
+        cfg = apply_mapping(cfg, nest(keys, value))
+    return cfg
+
+
+def _summary_table(results, paths) -> None:
+    from rich.table import Table
+
+    from recon.console import console
+
+    t = Table(title=f"run: {paths.root}", show_lines=False)
+    t.add_column("stage", style="bold")
+    t.add_column("status")
+    t.add_column("seconds", justify="right")
+    t.add_column("figures")
+    for r in results:
+        figs = ", ".join(f"{k}: {_fmt(v)}" for k, v in (r.summary or {}).items() if not isinstance(v, (dict, list)))
+        t.add_row(r.name, "[green]ran[/green]" if r.status == "ran" else "[dim]done earlier[/dim]", f"{r.seconds:.1f}", figs)
+    Console = type(console)
+    Console(highlight=False).print(t)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+STAGE_HELP = {
+    "run": "Everything: frames, poses, split, depth, align, fuse, train, export, report.",
+    "frames": "Decode and sample frames from a video or image folder.",
+    "poses": "Camera intrinsics and poses with COLMAP (or import known poses with --poses).",
+    "depth": "Per-frame depth/disparity with the chosen backend (dvd, stereo, file).",
+    "align": "Align the depth to the SfM scale (metric-aligned depth).",
+    "fuse": "Back-project aligned depth into a fused point cloud (points/init.ply).",
+    "train": "Train Gaussians (depth-initialised, depth-regularised) and evaluate on test views.",
+}
+UNTIL = {"run": "report", "frames": "frames", "poses": "poses", "depth": "depth", "align": "align", "fuse": "fuse",
+         "train": "train"}
+
+
+def _make_commands() -> dict[str, type]:
+    cmds = {}
+    for name, doc in STAGE_HELP.items():
+        cls = dataclasses.make_dataclass(f"{name.title()}Command", [], bases=(StageCommand,))
+        cls.__doc__ = doc
+        cmds[name] = cls
+    return cmds
+
+
+@dataclass
+class ReportCommand:
+    """Write RUN/report.html (self-contained) for a run directory."""
+
+    run: tyro.conf.Positional[Path]
+
+
+@dataclass
+class ExportCommand:
+    """Export a run: `recon export nerfstudio RUN` writes RUN/transforms.json with depth PNGs and the fused cloud."""
+
+    format: tyro.conf.Positional[Literal["nerfstudio"]]
+    run: tyro.conf.Positional[Path]
+
+
+def _dispatch(argv: list[str]) -> int:
+    from recon import console as con
+    from recon.layout import RunPaths
+
+    commands = _make_commands()
+    all_cmds: dict[str, type] = {**commands, "export": ExportCommand, "report": ReportCommand}
+    cmd = tyro.extras.subcommand_cli_from_dict(all_cmds, args=argv, prog="recon",
+                                               description="DVD-Splat: video -> poses -> video depth -> Gaussian Splatting.")
+    if isinstance(cmd, ReportCommand):
+        from recon.report import write_report
+
+        paths = RunPaths(cmd.run)
+        if not paths.root.is_dir():
+            raise ReconError(f"run directory {paths.root} does not exist")
+        out = write_report(paths)
+        con.console.print(f"report: {out}")
+        return 0
+    if isinstance(cmd, ExportCommand):
+        from recon.ns_export import export_nerfstudio
+
+        paths = RunPaths(cmd.run)
+        if not paths.root.is_dir():
+            raise ReconError(f"run directory {paths.root} does not exist")
+        out = export_nerfstudio(paths)
+        con.console.print(f"nerfstudio transforms: {out}  (ns-train dvd-splat --data {paths.root})")
+        return 0
+    assert isinstance(cmd, StageCommand)
+    con.set_verbosity(0 if cmd.quiet else (2 if cmd.verbose else 1))
+    name = next(k for k, v in commands.items() if isinstance(cmd, v))
+    from recon.pipeline import run_pipeline
+
+    cfg = build_config(cmd)
+    paths = RunPaths(cmd.out)
+    results = run_pipeline(cmd.input, cmd.out, cfg, until=UNTIL[name], force=tuple(cmd.force))
+    _summary_table(results, paths)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except ReconError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; lower --max-size / --max-frames or use a smaller preset", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Building a RunConfig: preset YAML -> user YAML (--config) -> flat CLI flags -> --set overrides.
+
+YAML files have one section per stage, named like the RunConfig fields:
+
+    frames: {max_frames: 60, max_size: 320}
+    depth: {backend: stereo, stereo: {num_planes: 64}}
+    train: {iterations: 2000, depth_loss: pearson}
+
+`--set section.field=value` reaches any field (values parsed as YAML scalars, e.g. `--set train.iterations=500`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recon.errors import ReconError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_path(name: str) -> Path:
+    p = PRESET_DIR / f"{name}.yaml"
+    if not p.exists():
+        avail = ", ".join(sorted(q.stem for q in PRESET_DIR.glob("*.yaml")))
+        raise ReconError(f"unknown preset {name!r}; presets: {avail}")
+    return p
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ReconError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ReconError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict):
+        raise ReconError(f"config file {path} must hold a mapping of stage sections (frames:, poses:, depth:, ...)")
+    return data
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML value to the field's annotated type (Path, tuples, Optional, Literal...)."""
+    if value is None:
+        return None
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        errors = []
+        for a in non_none:
+            try:
+                return _coerce(value, a, where)
+            except (ReconError, TypeError, ValueError) as e:
+                errors.append(str(e))
+        raise ReconError(f"{where}: cannot use {value!r} ({'; '.join(errors)})")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ReconError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (tuple, list):
+        seq = value if isinstance(value, (list, tuple)) else [value]
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, where) for v in seq]
+        return tuple(out) if origin is tuple else out
+    if annotation is Path:
+        return Path(str(value)).expanduser()
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ReconError(f"{where}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ReconError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ReconError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        return str(value)
+    return value
+
+
+def apply_mapping(obj: Any, data: dict[str, Any], where: str = "") -> Any:
+    """Return a copy of dataclass `obj` with fields from `data` (nested dataclasses merged)."""
+    if not dataclasses.is_dataclass(obj):
+        raise ReconError(f"{where or 'config'}: not a config section")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    updates = {}
+    for key, value in data.items():
+        k = str(key).replace("-", "_")
+        loc = f"{where}.{k}" if where else k
+        if k not in names:
+            raise ReconError(f"unknown config key {loc!r}; known keys here: {', '.join(sorted(names))}")
+        current = getattr(obj, k)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            updates[k] = apply_mapping(current, value, loc)
+        elif isinstance(value, dict) and current is None:
+            ann = hints.get(k)
+            cls = next((a for a in typing.get_args(ann) if dataclasses.is_dataclass(a)), None)
+            if cls is None:
+                raise ReconError(f"{loc}: a mapping is not valid here")
+            updates[k] = apply_mapping(cls(**{}) if _all_defaults(cls) else _build(cls, value, loc), value, loc)
+        else:
+            updates[k] = _coerce(value, hints.get(k, Any), loc)
+    return dataclasses.replace(obj, **updates)
+
+
+def _all_defaults(cls: type) -> bool:
+    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING for f in dataclasses.fields(cls))
+
+
+def _build(cls: type, value: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    try:
+        return cls(**{k.replace("-", "_"): _coerce(v, hints.get(k.replace("-", "_"), Any), f"{where}.{k}") for k, v in value.items()})
+    except TypeError as e:
+        raise ReconError(f"{where}: {e}") from e
+
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """'train.iterations=500' -> (['train', 'iterations'], 500)."""
+    if "=" not in item:
+        raise ReconError(f"--set {item!r}: expected section.field=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def nest(keys: list[str], value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {keys[-1]: value}
+    for k in reversed(keys[:-1]):
+        out = {k: out}
+    return out

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up everything DVD-Splat needs, idempotently: system packages, .venv/, the pinned Python stack,
+# the project itself (editable). A re-run with nothing changed returns in seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(libusb-1.0-0 libgl1 libgomp1 chromium chromium-driver)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing system packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+
+stamp=.venv/.dvd-splat-setup
+want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import recon, torch, pycolmap, open3d" 2>/dev/null; then
+  echo "setup: up to date"
+  exit 0
+fi
+echo "setup: installing the Python stack into .venv (first time: several minutes)"
+.venv/bin/python -m pip install -q --upgrade "pip>=24"
+# torch first: the verified CUDA build (runs on CPU too), then everything else under the same pins.
+.venv/bin/python -m pip install -q -c constraints.txt torch torchvision
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+echo "$want" > "$stamp"
+echo "setup: done"

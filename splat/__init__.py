@@ -1,0 +1,1 @@
+"""Gaussian Splatting: point-cloud initialisation, rendering (gsplat on CUDA, PyTorch on CPU), training."""

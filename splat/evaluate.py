@@ -1,0 +1,151 @@
+"""Evaluation of a trained splat: image metrics (PSNR, SSIM, LPIPS if its weights are on disk), depth
+metrics against ground truth, and test renders written beside the ground truth.
+
+Images are float tensors [H,W,3] in [0,1]; depths are [H,W] z-depth with 0 = invalid.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from recon.atomic import atomic_path
+from recon.console import debug
+from splat.losses import ssim
+
+
+def psnr(pred: torch.Tensor, gt: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0,1] (any matching shapes)."""
+    mse = float(((pred.clamp(0, 1) - gt) ** 2).mean())
+    return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
+
+
+def ssim_metric(pred: torch.Tensor, gt: torch.Tensor) -> float:
+    """SSIM (11x11 Gaussian window, sigma 1.5, valid region) of [H,W,3] images in [0,1]."""
+    return float(ssim(pred.clamp(0, 1)[None], gt[None], padding="valid"))
+
+
+def lpips_weights_on_disk() -> bool:
+    """True when both LPIPS parts are already local: torchmetrics' linear heads and the AlexNet backbone.
+
+    Nothing is ever downloaded; without the backbone in torch's hub cache LPIPS is skipped.
+    """
+    try:
+        import torchmetrics
+    except ImportError:
+        return False
+    heads = Path(torchmetrics.__file__).parent / "functional" / "image" / "lpips_models" / "alex.pth"
+    ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    backbone = list(ckpt_dir.glob("alexnet-owt-*.pth")) if ckpt_dir.exists() else []
+    return heads.exists() and bool(backbone)
+
+
+class LPIPS:
+    """LPIPS (AlexNet) on [H,W,3] images in [0,1]; construct only when `lpips_weights_on_disk()`."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        self.metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).to(device).eval()
+
+    @torch.no_grad()
+    def __call__(self, pred: torch.Tensor, gt: torch.Tensor) -> float:
+        to = lambda t: t.clamp(0, 1).permute(2, 0, 1)[None].float()  # noqa: E731
+        return float(self.metric(to(pred), to(gt)))
+
+
+def maybe_lpips(device: torch.device | str) -> LPIPS | None:
+    if not lpips_weights_on_disk():
+        debug("LPIPS skipped: AlexNet weights are not in torch's hub cache (never downloaded)")
+        return None
+    try:
+        return LPIPS(device)
+    except Exception as e:  # a damaged local file must not stop the evaluation
+        debug(f"LPIPS skipped: {e}")
+        return None
+
+
+def depth_metrics(pred: np.ndarray, gt: np.ndarray, align: str = "median", min_valid: int = 100) -> dict[str, float] | None:
+    """AbsRel and delta1 of a rendered depth against ground truth.
+
+    Args:
+        pred: [H,W] rendered z-depth (scene units), 0 / non-finite = no value.
+        gt: [H,W] ground-truth z-depth (its own units), 0 = invalid.
+        align: "median" scales pred by median(gt)/median(pred) first (needed when the scene units are
+            SfM units, not the GT's metres); "none" compares as is.
+    Returns:
+        {"abs_rel", "delta1", "scale"} or None when fewer than `min_valid` pixels overlap.
+    """
+    pred = np.asarray(pred, np.float64)
+    gt = np.asarray(gt, np.float64)
+    m = np.isfinite(pred) & (pred > 0) & np.isfinite(gt) & (gt > 0)
+    if m.sum() < min_valid:
+        return None
+    p, g = pred[m], gt[m]
+    scale = float(np.median(g) / np.median(p)) if align == "median" else 1.0
+    p = p * scale
+    ratio = np.maximum(p / g, g / p)
+    return {"abs_rel": float(np.mean(np.abs(p - g) / g)), "delta1": float(np.mean(ratio < 1.25)), "scale": scale}
+
+
+def to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[H,W,3] float in [0,1] -> uint8."""
+    a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+    return (np.clip(a, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    """Write a uint8 [H,W,3] image as PNG, atomically."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+RenderFn = Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+"""view index -> (rgb [H,W,3] in [0,1], expected depth [H,W], alpha [H,W])."""
+
+
+@torch.no_grad()
+def evaluate_views(
+    render: RenderFn,
+    images: dict[int, torch.Tensor],
+    names: dict[int, str] | None = None,
+    out_dir: Path | None = None,
+    gt_depth: dict[int, np.ndarray] | None = None,
+    lpips: LPIPS | None = None,
+    depth_align: str = "median",
+) -> dict:
+    """Render each view in `images`, score it, and optionally write render|GT PNGs to `out_dir`.
+
+    Args:
+        images: view index -> GT image [H,W,3] float in [0,1].
+        names: view index -> file stem for the PNG (default the zero-padded index).
+        gt_depth: view index -> GT depth [H,W] at the render resolution (0 invalid).
+    Returns:
+        {"psnr", "ssim", ["lpips"], ["depth_abs_rel", "depth_delta1"], "per_view": [...]}; means over views.
+    """
+    per_view = []
+    for i, gt in images.items():
+        rgb, depth, _alpha = render(i)
+        row = {"index": int(i), "psnr": psnr(rgb, gt), "ssim": ssim_metric(rgb, gt)}
+        if lpips is not None:
+            row["lpips"] = lpips(rgb, gt)
+        if gt_depth is not None and i in gt_depth:
+            dm = depth_metrics(depth.cpu().numpy(), gt_depth[i], align=depth_align)
+            if dm is not None:
+                row["depth_abs_rel"], row["depth_delta1"] = dm["abs_rel"], dm["delta1"]
+        if out_dir is not None:
+            name = (names or {}).get(i, f"{i:06d}")
+            save_png(Path(out_dir) / f"{name}.png", np.concatenate([to_uint8(rgb), to_uint8(gt)], axis=1))
+        per_view.append(row)
+    out: dict = {"per_view": per_view, "num_views": len(per_view)}
+    for key in ("psnr", "ssim", "lpips", "depth_abs_rel", "depth_delta1"):
+        vals = [r[key] for r in per_view if key in r]
+        if vals:
+            out[key] = float(np.mean(vals))
+    return out

@@ -1,0 +1,229 @@
+"""Gaussian parameters: initial points (depth-fused cloud, SfM points, random), kNN scales, containers.
+
+The trainer keeps the Gaussians as a `torch.nn.ParameterDict` with gsplat's strategy names, all
+stored before activation:
+    means [N,3] (scene units), scales [N,3] (log sigma), quats [N,4] (wxyz, unnormalised),
+    opacities [N] (logit), sh0 [N,1,3], shN [N,K-1,3] (SH coefficients, K = (sh_degree+1)^2).
+`splat.ply` writes exactly these arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from recon.cameras import CameraSet
+from recon.console import debug
+from recon.errors import ReconError
+from recon.layout import RunPaths
+
+SH_C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi))
+
+InitKind = Literal["depth", "sfm", "random"]
+
+
+def rgb_to_sh0(rgb: np.ndarray) -> np.ndarray:
+    """Colours in [0,1] [..., 3] -> degree-0 SH coefficients (0.5 offset as in 3DGS)."""
+    return (np.asarray(rgb, np.float32) - 0.5) / SH_C0
+
+
+def sh0_to_rgb(sh0: np.ndarray) -> np.ndarray:
+    return np.asarray(sh0, np.float32) * SH_C0 + 0.5
+
+
+def num_sh_bases(sh_degree: int) -> int:
+    return (sh_degree + 1) ** 2
+
+
+def knn_scales(xyz: np.ndarray, k: int = 3) -> np.ndarray:
+    """Mean distance of each point to its `k` nearest other points.
+
+    Args:
+        xyz: [N,3] points (scene units).
+    Returns:
+        [N] float32 distances (scene units), floored at 1e-7 so that log() is finite for duplicates.
+    """
+    from scipy.spatial import cKDTree
+
+    xyz = np.asarray(xyz, np.float64)
+    n = len(xyz)
+    if n < 2:
+        return np.full(n, 1e-2, np.float32)
+    k = min(k, n - 1)
+    dist, _ = cKDTree(xyz).query(xyz, k=k + 1)  # column 0 is the point itself
+    return np.maximum(dist[:, 1:].mean(axis=1), 1e-7).astype(np.float32)
+
+
+def scene_extent(c2w: np.ndarray) -> float:
+    """3DGS's scene scale: 1.1 x the largest distance of a camera centre from the mean centre.
+
+    Args:
+        c2w: [T,4,4] camera-to-world of the training views.
+    Returns:
+        radius in scene units (falls back to 1.0 for a single camera).
+    """
+    centers = np.asarray(c2w)[:, :3, 3]
+    radius = float(np.linalg.norm(centers - centers.mean(0), axis=1).max()) * 1.1
+    return radius if radius > 1e-6 else 1.0
+
+
+def camera_lookat_bounds(c2w: np.ndarray, K: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Bounds of the region the cameras look at, for cameras that converge on an object.
+
+    The point closest (least squares) to all optical axes is the centre; the half size is the image
+    half-width seen at the median camera distance to it. Returns None when the axes are near
+    parallel (forward-facing capture) or the point lies behind the cameras.
+
+    Args:
+        c2w: [T,4,4] OpenCV camera-to-world. K: [T,3,3] pixels.
+    Returns:
+        (lo [3], hi [3]) world-space box, or None.
+    """
+    c2w = np.asarray(c2w, np.float64)
+    origins = c2w[:, :3, 3]
+    dirs = c2w[:, :3, 2] / np.linalg.norm(c2w[:, :3, 2], axis=1, keepdims=True)
+    A = np.zeros((3, 3))
+    b = np.zeros(3)
+    for o, d in zip(origins, dirs):
+        P = np.eye(3) - np.outer(d, d)
+        A += P
+        b += P @ o
+    eig = np.linalg.eigvalsh(A)
+    if len(origins) < 2 or eig[0] < 0.05 * len(origins):
+        return None
+    center = np.linalg.solve(A, b)
+    along = np.einsum("ij,ij->i", center - origins, dirs)
+    if np.median(along) <= 0:
+        return None
+    dist = float(np.median(np.linalg.norm(center - origins, axis=1)))
+    half = dist * 0.5 * max(width, height) / float(np.median(np.asarray(K)[:, 0, 0]))
+    return center - half, center + half
+
+
+def points_bounds(xyz: np.ndarray, pad: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Robust (1st-99th percentile) box of a point cloud, grown by `pad` of its size each side."""
+    lo, hi = np.percentile(np.asarray(xyz, np.float64), [1, 99], axis=0)
+    size = np.maximum(hi - lo, 1e-6)
+    return lo - pad * size, hi + pad * size
+
+
+def read_point_cloud(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """init.ply (open3d-readable) -> (xyz float32 [N,3], rgb uint8 [N,3]); raises ReconError if empty."""
+    import open3d as o3d
+
+    if not path.exists():
+        raise ReconError(f"{path} not found: run the fuse stage first, or train with --init sfm|random")
+    pcd = o3d.io.read_point_cloud(str(path))
+    xyz = np.asarray(pcd.points, np.float32)
+    if len(xyz) == 0:
+        raise ReconError(f"{path} has no points: the depth fusion produced an empty cloud (try --init sfm)")
+    if pcd.has_colors():
+        rgb = np.clip(np.asarray(pcd.colors) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    else:
+        rgb = np.full((len(xyz), 3), 128, np.uint8)
+    if not np.isfinite(xyz).all():
+        raise ReconError(f"{path} contains NaN or infinite point coordinates")
+    return xyz, rgb
+
+
+def read_sfm_points(sfm_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """COLMAP model (pycolmap) -> (xyz float32 [N,3], rgb uint8 [N,3]); raises ReconError if none."""
+    import pycolmap
+
+    if not sfm_dir.exists():
+        raise ReconError(f"{sfm_dir} not found: run the pose stage first, or train with --init depth|random")
+    try:
+        rec = pycolmap.Reconstruction(str(sfm_dir))
+    except Exception as e:  # pycolmap raises RuntimeError/ValueError variants for unreadable models
+        raise ReconError(f"{sfm_dir} is not a readable COLMAP model ({e})") from e
+    pts = list(rec.points3D.values())
+    if not pts:
+        raise ReconError(f"{sfm_dir} has no 3D points: SfM triangulated nothing (try --init random)")
+    xyz = np.array([p.xyz for p in pts], np.float32)
+    rgb = np.array([p.color for p in pts], np.uint8)
+    return xyz, rgb
+
+
+@dataclass
+class InitConfig:
+    init: InitKind = "depth"
+    """Where the Gaussians start: depth-fused cloud (RUN/points/init.ply), SfM points, or random."""
+    num_random: int = 50_000
+    """Number of random points for --init random."""
+    max_points: int = 0
+    """Randomly keep at most this many initial points (0 = all); bounds CPU cost."""
+
+
+def initial_points(paths: RunPaths, cfg: InitConfig, cams: CameraSet, train: list[int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The initial point cloud for training.
+
+    Returns:
+        xyz float32 [N,3] scene units, rgb uint8 [N,3].
+    """
+    if cfg.init == "depth":
+        xyz, rgb = read_point_cloud(paths.init_ply)
+    elif cfg.init == "sfm":
+        xyz, rgb = read_sfm_points(paths.sfm_dir)
+    elif cfg.init == "random":
+        bounds = camera_lookat_bounds(cams.c2w[train], cams.K[train], cams.width, cams.height)
+        if bounds is None:
+            for reader, where in ((read_sfm_points, paths.sfm_dir), (read_point_cloud, paths.init_ply)):
+                if where.exists():
+                    bounds = points_bounds(reader(where)[0])
+                    break
+        if bounds is None:
+            raise ReconError("--init random needs scene bounds: cameras do not converge and the run has no SfM or fused points")
+        lo, hi = bounds
+        debug(f"random init in box {np.round(lo, 3).tolist()} .. {np.round(hi, 3).tolist()}")
+        xyz = (lo + (hi - lo) * rng.random((cfg.num_random, 3))).astype(np.float32)
+        rgb = (rng.random((cfg.num_random, 3)) * 255).astype(np.uint8)
+    else:
+        raise ReconError(f"unknown init '{cfg.init}' (choose depth, sfm or random)")
+    if cfg.max_points and len(xyz) > cfg.max_points:
+        keep = np.sort(rng.choice(len(xyz), cfg.max_points, replace=False))
+        xyz, rgb = xyz[keep], rgb[keep]
+    return xyz, rgb
+
+
+def gaussians_from_points(xyz: np.ndarray, rgb: np.ndarray, sh_degree: int, init_opacity: float = 0.1, init_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Isotropic Gaussians at the points: sigma = init_scale x mean kNN(3) distance, identity rotation.
+
+    Args:
+        xyz: [N,3] scene units. rgb: [N,3] uint8 or float in [0,1].
+    Returns:
+        dict of float32 arrays (pre-activation, `splat.ply` layout).
+    """
+    xyz = np.asarray(xyz, np.float32)
+    n = len(xyz)
+    if n == 0:
+        raise ReconError("no initial points to create Gaussians from")
+    colors = np.asarray(rgb, np.float32)
+    if np.asarray(rgb).dtype == np.uint8:
+        colors = colors / 255.0
+    log_scale = np.log(knn_scales(xyz) * init_scale)
+    quats = np.zeros((n, 4), np.float32)
+    quats[:, 0] = 1.0
+    return {
+        "means": xyz,
+        "scales": np.repeat(log_scale[:, None], 3, axis=1).astype(np.float32),
+        "quats": quats,
+        "opacities": np.full(n, np.log(init_opacity / (1 - init_opacity)), np.float32),
+        "sh0": rgb_to_sh0(colors).reshape(n, 1, 3),
+        "shN": np.zeros((n, num_sh_bases(sh_degree) - 1, 3), np.float32),
+    }
+
+
+def to_parameters(gaussians: dict[str, np.ndarray], device: torch.device | str) -> torch.nn.ParameterDict:
+    """Numpy Gaussian dict -> ParameterDict on `device` (float32, requires_grad)."""
+    return torch.nn.ParameterDict(
+        {k: torch.nn.Parameter(torch.as_tensor(np.asarray(v, np.float32)).to(device)) for k, v in gaussians.items()}
+    )
+
+
+def to_numpy(params: torch.nn.ParameterDict | dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """ParameterDict -> numpy dict (float32, detached, on CPU)."""
+    return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in params.items()}

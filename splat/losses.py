@@ -1,0 +1,114 @@
+"""Training losses and schedules: L1, D-SSIM, depth-prior losses, learning-rate / weight decay.
+
+Images are float tensors in [0,1] laid out [..., H, W, 3] (the renderer's layout); depth maps are
+[..., H, W] z-depth in scene units with 0 (or a False mask) meaning "no value".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def l1_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    return (pred - gt).abs().mean()
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> torch.Tensor:
+    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2.0
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    w = g[:, None] * g[None, :]
+    return w.expand(channels, 1, size, size).contiguous()
+
+
+def ssim(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5, padding: str = "same") -> torch.Tensor:
+    """Mean structural similarity of two image batches (Gaussian window, constants of Wang et al. 2004).
+
+    Args:
+        pred, gt: [..., H, W, 3] floats in [0,1].
+        padding: "same" (zero padding, the 3DGS training loss) or "valid" (the usual evaluation metric,
+            as in skimage / torchmetrics with a Gaussian window).
+    Returns:
+        scalar tensor, 1 for identical images.
+    """
+    c = pred.shape[-1]
+    x = pred.reshape(-1, *pred.shape[-3:]).permute(0, 3, 1, 2)
+    y = gt.reshape(-1, *gt.shape[-3:]).permute(0, 3, 1, 2)
+    w = _gaussian_window(window, sigma, c, x.device, x.dtype)
+    pad = window // 2 if padding == "same" else 0
+    conv = lambda t: F.conv2d(t, w, padding=pad, groups=c)  # noqa: E731
+    mu_x, mu_y = conv(x), conv(y)
+    sxx = conv(x * x) - mu_x**2
+    syy = conv(y * y) - mu_y**2
+    sxy = conv(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return s.mean()
+
+
+def photometric_loss(pred: torch.Tensor, gt: torch.Tensor, ssim_lambda: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:
+    """3DGS image loss (1 - lambda) * L1 + lambda * (1 - SSIM); returns (loss, {"l1", "dssim"})."""
+    l1 = l1_loss(pred, gt)
+    dssim = 1.0 - ssim(pred, gt)
+    loss = (1.0 - ssim_lambda) * l1 + ssim_lambda * dssim
+    return loss, {"l1": float(l1), "dssim": float(dssim)}
+
+
+def depth_l1_inverse(pred_depth: torch.Tensor, prior_depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L1 between rendered and prior inverse depth, divided by the mean prior inverse depth.
+
+    The normalisation makes the loss (and so its weight) independent of the scene's unit.
+
+    Args:
+        pred_depth: [..., H, W] rendered expected z-depth (scene units).
+        prior_depth: [..., H, W] prior z-depth (scene units), 0 = invalid.
+        mask: [..., H, W] bool, pixels to use (prior valid and the render covers the pixel).
+    """
+    m = mask & (prior_depth > 0)
+    if not bool(m.any()):
+        return pred_depth.sum() * 0.0
+    inv_prior = 1.0 / prior_depth[m]
+    inv_pred = 1.0 / pred_depth[m].clamp_min(1e-6)
+    return (inv_pred - inv_prior).abs().mean() / inv_prior.mean()
+
+
+def depth_pearson(pred_depth: torch.Tensor, prior_depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Pearson correlation of rendered and prior inverse depth over the masked pixels.
+
+    Invariant to scale and shift of the prior, so it also works for a relative (unaligned) prior.
+    Shapes as in `depth_l1_inverse`.
+    """
+    m = mask & (prior_depth > 0)
+    if int(m.sum()) < 16:
+        return pred_depth.sum() * 0.0
+    a = 1.0 / pred_depth[m].clamp_min(1e-6)
+    b = 1.0 / prior_depth[m]
+    a = a - a.mean()
+    b = b - b.mean()
+    corr = (a * b).sum() / (a.norm() * b.norm() + 1e-12)
+    return 1.0 - corr
+
+
+DEPTH_LOSSES = {"l1-inverse": depth_l1_inverse, "pearson": depth_pearson}
+
+
+def exp_decay(step: int, start: float, final: float, max_steps: int) -> float:
+    """Log-linear interpolation from `start` (step 0) to `final` (step max_steps), clamped after."""
+    if max_steps <= 0 or start <= 0 or final <= 0:
+        return start
+    t = min(max(step / max_steps, 0.0), 1.0)
+    return math.exp((1 - t) * math.log(start) + t * math.log(final))
+
+
+def depth_weight_at(step: int, weight: float, final_ratio: float, max_steps: int) -> float:
+    """Depth-loss weight at `step`: decays exponentially from `weight` to `weight * final_ratio`.
+
+    A depth prior helps most early (it fixes geometry before photometric overfitting in sparse
+    views) and can fight fine detail late, hence the decay. `final_ratio` 1 = constant.
+    """
+    if weight <= 0:
+        return 0.0
+    return exp_decay(step, weight, weight * max(final_ratio, 1e-12), max_steps)
