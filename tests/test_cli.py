@@ -1,0 +1,104 @@
+"""The `recon` command: config layering, one-line errors, resume after a kill, skipping finished stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recon.cli import StageCommand, build_config
+from recon.errors import ReconError
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+VIDEO = DATA / "7scenes_redkitchen_rgbd" / "video_30fps.mp4"
+RECON = [sys.executable, "-m", "recon.cli"]
+
+
+def _recon(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([*RECON, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_config_layers_preset_yaml_flags_set(tmp_path):
+    yml = tmp_path / "c.yaml"
+    yml.write_text("frames:\n  max_frames: 12\n  stride: 2\nsplit:\n  test_every: 4\n")
+    cmd = StageCommand(config=yml, preset="cpu", max_size=200, set=("split.train_views=3", "frames.dedup=false"))
+    cfg = build_config(cmd)
+    assert (cfg.frames.max_frames, cfg.frames.stride, cfg.frames.max_size, cfg.frames.dedup) == (12, 2, 200, False)
+    assert (cfg.split.test_every, cfg.split.train_views) == (4, 3)
+    with pytest.raises(ReconError, match="unknown config key 'frames.max_framez'"):
+        build_config(StageCommand(set=("frames.max_framez=3",)))
+    with pytest.raises(ReconError, match="expected an integer"):
+        build_config(StageCommand(set=("frames.max_frames=many",)))
+
+
+@pytest.mark.parametrize(
+    "make, expect",
+    [
+        (lambda d: d / "missing.mp4", "does not exist"),
+        (lambda d: (d / "t.mp4").write_text("not a video") and d / "t.mp4", "not a readable video"),
+    ],
+)
+def test_bad_input_one_line_nonzero(tmp_path, make, expect):
+    inp = make(tmp_path)
+    r = _recon("run", str(inp), "--out", str(tmp_path / "run"))
+    assert r.returncode != 0
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip() and not l.startswith("▶")]
+    assert lines[-1].startswith("error:") and expect in lines[-1], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "run" / "frames.json").exists()
+
+
+def test_bad_config_file_is_clear(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("frames: [1, 2\n")
+    r = _recon("frames", str(VIDEO), "--out", str(tmp_path / "run"), "--config", str(bad))
+    assert r.returncode != 0 and "not valid YAML" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_killed_during_poses_resumes_without_redoing_frames(tmp_path):
+    run = tmp_path / "run"
+    args = ["poses", str(VIDEO), "--out", str(run), "--max-frames", "40", "--max-size", "240"]
+    proc = subprocess.Popen([*RECON, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    manifest = run / "manifest.json"
+    t0 = time.time()
+    while time.time() - t0 < 300:
+        if manifest.exists():
+            try:
+                st = json.loads(manifest.read_text())["stages"]
+            except ValueError:
+                st = {}
+            if st.get("poses", {}).get("status") == "running":
+                break
+        if proc.poll() is not None:
+            pytest.fail(f"recon exited before the pose stage started: {proc.stderr.read()}")
+        time.sleep(0.2)
+    else:
+        pytest.fail("pose stage never started")
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = json.loads(manifest.read_text())["stages"]
+    assert before["frames"]["status"] == "done" and before["poses"]["status"] == "running"
+    assert not (run / "cameras.json").exists()  # nothing that looks finished
+
+    r = _recon(*args)
+    assert r.returncode == 0, r.stderr
+    after = json.loads(manifest.read_text())["stages"]
+    assert after["frames"]["finished"] == before["frames"]["finished"]  # frames were not redone
+    assert after["poses"]["status"] == "done"
+    cams = json.loads((run / "cameras.json").read_text())
+    assert len(cams["frames"]) == 40
+
+    # A third call with nothing changed skips everything; a changed pose config re-runs only poses.
+    r2 = _recon(*args)
+    assert r2.returncode == 0 and "done earlier" in r2.stdout
+    assert json.loads(manifest.read_text())["stages"]["poses"]["finished"] == after["poses"]["finished"]
