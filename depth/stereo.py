@@ -104,14 +104,14 @@ def disparity_to_depth(disparity: np.ndarray) -> np.ndarray:
     return depth_to_disparity(disparity)
 
 
-def scale_intrinsics(K: np.ndarray, s: float) -> np.ndarray:
-    """K [...,3,3] for an image resized by factor s (pixel centres at integer + 0.5 stay aligned)."""
+def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """K [...,3,3] for an image resized by (sx, sy) (pixel-centre convention: x' = sx (x + 0.5) - 0.5)."""
     K = np.array(K, dtype=np.float64, copy=True)
-    K[..., 0, 0] *= s
-    K[..., 1, 1] *= s
-    K[..., 0, 1] *= s
-    K[..., 0, 2] = (K[..., 0, 2] + 0.5) * s - 0.5
-    K[..., 1, 2] = (K[..., 1, 2] + 0.5) * s - 0.5
+    K[..., 0, 0] *= sx
+    K[..., 0, 1] *= sx
+    K[..., 1, 1] *= sy
+    K[..., 0, 2] = (K[..., 0, 2] + 0.5) * sx - 0.5
+    K[..., 1, 2] = (K[..., 1, 2] + 0.5) * sy - 0.5
     return K
 
 
@@ -492,11 +492,7 @@ def stereo_depth(
     W, H = full_size[0]
     w, h = small_size()
     sx, sy = w / W, h / H
-    Ks = K.copy()
-    Ks[:, 0, :] *= sx
-    Ks[:, 1, :] *= sy
-    Ks[:, 0, 2] = (K[:, 0, 2] + 0.5) * sx - 0.5
-    Ks[:, 1, 2] = (K[:, 1, 2] + 0.5) * sy - 0.5
+    Ks = scale_intrinsics(K, sx, sy)
 
     raw: dict[int, torch.Tensor] = {}
     cost: dict[int, torch.Tensor] = {}

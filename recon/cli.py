@@ -234,6 +234,19 @@ class ReportCommand:
 
 
 @dataclass
+class EvalCommand:
+    """Score a run against ground truth: ATE of camera centres (after Sim(3)) and depth AbsRel/δ1 -> RUN/eval.json."""
+
+    run: tyro.conf.Positional[Path]
+    gt_depth: Optional[str] = None
+    """GT depth file pattern with {source_index}, e.g. 'data/depth/frame-{source_index:06d}.depth.png'."""
+    gt_depth_scale: float = 1000.0
+    """GT depth value per unit (1000 for millimetre PNGs)."""
+    gt_poses: Optional[str] = None
+    """GT c2w: pattern of 4x4 text files with {source_index}, or one file of rows 'frame_id source_index m00..m33'."""
+
+
+@dataclass
 class ExportCommand:
     """Export a run: `recon export nerfstudio RUN` writes RUN/transforms.json with depth PNGs and the fused cloud."""
 
@@ -246,7 +259,8 @@ def _dispatch(argv: list[str]) -> int:
     from recon.layout import RunPaths
 
     commands = _make_commands()
-    all_cmds: dict[str, type] = {**commands, "export": ExportCommand, "report": ReportCommand}
+    all_cmds: dict[str, type] = {**commands, "export": ExportCommand, "report": ReportCommand,
+                                 "eval": EvalCommand}
     cmd = tyro.extras.subcommand_cli_from_dict(all_cmds, args=argv, prog="recon",
                                                description="DVD-Splat: video -> poses -> video depth -> Gaussian Splatting.")
     if isinstance(cmd, ReportCommand):
@@ -257,6 +271,16 @@ def _dispatch(argv: list[str]) -> int:
             raise ReconError(f"run directory {paths.root} does not exist")
         out = write_report(paths)
         con.console.print(f"report: {out}")
+        return 0
+    if isinstance(cmd, EvalCommand):
+        from recon.evaluate import EvalConfig, evaluate_run
+
+        paths = RunPaths(cmd.run)
+        if not paths.root.is_dir():
+            raise ReconError(f"run directory {paths.root} does not exist")
+        res = evaluate_run(paths, EvalConfig(gt_depth=cmd.gt_depth, gt_depth_scale=cmd.gt_depth_scale, gt_poses=cmd.gt_poses))
+        for section, vals in res.items():
+            con.console.print(f"[bold]{section}[/bold]: " + ", ".join(f"{k}={_fmt(v)}" for k, v in vals.items()))
         return 0
     if isinstance(cmd, ExportCommand):
         from recon.ns_export import export_nerfstudio

@@ -118,7 +118,7 @@ def export_nerfstudio(paths: RunPaths, cfg: NerfstudioExportConfig | None = None
         depth = load_aligned_depth(paths, len(cams))
         unit = cfg.depth_unit_scale_factor or choose_depth_unit_scale(depth)
         depth_files = write_depth_pngs(paths, cams, depth, unit)
-    ply = paths.init_ply if paths.init_ply.exists() else None
+    ply = paths.init_ply.relative_to(paths.root).as_posix() if paths.init_ply.exists() else None
     out = export_transforms(paths, depth_files=depth_files, ply_file=ply, depth_unit_scale_factor=unit)
     add_split_lists(out, paths, cams)
     info(f"nerfstudio export: {out} ({len(cams)} frames" + (f", depth PNG unit {unit:.3g})" if unit else ", no depth)"))

@@ -275,7 +275,8 @@ def load_frames(paths: RunPaths) -> dict:
 
 
 def initial_focal_px(meta: dict, cfg: PosesConfig) -> tuple[float, str]:
-    """Initial focal length (pixels at the stored size) and where it came from."""
+    """Initial focal length (pixels at the stored size) and where it came from: "config", "exif" or
+    "heuristic" (focal_factor * max(W, H)). Only "config" and "exif" are given to COLMAP as a known prior."""
     W, H = meta["size"]
     if cfg.focal_px and cfg.focal_px > 0:
         return float(cfg.focal_px), "config"
@@ -283,7 +284,7 @@ def initial_focal_px(meta: dict, cfg: PosesConfig) -> tuple[float, str]:
     if exif:
         W0 = (meta.get("original_size") or [W, H])[0]
         return float(exif) * W / W0, "exif"
-    return cfg.focal_factor * max(W, H), f"{cfg.focal_factor} * max(W, H)"
+    return cfg.focal_factor * max(W, H), "heuristic"
 
 
 def resolve_matcher(meta: dict, cfg: PosesConfig) -> str:
@@ -347,14 +348,13 @@ def _run_sfm(paths: RunPaths, cfg: PosesConfig, meta: dict) -> dict:
     matcher = resolve_matcher(meta, cfg)
     focal, focal_src = initial_focal_px(meta, cfg)
     single = cfg.single_camera or meta.get("source_type") == "video"
-    device = pycolmap.Device.cpu
 
     work = paths.sfm_work_dir
     work.mkdir(parents=True, exist_ok=True)
     db_path = work / "database.db"
     state = _State(work)
-    k_extract = _key(frame_files, meta.get("source"), [W, H], cfg.camera_model, focal if focal_src != f"{cfg.focal_factor} * max(W, H)" else None,
-                     cfg.focal_factor, single, cfg.max_num_features)
+    k_extract = _key([(f["file"], f["source_index"]) for f in meta["frames"]], meta.get("source"), [W, H], cfg.camera_model,
+                     focal, focal_src, single, cfg.max_num_features)
     k_match = _key(k_extract, matcher, cfg.sequential_overlap, cfg.quadratic_overlap)
     k_map = _key(k_match, cfg.mapper, cfg.seed, cfg.min_registered)
     seconds: dict[str, float] = {}
@@ -367,18 +367,10 @@ def _run_sfm(paths: RunPaths, cfg: PosesConfig, meta: dict) -> dict:
             db_path.unlink(missing_ok=True)
             shutil.rmtree(work / "sparse", ignore_errors=True)
             t0 = time.perf_counter()
-            reader = pycolmap.ImageReaderOptions()
-            reader.camera_model = cfg.camera_model
-            reader.default_focal_length_factor = cfg.focal_factor
-            if focal_src != f"{cfg.focal_factor} * max(W, H)":
-                cam = pycolmap.Camera.create_from_model_name(1, cfg.camera_model, focal, W, H)
-                reader.camera_params = cam.params_to_string()
-            ext = pycolmap.FeatureExtractionOptions()
-            ext.num_threads = cfg.num_threads
-            ext.sift.max_num_features = cfg.max_num_features
-            mode = pycolmap.CameraMode.SINGLE if single else pycolmap.CameraMode.PER_IMAGE
-            pycolmap.extract_features(db_path, paths.frames_dir, image_names=names, camera_mode=mode,
-                                      reader_options=reader, extraction_options=ext, device=device)
+            params = ""
+            if focal_src != "heuristic":
+                params = pycolmap.Camera.create_from_model_name(1, cfg.camera_model, focal, W, H).params_to_string()
+            extract_sift(db_path, paths.frames_dir, names, cfg, cfg.camera_model, params, single)
             state.mark("extract", k_extract, time.perf_counter() - t0)
         seconds["extract"] = state.data["extract"]["seconds"]
         bar.update(task, advance=1, status=f"match ({matcher})")
@@ -387,19 +379,7 @@ def _run_sfm(paths: RunPaths, cfg: PosesConfig, meta: dict) -> dict:
             state.forget("match", "map")
             shutil.rmtree(work / "sparse", ignore_errors=True)
             t0 = time.perf_counter()
-            db = pycolmap.Database.open(db_path)
-            db.clear_matches()
-            db.clear_two_view_geometries()
-            db.close()
-            mopt = pycolmap.FeatureMatchingOptions()
-            mopt.num_threads = cfg.num_threads
-            if matcher == "sequential":
-                pair = pycolmap.SequentialPairingOptions()
-                pair.overlap = cfg.sequential_overlap
-                pair.quadratic_overlap = cfg.quadratic_overlap
-                pycolmap.match_sequential(db_path, matching_options=mopt, pairing_options=pair, device=device)
-            else:
-                pycolmap.match_exhaustive(db_path, matching_options=mopt, device=device)
+            match_features(db_path, matcher, cfg)
             state.mark("match", k_match, time.perf_counter() - t0)
         seconds["match"] = state.data["match"]["seconds"]
         bar.update(task, advance=1, status=f"map ({cfg.mapper})")
@@ -467,6 +447,48 @@ def _run_sfm(paths: RunPaths, cfg: PosesConfig, meta: dict) -> dict:
     cs.save(paths.cameras_json)
     info(f"poses: {n_reg}/{T} frames registered, {sfm['points']} points, reprojection error {sfm['mean_reprojection_error_px']:.3f} px")
     return summary_from_sfm(sfm)
+
+
+def extract_sift(db_path: Path, image_dir: Path, names: list[str], cfg: PosesConfig, camera_model: str,
+                 camera_params: str = "", single_camera: bool = True) -> None:
+    """SIFT features of image_dir/names into the COLMAP database (images already there are skipped).
+
+    camera_params: COLMAP parameter string of a known initial camera ("" = focal from focal_factor).
+    """
+    import pycolmap
+
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = camera_model
+    reader.default_focal_length_factor = cfg.focal_factor
+    reader.camera_params = camera_params
+    ext = pycolmap.FeatureExtractionOptions()
+    ext.num_threads = cfg.num_threads
+    ext.sift.max_num_features = cfg.max_num_features
+    mode = pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.PER_IMAGE
+    # Device.auto: the PyPI wheel is CPU-only; a CUDA build of pycolmap would use the GPU
+    pycolmap.extract_features(db_path, image_dir, image_names=names, camera_mode=mode, reader_options=reader,
+                              extraction_options=ext, device=pycolmap.Device.auto)
+
+
+def match_features(db_path: Path, matcher: str, cfg: PosesConfig) -> None:
+    """Match and geometrically verify image pairs of the database (previous matches are cleared first)."""
+    import pycolmap
+
+    db = pycolmap.Database.open(db_path)
+    db.clear_matches()
+    db.clear_two_view_geometries()
+    db.close()
+    mopt = pycolmap.FeatureMatchingOptions()
+    mopt.num_threads = cfg.num_threads
+    if matcher == "sequential":
+        pair = pycolmap.SequentialPairingOptions()
+        pair.overlap = cfg.sequential_overlap
+        pair.quadratic_overlap = cfg.quadratic_overlap
+        pycolmap.match_sequential(db_path, matching_options=mopt, pairing_options=pair, device=pycolmap.Device.auto)
+    elif matcher == "exhaustive":
+        pycolmap.match_exhaustive(db_path, matching_options=mopt, device=pycolmap.Device.auto)
+    else:
+        raise ReconError(f"unknown matcher {matcher!r}: use 'auto', 'sequential' or 'exhaustive'")
 
 
 def _map(db_path: Path, image_dir: Path, out_dir: Path, cfg: PosesConfig) -> dict[int, Any]:

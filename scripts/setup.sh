@@ -20,7 +20,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 stamp=.venv/.dvd-splat-setup
 want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import recon, torch, pycolmap, open3d" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/recon ] && [ -d .venv/lib/python3*/site-packages/torch ]; then
   echo "setup: up to date"
   exit 0
 fi

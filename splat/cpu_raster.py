@@ -40,10 +40,10 @@ from torch import Tensor
 ALPHA_MAX = 0.999
 ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
-_S_MIN = -math.log(ALPHA_MAX)  # exponent below which alpha is clamped to ALPHA_MAX
 _S_MAX = 7.0  # exp(-7) < 1/255: beyond this alpha is zero anyway; keeps torch.exp fast
 _S_PAD = 1e4  # exponent of padding slots
-DEFAULT_CHUNK_ELEMS = 1 << 20  # [B, P, L] elements per chunk
+DEFAULT_CHUNK_ELEMS = 1 << 19  # [B, P, L] elements per chunk
+DEFAULT_STORE_BYTES = 1 << 30  # forward intermediates kept for backward (else recomputed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,20 +258,6 @@ class TileBins:
     def n_tiles(self) -> int:
         return self.n_cameras * self.tile_width * self.tile_height
 
-    def chunks(self, max_elems: int):
-        """Yield (tile ids [B] int64, L) groups of non-empty tiles, longest lists first, with
-        B * tile_size^2 * L <= max_elems (at least one tile per group)."""
-        counts, order = torch.sort(self.tile_count, descending=True, stable=True)
-        n = int((counts > 0).sum())
-        counts_list = counts[:n].tolist()
-        pix = self.tile_size * self.tile_size
-        i = 0
-        while i < n:
-            length = counts_list[i]
-            b = max(1, max_elems // (pix * length))
-            yield order[i : i + b], length
-            i += b
-
 
 @torch.no_grad()
 def bin_tiles(
@@ -342,48 +328,87 @@ def _pixel_features(tile_size: int, dtype, device) -> Tensor:
     return torch.stack([torch.ones_like(ux), ux, uy, 0.5 * ux * ux, 0.5 * uy * uy, ux * uy], -1)
 
 
-class _Chunk:
-    """Per-slot data of one chunk of tiles: [B, L] gathers and the [B, 6, L] exponent coefficients."""
+@dataclass
+class _Plan:
+    """How the non-empty tiles are processed: sorted by list length (longest first) and grouped
+    into chunks of B tiles padded to the chunk's longest list L, B * P * L <= chunk_elems.
+    Slots are the padded (tile, list position) pairs of all chunks, laid out chunk after chunk."""
 
-    def __init__(self, bins: TileBins, tiles: Tensor, length: int, means2d, conics, opacities):
-        device = means2d.device
-        slot = torch.arange(length, device=device)
-        self.tiles = tiles
-        self.valid = slot < bins.tile_count[tiles, None]  # [B, L]
-        idx = (bins.tile_start[tiles, None] + slot).clamp(max=max(bins.flatten_ids.numel() - 1, 0))
-        self.ids = bins.flatten_ids[idx]  # [B, L] splat ids
-        local = tiles % (bins.tile_width * bins.tile_height)
-        ts = bins.tile_size
-        centre = torch.stack(
-            [(local % bins.tile_width) * ts + 0.5 * ts, (local // bins.tile_width) * ts + 0.5 * ts], -1
-        ).to(means2d.dtype)  # [B, 2]
-        self.d0 = centre[:, None, :] - means2d[self.ids]  # [B, L, 2]
-        self.abc = conics[self.ids]  # [B, L, 3]
-        self.opac = opacities[self.ids].clamp(min=1e-30)  # [B, L]
-        a, b, c = self.abc.unbind(-1)
-        dx, dy = self.d0.unbind(-1)
-        self.ad0x = a * dx + b * dy
-        self.ad0y = b * dx + c * dy
-        q = 0.5 * (dx * self.ad0x + dy * self.ad0y) - torch.log(self.opac)
-        q = torch.where(self.valid, q, torch.full_like(q, _S_PAD))
-        self.coef = torch.stack([q, self.ad0x, self.ad0y, a, c, b], dim=1)  # [B, 6, L]
+    order: Tensor  # [n] non-empty tile ids, longest list first
+    chunks: list  # (first tile in order, B, L, first slot)
+    ids: Tensor  # [n_slots] splat id per slot (0 for padding)
+    tile: Tensor  # [n_slots] tile id per slot
+    valid: Tensor  # [n_slots] bool, False for padding
 
-    def composite(self, feats: Tensor):
-        """Alpha, transmittance-before and weights, each [B, P, L].
 
-        Returns (alpha, t_before, weights, live) where live marks entries whose alpha responds to
-        the exponent (composited and not clamped at ALPHA_MAX)."""
-        s = torch.matmul(feats, self.coef)  # [B, P, L]
-        live = s > _S_MIN
-        alpha = s.clamp_(_S_MIN, _S_MAX).neg_().exp_()
-        alpha.masked_fill_(alpha < ALPHA_MIN, 0.0)
-        one_minus = torch.rsub(alpha, 1.0)
-        t_incl = torch.cumprod(one_minus, dim=-1)
-        kept = t_incl > T_MIN
-        live &= kept
-        t_before = t_incl.masked_fill_(~kept, 0.0).div_(one_minus)
-        weights = t_before * alpha
-        return alpha, one_minus, t_before, weights, live
+def _make_plan(bins: TileBins, chunk_elems: int) -> _Plan:
+    counts, order = torch.sort(bins.tile_count, descending=True, stable=True)
+    n = int((counts > 0).sum())
+    order, counts = order[:n], counts[:n]
+    pix = bins.tile_size**2
+    chunks, lengths, sizes = [], [], []
+    counts_list = counts.tolist()
+    i = slot = 0
+    while i < n:
+        length = counts_list[i]
+        b = min(max(1, chunk_elems // (pix * length)), n - i)
+        chunks.append((i, b, length, slot))
+        lengths.append(length)
+        sizes.append(b)
+        i += b
+        slot += b * length
+    device = bins.tile_count.device
+    padded = torch.repeat_interleave(torch.tensor(lengths, device=device), torch.tensor(sizes, device=device))
+    rank = torch.repeat_interleave(torch.arange(n, device=device), padded)  # [n_slots]
+    first = torch.cumsum(padded, 0) - padded
+    local = torch.arange(rank.numel(), device=device) - first[rank]
+    tile = order[rank]
+    valid = local < bins.tile_count[tile]
+    idx = torch.where(valid, bins.tile_start[tile] + local, torch.zeros_like(local))
+    ids = bins.flatten_ids[idx] if n else idx
+    return _Plan(order, chunks, ids, tile, valid)
+
+
+def _composite(coef: Tensor, feats: Tensor, for_grad: bool, may_clamp: bool):
+    """Front-to-back compositing of one chunk.
+
+    Args:
+        coef: [B, 6, L] log-alpha coefficients of the chunk's slots.
+        feats: [P, 6] pixel features.
+        for_grad: also produce r for the backward pass.
+        may_clamp: some opacity exceeds ALPHA_MAX, so alpha may be clamped.
+    Returns:
+        (w, r, t_incl), each [B, P, L]: weights w_i = alpha_i T_i; r_i = alpha_i / (1 - alpha_i)
+        where alpha responds to the exponent, else 0 (meaningful only with for_grad);
+        t_incl = T_i (1 - alpha_i), 0 once the pixel has stopped.
+    """
+    la = torch.matmul(feats, coef)  # log alpha
+    free = la <= _LOG_ALPHA_MAX if (for_grad and may_clamp) else None
+    alpha = la.clamp_(-_S_MAX, _LOG_ALPHA_MAX).exp_()
+    F.threshold_(alpha, _alpha_floor(alpha.dtype), 0.0)  # skip alpha < 1/255
+    r = torch.rsub(alpha, 1.0)
+    t_incl = torch.cumprod(r, dim=-1)
+    stopped = bool((t_incl[..., -1] <= T_MIN).any())
+    if stopped:
+        F.threshold_(t_incl, T_MIN, 0.0)  # the Gaussian that would take T to <= 1e-4 and all after
+    r = torch.div(alpha, r, out=r)
+    w = r * t_incl
+    if for_grad:
+        if stopped:
+            kept = t_incl > 0
+            free = kept if free is None else free.logical_and_(kept)
+        if free is not None:
+            r.mul_(free)
+    return w, r, t_incl
+
+
+def _alpha_floor(dtype) -> float:
+    """Largest value below 1/255 in `dtype`: alpha > floor <=> alpha >= 1/255."""
+    v = torch.tensor(ALPHA_MIN, dtype=dtype)
+    return torch.nextafter(v, torch.zeros_like(v)).item()
+
+
+_LOG_ALPHA_MAX = math.log(ALPHA_MAX)
 
 
 def _to_tiles(img: Tensor, bins: TileBins) -> Tensor:
@@ -407,101 +432,147 @@ def _from_tiles(tiles: Tensor, bins: TileBins, width: int, height: int) -> Tenso
 
 class _RasterizeToPixels(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d, conics, colors, opacities, backgrounds, bins, width, height, absgrad, chunk_elems):
+    def forward(ctx, means2d, conics, colors, opacities, backgrounds, bins, width, height, absgrad,
+                chunk_elems, store_bytes):
         S = opacities.numel()
-        m2 = means2d.reshape(S, 2)
-        cn = conics.reshape(S, 3)
-        cl = colors.reshape(S, -1)
-        op = opacities.reshape(S)
+        m2, cn, cl, op = means2d.reshape(S, 2), conics.reshape(S, 3), colors.reshape(S, -1), opacities.reshape(S)
         D = cl.shape[-1]
         P = bins.tile_size**2
-        feats = _pixel_features(bins.tile_size, m2.dtype, m2.device)
-        out = torch.zeros(bins.n_tiles, P, D, dtype=cl.dtype, device=cl.device)
-        trans = torch.ones(bins.n_tiles, P, dtype=cl.dtype, device=cl.device)
-        for tiles, length in bins.chunks(chunk_elems):
-            ch = _Chunk(bins, tiles, length, m2, cn, op)
-            _, _, _, w, _ = ch.composite(feats)
-            out[tiles] = torch.bmm(w, cl[ch.ids])
-            trans[tiles] = 1.0 - w.sum(-1)
+        dtype, device = cl.dtype, cl.device
+        for_grad = any(t.requires_grad for t in (means2d, conics, colors, opacities))
+        plan = _make_plan(bins, chunk_elems)
+        feats = _pixel_features(bins.tile_size, dtype, device)
+
+        # per-slot data, gathered once: log alpha = coef . (1, ux, uy, ux^2/2, uy^2/2, ux uy)
+        ids = plan.ids
+        local = plan.tile % (bins.tile_width * bins.tile_height)
+        ts = bins.tile_size
+        centre = torch.stack([(local % bins.tile_width) * ts, (local // bins.tile_width) * ts], -1)
+        d0 = (centre.to(dtype) + 0.5 * ts) - m2.index_select(0, ids)  # [n_slots, 2], centre - mean
+        abc = cn.index_select(0, ids)
+        opac = op.index_select(0, ids).clamp(min=1e-30)
+        a, b, c = abc.unbind(-1)
+        dx, dy = d0.unbind(-1)
+        ad0x, ad0y = a * dx + b * dy, b * dx + c * dy
+        la0 = torch.log(opac) - 0.5 * (dx * ad0x + dy * ad0y)
+        la0 = torch.where(plan.valid, la0, torch.full_like(la0, -_S_PAD))
+        coef = torch.stack([la0, -ad0x, -ad0y, -a, -c, -b], -1)  # [n_slots, 6]
+        clamp_any = opac > ALPHA_MAX
+        cl1 = torch.cat([cl, torch.ones_like(cl[:, :1])], -1).index_select(0, ids)  # [n_slots, D+1]
+
+        out = torch.empty(plan.order.numel(), P, D + 1, dtype=dtype, device=device)
+        stored, budget = [], store_bytes if for_grad else 0
+        for t0, nb, length, s0 in plan.chunks:
+            sl = slice(s0, s0 + nb * length)
+            coef_k = coef[sl].view(nb, length, 6).transpose(1, 2)
+            w, r, t_incl = _composite(coef_k, feats, for_grad, bool(clamp_any[sl].any()))
+            torch.bmm(w, cl1[sl].view(nb, length, D + 1), out=out[t0 : t0 + nb])
+            size = 3 * w.numel() * w.element_size()
+            if budget >= size:
+                stored.append((w, r, t_incl))
+                budget -= size
+            else:
+                stored.append(None)
+        out_all = torch.zeros(bins.n_tiles, P, D + 1, dtype=dtype, device=device)
+        out_all[plan.order] = out
+        trans = 1.0 - out_all[..., D]  # [n_tiles, P]
+        out_all = out_all[..., :D]
+        render = out_all
         if backgrounds is not None:
-            cam = torch.arange(bins.n_tiles, device=out.device) // (bins.tile_width * bins.tile_height)
-            out += trans[..., None] * backgrounds[cam][:, None, :]
-        ctx.bins, ctx.width, ctx.height = bins, width, height
-        ctx.absgrad, ctx.chunk_elems = absgrad, chunk_elems
+            cam = torch.arange(bins.n_tiles, device=device) // (bins.tile_width * bins.tile_height)
+            render = out_all + trans[..., None] * backgrounds[cam][:, None, :]
+        ctx.bins, ctx.plan, ctx.stored = bins, plan, stored
+        ctx.slots = (coef, d0, abc, opac, clamp_any, ad0x, ad0y)
+        ctx.absgrad = absgrad
         ctx.means2d = means2d if absgrad else None
         ctx.shapes = (means2d.shape, conics.shape, colors.shape, opacities.shape)
-        ctx.save_for_backward(m2, cn, cl, op, backgrounds, trans)
-        colors_img = _from_tiles(out, bins, width, height)
+        ctx.save_for_backward(cl, backgrounds, trans, out_all)
+        colors_img = _from_tiles(render, bins, width, height)
         alphas_img = _from_tiles(1.0 - trans[..., None], bins, width, height)
         return colors_img, alphas_img
 
     @staticmethod
     def backward(ctx, v_colors, v_alphas):
-        m2, cn, cl, op, backgrounds, trans = ctx.saved_tensors
-        bins = ctx.bins
+        cl, backgrounds, trans, out = ctx.saved_tensors
+        bins, plan, stored = ctx.bins, ctx.plan, ctx.stored
+        coef, d0, abc, opac, clamp_any, ad0x, ad0y = ctx.slots
+        ctx.stored = ctx.slots = None
         S, D = cl.shape
+        dtype, device = cl.dtype, cl.device
         g_all = _to_tiles(v_colors, bins)  # [n_tiles, P, D]
         ga_all = _to_tiles(v_alphas, bins)[..., 0]  # [n_tiles, P]
-        # d/dalpha_i of (T_final * bg) and of alpha_out = 1 - T_final share the factor T_final/(1-alpha_i)
+        # With s_i = -log alpha_i (the exponent) and r_i = alpha_i / (1 - alpha_i):
+        # dL/ds_i = r_i (tail + sum_{j>i} w_j g.c_j - T_i^incl g.c_i), tail = T_final (g.bg - dL/dalpha_out).
         tail = -ga_all
         if backgrounds is not None:
-            cam = torch.arange(bins.n_tiles, device=cl.device) // (bins.tile_width * bins.tile_height)
+            cam = torch.arange(bins.n_tiles, device=device) // (bins.tile_width * bins.tile_height)
             tail = tail + (g_all * backgrounds[cam][:, None, :]).sum(-1)
-        tail = tail * trans  # [n_tiles, P]
+        head = (tail * trans + (g_all * out).sum(-1))[plan.order]  # tail + sum_j w_j g.c_j
+        g_sorted = g_all[plan.order]  # [n, P, D]
 
-        feats = _pixel_features(bins.tile_size, m2.dtype, m2.device)
-        v_m2 = torch.zeros_like(m2)
-        v_cn = torch.zeros_like(cn)
-        v_cl = torch.zeros_like(cl)
-        v_op = torch.zeros_like(op)
-        v_m2_abs = torch.zeros_like(m2) if ctx.absgrad else None
-        for tiles, length in bins.chunks(ctx.chunk_elems):
-            ch = _Chunk(bins, tiles, length, m2, cn, op)
-            alpha, one_minus, t_before, w, live = ch.composite(feats)
-            g = g_all[tiles]  # [B, P, D]
-            cols = cl[ch.ids]  # [B, L, D]
-            v = torch.bmm(g, cols.transpose(1, 2))  # [B, P, L]  g . c_i
-            wv = w * v
-            suffix = torch.cumsum(wv, dim=-1).neg_().add_(wv.sum(-1, keepdim=True))  # sum_{j>i}
-            # ds = dL/dexponent = -alpha dL/dalpha, dL/dalpha = T_i v_i - (suffix_i + tail)/(1 - alpha_i)
-            ds = suffix.add_(tail[tiles][..., None]).div_(one_minus).mul_(alpha).sub_(wv)
-            ds.masked_fill_(~live, 0.0)
-            v_cl.index_add_(0, ch.ids.reshape(-1), torch.bmm(w.transpose(1, 2), g).reshape(-1, D))
-            gc = torch.matmul(ds.transpose(1, 2), feats)  # [B, L, 6]
-            g0, g1, g2, g3, g4, g5 = gc.unbind(-1)
-            dx, dy = ch.d0.unbind(-1)
-            a, b, c = ch.abc.unbind(-1)
-            # d0 = centre - mean: dL/dmean = -A (g0 d0 + (g1, g2))
-            ex, ey = g0 * dx + g1, g0 * dy + g2
-            v_mean = torch.stack([-(a * ex + b * ey), -(b * ex + c * ey)], -1)
-            v_abc = torch.stack(
-                [
-                    0.5 * g0 * dx * dx + g1 * dx + g3,
-                    g0 * dx * dy + g1 * dy + g2 * dx + g5,
-                    0.5 * g0 * dy * dy + g2 * dy + g4,
-                ],
-                -1,
-            )
-            flat = ch.ids.reshape(-1)
-            v_m2.index_add_(0, flat, v_mean.reshape(-1, 2))
-            v_cn.index_add_(0, flat, v_abc.reshape(-1, 3))
-            v_op.index_add_(0, flat, (-g0 / ch.opac).reshape(-1))
-            if v_m2_abs is not None:
-                # per-pixel d exponent / d mean = -A (d0 + u): sum_p |ds| |.| per component
-                lin_x = torch.matmul(feats[:, :3], torch.stack([ch.ad0x, a, b], 1))  # [B, P, L]
-                lin_y = torch.matmul(feats[:, :3], torch.stack([ch.ad0y, b, c], 1))
+        feats = _pixel_features(bins.tile_size, dtype, device)
+        n_slots = plan.ids.numel()
+        cl_slots = cl.index_select(0, plan.ids)  # [n_slots, D]
+        v_slot = torch.zeros(n_slots, 6 + D + (2 if ctx.absgrad else 0), dtype=dtype, device=device)
+        for k, (t0, nb, length, s0) in enumerate(plan.chunks):
+            sl = slice(s0, s0 + nb * length)
+            if stored[k] is not None:
+                w, r, t_incl = stored[k]
+                stored[k] = None
+            else:
+                coef_k = coef[sl].view(nb, length, 6).transpose(1, 2)
+                w, r, t_incl = _composite(coef_k, feats, True, bool(clamp_any[sl].any()))
+            g = g_sorted[t0 : t0 + nb]  # [B, P, D]
+            cols = cl_slots[sl].view(nb, length, D)
+            v = torch.bmm(g, cols.transpose(1, 2))  # [B, P, L]: g . c_i
+            # head - sum_{j<=i} w_j v_j - T_i^incl v_i = tail + sum_{j>i} w_j v_j - T_i^incl v_i
+            x = torch.cumsum(w * v, dim=-1)
+            x = torch.sub(head[t0 : t0 + nb, :, None], x, out=x)
+            x.addcmul_(t_incl, v, value=-1.0)
+            ds = x.mul_(r)  # dL/ds, s = -log alpha = sigma - log(opacity)
+            vs = v_slot[sl].view(nb, length, -1)
+            # dL/d(-coef) = dL/d(Q(d0) - log o, (A d0)_x, (A d0)_y, a, c, b)
+            vs[..., :6] = torch.matmul(feats.t(), ds).transpose(1, 2)
+            vs[..., 6 : 6 + D] = torch.bmm(g.transpose(1, 2), w).transpose(1, 2)
+            if ctx.absgrad:
+                # per pixel, d s / d mean = -A (d0 + u): sum over pixels of |ds| |.| per component
+                ax, ay = ad0x[sl].view(nb, 1, length), ad0y[sl].view(nb, 1, length)
+                a_, b_, c_ = (t[sl].view(nb, 1, length) for t in abc.unbind(-1))
+                ux, uy = feats[:, 1].view(1, -1, 1), feats[:, 2].view(1, -1, 1)
                 ads = ds.abs_()
-                v_abs = torch.stack([(ads * lin_x.abs_()).sum(1), (ads * lin_y.abs_()).sum(1)], -1)
-                v_m2_abs.index_add_(0, flat, v_abs.reshape(-1, 2))
+                vs[..., 6 + D] = (ads * (ax + a_ * ux + b_ * uy).abs_()).sum(1)
+                vs[..., 7 + D] = (ads * (ay + b_ * ux + c_ * uy).abs_()).sum(1)
+        g0, g1, g2, g3, g4, g5 = v_slot[:, :6].unbind(-1)
+        dx, dy = d0.unbind(-1)
+        a, b, c = abc.unbind(-1)
+        ex, ey = g0 * dx + g1, g0 * dy + g2  # dL/dmean = -A (g0 d0 + (g1, g2)), d0 = centre - mean
+        v_gauss = torch.stack(
+            [
+                -(a * ex + b * ey),
+                -(b * ex + c * ey),
+                0.5 * g0 * dx * dx + g1 * dx + g3,
+                g0 * dx * dy + g1 * dy + g2 * dx + g5,
+                0.5 * g0 * dy * dy + g2 * dy + g4,
+                -g0 / opac,
+            ],
+            -1,
+        )
+        v_slot[:, :6] = v_gauss
+        v_all = torch.zeros(S, v_slot.shape[1], dtype=dtype, device=device)
+        v_all.index_add_(0, plan.ids, v_slot)
         v_bg = None
         if backgrounds is not None and ctx.needs_input_grad[4]:
             v_bg = (g_all * trans[..., None]).reshape(bins.n_cameras, -1, D).sum(1)
-        if v_m2_abs is not None and ctx.means2d is not None:
-            ctx.means2d.absgrad = v_m2_abs.reshape(ctx.means2d.shape)
+        if ctx.absgrad and ctx.means2d is not None:
+            ctx.means2d.absgrad = v_all[:, 6 + D :].reshape(ctx.means2d.shape)
         s_m2, s_cn, s_cl, s_op = ctx.shapes
         return (
-            v_m2.reshape(s_m2), v_cn.reshape(s_cn), v_cl.reshape(s_cl), v_op.reshape(s_op), v_bg,
-            None, None, None, None, None,
+            v_all[:, 0:2].reshape(s_m2),
+            v_all[:, 2:5].reshape(s_cn),
+            v_all[:, 6 : 6 + D].reshape(s_cl),
+            v_all[:, 5].reshape(s_op),
+            v_bg,
+            None, None, None, None, None, None,
         )
 
 
@@ -516,6 +587,7 @@ def rasterize_to_pixels(
     backgrounds: Optional[Tensor] = None,
     absgrad: bool = False,
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    store_bytes: int = DEFAULT_STORE_BYTES,
 ) -> Tuple[Tensor, Tensor]:
     """Front-to-back alpha compositing of projected splats (gsplat's rasterize_to_pixels).
 
@@ -530,9 +602,12 @@ def rasterize_to_pixels(
         backgrounds: [C, D] colour behind the splats, or None (black).
         absgrad: also accumulate sum over pixels of |dL/dmeans2d| into `means2d.absgrad`.
         chunk_elems: working-set size in [B, P, L] elements (memory/speed trade-off).
+        store_bytes: forward intermediates kept for the backward pass up to this size; chunks
+            beyond it are recomputed in the backward pass.
     Returns:
         render_colors [C, H, W, D], render_alphas [C, H, W, 1].
     """
     return _RasterizeToPixels.apply(
-        means2d, conics, colors, opacities, backgrounds, bins, width, height, absgrad, chunk_elems
+        means2d, conics, colors, opacities, backgrounds, bins, width, height, absgrad, chunk_elems,
+        store_bytes,
     )

@@ -54,7 +54,7 @@ def photometric_loss(pred: torch.Tensor, gt: torch.Tensor, ssim_lambda: float = 
     l1 = l1_loss(pred, gt)
     dssim = 1.0 - ssim(pred, gt)
     loss = (1.0 - ssim_lambda) * l1 + ssim_lambda * dssim
-    return loss, {"l1": float(l1), "dssim": float(dssim)}
+    return loss, {"l1": float(l1.detach()), "dssim": float(dssim.detach())}
 
 
 def depth_l1_inverse(pred_depth: torch.Tensor, prior_depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -85,6 +85,9 @@ class TrainConfig:
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Colour behind the Gaussians (RGB in [0,1]); white for images composited on white."""
     device: str = "auto"
+    cpu_threads: int = 0
+    """torch intra-op threads while training on the CPU (0 = torch's default). 1 is much faster on a
+    machine whose cores are already busy (thread oversubscription)."""
     seed: int = 0
     checkpoint_every: int = 1000
     """Write splat/checkpoint.pt every this many steps (0 = only at the end)."""
@@ -105,11 +108,14 @@ class TrainConfig:
     video_fps: float = 30.0
 
     @classmethod
-    def preset(cls, device: Literal["cpu", "cuda"], **overrides: Any) -> "TrainConfig":
-        """Device-aware defaults: "cuda" = full quality; "cpu" = small images, minutes of training."""
-        if device == "cuda":
+    def preset(cls, name: Literal["cpu", "cuda"], /, **overrides: Any) -> "TrainConfig":
+        """Device-aware defaults: "cuda" = full quality; "cpu" = small images, minutes of training.
+
+        `overrides` replace preset fields (e.g. `TrainConfig.preset("cpu", iterations=200)`).
+        """
+        if name == "cuda":
             base: dict[str, Any] = dict(device="cuda")
-        elif device == "cpu":
+        elif name == "cpu":
             base = dict(
                 device="cpu",
                 iterations=600,
@@ -127,7 +133,7 @@ class TrainConfig:
                 video_frames=60,
             )
         else:
-            raise ReconError(f"unknown preset '{device}' (choose cpu or cuda)")
+            raise ReconError(f"unknown preset '{name}' (choose cpu or cuda)")
         base.update(overrides)
         return cls(**base)
 
@@ -248,7 +254,7 @@ def load_views(paths: RunPaths, cams: CameraSet, views: list[int], cfg: TrainCon
     )
     for i in views:
         img = _load_image(paths.root / cams.files[i], (W, H))
-        out.images[i] = torch.as_tensor(img, device=device).float() / 255.0
+        out.images[i] = torch.from_numpy(np.array(img)).to(device).float() / 255.0
         out.names[i] = Path(cams.files[i]).stem
         if prior is not None:
             out.prior_depth[i] = torch.as_tensor(_resize_depth(prior[i], (W, H)), device=device)
@@ -385,6 +391,16 @@ def run_train(paths: RunPaths, cfg: TrainConfig, callback: Callable[[int, dict],
     """
     paths = RunPaths(paths.root) if not isinstance(paths, RunPaths) else paths
     device = _resolve_device(cfg.device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        return _run_train(paths, cfg, device, callback)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback) -> dict:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
@@ -509,10 +525,10 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
                 w = depth_weight_at(step, cfg.depth_weight, cfg.depth_weight_final, cfg.iterations)
                 dl = depth_fn(depth, views.prior_depth[i], alpha.detach() > 0.5)
                 loss = loss + w * dl
-                row["depth"], row["depth_weight"] = float(dl), w
+                row["depth"], row["depth_weight"] = float(dl.detach()), w
             if cfg.strategy == "mcmc":
+                # MCMC's opacity and scale regularisers (its paper's defaults).
                 loss = loss + 0.01 * torch.sigmoid(params["opacities"]).mean() + 0.01 * torch.exp(params["scales"]).mean()
-                strategy.step_pre_backward(params, optimizers, strategy_state, step, meta) if hasattr(strategy, "step_pre_backward") else None
             else:
                 strategy.step_pre_backward(params, optimizers, strategy_state, step, meta)
             loss.backward()
@@ -530,7 +546,7 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
                     strategy.refine_stop_iter = step + 1  # densification stops at the cap (pruning too)
                     capped = True
                     warn(f"reached max_gaussians={cfg.max_gaussians} at step {step + 1}: densification stopped")
-            row["loss"] = float(loss)
+            row["loss"] = float(loss.detach())
             row["psnr"] = ev.psnr(rgb.detach(), gt)
             row["num_gaussians"] = int(len(params["means"]))
             if (step + 1) % max(cfg.log_every, 1) == 0 or step + 1 == cfg.iterations:

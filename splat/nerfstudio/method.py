@@ -6,10 +6,13 @@ as values: a plugin must not import nerfstudio's method_configs, which discovers
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Type
+
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
-from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.schedulers import ExponentialDecayScheduler, ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
@@ -20,11 +23,33 @@ from splat.nerfstudio.model import DVDSplatModelConfig
 MAX_ITERATIONS = 30000
 
 
+class PlainFloatExponentialDecayScheduler(ExponentialDecayScheduler):
+    """nerfstudio's exponential decay, with learning rates kept as Python floats.
+
+    The stock schedule computes them with numpy, so checkpoints hold numpy scalars, which
+    `torch.load(weights_only=True)` (the default since torch 2.6) refuses: `ns-export` and
+    `ns-eval` could then not read a `dvd-splat` checkpoint.
+    """
+
+    def get_scheduler(self, optimizer, lr_init: float):
+        scheduler = super().get_scheduler(optimizer, lr_init)
+        scheduler.lr_lambdas = [lambda step, f=f: float(f(step)) for f in scheduler.lr_lambdas]
+        for group in optimizer.param_groups:
+            group["lr"] = float(group["lr"])
+        scheduler._last_lr = [float(lr) for lr in scheduler._last_lr]
+        return scheduler
+
+
+@dataclass
+class PlainFloatExponentialDecaySchedulerConfig(ExponentialDecaySchedulerConfig):
+    _target: Type = field(default_factory=lambda: PlainFloatExponentialDecayScheduler)
+
+
 def _adam(lr: float, final: float | None = None, warmup: int = 0) -> dict:
     """One optimizer group: Adam at `lr`, exponentially decayed to `final` over training when given."""
     scheduler = None
     if final is not None:
-        scheduler = ExponentialDecaySchedulerConfig(
+        scheduler = PlainFloatExponentialDecaySchedulerConfig(
             lr_final=final, max_steps=MAX_ITERATIONS, warmup_steps=warmup, lr_pre_warmup=0 if warmup else 1e-8
         )
     return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": scheduler}

@@ -62,13 +62,15 @@ class DVDSplatModelConfig(SplatfactoModelConfig):
     """splatfacto's settings plus the DVD-Splat depth prior (defaults as in `splat.train.TrainConfig`)."""
 
     _target: Type = field(default_factory=lambda: DVDSplatModel)
-    depth_loss: Literal["l1-inverse", "pearson", "none"] = _TRAIN_DEFAULTS.depth_loss
-    """Depth loss against the run's aligned depth: 'l1-inverse' (L1 on inverse depth, metric prior),
-    'pearson' (scale-free correlation of inverse depth), or 'none'."""
-    depth_loss_weight: float = _TRAIN_DEFAULTS.depth_weight
-    """Weight of the depth loss at the start of training (the schedule of splat.losses decays it)."""
-    depth_loss_weight_final: float = _TRAIN_DEFAULTS.depth_weight_final
-    """Weight of the depth loss at the last step."""
+    depth_loss: Literal["none", "l1-inverse", "pearson"] = _TRAIN_DEFAULTS.depth_loss
+    """Depth-prior loss against the run's aligned depth: 'l1-inverse' (L1 on inverse depth),
+    'pearson' (1 - correlation of inverse depth, scale-free) or 'none' (see splat.losses)."""
+    depth_weight: float = _TRAIN_DEFAULTS.depth_weight
+    """Weight of the depth loss at step 0."""
+    depth_weight_final: float = _TRAIN_DEFAULTS.depth_weight_final
+    """Depth weight at the last step as a fraction of depth_weight (exponential decay; 1 = constant)."""
+    depth_min_alpha: float = 0.5
+    """The depth loss uses pixels whose rendered opacity exceeds this (as splat.train does)."""
     output_depth_during_training: bool = True
     """Render expected depth while training (the depth loss needs it)."""
 
@@ -133,7 +135,6 @@ class DVDSplatModel(SplatfactoModel):
             far_plane=1e10,
             render_mode="RGB+ED" if with_depth else "RGB",
             sh_degree=sh_degree,
-            sparse_grad=False,
             absgrad=self.strategy.absgrad,
             rasterize_mode=self.config.rasterize_mode,
         )
@@ -155,18 +156,16 @@ class DVDSplatModel(SplatfactoModel):
     def depth_loss_weight(self) -> float:
         """Depth-loss weight at the current step (splat.losses schedule over the run's iterations)."""
         total = self.max_num_iterations or self.config.stop_split_at
-        return losses.depth_weight_schedule(
-            self.step, total, self.config.depth_loss_weight, self.config.depth_loss_weight_final
-        )
+        return losses.depth_weight_at(self.step, self.config.depth_weight, self.config.depth_weight_final, total)
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
         loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
-        if self.training and self.config.depth_loss != "none" and "depth_image" in batch and outputs["depth"] is not None:
-            pred = outputs["depth"]
-            target = downscale_depth(batch["depth_image"].to(self.device), self._get_downscale_factor())
-            target = target[: pred.shape[0], : pred.shape[1]]
-            valid = target > 0
-            if valid.any():
-                loss = losses.depth_loss(pred, target, valid, kind=self.config.depth_loss)
-                loss_dict["depth_loss"] = self.depth_loss_weight() * loss
+        use_depth = self.config.depth_loss != "none" and self.config.depth_weight > 0
+        if self.training and use_depth and "depth_image" in batch and outputs["depth"] is not None:
+            pred = outputs["depth"][..., 0]
+            prior = downscale_depth(batch["depth_image"].to(self.device), self._get_downscale_factor())[..., 0]
+            prior = prior[: pred.shape[0], : pred.shape[1]]
+            mask = outputs["accumulation"][..., 0].detach() > self.config.depth_min_alpha
+            loss = losses.DEPTH_LOSSES[self.config.depth_loss](pred, prior, mask)
+            loss_dict["depth_loss"] = self.depth_loss_weight() * loss
         return loss_dict

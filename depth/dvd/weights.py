@@ -1,0 +1,136 @@
+"""Finding the DVD DiT checkpoint and the Wan 2.1 VAE: explicit path, cache folder, or the Hugging Face hub.
+
+Order for each file: an explicit path (--dvd-weights / --vae-weights), else the cache folder
+(`cache_dir`, else $DVD_SPLAT_CACHE, else ~/.cache/dvd-splat), else (if allowed) a download with
+huggingface_hub into that cache folder. When that fails (offline, no access, interrupted) the user gets
+ONE ReconError that names both files, their approximate sizes, the licences and where to put them.
+
+`dvd_weights_available` answers the same question without any network access (backend 'auto').
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from recon.console import info
+from recon.errors import ReconError
+
+DVD_REPO = "FayeHongfeiZhang/DVD"
+DVD_FILES = {"v1.0": "model.safetensors", "v1.1": "dvd_1.1.safetensors"}
+DVD_DEFAULT_FILE = DVD_FILES["v1.0"]  # what the official scripts load (ckpt/model.safetensors)
+VAE_REPO = "Wan-AI/Wan2.1-T2V-1.3B"
+VAE_FILE = "Wan2.1_VAE.pth"
+# Approximate download sizes, for the message only.
+DVD_SIZE = "~4-5 GB"
+VAE_SIZE = "~0.5 GB"
+
+
+def default_cache_dir() -> Path:
+    """$DVD_SPLAT_CACHE, else ~/.cache/dvd-splat."""
+    env = os.environ.get("DVD_SPLAT_CACHE")
+    return Path(env).expanduser() if env else Path("~/.cache/dvd-splat").expanduser()
+
+
+@dataclass(frozen=True)
+class WeightPaths:
+    dit: Path
+    vae: Path  # a file (.pth / .safetensors) or a diffusers-format folder
+
+
+def _hub_download(repo_id: str, filename: str, local_dir: Path) -> Path:
+    """One file from the hub into `local_dir` (indirection so tests can forbid the network)."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id=repo_id, filename=filename, local_dir=str(local_dir)))
+
+
+def _hub_offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+
+
+def _missing_message(cache: Path, dvd_file: str, reason: str) -> str:
+    return (
+        f"DVD weights are not available ({reason}). Needed: {dvd_file} ({DVD_SIZE}, huggingface.co/{DVD_REPO}, "
+        f"licence CC-BY-NC-4.0: non-commercial use only) and {VAE_FILE} ({VAE_SIZE}, huggingface.co/{VAE_REPO}, "
+        f"Apache-2.0). Put both in {cache} (or set $DVD_SPLAT_CACHE), or pass --dvd-weights/--vae-weights, "
+        "or use --depth stereo which needs no weights."
+    )
+
+
+def _local_vae(cache: Path) -> Path | None:
+    for cand in (cache / VAE_FILE, cache / "Wan2.1_VAE.safetensors", cache / "vae"):
+        if cand.is_file() or (cand.is_dir() and (cand / "config.json").is_file()):
+            return cand
+    return None
+
+
+def _check_explicit(path: Path | None, flag: str) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ReconError(f"{flag} {path} does not exist")
+    return path
+
+
+def resolve_weights(
+    dvd_weights: Path | None = None,
+    vae_weights: Path | None = None,
+    cache_dir: Path | None = None,
+    allow_download: bool = True,
+    dvd_file: str = DVD_DEFAULT_FILE,
+) -> WeightPaths:
+    """Paths of the DVD DiT checkpoint and the Wan VAE, downloading into the cache if allowed and needed."""
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    dit = _check_explicit(dvd_weights, "--dvd-weights")
+    vae = _check_explicit(vae_weights, "--vae-weights")
+    dit = dit or ((cache / dvd_file) if (cache / dvd_file).is_file() else None)
+    vae = vae or _local_vae(cache)
+    if dit is not None and vae is not None:
+        return WeightPaths(dit, vae)
+    missing = [name for name, p in ((dvd_file, dit), (VAE_FILE, vae)) if p is None]
+    if not allow_download:
+        raise ReconError(_missing_message(cache, dvd_file, f"{' and '.join(missing)} not found and downloads are disabled"))
+    if _hub_offline():
+        raise ReconError(_missing_message(cache, dvd_file, f"{' and '.join(missing)} not found and HF_HUB_OFFLINE is set"))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if dit is None:
+            info(f"downloading {dvd_file} ({DVD_SIZE}) from huggingface.co/{DVD_REPO} into {cache}")
+            dit = _hub_download(DVD_REPO, dvd_file, cache)
+        if vae is None:
+            info(f"downloading {VAE_FILE} ({VAE_SIZE}) from huggingface.co/{VAE_REPO} into {cache}")
+            vae = _hub_download(VAE_REPO, VAE_FILE, cache)
+    except ReconError:
+        raise
+    except Exception as e:  # offline, gated, disk full, interrupted: one clear message
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ReconError(_missing_message(cache, dvd_file, f"download failed: {type(e).__name__}: {first[:200]}")) from None
+    return WeightPaths(dit, vae)
+
+
+def dvd_weights_available(cfg) -> tuple[bool, str]:
+    """(available, reason) for a DVDConfig-like object; never downloads and never raises.
+
+    True only when both files are on disk (explicit paths or the cache folder).
+    """
+    try:
+        cache = Path(cfg.cache_dir).expanduser() if getattr(cfg, "cache_dir", None) else default_cache_dir()
+        dvd_file = getattr(cfg, "dvd_file", DVD_DEFAULT_FILE)
+        dit = Path(cfg.dvd_weights).expanduser() if getattr(cfg, "dvd_weights", None) else cache / dvd_file
+        vae_explicit = getattr(cfg, "vae_weights", None)
+        vae = Path(vae_explicit).expanduser() if vae_explicit else _local_vae(cache)
+        if not dit.is_file():
+            return False, f"DVD checkpoint {dit} not found (download {dvd_file} from huggingface.co/{DVD_REPO})"
+        if vae is None or not vae.exists():
+            return False, f"Wan VAE not found in {cache} (download {VAE_FILE} from huggingface.co/{VAE_REPO})"
+        return True, f"DVD weights found: {dit}, {vae}"
+    except Exception as e:  # a malformed config must not crash backend selection
+        return False, f"cannot check DVD weights: {e}"

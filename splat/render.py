@@ -1,0 +1,244 @@
+"""`rasterization`: one call to render 3D Gaussians, gsplat on CUDA, pure PyTorch on the CPU.
+
+The call shape and output semantics are those of gsplat 1.4.0's `gsplat.rendering.rasterization`
+(pinhole cameras, not distributed), so a trainer and gsplat's densification strategies
+(`gsplat.strategy.DefaultStrategy`) work the same on either backend.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from recon.errors import ReconError
+from splat.cpu_raster import (
+    DEFAULT_CHUNK_ELEMS,
+    bin_tiles,
+    eval_sh,
+    project_gaussians,
+    quat_scale_to_covar,
+    rasterize_to_pixels,
+)
+
+RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
+BACKENDS = ("auto", "gsplat", "torch")
+
+
+def rasterization(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    eps2d: float = 0.3,
+    sh_degree: Optional[int] = None,
+    packed: bool = False,
+    tile_size: Optional[int] = None,
+    backgrounds: Optional[Tensor] = None,
+    render_mode: str = "RGB",
+    absgrad: bool = False,
+    rasterize_mode: str = "classic",
+    backend: str = "auto",
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+) -> Tuple[Tensor, Tensor, Dict]:
+    """Rasterize N 3D Gaussians into C pinhole cameras (OpenCV axes).
+
+    Args:
+        means: [N, 3] centres, world frame (scene units).
+        quats: [N, 4] rotations (w, x, y, z), need not be normalised.
+        scales: [N, 3] activated scales (std devs, scene units; i.e. exp already applied).
+        opacities: [N] activated opacities in [0, 1] (sigmoid already applied).
+        colors: sh_degree None: [N, D] or [C, N, D] activated features.
+            sh_degree set: [N, K, 3] or [C, N, K, 3] SH coefficients, K >= (sh_degree + 1)^2;
+            colour = max(SH(dir) + 0.5, 0) with dir from the camera centre to the mean.
+        viewmats: [C, 4, 4] world-to-camera, OpenCV axes (x right, y down, z forward).
+        Ks: [C, 3, 3] intrinsics in pixels of the rendered image.
+        width, height: image size in pixels.
+        near_plane, far_plane: Gaussians with z-depth outside [near, far] are culled.
+        radius_clip: Gaussians with a projected radius <= this many pixels are culled.
+        eps2d: dilation added to the 2D covariances (pixels^2), gsplat's 0.3.
+        sh_degree: see `colors`.
+        packed: as gsplat: False -> per-camera arrays in meta are [C, N, ...];
+            True -> [nnz, ...] over visible (camera, Gaussian) pairs with meta camera_ids/gaussian_ids.
+        tile_size: tile edge in pixels; None -> 16 for gsplat, 8 for the torch backend. A Gaussian
+            reaches only pixels of tiles its 3-sigma box overlaps, so edges depend on this slightly.
+        backgrounds: [C, D] colour behind the Gaussians (default black). Depth channels get 0.
+        render_mode: "RGB" (colors), "D" (accumulated depth sum w_i z_i), "ED" (expected depth
+            sum w_i z_i / sum w_i), "RGB+D", "RGB+ED" (depth as the last channel).
+        absgrad: also accumulate sum over pixels of |dL/dmeans2d| into meta["means2d"].absgrad
+            (for DefaultStrategy(absgrad=True)).
+        rasterize_mode: "classic" or "antialiased" (opacity times sqrt(det(cov) / det(cov + eps2d I)),
+            Mip-Splatting's compensation).
+        backend: "auto" (gsplat when the tensors are on CUDA, else torch), "gsplat" or "torch".
+        chunk_elems: torch backend working-set size ([tiles x pixels x list] elements per chunk).
+
+    Returns:
+        render_colors: [C, height, width, X], X = D ("RGB"), 1 ("D", "ED"), D + 1 ("RGB+D", "RGB+ED").
+        render_alphas: [C, height, width, 1] accumulated opacity 1 - T.
+        meta: dict as gsplat's: "means2d" ([C, N, 2] or [nnz, 2] pixels, receives gradients; call
+            .retain_grad() to read them), "radii" ([C, N] or [nnz] int32 pixels, 0 = culled),
+            "depths" ([C, N] z-depth), "conics" ([C, N, 3]), "opacities" ([C, N], after
+            compensation), "camera_ids"/"gaussian_ids" ([nnz] int64, None when not packed),
+            "tiles_per_gauss", "isect_ids", "flatten_ids", "isect_offsets", "tile_width",
+            "tile_height", "tile_size", "width", "height", "n_cameras".
+    """
+    if backend not in BACKENDS:
+        raise ReconError(f"unknown render backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        backend = "gsplat" if means.is_cuda else "torch"
+    if backend == "gsplat":
+        if not means.is_cuda:
+            raise ReconError("render backend 'gsplat' needs CUDA tensors; use backend='torch' on the CPU")
+        from gsplat.rendering import rasterization as gsplat_rasterization
+
+        return gsplat_rasterization(
+            means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+            near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d,
+            sh_degree=sh_degree, packed=packed, tile_size=tile_size or 16, backgrounds=backgrounds,
+            render_mode=render_mode, absgrad=absgrad, rasterize_mode=rasterize_mode,
+        )
+    return _rasterization_torch(
+        means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height),
+        near_plane, far_plane, radius_clip, eps2d, sh_degree, packed, tile_size or 8,
+        backgrounds, render_mode, absgrad, rasterize_mode, chunk_elems,
+    )
+
+
+def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                  sh_degree, backgrounds, render_mode, rasterize_mode) -> None:
+    N, C = means.shape[0], viewmats.shape[0]
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ReconError(f"rasterization: {what}")
+
+    need(means.ndim == 2 and means.shape[1] == 3, f"means must be [N, 3], got {list(means.shape)}")
+    need(tuple(quats.shape) == (N, 4), f"quats must be [{N}, 4], got {list(quats.shape)}")
+    need(tuple(scales.shape) == (N, 3), f"scales must be [{N}, 3], got {list(scales.shape)}")
+    need(tuple(opacities.shape) == (N,), f"opacities must be [{N}], got {list(opacities.shape)}")
+    need(viewmats.ndim == 3 and viewmats.shape[1:] == (4, 4), f"viewmats must be [C, 4, 4], got {list(viewmats.shape)}")
+    need(tuple(Ks.shape) == (C, 3, 3), f"Ks must be [{C}, 3, 3], got {list(Ks.shape)}")
+    need(width > 0 and height > 0, f"image size must be positive, got {width}x{height}")
+    need(render_mode in RENDER_MODES, f"render_mode must be one of {', '.join(RENDER_MODES)}, got {render_mode!r}")
+    need(rasterize_mode in ("classic", "antialiased"), f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
+    if sh_degree is None:
+        need(
+            (colors.ndim == 2 and colors.shape[0] == N) or (colors.ndim == 3 and colors.shape[:2] == (C, N)),
+            f"colors must be [{N}, D] or [{C}, {N}, D] without sh_degree, got {list(colors.shape)}",
+        )
+    else:
+        need(0 <= sh_degree <= 4, f"sh_degree must be 0..4, got {sh_degree}")
+        need(
+            (colors.ndim == 3 and colors.shape[0] == N and colors.shape[2] == 3)
+            or (colors.ndim == 4 and colors.shape[:2] == (C, N) and colors.shape[3] == 3),
+            f"SH colors must be [{N}, K, 3] or [{C}, {N}, K, 3], got {list(colors.shape)}",
+        )
+        need((sh_degree + 1) ** 2 <= colors.shape[-2],
+             f"sh_degree {sh_degree} needs {(sh_degree + 1) ** 2} SH coefficients, colors has {colors.shape[-2]}")
+    if backgrounds is not None:
+        need(backgrounds.ndim == 2 and backgrounds.shape[0] == C, f"backgrounds must be [{C}, D], got {list(backgrounds.shape)}")
+
+
+def _rasterization_torch(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
+    radius_clip, eps2d, sh_degree, packed, tile_size, backgrounds, render_mode, absgrad,
+    rasterize_mode, chunk_elems,
+) -> Tuple[Tensor, Tensor, Dict]:
+    _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                  sh_degree, backgrounds, render_mode, rasterize_mode)
+    N, C = means.shape[0], viewmats.shape[0]
+    covars = quat_scale_to_covar(quats, scales)
+    radii, means2d, depths, conics, comp = project_gaussians(
+        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
+        far_plane=far_plane, radius_clip=radius_clip,
+        calc_compensations=rasterize_mode == "antialiased",
+    )
+    opacities = opacities.repeat(C, 1)  # [C, N]
+    if comp is not None:
+        opacities = opacities * comp
+
+    if sh_degree is None:
+        feats = colors.expand(C, -1, -1) if colors.ndim == 2 else colors  # [C, N, D]
+    else:
+        campos = torch.inverse(viewmats)[:, :3, 3]  # [C, 3]
+        dirs = means[None] - campos[:, None]  # [C, N, 3]
+        shs = colors.expand(C, -1, -1, -1) if colors.ndim == 3 else colors
+        feats = torch.clamp_min(eval_sh(sh_degree, dirs, shs) + 0.5, 0.0)  # [C, N, 3]
+    if render_mode in ("RGB+D", "RGB+ED"):
+        feats = torch.cat([feats, depths[..., None]], dim=-1)
+        if backgrounds is not None:
+            backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], dim=-1)
+    elif render_mode in ("D", "ED"):
+        feats = depths[..., None]
+        if backgrounds is not None:
+            backgrounds = backgrounds.new_zeros(C, 1)
+    if backgrounds is not None and backgrounds.shape[-1] != feats.shape[-1]:
+        raise ReconError(
+            f"rasterization: backgrounds have {backgrounds.shape[-1]} channels, colors {feats.shape[-1]}"
+        )
+
+    if packed:
+        camera_ids, gaussian_ids = torch.nonzero(radii > 0, as_tuple=True)
+        radii = radii[camera_ids, gaussian_ids]
+        means2d = means2d[camera_ids, gaussian_ids]
+        depths = depths[camera_ids, gaussian_ids]
+        conics = conics[camera_ids, gaussian_ids]
+        opacities = opacities[camera_ids, gaussian_ids]
+        feats = feats[camera_ids, gaussian_ids]
+        splat_cams = camera_ids
+    else:
+        camera_ids = gaussian_ids = None
+        splat_cams = torch.arange(C, device=means.device).repeat_interleave(N)
+
+    bins = bin_tiles(
+        means2d.detach().reshape(-1, 2), radii.reshape(-1), depths.detach().reshape(-1),
+        splat_cams, C, width, height, tile_size,
+    )
+    render_colors, render_alphas = rasterize_to_pixels(
+        means2d, conics, feats, opacities, bins, width, height,
+        backgrounds=backgrounds, absgrad=absgrad, chunk_elems=chunk_elems,
+    )
+    if render_mode in ("ED", "RGB+ED"):
+        render_colors = torch.cat(
+            [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1
+        )
+
+    with torch.no_grad():
+        tiles_n_bits = (bins.tile_width * bins.tile_height).bit_length()
+        n_tiles_cam = bins.tile_width * bins.tile_height
+        depth_bits = depths.detach().reshape(-1)[bins.flatten_ids].float().view(torch.int32).long()
+        isect_ids = (
+            ((bins.isect_tiles // n_tiles_cam) << (32 + tiles_n_bits))
+            | ((bins.isect_tiles % n_tiles_cam) << 32)
+            | (depth_bits & 0xFFFFFFFF)
+        )
+    meta = {
+        "camera_ids": camera_ids,
+        "gaussian_ids": gaussian_ids,
+        "radii": radii,
+        "means2d": means2d,
+        "depths": depths,
+        "conics": conics,
+        "opacities": opacities,
+        "tile_width": bins.tile_width,
+        "tile_height": bins.tile_height,
+        "tiles_per_gauss": bins.tiles_per_splat.int().reshape(radii.shape),
+        "isect_ids": isect_ids,
+        "flatten_ids": bins.flatten_ids.int(),
+        "isect_offsets": bins.tile_start.int().reshape(C, bins.tile_height, bins.tile_width),
+        "width": width,
+        "height": height,
+        "tile_size": tile_size,
+        "n_cameras": C,
+    }
+    return render_colors, render_alphas, meta

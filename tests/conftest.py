@@ -1,0 +1,127 @@
+"""Shared test fixtures: a real SfM run on the 7-Scenes redkitchen video, and its ground truth.
+
+Fixtures
+--------
+redkitchen_sfm_run (session): RunPaths of a run made once per test session:
+    frames (60 frames spread over the 450-frame video, long side 320 -> 320x240), poses (pycolmap SfM,
+    default PosesConfig: sequential matching, incremental mapper, SIMPLE_RADIAL undistorted to PINHOLE),
+    and split.json (SplitConfig() defaults). Contents: frames/, frames.json, images/ (undistorted),
+    sfm/ (COLMAP PINHOLE model with points), sfm_work/, cameras.json, split.json.
+    Treat it as READ-ONLY (every test of the session shares it); to write into a run, use
+    `redkitchen_run_copy`.
+redkitchen_run_copy (function): a private copy of that run in tmp_path (without sfm_work/).
+redkitchen_gt (session): RedkitchenGT: GT c2w (OpenCV, metres) for video frame indices, and the GT
+    depth maps that exist (every 3rd video frame).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+KITCHEN = DATA / "7scenes_redkitchen_rgbd"
+KITCHEN_VIDEO = KITCHEN / "video_30fps.mp4"
+
+
+@dataclass
+class RedkitchenGT:
+    """Ground truth of the 7-Scenes redkitchen sequence (frames 0-449 of the staged video).
+
+    Poses belong to the depth camera (c2w, OpenCV axes, metres); the colour camera differs by a small
+    fixed offset that a Sim(3) trajectory alignment absorbs. Depth exists for video frames k % 3 == 0,
+    at 640x480, with the depth camera's K (`K_depth`); see the dataset's PROVENANCE.md for the caveats
+    (colour and depth are not pixel-registered; the colour focal length is ~530 px at 640x480, not 585).
+    """
+
+    root: Path = KITCHEN
+    poses: dict[int, np.ndarray] = field(default_factory=dict)
+    K_depth: np.ndarray = field(default_factory=lambda: np.array([[585.0, 0, 320.0], [0, 585.0, 240.0], [0, 0, 1]]))
+    depth_size: tuple[int, int] = (640, 480)
+
+    def __post_init__(self) -> None:
+        if not self.poses:
+            for line in (self.root / "poses_c2w_all_frames.txt").read_text().splitlines():
+                if not line.strip() or line.startswith("#"):
+                    continue
+                v = line.split()
+                self.poses[int(v[1])] = np.array(v[2:18], dtype=np.float64).reshape(4, 4)
+
+    def c2w(self, source_indices) -> np.ndarray:
+        """[N, 4, 4] GT camera-to-world (OpenCV axes, metres) for video frame indices."""
+        return np.stack([self.poses[int(i)] for i in source_indices])
+
+    def centers(self, source_indices) -> np.ndarray:
+        """[N, 3] GT camera centres in metres."""
+        return self.c2w(source_indices)[:, :3, 3]
+
+    def depth_file(self, source_index: int) -> Path | None:
+        """16-bit PNG (millimetres) of this video frame, or None (only every 3rd frame has depth)."""
+        p = self.root / "depth" / f"frame-{int(source_index):06d}.depth.png"
+        return p if p.exists() else None
+
+    def depth_files(self, source_indices) -> dict[int, Path]:
+        """{video frame index: depth PNG} for those of `source_indices` that have GT depth."""
+        out = {}
+        for i in source_indices:
+            p = self.depth_file(int(i))
+            if p is not None:
+                out[int(i)] = p
+        return out
+
+    def read_depth(self, source_index: int) -> np.ndarray:
+        """GT z-depth float32 [480, 640] in metres; 0 = invalid (raw 0 and 65535 are invalid)."""
+        from PIL import Image
+
+        p = self.depth_file(source_index)
+        if p is None:
+            raise FileNotFoundError(f"video frame {source_index} has no GT depth (only every 3rd frame)")
+        raw = np.asarray(Image.open(p)).astype(np.uint16)
+        depth = raw.astype(np.float32) / 1000.0
+        depth[(raw == 0) | (raw == 65535)] = 0.0
+        return depth
+
+
+@pytest.fixture(scope="session")
+def redkitchen_gt() -> RedkitchenGT:
+    return RedkitchenGT()
+
+
+@pytest.fixture(scope="session")
+def redkitchen_sfm_run(tmp_path_factory):
+    """Frames + poses + split on 60 frames (320x240) of the redkitchen video, once per session."""
+    from recon.cameras import CameraSet
+    from recon.layout import RunPaths
+    from recon.poses import PosesConfig, run_poses
+    from recon.split import SplitConfig, make_split, save_split
+    from recon.video import FramesConfig, extract_frames
+
+    paths = RunPaths(tmp_path_factory.mktemp("redkitchen_sfm"))
+    extract_frames(KITCHEN_VIDEO, paths, FramesConfig(max_frames=60, max_size=320))
+    run_poses(paths, PosesConfig())
+    cs = CameraSet.load(paths.cameras_json)
+    save_split(paths.split_json, make_split(len(cs), cs.files, SplitConfig(), cs.registered))
+    return paths
+
+
+RUN_ITEMS = ("frames", "frames.json", "images", "sfm", "cameras.json", "split.json")
+
+
+@pytest.fixture
+def redkitchen_run_copy(redkitchen_sfm_run, tmp_path):
+    """A writable copy of redkitchen_sfm_run (frames, images, sfm, cameras.json, split.json) in tmp_path/run."""
+    from recon.layout import RunPaths
+
+    dst = tmp_path / "run"
+    dst.mkdir()
+    for name in RUN_ITEMS:
+        src = redkitchen_sfm_run.root / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name)
+        elif src.exists():
+            shutil.copy2(src, dst / name)
+    return RunPaths(dst)

@@ -1,0 +1,217 @@
+"""Pose stage (pycolmap SfM) on the real 7-Scenes redkitchen video, checked against its GT trajectory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pycolmap
+import pytest
+from PIL import Image
+
+from recon.cameras import CameraSet
+from recon.errors import ReconError
+from recon.layout import RunPaths
+from recon.poses import (
+    PosesConfig,
+    initial_focal_px,
+    resolve_matcher,
+    pinhole_target,
+    run_poses,
+    undistort_points,
+    undistortion_maps,
+)
+from recon.sim3 import ate_rmse, umeyama
+from recon.video import FramesConfig, extract_frames
+
+KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_rgbd"
+
+
+def _ate(cs: CameraSet, gt) -> tuple[float, int]:
+    idx = [s for s, r in zip(cs.source_index, cs.registered) if r]
+    rmse, _, _ = ate_rmse(cs.centers[cs.registered], gt.centers(idx))
+    return rmse, len(idx)
+
+
+def test_redkitchen_sfm_registers_and_matches_gt(redkitchen_sfm_run, redkitchen_gt):
+    cs = CameraSet.load(redkitchen_sfm_run.cameras_json)
+    assert len(cs) == 60 and (cs.width, cs.height) == (320, 240)
+    frac = cs.registered.mean()
+    rmse, n = _ate(cs, redkitchen_gt)
+    print(f"\nredkitchen 60 frames @320x240: registered {cs.registered.sum()}/{len(cs)} ({100 * frac:.1f}%), "
+          f"ATE RMSE after Sim(3) {100 * rmse:.2f} cm, reprojection {cs.sfm['mean_reprojection_error_px']} px, "
+          f"f = {cs.K[0, 0, 0]:.1f} px")
+    assert frac >= 0.9
+    assert rmse <= 0.05
+    # the colour camera's focal length is ~265 px at 320x240 (PROVENANCE: SfM f ~ 530 at 640x480), not 292.5
+    assert 245 < cs.K[0, 0, 0] < 285
+    assert cs.sfm["registered"] == cs.registered.sum() and cs.sfm["total"] == 60 and cs.sfm["points"] > 500
+    assert 0 < cs.sfm["mean_reprojection_error_px"] < 1.0
+
+
+def test_outputs_are_consistent(redkitchen_sfm_run):
+    """cameras.json, RUN/sfm and RUN/images describe the same undistorted PINHOLE cameras."""
+    run = redkitchen_sfm_run
+    cs = CameraSet.load(run.cameras_json)
+    rec = pycolmap.Reconstruction(run.sfm_dir)
+    assert {c.model_name for c in rec.cameras.values()} == {"PINHOLE"}
+    assert rec.num_reg_images() == cs.registered.sum()
+    for f in cs.files:
+        assert f.startswith("images/")
+        assert Image.open(run.root / f).size == (cs.width, cs.height)
+    by_name = {im.name: im for im in rec.images.values()}
+    errors = []
+    for f, K, c2w, reg in zip(cs.files, cs.K, cs.c2w, cs.registered):
+        if not reg:
+            assert np.allclose(c2w, np.eye(4))
+            continue
+        im = by_name[Path(f).name]
+        np.testing.assert_allclose(K, rec.cameras[im.camera_id].calibration_matrix())
+        # project the model's 3D points with cameras.json's K and c2w: they land on the model's 2D points
+        obs = [(p.xy, rec.points3D[p.point3D_id].xyz) for p in im.points2D if p.has_point3D()]
+        xy = np.array([o[0] for o in obs])
+        X = np.array([o[1] for o in obs])
+        Xc = (X - c2w[:3, 3]) @ c2w[:3, :3]
+        uv = (Xc @ K.T)[:, :2] / Xc[:, 2:3]
+        errors.append(np.linalg.norm(uv - xy, axis=1))
+    errors = np.concatenate(errors)
+    assert np.median(errors) < 1.0
+    split = json.loads(run.split_json.read_text())
+    assert split["train"] and split["test"] and not set(split["train"]) & set(split["test"])
+
+
+def test_undistorted_images_follow_the_points(redkitchen_sfm_run):
+    """Image content at a feature of the distorted frame equals the content of the undistorted image at the
+    undistorted location of that feature (checks the image warp against the point mapping)."""
+    run = redkitchen_sfm_run
+    state = json.loads((run.sfm_work_dir / "state.json").read_text())
+    raw = pycolmap.Reconstruction(run.sfm_work_dir / "sparse" / str(state["map"]["best"]))
+    und = pycolmap.Reconstruction(run.sfm_dir)
+    cam = next(iter(raw.cameras.values()))
+    assert cam.model_name == "SIMPLE_RADIAL" and abs(cam.params[3]) > 1e-3  # there is distortion to undo
+    im_raw = next(raw.images[i] for i in raw.reg_image_ids() if raw.images[i].name == "000030.png")
+    im_und = next(im for im in und.images.values() if im.name == "000030.png")
+    a = np.asarray(Image.open(run.frames_dir / "000030.png").convert("L"), dtype=np.float32)
+    b = np.asarray(Image.open(run.images_dir / "000030.png").convert("L"), dtype=np.float32)
+    xy_raw = np.array([p.xy for p in im_raw.points2D])
+    xy_und = np.array([p.xy for p in im_und.points2D])
+    assert xy_raw.shape == xy_und.shape
+    # sample at the pixel containing each point, away from the border; compare with a wrong (identity) mapping
+    keep = np.all((xy_und > 20) & (xy_und < np.array([300, 220])), axis=1)
+    ia = np.floor(xy_raw[keep]).astype(int)
+    ib = np.floor(xy_und[keep]).astype(int)
+    d_right = np.abs(a[ia[:, 1], ia[:, 0]] - b[ib[:, 1], ib[:, 0]])
+    d_wrong = np.abs(a[ia[:, 1], ia[:, 0]] - b[ia[:, 1], ia[:, 0]])
+    moved = np.linalg.norm(xy_und[keep] - xy_raw[keep], axis=1)
+    assert keep.sum() > 100 and moved.max() > 1.0
+    assert np.median(d_right) < 0.6 * np.median(d_wrong[moved > 1.0])
+
+
+def test_pinhole_target_and_maps_agree():
+    cam = pycolmap.Camera.create_from_model_name(1, "OPENCV", 300.0, 320, 240)
+    cam.params = [300.0, 301.0, 158.0, 121.0, 0.06, -0.08, -0.001, 0.0002]
+    dst = pinhole_target(cam, 320, 240)
+    assert dst.model_name == "PINHOLE" and (dst.width, dst.height) == (320, 240)
+    mx, my = undistortion_maps(cam, dst)
+    # no blank border: every output pixel samples inside the distorted image
+    assert mx.min() >= -0.5 and mx.max() <= 319.5 and my.min() >= -0.5 and my.max() <= 239.5
+    # the image warp and the point mapping are inverse of each other
+    rng = np.random.default_rng(0)
+    ij = rng.integers([0, 0], [320, 240], size=(200, 2))
+    src_xy = np.stack([mx[ij[:, 1], ij[:, 0]], my[ij[:, 1], ij[:, 0]]], axis=1) + 0.5
+    np.testing.assert_allclose(undistort_points(src_xy, cam, dst), ij + 0.5, atol=1e-3)
+    # an undistorted camera stays as it is (up to a resize)
+    pin = pycolmap.Camera.create_from_model_name(1, "PINHOLE", 500.0, 640, 480)
+    pin.params = [500.0, 502.0, 322.0, 238.0]
+    np.testing.assert_allclose(pinhole_target(pin, 320, 240).params, [250.0, 251.0, 161.0, 119.0])
+    with pytest.raises(ReconError, match="aspect"):
+        pinhole_target(pin, 300, 300)
+
+
+def test_global_mapper_and_resume(redkitchen_sfm_run, redkitchen_gt, tmp_path):
+    """The global mapper runs on the same database; extraction and matching are resumed, not redone."""
+    run = RunPaths(tmp_path / "run")
+    run.root.mkdir()
+    for name in ("frames", "sfm_work"):
+        shutil.copytree(redkitchen_sfm_run.root / name, run.root / name)
+    shutil.copy2(redkitchen_sfm_run.frames_json, run.frames_json)
+    before = json.loads((run.sfm_work_dir / "state.json").read_text())
+    summary = run_poses(run, PosesConfig(mapper="global"))
+    after = json.loads((run.sfm_work_dir / "state.json").read_text())
+    assert after["extract"] == before["extract"] and after["match"] == before["match"]
+    assert after["map"]["key"] != before["map"]["key"]
+    cs = CameraSet.load(run.cameras_json)
+    rmse, n = _ate(cs, redkitchen_gt)
+    print(f"\nglobal mapper: {summary['registered']} registered, ATE {100 * rmse:.2f} cm, summary {summary}")
+    assert cs.sfm["mapper"] == "global" and summary["mapper"] == "global"
+    assert n >= 54 and rmse <= 0.05
+
+
+def _write_video(path: Path, frame: np.ndarray, n: int, fps: int = 10) -> None:
+    c = av.open(str(path), "w")
+    s = c.add_stream("libx264", rate=fps)
+    s.width, s.height, s.pix_fmt = frame.shape[1], frame.shape[0], "yuv420p"
+    for _ in range(n):
+        for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+
+
+def test_static_video_gives_clear_error(tmp_path):
+    frame = np.asarray(Image.open(KITCHEN / "rgb" / "frame-000000.color.jpg").convert("RGB").resize((320, 240)))
+    video = tmp_path / "static.mp4"
+    _write_video(video, frame, 12)
+    # with de-duplication the frames stage already refuses; without it, SfM must refuse clearly
+    with pytest.raises(ReconError, match="--poses"):
+        extract_frames(video, RunPaths(tmp_path / "dedup"), FramesConfig())
+    run = RunPaths(tmp_path / "run")
+    extract_frames(video, run, FramesConfig(dedup=False))
+    with pytest.raises(ReconError) as e:
+        run_poses(run, PosesConfig())
+    msg = str(e.value)
+    assert "camera motion" in msg and "--poses" in msg and "\n" not in msg
+    assert not run.cameras_json.exists()
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(ReconError, match="frames stage"):
+        run_poses(RunPaths(tmp_path / "empty"), PosesConfig())
+    run = RunPaths(tmp_path / "broken")
+    run.root.mkdir()
+    run.frames_json.write_text(json.dumps({"size": [4, 4], "frames": [{"file": "frames/000000.png", "source_index": 0}] * 3}))
+    with pytest.raises(ReconError, match="missing"):
+        run_poses(run, PosesConfig())
+
+
+def test_umeyama_recovers_similarity():
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(50, 3))
+    q = rng.normal(size=4)
+    q /= np.linalg.norm(q)
+    R = pycolmap.Rotation3d(q).matrix()
+    dst = 2.5 * src @ R.T + np.array([1.0, -2.0, 0.5])
+    s, R_est, t = umeyama(src, dst)
+    assert s == pytest.approx(2.5) and np.allclose(R_est, R) and np.allclose(t, [1.0, -2.0, 0.5])
+    rmse, aligned, _ = ate_rmse(src, dst + rng.normal(scale=0.01, size=dst.shape))
+    assert 0.005 < rmse < 0.03 and aligned.shape == (50, 3)
+    s1, _, _ = umeyama(src, dst, with_scale=False)
+    assert s1 == 1.0
+    with pytest.raises(ReconError):
+        umeyama(src[:2], dst[:2])
+
+
+def test_focal_prior_and_matcher_choice():
+    meta = {"size": [1000, 750], "original_size": [4000, 3000], "exif_focal_px": 3200.0, "source_type": "images",
+            "frames": [{}] * 40}
+    assert initial_focal_px(meta, PosesConfig()) == (800.0, "exif")
+    assert initial_focal_px({**meta, "exif_focal_px": None}, PosesConfig()) == (1200.0, "heuristic")
+    assert initial_focal_px(meta, PosesConfig(focal_px=900.0)) == (900.0, "config")
+    assert resolve_matcher(meta, PosesConfig()) == "exhaustive"
+    assert resolve_matcher({**meta, "frames": [{}] * 101}, PosesConfig()) == "sequential"
+    assert resolve_matcher({**meta, "source_type": "video"}, PosesConfig()) == "sequential"
+    assert resolve_matcher({**meta, "source_type": "video"}, PosesConfig(matcher="exhaustive")) == "exhaustive"
