@@ -17,7 +17,7 @@ Matching files to frames (`match`):
   * "order": the sorted files are taken in frame order; the counts must be equal.
 
 Output: float32 [T,H,W] at the frame size, resized with nearest neighbour for depth (no invented
-depths across edges) and validity-weighted bilinear for disparity.
+depths across edges) and validity-weighted area / bilinear for disparity.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def _to_float(arr: np.ndarray, scale: float, kind: Kind, what: str) -> np.ndarra
 
 
 def _resize(arr: np.ndarray, size: tuple[int, int], kind: Kind) -> np.ndarray:
-    """[H0,W0] float32 (0 invalid) -> [H,W]: nearest for depth, validity-weighted bilinear for disparity."""
+    """[H0,W0] float32 (0 invalid) -> [H,W]: nearest for depth; for disparity validity-weighted area
+    averaging (shrink) or bilinear (enlarge), valid where over half the weight is valid."""
     W, H = size
     H0, W0 = arr.shape
     if (H0, W0) == (H, W):
@@ -122,9 +123,10 @@ def _resize(arr: np.ndarray, size: tuple[int, int], kind: Kind) -> np.ndarray:
 
     valid = torch.from_numpy((arr != 0).astype(np.float32))[None, None]
     val = torch.from_numpy(arr)[None, None] * valid
-    down = H < H0 or W < W0
-    v = F.interpolate(val, size=(H, W), mode="bilinear", align_corners=False, antialias=down)
-    w = F.interpolate(valid, size=(H, W), mode="bilinear", align_corners=False, antialias=down)
+    # area averaging when shrinking (a box over the source pixels), bilinear when enlarging
+    kw = {"mode": "area"} if (H <= H0 and W <= W0) else {"mode": "bilinear", "align_corners": False}
+    v = F.interpolate(val, size=(H, W), **kw)
+    w = F.interpolate(valid, size=(H, W), **kw)
     out = torch.where(w > 0.5, v / w.clamp_min(1e-6), torch.zeros_like(v))
     return out[0, 0].numpy().astype(np.float32)
 

@@ -259,6 +259,24 @@ class TileBins:
         return self.n_cameras * self.tile_width * self.tile_height
 
 
+def _reaches_tile(tx, ty, tile_size, mx, my, a, b, c, opacity) -> Tensor:
+    """Whether alpha = opacity exp(-sigma) can reach 1/255 somewhere in the rectangle spanned by
+    the pixel centres of tile (tx, ty); all arguments [M]. Exact minimum of the quadratic sigma over
+    the rectangle (plus a small margin), so it never drops a pair that contributes."""
+    x0 = tx.to(mx.dtype) * tile_size + 0.5 - mx
+    y0 = ty.to(mx.dtype) * tile_size + 0.5 - my
+    x1, y1 = x0 + (tile_size - 1), y0 + (tile_size - 1)
+    # the minimiser has an active bound on the side nearest the mean (or lies inside)
+    xe = torch.minimum(torch.maximum(torch.zeros_like(x0), x0), x1)
+    ye = torch.minimum(torch.maximum(torch.zeros_like(y0), y0), y1)
+    y_at = torch.minimum(torch.maximum(-b * xe / c, y0), y1)
+    x_at = torch.minimum(torch.maximum(-b * ye / a, x0), x1)
+    s1 = 0.5 * (a * xe * xe + c * y_at * y_at) + b * xe * y_at
+    s2 = 0.5 * (a * x_at * x_at + c * ye * ye) + b * x_at * ye
+    limit = torch.log(opacity.clamp(min=1e-30) * 255.0) + 1e-3
+    return torch.minimum(s1, s2) <= limit
+
+
 @torch.no_grad()
 def bin_tiles(
     means2d: Tensor,
@@ -269,8 +287,15 @@ def bin_tiles(
     width: int,
     height: int,
     tile_size: int,
+    conics: Optional[Tensor] = None,
+    opacities: Optional[Tensor] = None,
 ) -> TileBins:
     """Intersect splats with tiles (gsplat's isect_tiles + isect_offset_encode).
+
+    A splat is listed in every tile its square box (centre +- radius) overlaps, as gsplat does.
+    With `conics` and `opacities`, (tile, splat) pairs where the splat's alpha stays below 1/255
+    over all the tile's pixel centres are left out: they contribute nothing, so the rendering is
+    unchanged and the rasterizer has less to do.
 
     Args:
         means2d: [S, 2] pixel centres of the splats.
@@ -278,6 +303,8 @@ def bin_tiles(
         depths: [S] z-depths (sort key, nearest first; ties keep splat order).
         camera_ids: [S] int64 camera of each splat.
         n_cameras, width, height, tile_size: image and tiling.
+        conics: [S, 3] inverse 2D covariances (a, b, c), optional.
+        opacities: [S] opacities, optional (needed with conics).
     Returns:
         TileBins.
     """
@@ -295,17 +322,28 @@ def bin_tiles(
     tiles_per_splat = span[:, 0] * span[:, 1] * (radii > 0)
 
     order = torch.argsort(depths, stable=True)
-    counts = tiles_per_splat[order]
-    ids = torch.repeat_interleave(order, counts)  # [n_isects], splats in depth order
-    n_isects = ids.numel()
+    order = order[tiles_per_splat.index_select(0, order) > 0]  # visible splats, nearest first
+    counts = tiles_per_splat.index_select(0, order)
+    rank = torch.repeat_interleave(torch.arange(order.numel(), device=device), counts)  # [n_isects]
     first = torch.cumsum(counts, 0) - counts
-    local = torch.arange(n_isects, device=device) - torch.repeat_interleave(first, counts)
-    nx = span[ids, 0]
-    tx = tmin[ids, 0] + local % nx
-    ty = tmin[ids, 1] + local // nx
-    tile = camera_ids[ids] * (tile_width * tile_height) + ty * tile_width + tx
+    local = torch.arange(rank.numel(), device=device) - first.index_select(0, rank)
+
+    def per_isect(values: Tensor) -> Tensor:  # [S] per splat -> [n_isects]
+        return values.index_select(0, order).index_select(0, rank)
+
+    ids = order.index_select(0, rank)
+    nx = per_isect(span[:, 0].contiguous())
+    tx = per_isect(tmin[:, 0].contiguous()) + local % nx
+    ty = per_isect(tmin[:, 1].contiguous()) + local // nx
+    if conics is not None and opacities is not None:
+        keep = _reaches_tile(
+            tx, ty, tile_size, per_isect(means2d[:, 0].contiguous()), per_isect(means2d[:, 1].contiguous()),
+            *(per_isect(conics[:, k].contiguous()) for k in range(3)), per_isect(opacities),
+        )
+        ids, tx, ty = ids[keep], tx[keep], ty[keep]
+    tile = camera_ids.index_select(0, ids) * (tile_width * tile_height) + ty * tile_width + tx
     tile, perm = torch.sort(tile, stable=True)
-    ids = ids[perm]
+    ids = ids.index_select(0, perm)
     tile_count = torch.bincount(tile, minlength=n_tiles)
     tile_start = torch.cumsum(tile_count, 0) - tile_count
     return TileBins(
@@ -431,11 +469,14 @@ def _from_tiles(tiles: Tensor, bins: TileBins, width: int, height: int) -> Tenso
 
 
 class _RasterizeToPixels(torch.autograd.Function):
+    """Per-slot data live in [K, n_slots] row tables (1-D gathers and scatters are the fast ones on
+    the CPU); per-chunk tensors are [B, P, L]."""
+
     @staticmethod
     def forward(ctx, means2d, conics, colors, opacities, backgrounds, bins, width, height, absgrad,
                 chunk_elems, store_bytes):
         S = opacities.numel()
-        m2, cn, cl, op = means2d.reshape(S, 2), conics.reshape(S, 3), colors.reshape(S, -1), opacities.reshape(S)
+        cl = colors.reshape(S, -1)
         D = cl.shape[-1]
         P = bins.tile_size**2
         dtype, device = cl.dtype, cl.device
@@ -443,30 +484,36 @@ class _RasterizeToPixels(torch.autograd.Function):
         plan = _make_plan(bins, chunk_elems)
         feats = _pixel_features(bins.tile_size, dtype, device)
 
-        # per-slot data, gathered once: log alpha = coef . (1, ux, uy, ux^2/2, uy^2/2, ux uy)
+        # per-slot rows, gathered once: log alpha = coef . (1, ux, uy, ux^2/2, uy^2/2, ux uy)
         ids = plan.ids
-        local = plan.tile % (bins.tile_width * bins.tile_height)
-        ts = bins.tile_size
-        centre = torch.stack([(local % bins.tile_width) * ts, (local // bins.tile_width) * ts], -1)
-        d0 = (centre.to(dtype) + 0.5 * ts) - m2.index_select(0, ids)  # [n_slots, 2], centre - mean
-        abc = cn.index_select(0, ids)
-        opac = op.index_select(0, ids).clamp(min=1e-30)
-        a, b, c = abc.unbind(-1)
-        dx, dy = d0.unbind(-1)
+        table = torch.cat(
+            [means2d.reshape(S, 2).t(), conics.reshape(S, 3).t(), opacities.reshape(1, S), cl.t()], 0
+        ).contiguous()  # [6 + D, S]
+        rows = [table[k].index_select(0, ids) for k in range(6 + D)]
+        mx, my, a, b, c, opac = rows[:6]
+        ts, tw = bins.tile_size, bins.tile_width
+        local = torch.arange(bins.tile_width * bins.tile_height, device=device)
+        cx = ((local % tw) * ts).to(dtype) + 0.5 * ts
+        cy = ((local // tw) * ts).to(dtype) + 0.5 * ts
+        tile_local = plan.tile % local.numel()
+        dx = cx.index_select(0, tile_local) - mx  # d0 = tile centre - mean
+        dy = cy.index_select(0, tile_local) - my
+        opac = opac.clamp(min=1e-30)
         ad0x, ad0y = a * dx + b * dy, b * dx + c * dy
         la0 = torch.log(opac) - 0.5 * (dx * ad0x + dy * ad0y)
-        la0 = torch.where(plan.valid, la0, torch.full_like(la0, -_S_PAD))
-        coef = torch.stack([la0, -ad0x, -ad0y, -a, -c, -b], -1)  # [n_slots, 6]
-        clamp_any = opac > ALPHA_MAX
-        cl1 = torch.cat([cl, torch.ones_like(cl[:, :1])], -1).index_select(0, ids)  # [n_slots, D+1]
+        la0 = la0.masked_fill_(~plan.valid, -_S_PAD)
+        coef = torch.stack([la0, -ad0x, -ad0y, -a, -c, -b], 0)  # [6, n_slots]
+        cols = torch.stack(rows[6:] + [torch.ones_like(opac)], 0)  # [D + 1, n_slots]
 
         out = torch.empty(plan.order.numel(), P, D + 1, dtype=dtype, device=device)
         stored, budget = [], store_bytes if for_grad else 0
         for t0, nb, length, s0 in plan.chunks:
             sl = slice(s0, s0 + nb * length)
-            coef_k = coef[sl].view(nb, length, 6).transpose(1, 2)
-            w, r, t_incl = _composite(coef_k, feats, for_grad, bool(clamp_any[sl].any()))
-            torch.bmm(w, cl1[sl].view(nb, length, D + 1), out=out[t0 : t0 + nb])
+            coef_k = coef[:, sl].view(6, nb, length).transpose(0, 1)  # [B, 6, L]
+            may_clamp = bool(opac[sl].max() > ALPHA_MAX)
+            w, r, t_incl = _composite(coef_k, feats, for_grad, may_clamp)
+            cols_k = cols[:, sl].view(D + 1, nb, length).transpose(0, 1)  # [B, D + 1, L]
+            torch.bmm(w, cols_k.transpose(1, 2), out=out[t0 : t0 + nb])
             size = 3 * w.numel() * w.element_size()
             if budget >= size:
                 stored.append((w, r, t_incl))
@@ -482,23 +529,24 @@ class _RasterizeToPixels(torch.autograd.Function):
             cam = torch.arange(bins.n_tiles, device=device) // (bins.tile_width * bins.tile_height)
             render = out_all + trans[..., None] * backgrounds[cam][:, None, :]
         ctx.bins, ctx.plan, ctx.stored = bins, plan, stored
-        ctx.slots = (coef, d0, abc, opac, clamp_any, ad0x, ad0y)
+        ctx.slots = (coef, cols, dx, dy, a, b, c, opac, ad0x, ad0y)
         ctx.absgrad = absgrad
         ctx.means2d = means2d if absgrad else None
         ctx.shapes = (means2d.shape, conics.shape, colors.shape, opacities.shape)
-        ctx.save_for_backward(cl, backgrounds, trans, out_all)
+        ctx.save_for_backward(backgrounds, trans, out_all)
         colors_img = _from_tiles(render, bins, width, height)
         alphas_img = _from_tiles(1.0 - trans[..., None], bins, width, height)
         return colors_img, alphas_img
 
     @staticmethod
     def backward(ctx, v_colors, v_alphas):
-        cl, backgrounds, trans, out = ctx.saved_tensors
+        backgrounds, trans, out = ctx.saved_tensors
         bins, plan, stored = ctx.bins, ctx.plan, ctx.stored
-        coef, d0, abc, opac, clamp_any, ad0x, ad0y = ctx.slots
+        coef, cols, dx, dy, a, b, c, opac, ad0x, ad0y = ctx.slots
         ctx.stored = ctx.slots = None
-        S, D = cl.shape
-        dtype, device = cl.dtype, cl.device
+        D = out.shape[-1]
+        S = ctx.shapes[3].numel()
+        dtype, device = out.dtype, out.device
         g_all = _to_tiles(v_colors, bins)  # [n_tiles, P, D]
         ga_all = _to_tiles(v_alphas, bins)[..., 0]  # [n_tiles, P]
         # With s_i = -log alpha_i (the exponent) and r_i = alpha_i / (1 - alpha_i):
@@ -512,65 +560,56 @@ class _RasterizeToPixels(torch.autograd.Function):
 
         feats = _pixel_features(bins.tile_size, dtype, device)
         n_slots = plan.ids.numel()
-        cl_slots = cl.index_select(0, plan.ids)  # [n_slots, D]
-        v_slot = torch.zeros(n_slots, 6 + D + (2 if ctx.absgrad else 0), dtype=dtype, device=device)
+        n_rows = 6 + D + (2 if ctx.absgrad else 0)
+        v_slot = torch.zeros(n_rows, n_slots, dtype=dtype, device=device)
         for k, (t0, nb, length, s0) in enumerate(plan.chunks):
             sl = slice(s0, s0 + nb * length)
             if stored[k] is not None:
                 w, r, t_incl = stored[k]
                 stored[k] = None
             else:
-                coef_k = coef[sl].view(nb, length, 6).transpose(1, 2)
-                w, r, t_incl = _composite(coef_k, feats, True, bool(clamp_any[sl].any()))
+                coef_k = coef[:, sl].view(6, nb, length).transpose(0, 1)
+                w, r, t_incl = _composite(coef_k, feats, True, bool(opac[sl].max() > ALPHA_MAX))
             g = g_sorted[t0 : t0 + nb]  # [B, P, D]
-            cols = cl_slots[sl].view(nb, length, D)
-            v = torch.bmm(g, cols.transpose(1, 2))  # [B, P, L]: g . c_i
+            cols_k = cols[:D, sl].view(D, nb, length).transpose(0, 1)  # [B, D, L]
+            v = torch.bmm(g, cols_k)  # [B, P, L]: g . c_i
             # head - sum_{j<=i} w_j v_j - T_i^incl v_i = tail + sum_{j>i} w_j v_j - T_i^incl v_i
             x = torch.cumsum(w * v, dim=-1)
             x = torch.sub(head[t0 : t0 + nb, :, None], x, out=x)
             x.addcmul_(t_incl, v, value=-1.0)
             ds = x.mul_(r)  # dL/ds, s = -log alpha = sigma - log(opacity)
-            vs = v_slot[sl].view(nb, length, -1)
+            vs = v_slot[:, sl].view(n_rows, nb, length).transpose(0, 1)  # [B, rows, L]
             # dL/d(-coef) = dL/d(Q(d0) - log o, (A d0)_x, (A d0)_y, a, c, b)
-            vs[..., :6] = torch.matmul(feats.t(), ds).transpose(1, 2)
-            vs[..., 6 : 6 + D] = torch.bmm(g.transpose(1, 2), w).transpose(1, 2)
+            vs[:, :6] = torch.matmul(feats.t(), ds)
+            vs[:, 6 : 6 + D] = torch.bmm(g.transpose(1, 2), w)
             if ctx.absgrad:
                 # per pixel, d s / d mean = -A (d0 + u): sum over pixels of |ds| |.| per component
                 ax, ay = ad0x[sl].view(nb, 1, length), ad0y[sl].view(nb, 1, length)
-                a_, b_, c_ = (t[sl].view(nb, 1, length) for t in abc.unbind(-1))
+                a_, b_, c_ = (t[sl].view(nb, 1, length) for t in (a, b, c))
                 ux, uy = feats[:, 1].view(1, -1, 1), feats[:, 2].view(1, -1, 1)
                 ads = ds.abs_()
-                vs[..., 6 + D] = (ads * (ax + a_ * ux + b_ * uy).abs_()).sum(1)
-                vs[..., 7 + D] = (ads * (ay + b_ * ux + c_ * uy).abs_()).sum(1)
-        g0, g1, g2, g3, g4, g5 = v_slot[:, :6].unbind(-1)
-        dx, dy = d0.unbind(-1)
-        a, b, c = abc.unbind(-1)
+                vs[:, 6 + D] = (ads * (ax + a_ * ux + b_ * uy).abs_()).sum(1)
+                vs[:, 7 + D] = (ads * (ay + b_ * ux + c_ * uy).abs_()).sum(1)
+        g0, g1, g2, g3, g4, g5 = v_slot[:6].clone().unbind(0)
         ex, ey = g0 * dx + g1, g0 * dy + g2  # dL/dmean = -A (g0 d0 + (g1, g2)), d0 = centre - mean
-        v_gauss = torch.stack(
-            [
-                -(a * ex + b * ey),
-                -(b * ex + c * ey),
-                0.5 * g0 * dx * dx + g1 * dx + g3,
-                g0 * dx * dy + g1 * dy + g2 * dx + g5,
-                0.5 * g0 * dy * dy + g2 * dy + g4,
-                -g0 / opac,
-            ],
-            -1,
-        )
-        v_slot[:, :6] = v_gauss
-        v_all = torch.zeros(S, v_slot.shape[1], dtype=dtype, device=device)
-        v_all.index_add_(0, plan.ids, v_slot)
+        torch.neg(a * ex + b * ey, out=v_slot[0])
+        torch.neg(b * ex + c * ey, out=v_slot[1])
+        torch.add(0.5 * g0 * dx * dx + g1 * dx, g3, out=v_slot[2])
+        torch.add(g0 * dx * dy + g1 * dy + g2 * dx, g5, out=v_slot[3])
+        torch.add(0.5 * g0 * dy * dy + g2 * dy, g4, out=v_slot[4])
+        torch.div(-g0, opac, out=v_slot[5])
+        v_all = torch.zeros(n_rows, S, dtype=dtype, device=device).index_add_(1, plan.ids, v_slot)
         v_bg = None
         if backgrounds is not None and ctx.needs_input_grad[4]:
             v_bg = (g_all * trans[..., None]).reshape(bins.n_cameras, -1, D).sum(1)
         if ctx.absgrad and ctx.means2d is not None:
-            ctx.means2d.absgrad = v_all[:, 6 + D :].reshape(ctx.means2d.shape)
+            ctx.means2d.absgrad = v_all[6 + D :].t().reshape(ctx.means2d.shape)
         s_m2, s_cn, s_cl, s_op = ctx.shapes
         return (
-            v_all[:, 0:2].reshape(s_m2),
-            v_all[:, 2:5].reshape(s_cn),
-            v_all[:, 6 : 6 + D].reshape(s_cl),
-            v_all[:, 5].reshape(s_op),
+            v_all[0:2].t().reshape(s_m2),
+            v_all[2:5].t().reshape(s_cn),
+            v_all[6 : 6 + D].t().reshape(s_cl),
+            v_all[5].reshape(s_op),
             v_bg,
             None, None, None, None, None, None,
         )

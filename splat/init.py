@@ -144,14 +144,14 @@ def select_neighbors(c2w: np.ndarray, src: int, candidates: list[int], k: int, m
 
 def voxel_downsample(
     points: np.ndarray, voxel: float, weights: np.ndarray, *attributes: np.ndarray
-) -> tuple[np.ndarray, list[np.ndarray]]:
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Weighted mean per voxel.
 
     Args:
         points: [N, 3] positions; voxel: edge length (same units); weights: [N] > 0.
         attributes: arrays [N, ...] averaged with the same weights (e.g. colours, view directions).
     Returns:
-        (points [M, 3], [attribute means [M, ...]]) with M occupied voxels.
+        (points [M, 3], [attribute means [M, ...]], weight sums [M]) with M occupied voxels.
     """
     if voxel <= 0:
         raise ReconError(f"voxel size must be positive, got {voxel}")
@@ -168,7 +168,7 @@ def voxel_downsample(
         out = np.stack([np.bincount(inverse, weights=weights * a2[:, c], minlength=M) for c in range(a2.shape[1])], axis=1)
         return (out / wsum[:, None]).reshape((M,) + a.shape[1:])
 
-    return mean(points), [mean(a) for a in attributes]
+    return mean(points), [mean(a) for a in attributes], wsum
 
 
 def robust_extent(points: np.ndarray, lo: float = 1.0, hi: float = 99.0) -> float:
@@ -235,6 +235,55 @@ def _load_aligned(paths: RunPaths, cams: CameraSet) -> tuple[np.ndarray, np.ndar
     return depth.astype(np.float32, copy=False), conf
 
 
+class VoxelAccumulator:
+    """Confidence-weighted running sums per voxel of a fixed grid (origin, voxel), so that fusing a long
+    video needs memory for the occupied voxels, not for every back-projected pixel.
+
+    `add(points [N, 3], weights [N], colors [N, 3], views [N, 3])`; `means()` returns
+    (points [M, 3], colors [M, 3], views [M, 3], weights [M]) with M occupied voxels.
+    """
+
+    _BITS = 21  # per axis: voxel indices within +-2^20 of the origin
+
+    def __init__(self, origin: np.ndarray, voxel: float, flush_points: int = 2_000_000):
+        self.origin = np.asarray(origin, dtype=np.float64)
+        self.voxel = float(voxel)
+        self.flush_points = flush_points
+        self.keys = np.zeros(0, dtype=np.int64)
+        self.sums = np.zeros((0, 10))  # w, w*xyz, w*rgb, w*view
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_n = 0
+
+    def add(self, points: np.ndarray, weights: np.ndarray, colors: np.ndarray, views: np.ndarray) -> None:
+        half = 1 << (self._BITS - 1)
+        ijk = np.floor((points - self.origin) / self.voxel).astype(np.int64)
+        ok = np.all(np.abs(ijk) < half, axis=1)  # farther than 2^20 voxels: discarded as absurd
+        ijk = ijk[ok] + half
+        key = (ijk[:, 0] << (2 * self._BITS)) | (ijk[:, 1] << self._BITS) | ijk[:, 2]
+        w = weights[ok, None]
+        rows = np.concatenate([w, w * points[ok], w * colors[ok], w * views[ok]], axis=1)
+        self._pending.append((key, rows))
+        self._pending_n += len(key)
+        if self._pending_n >= self.flush_points:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        keys = np.concatenate([self.keys] + [k for k, _ in self._pending])
+        rows = np.concatenate([self.sums] + [r for _, r in self._pending])
+        self._pending, self._pending_n = [], 0
+        self.keys, inverse = np.unique(keys, return_inverse=True)
+        inverse = inverse.ravel()
+        self.sums = np.stack([np.bincount(inverse, weights=rows[:, c], minlength=len(self.keys)) for c in range(rows.shape[1])], axis=1)
+
+    def means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        self._flush()
+        w = self.sums[:, 0]
+        m = self.sums[:, 1:] / w[:, None]
+        return m[:, 0:3], m[:, 3:6], m[:, 6:9], w
+
+
 def run_fuse(paths: RunPaths, cfg: FuseConfig) -> dict[str, Any]:
     """Fuse the aligned depth of the training views into RUN/points/init.ply; returns a summary dict."""
     if cfg.stride < 1 or cfg.min_views < 1 or cfg.max_points < 1 or not cfg.rel_depth_tol > 0:
@@ -253,49 +302,53 @@ def run_fuse(paths: RunPaths, cfg: FuseConfig) -> dict[str, Any]:
         warn(f"fuse: only {len(frames)} view(s) with depth; multi-view check needs {min_views}, keeping single-view points")
         min_views = len(frames)
 
+    # Pass 1 (cheap): the scene extent from a coarse back-projection fixes the voxel grid.
+    coarse = np.zeros((H, W), dtype=bool)
+    coarse[:: 8 * cfg.stride, :: 8 * cfg.stride] = True
+    sample = np.concatenate([backproject(depth[i], cams.K[i], cams.c2w[i], coarse) for i in frames] + [np.zeros((0, 3))])
+    if len(sample) < 2:
+        sample = np.concatenate([backproject(depth[i], cams.K[i], cams.c2w[i]) for i in frames])
+    extent = max(robust_extent(sample), 1e-9)
+    voxel = float(cfg.voxel_size) if cfg.voxel_size else extent / cfg.voxel_divisions
+    acc = VoxelAccumulator(np.percentile(sample, 1.0, axis=0), voxel)
+
+    # Pass 2: back-project, keep multi-view consistent points, accumulate per voxel.
     w2c = invert_pose(cams.c2w)
     grid = np.zeros((H, W), dtype=bool)
     grid[cfg.stride // 2 :: cfg.stride, cfg.stride // 2 :: cfg.stride] = True
-    pts, cols, wts, views = [], [], [], []
-    n_backprojected = 0
+    n_backprojected = n_consistent = 0
     for i in track(frames, "fusing depth"):
         sel = grid & (conf[i] >= cfg.min_confidence)
         p = backproject(depth[i], cams.K[i], cams.c2w[i], sel)
         n_backprojected += len(p)
         if not len(p):
             continue
-        rows, cc = np.nonzero(sel & (depth[i] > 0))
+        rows, cols = np.nonzero(sel & (depth[i] > 0))
         count = np.ones(len(p), dtype=np.int64)
         for j in select_neighbors(cams.c2w, i, frames, cfg.neighbors, cfg.max_view_angle_deg):
             count += depth_agreement(p, depth[j], cams.K[j], w2c[j], cfg.rel_depth_tol, conf[j], cfg.min_confidence)
         keep = count >= min_views
         if not keep.any():
             continue
+        n_consistent += int(keep.sum())
         rgb = _read_rgb(paths.root / cams.files[i], (W, H))
         view = cams.c2w[i][:3, 3] - p[keep]
         view /= np.linalg.norm(view, axis=1, keepdims=True)
-        pts.append(p[keep])
-        cols.append(rgb[rows[keep], cc[keep]].astype(np.float64))
-        wts.append(conf[i][rows[keep], cc[keep]].astype(np.float64))
-        views.append(view)
-    if not pts:
+        weight = np.maximum(conf[i][rows[keep], cols[keep]].astype(np.float64), 1e-6)
+        acc.add(p[keep], weight, rgb[rows[keep], cols[keep]].astype(np.float64), view)
+    if n_consistent == 0:
         raise ReconError(
             f"fuse: no point is consistent in {min_views} views (rel_depth_tol {cfg.rel_depth_tol}); "
             "the aligned depth disagrees between views"
         )
-    P = np.concatenate(pts)
-    C = np.concatenate(cols)
-    Wt = np.maximum(np.concatenate(wts), 1e-6)
-    V = np.concatenate(views)
-    n_consistent = len(P)
+    Pv, Cv, Vv, Wv = acc.means()
 
-    extent = robust_extent(P)
-    voxel = cfg.voxel_size if cfg.voxel_size else max(extent / cfg.voxel_divisions, 1e-9)
+    # Point budget: coarser voxels (surfaces: count ~ 1 / voxel^2), then a random subset if needed.
     for _ in range(8):
-        Pv, (Cv, Vv) = voxel_downsample(P, voxel, Wt, C, V)
         if len(Pv) <= cfg.max_points:
             break
-        voxel *= 1.05 * np.sqrt(len(Pv) / cfg.max_points)  # surfaces: count ~ 1 / voxel^2
+        voxel *= 1.05 * np.sqrt(len(Pv) / cfg.max_points)
+        Pv, (Cv, Vv), Wv = voxel_downsample(Pv, voxel, Wv, Cv, Vv)
     if len(Pv) > cfg.max_points:
         pick = np.sort(np.random.default_rng(cfg.seed).choice(len(Pv), cfg.max_points, replace=False))
         Pv, Cv, Vv = Pv[pick], Cv[pick], Vv[pick]

@@ -203,6 +203,7 @@ def _rasterization_torch(
     bins = bin_tiles(
         means2d.detach().reshape(-1, 2), radii.reshape(-1), depths.detach().reshape(-1),
         splat_cams, C, width, height, tile_size,
+        conics=conics.detach().reshape(-1, 3), opacities=opacities.detach().reshape(-1),
     )
     render_colors, render_alphas = rasterize_to_pixels(
         means2d, conics, feats, opacities, bins, width, height,

@@ -35,7 +35,7 @@ from splat.gaussians import (
     to_parameters,
 )
 from splat.losses import DEPTH_LOSSES, depth_weight_at, exp_decay, photometric_loss
-from splat.ply import read_gaussian_ply, write_gaussian_ply
+from splat.ply import read_gaussian_ply, sh_degree_from_bases, write_gaussian_ply
 
 
 @dataclass
@@ -448,7 +448,7 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
         strategy.check_sanity(params, optimizers)
 
     def render_view(i: int, sh_degree: int | None = None):
-        d = cfg.sh_degree if sh_degree is None else sh_degree
+        d = _params_sh_degree(params) if sh_degree is None else sh_degree
         rgb, depth, alpha, _ = render(params, views.viewmats[i], views.K[i], views.width, views.height, d, background)
         return rgb, depth, alpha
 
@@ -567,6 +567,10 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
     return elapsed
 
 
+def _params_sh_degree(params) -> int:
+    return sh_degree_from_bases(params["shN"].shape[1] + 1)
+
+
 def _load_trained(paths: RunPaths, device: torch.device) -> torch.nn.ParameterDict:
     if paths.checkpoint.exists():
         ck = _load_checkpoint(paths.checkpoint)
@@ -600,7 +604,7 @@ def _render_video(paths: RunPaths, cfg: TrainConfig, params, views: _Views, cams
     @torch.no_grad()
     def render_pose(c2w: np.ndarray) -> np.ndarray:
         w2c = torch.as_tensor(invert_pose(c2w), dtype=torch.float32, device=K.device)
-        rgb, _, _, _ = render(params, w2c, K, views.width, views.height, cfg.sh_degree, background)
+        rgb, _, _, _ = render(params, w2c, K, views.width, views.height, _params_sh_degree(params), background)
         return ev.to_uint8(rgb)
 
     n = render_path_video(render_pose, keys, paths.renders_mp4, cfg.video_frames, cfg.video_fps)

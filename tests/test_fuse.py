@@ -18,6 +18,7 @@ from recon.sim3 import umeyama
 from recon.split import load_split
 from splat.init import (
     FuseConfig,
+    VoxelAccumulator,
     backproject,
     depth_agreement,
     project,
@@ -75,10 +76,31 @@ def test_voxel_downsample_weighted_means():
     pts = np.array([[0.01, 0.01, 0.01], [0.03, 0.03, 0.03], [0.5, 0.5, 0.5]])
     w = np.array([1.0, 3.0, 1.0])
     col = np.array([[0, 0, 0], [200, 100, 40], [10, 10, 10]], float)
-    out, (c,) = voxel_downsample(pts, 0.1, w, col)
+    out, (c,), wsum = voxel_downsample(pts, 0.1, w, col)
     order = np.argsort(out[:, 0])
     np.testing.assert_allclose(out[order], [[0.025, 0.025, 0.025], [0.5, 0.5, 0.5]])
     np.testing.assert_allclose(c[order][0], [150, 75, 30])
+    np.testing.assert_allclose(wsum[order], [4.0, 1.0])
+
+
+def test_voxel_accumulator_matches_one_shot_downsampling():
+    """Streaming in batches (with flushes) gives the same voxels as reducing everything at once."""
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-1, 1, (5000, 3))
+    pts[0] = -1.0  # same grid origin as the accumulator's
+    w = rng.uniform(0.1, 1, 5000)
+    col = rng.uniform(0, 255, (5000, 3))
+    view = rng.normal(size=(5000, 3))
+    acc = VoxelAccumulator(origin=np.array([-1.0, -1.0, -1.0]), voxel=0.25, flush_points=1500)
+    for k in range(0, 5000, 700):
+        acc.add(pts[k : k + 700], w[k : k + 700], col[k : k + 700], view[k : k + 700])
+    P, C, V, W = acc.means()
+    P1, (C1, V1), W1 = voxel_downsample(pts, 0.25, w, col, view)
+    o, o1 = np.lexsort(P.T), np.lexsort(P1.T)
+    assert len(P) == len(P1) == 512  # 8 x 8 x 8 voxels
+    np.testing.assert_allclose(P[o], P1[o1], atol=1e-12)
+    np.testing.assert_allclose(C[o], C1[o1], atol=1e-9)
+    np.testing.assert_allclose(W[o], W1[o1], atol=1e-9)
 
 
 def test_select_neighbors_by_distance_and_view_angle():

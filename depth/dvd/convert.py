@@ -79,9 +79,6 @@ def _open_safetensors(path: Path):
             f"DVD checkpoint {path} is not a readable safetensors file (truncated or corrupt download?): "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from None
-    size = path.stat().st_size
-    if size == 0:
-        raise ReconError(f"DVD checkpoint {path} is empty")
     return handle, keys
 
 
@@ -137,7 +134,6 @@ def read_dvd_checkpoint(
     validate_dit_keys(keys, path)
     info = LoraMergeInfo()
     out: dict[str, torch.Tensor] = {}
-    names = set(keys)
     try:
         for key in keys:
             if not key.startswith(DIT_PREFIX) or key.endswith((LORA_A, LORA_B)):
@@ -171,7 +167,6 @@ def read_dvd_checkpoint(
         raise
     except Exception as e:  # a tensor whose bytes lie beyond the end of a truncated file
         raise ReconError(f"DVD checkpoint {path} could not be read (truncated or corrupt?): {e}") from None
-    del names
     _check_dit_shapes(out, config, path)
     return out, info
 

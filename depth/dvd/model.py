@@ -335,6 +335,8 @@ class DVDRegressor:
         first = np.asarray(frames[0:1])
         if first.ndim != 4 or first.shape[-1] != 3:
             raise ReconError(f"DVD expects RGB frames [T, H, W, 3], got {first.shape[1:]} per frame")
+        if first.dtype != np.uint8:
+            raise ReconError(f"DVD predict expects uint8 frames (0-255), got {first.dtype}; use predict_window for floats")
         h0, w0 = int(first.shape[1]), int(first.shape[2])
         h, w = W.processing_size(h0, w0, height, width)
         spans = W.plan_windows(num_frames, window, overlap)

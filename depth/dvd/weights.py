@@ -23,7 +23,7 @@ DVD_DEFAULT_FILE = DVD_FILES["v1.0"]  # what the official scripts load (ckpt/mod
 VAE_REPO = "Wan-AI/Wan2.1-T2V-1.3B"
 VAE_FILE = "Wan2.1_VAE.pth"
 # Approximate download sizes, for the message only.
-DVD_SIZE = "~4-5 GB"
+DVD_SIZE = "~4-8 GB"  # 1.42 B base + ~0.7 B rank-512 LoRA parameters, bf16 or fp32
 VAE_SIZE = "~0.5 GB"
 
 
@@ -91,6 +91,13 @@ def resolve_weights(
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     dit = _check_explicit(dvd_weights, "--dvd-weights")
     vae = _check_explicit(vae_weights, "--vae-weights")
+    if dit is not None and dit.is_dir():  # a folder like the official ckpt/ (holds model.safetensors)
+        found = [dit / n for n in (dvd_file, *DVD_FILES.values()) if (dit / n).is_file()]
+        if not found:
+            raise ReconError(f"--dvd-weights folder {dit} holds none of {', '.join(DVD_FILES.values())}")
+        dit = found[0]
+    if vae is not None and vae.is_dir() and (vae / VAE_FILE).is_file():  # e.g. a Wan2.1-T2V-1.3B download
+        vae = vae / VAE_FILE
     dit = dit or ((cache / dvd_file) if (cache / dvd_file).is_file() else None)
     vae = vae or _local_vae(cache)
     if dit is not None and vae is not None:
