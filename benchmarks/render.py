@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -51,8 +52,12 @@ def make_scene(n: int, seed: int = 0):
     return means, quats, scales, opacities, sh0
 
 
-def run_one(n: int, width: int, height: int, repeats: int, chunk_elems: int) -> dict:
+def run_one(n: int, width: int, height: int, repeats: int, chunk_elems: int, tile_size: int,
+            threads: int | None) -> dict:
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from splat.render import rasterization
 
@@ -63,26 +68,28 @@ def run_one(n: int, width: int, height: int, repeats: int, chunk_elems: int) -> 
     viewmats = torch.eye(4)[None]
     target = torch.rand(1, height, width, 3)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    fwd, total = [], []
+    fwd, total, cpu = [], [], []
     for i in range(repeats + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         img, alpha, meta = rasterization(
-            *params[:4], params[4], viewmats, Ks, width, height, sh_degree=0, chunk_elems=chunk_elems,
+            *params[:4], params[4], viewmats, Ks, width, height, sh_degree=0, chunk_elems=chunk_elems, tile_size=tile_size,
             render_mode="RGB+ED",
         )
         meta["means2d"].retain_grad()
         t1 = time.perf_counter()
         loss = (img[..., :3] - target).abs().mean() + 0.1 * img[..., 3].mean()
         loss.backward()
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         for p in params:
             p.grad = None
         if i > 0:  # first call warms up allocator and caches
             fwd.append(t1 - t0)
             total.append(t2 - t0)
+            cpu.append(c2 - c0)
     n_isects = int(meta["flatten_ids"].numel())
     return {
         "n": n, "size": f"{width}x{height}", "fwd_s": float(np.median(fwd)), "fwd_bwd_s": float(np.median(total)),
+        "cpu_s": float(np.median(cpu)),
         "isects": n_isects, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "base_rss_mb": base_rss, "threads": torch.get_num_threads(),
     }
@@ -94,6 +101,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="160x120,320x240,640x480")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--chunk-elems", type=int, default=None)
+    ap.add_argument("--tile-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one config, print JSON
     args = ap.parse_args()
     from splat.cpu_raster import DEFAULT_CHUNK_ELEMS
@@ -101,25 +110,32 @@ def main() -> None:
     chunk = args.chunk_elems or DEFAULT_CHUNK_ELEMS
     if args.one:
         n, w, h = (int(v) for v in args.one.split(","))
-        print(json.dumps(run_one(n, w, h, args.repeats, chunk)))
+        print(json.dumps(run_one(n, w, h, args.repeats, chunk, args.tile_size, args.threads)))
         return
     rows = []
-    print(f"{'gaussians':>9} {'size':>8} {'isects':>8} {'fwd s':>7} {'fwd+bwd s':>9} {'peak RSS MB':>11} {'base MB':>8}")
+    print(f"{'gaussians':>9} {'size':>8} {'isects':>8} {'fwd s':>7} {'fwd+bwd s':>9} {'cpu s':>7} "
+          f"{'peak RSS MB':>11} {'base MB':>8}")
     for n in (int(v) for v in args.counts.split(",")):
         for size in args.sizes.split(","):
             w, h = (int(v) for v in size.split("x"))
             cmd = [sys.executable, __file__, "--one", f"{n},{w},{h}", "--repeats", str(args.repeats),
-                   "--chunk-elems", str(chunk)]
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                   "--chunk-elems", str(chunk), "--tile-size", str(args.tile_size)]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            # OpenMP threads that spin while waiting are ruinous on a shared, loaded machine
+            env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
             if out.returncode != 0:
                 print(f"{n:>9} {size:>8} failed: {out.stderr.strip().splitlines()[-1]}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(r)
-            print(f"{r['n']:>9} {r['size']:>8} {r['isects']:>8} {r['fwd_s']:>7.3f} {r['fwd_bwd_s']:>9.3f} "
+            print(f"{r['n']:>9} {r['size']:>8} {r['isects']:>8} {r['fwd_s']:>7.3f} {r['fwd_bwd_s']:>9.3f} {r['cpu_s']:>7.3f} "
                   f"{r['peak_rss_mb']:>11.0f} {r['base_rss_mb']:>8.0f}")
-    print(f"torch threads: {rows[0]['threads'] if rows else '?'}; median of {args.repeats} runs after one warm-up; "
-          "render_mode RGB+ED, SH degree 0, L1 + depth loss backward")
+    load = os.getloadavg()[0]
+    print(f"torch threads: {rows[0]['threads'] if rows else '?'}, tile {args.tile_size}, chunk {chunk}; median of "
+          f"{args.repeats} runs after one warm-up; RGB+ED, SH degree 0, L1 + depth loss; 'cpu s' is process CPU "
+          f"time (all threads); load average at the end {load:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,27 @@ DATA = Path("/work/shared/data")
 LEGO = DATA / "nerf_synthetic_lego_train100_400px"
 SCENES = DATA / "7scenes_redkitchen_rgbd"
 SEVEN_F = 530.0  # colour camera focal length at 640x480 (7-Scenes PROVENANCE.md, measured by SfM)
+SEVEN_DEPTH_F = 585.0  # depth camera focal length (camera-intrinsics.txt)
+
+
+def register_depth_to_colour(depth: np.ndarray, f_depth: float = SEVEN_DEPTH_F, f_colour: float = SEVEN_F) -> np.ndarray:
+    """7-Scenes GT depth [480,640] (depth camera) resampled onto the colour camera's pixel grid.
+
+    The two cameras share the centre and (nearly) the pose but not the focal length: colour pixel u
+    sees the ray of depth pixel c + (u - c) * f_depth / f_colour (the ~1.10 zoom PROVENANCE.md
+    measured). Nearest neighbour, so 0 = invalid stays exact. Checked here: re-projecting frame 0's
+    registered depth into frame 30 with K(530) and the GT poses gives 0.54 % median relative error
+    (0.94 % unregistered).
+    """
+    h, w = depth.shape
+    v, u = np.mgrid[0:h, 0:w] + 0.5
+    zoom = f_depth / f_colour
+    ud = w / 2 + (u - w / 2) * zoom
+    vd = h / 2 + (v - h / 2) * zoom
+    ok = (ud >= 0) & (ud < w) & (vd >= 0) & (vd < h)
+    out = np.zeros_like(depth)
+    out[ok] = depth[vd[ok].astype(int), ud[ok].astype(int)]
+    return out
 
 
 # ------------------------------------------------------------------------------------- inputs
@@ -101,7 +122,7 @@ def seven_scenes_input(work: Path, n: int, num_frames: int) -> tuple[Path, Path,
         c2w = np.loadtxt(SCENES / "pose" / f"{fid}.pose.txt").reshape(4, 4)
         frames.append({"file_path": dst.name, "transform_matrix": opencv_to_opengl(c2w).tolist()})
         d = np.asarray(Image.open(SCENES / "depth" / f"{fid}.depth.png")).astype(np.float32)
-        gt[fid] = np.where((d == 0) | (d == 65535), 0.0, d / 1000.0).astype(np.float32)
+        gt[fid] = register_depth_to_colour(np.where((d == 0) | (d == 65535), 0.0, d / 1000.0).astype(np.float32))
     tj = work / "transforms.json"
     tj.write_text(json.dumps({"fl_x": SEVEN_F, "fl_y": SEVEN_F, "cx": 320.0, "cy": 240.0, "w": 640, "h": 480, "frames": frames}))
     test = [k for k in range(len(pick)) if k % 8 == 0]
@@ -177,6 +198,7 @@ def oracle_variant(base: RunPaths, gt_npz: Path, dst: Path, fuse_min_views: int)
     keep[split["train"]] = True
     depth[~keep] = 0.0  # test views never contribute
     save_npz(paths.aligned_npz, depth=depth)
+    paths.disparity_npz.unlink(missing_ok=True)  # its MVS confidence belongs to the other prior
     run_fuse(paths, FuseConfig(min_views=fuse_min_views))
     return paths
 
@@ -203,7 +225,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=100, help="frame long side in pixels")
     ap.add_argument("--num-frames", type=int, default=40, help="7-Scenes frames in the run (of 150 staged)")
     ap.add_argument("--depth-backend", default="stereo", choices=["stereo", "dvd"])
-    ap.add_argument("--fuse-min-views", type=int, default=2)
+    ap.add_argument("--fuse-min-views", type=int, default=1,
+                    help="fusion's multi-view agreement; 1 by default because 3 spread views barely overlap")
     ap.add_argument("--prior-from-all-frames", action="store_true",
                     help="compute the depth prior (MVS) on every frame of the run, test views included; fusion and "
                          "the depth loss still use the training views only (a video gives these frames for free)")

@@ -436,7 +436,7 @@ def _load_disparity(paths: RunPaths, cams: CameraSet) -> dict[str, Any]:
 def _load_windows(paths: RunPaths, frames_with_depth: list[int]) -> list[list[int]]:
     """DVD windows as lists of cameras.json frame indices (from RUN/depth/windows.json)."""
     if not paths.windows_json.exists():
-        raise ReconError(f"per-window alignment needs {paths.windows_json}; use --align.mode global or per-frame")
+        raise ReconError(f"per-window alignment needs {paths.windows_json}; use --align-mode global or per-frame")
     d = json.loads(paths.windows_json.read_text())
     frames = d.get("frames", frames_with_depth)
     out = []
@@ -448,7 +448,7 @@ def _load_windows(paths: RunPaths, frames_with_depth: list[int]) -> list[list[in
     if not out:
         raise ReconError(
             f"per-window alignment needs DVD windows, but {paths.windows_json} lists none "
-            f"(backend {d.get('backend', '?')}); use --align.mode global or per-frame"
+            f"(backend {d.get('backend', '?')}); use --align-mode global or per-frame"
         )
     return out
 
@@ -515,7 +515,7 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
     if g_scale <= 0:
         raise ReconError(
             f"alignment found a non-positive scale ({g_scale:.3g}): the depth input behaves like depth, not "
-            "disparity (for --depth.file check --depth.file.kind)"
+            "disparity (for the file backend check --set depth.file.kind=depth|disparity)"
         )
     scale = np.zeros(T)
     shift = np.zeros(T)

@@ -36,7 +36,7 @@ from depth.align import KIND_METRIC, KIND_RELATIVE
 from depth.dvd.backend import DVDConfig, dvd_weights_available, run_dvd
 from depth.file import FileDepthConfig, load_depth_files
 from depth.preview import write_depth_preview
-from depth.stereo import StereoConfig, run_stereo
+from depth.stereo import StereoConfig, depth_to_disparity, run_stereo
 from recon.atomic import save_npz, write_json
 from recon.cameras import CameraSet
 from recon.console import info, warn
@@ -171,7 +171,7 @@ def run_depth(paths: RunPaths, cfg: DepthConfig) -> dict[str, Any]:
         if file_kind == "disparity":
             disp_sub, kind = maps, KIND_RELATIVE
         else:
-            disp_sub, kind = _depth_to_disparity(maps), KIND_METRIC
+            disp_sub, kind = depth_to_disparity(maps), KIND_METRIC
         report = {"path": str(cfg.file.path), "file_kind": file_kind, "match": cfg.file.match}
     seconds = time.perf_counter() - t0
 
@@ -219,15 +219,6 @@ def run_depth(paths: RunPaths, cfg: DepthConfig) -> dict[str, Any]:
         "windows": len(windows),
         "preview_range": value_range,
     }
-
-
-def _depth_to_disparity(depth: np.ndarray) -> np.ndarray:
-    """float [...] z-depth (0 / negative / non-finite = invalid) -> float32 1/depth with 0 invalid."""
-    depth = np.asarray(depth, dtype=np.float32)
-    ok = np.isfinite(depth) & (depth > 0)
-    out = np.zeros_like(depth)
-    out[ok] = 1.0 / depth[ok]
-    return out
 
 
 def _jsonable(obj: Any) -> Any:

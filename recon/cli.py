@@ -172,12 +172,35 @@ def build_config(cmd: StageCommand):
     except ImportError:
         pass
     cfg = apply_mapping(cfg, load_yaml(preset_path(preset)))
+    cfg = _apply_saved(cfg, cmd.out)
     if cmd.config is not None:
         cfg = apply_mapping(cfg, load_yaml(cmd.config))
     cfg = apply_mapping(cfg, _flag_overrides(cmd))
     for item in cmd.set:
         keys, value = parse_set(item)
         cfg = apply_mapping(cfg, nest(keys, value))
+    return cfg
+
+
+def _apply_saved(cfg, out: Path):
+    """Configs saved in RUN/manifest.json by earlier commands become the base, so that a later
+    `recon fuse --out RUN` without repeating `--max-frames` etc. keeps (and does not redo) earlier stages.
+    Explicit --config files, flags and --set still override them."""
+    from recon.config import apply_mapping
+    from recon.layout import RunPaths
+    from recon.manifest import Manifest
+
+    paths = RunPaths(out)
+    if not paths.manifest.exists():
+        return cfg
+    stages = Manifest(paths).data.get("stages", {})
+    for f in dataclasses.fields(cfg):
+        saved = stages.get(f.name, {}).get("config")
+        if isinstance(saved, dict):
+            try:
+                cfg = dataclasses.replace(cfg, **{f.name: apply_mapping(getattr(cfg, f.name), saved, f.name, strict=False)})
+            except ReconError:
+                pass  # an unusable saved config: fall back to the defaults
     return cfg
 
 

@@ -88,8 +88,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def apply_mapping(obj: Any, data: dict[str, Any], where: str = "") -> Any:
-    """Return a copy of dataclass `obj` with fields from `data` (nested dataclasses merged)."""
+def apply_mapping(obj: Any, data: dict[str, Any], where: str = "", strict: bool = True) -> Any:
+    """Return a copy of dataclass `obj` with fields from `data` (nested dataclasses merged).
+
+    With strict=False unknown keys are ignored (used for configs saved by an older version of a run).
+    """
     if not dataclasses.is_dataclass(obj):
         raise ReconError(f"{where or 'config'}: not a config section")
     hints = typing.get_type_hints(type(obj))
@@ -99,10 +102,12 @@ def apply_mapping(obj: Any, data: dict[str, Any], where: str = "") -> Any:
         k = str(key).replace("-", "_")
         loc = f"{where}.{k}" if where else k
         if k not in names:
+            if not strict:
+                continue
             raise ReconError(f"unknown config key {loc!r}; known keys here: {', '.join(sorted(names))}")
         current = getattr(obj, k)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            updates[k] = apply_mapping(current, value, loc)
+            updates[k] = apply_mapping(current, value, loc, strict)
         elif isinstance(value, dict) and current is None:
             ann = hints.get(k)
             cls = next((a for a in typing.get_args(ann) if dataclasses.is_dataclass(a)), None)

@@ -448,8 +448,10 @@ def _fmt(v: Any) -> str:
 
 
 def _summary_text(summary: Any) -> str:
+    """A stage summary (or log row) as one line of its scalar entries; nested values are left out."""
     if isinstance(summary, dict):
-        return ", ".join(f"{k}: {_fmt(v) if isinstance(v, (int, float)) else v}" for k, v in summary.items())
+        return ", ".join(f"{k}: {_fmt(v) if isinstance(v, (int, float)) else v}" for k, v in summary.items()
+                         if not isinstance(v, (dict, list, tuple)))
     return "" if summary is None else str(summary)
 
 

@@ -58,16 +58,23 @@ def knn_scales(xyz: np.ndarray, k: int = 3) -> np.ndarray:
     return np.maximum(dist[:, 1:].mean(axis=1), 1e-7).astype(np.float32)
 
 
-def scene_extent(c2w: np.ndarray) -> float:
-    """3DGS's scene scale: 1.1 x the largest distance of a camera centre from the mean centre.
+def scene_extent(c2w: np.ndarray, points: np.ndarray | None = None) -> float:
+    """Scene scale for learning rates and densification thresholds.
+
+    3DGS uses 1.1 x the largest distance of a camera centre from the mean centre. That collapses for a
+    small-baseline capture (a few cm of camera motion in a room), so the scale is at least half the
+    median distance of the initial points from the mean camera centre.
 
     Args:
-        c2w: [T,4,4] camera-to-world of the training views.
+        c2w: [T,4,4] camera-to-world of the training views. points: [N,3] initial points or None.
     Returns:
-        radius in scene units (falls back to 1.0 for a single camera).
+        scale in scene units (> 0).
     """
     centers = np.asarray(c2w)[:, :3, 3]
-    radius = float(np.linalg.norm(centers - centers.mean(0), axis=1).max()) * 1.1
+    mean = centers.mean(0)
+    radius = float(np.linalg.norm(centers - mean, axis=1).max()) * 1.1
+    if points is not None and len(points):
+        radius = max(radius, 0.5 * float(np.median(np.linalg.norm(np.asarray(points, np.float64) - mean, axis=1))))
     return radius if radius > 1e-6 else 1.0
 
 

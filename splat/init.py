@@ -9,9 +9,10 @@ Pipeline (run_fuse):
      (relative) of the point's depth in that view. Points seen consistently in fewer than
      `min_views` views (the source view counts) are dropped.
   4. Voxel downsampling: one point per voxel, the confidence-weighted mean of position, colour and
-     viewing direction (numpy; open3d's voxel_down_sample averages uniformly). The voxel size is
-     `voxel_size`, or the robust scene extent / `voxel_divisions`, enlarged until the point budget
-     `max_points` holds.
+     viewing direction (numpy; open3d's voxel_down_sample averages uniformly), accumulated frame by
+     frame (VoxelAccumulator) so memory grows with the occupied voxels, not with the video length.
+     The voxel size is `voxel_size`, or the robust scene extent (from a coarse first pass) /
+     `voxel_divisions`, enlarged until the point budget `max_points` holds.
   5. Statistical outlier removal and normal estimation with open3d; normals are flipped to face
      the cameras that saw the point.
   6. Written atomically as binary PLY: x y z float32, nx ny nz float32 (when estimated),

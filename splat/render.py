@@ -19,7 +19,6 @@ from splat.cpu_raster import (
     bin_tiles,
     eval_sh,
     project_gaussians,
-    quat_scale_to_covar,
     rasterize_to_pixels,
 )
 
@@ -157,9 +156,8 @@ def _rasterization_torch(
     _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                   sh_degree, backgrounds, render_mode, rasterize_mode)
     N, C = means.shape[0], viewmats.shape[0]
-    covars = quat_scale_to_covar(quats, scales)
     radii, means2d, depths, conics, comp = project_gaussians(
-        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
+        means, quats, scales, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
         far_plane=far_plane, radius_clip=radius_clip,
         calc_compensations=rasterize_mode == "antialiased",
     )

@@ -340,7 +340,7 @@ def _config_json(cfg: TrainConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
-def _save_checkpoint(path: Path, step: int, params, optimizers, strategy_state, rng: np.random.Generator, log: list, elapsed: float, cfg: TrainConfig) -> None:
+def _save_checkpoint(path: Path, step: int, params, optimizers, strategy_state, rng: np.random.Generator, log: list, elapsed: float, cfg: TrainConfig, extent: float) -> None:
     state = {
         "step": step,
         "params": {k: v.detach().cpu() for k, v in params.items()},
@@ -350,6 +350,7 @@ def _save_checkpoint(path: Path, step: int, params, optimizers, strategy_state, 
         "rng_torch": torch.get_rng_state(),
         "log": log,
         "elapsed_s": elapsed,
+        "extent": float(extent),
         "config": _config_json(cfg),
     }
     with atomic_path(path) as tmp:
@@ -413,20 +414,21 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
     views = load_views(paths, cams, sorted(set(train) | set(test)), cfg, device, prior)
     gt_depth = _load_gt_depth(cfg, cams, test, (views.width, views.height))
     background = torch.tensor(cfg.background, dtype=torch.float32, device=device)
-    extent = scene_extent(cams.c2w[train])
     info(
         f"train: {len(train)} train / {len(test)} test views at {views.width}x{views.height} on {device}, "
-        f"init={cfg.init}, depth_loss={cfg.depth_loss if use_depth else 'none'}, scene extent {extent:.3g}"
+        f"init={cfg.init}, depth_loss={cfg.depth_loss if use_depth else 'none'}"
     )
 
     start_step, log, elapsed = 0, [], 0.0
     strategy = _make_strategy(cfg, device)
     summary_extra: dict[str, Any] = {}
+    extent = 1.0
     if cfg.eval_only:
         params = _load_trained(paths, device)
         optimizers, strategy_state = None, None
     elif cfg.resume:
         ck = _load_checkpoint(paths.checkpoint)
+        extent = float(ck["extent"])
         params = to_parameters({k: v.numpy() for k, v in ck["params"].items()}, device)
         optimizers = _make_optimizers(params, cfg, extent)
         for k, o in optimizers.items():
@@ -439,10 +441,11 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
     else:
         icfg = InitConfig(init=cfg.init, num_random=cfg.num_random, max_points=cfg.max_init_points)
         xyz, rgb = initial_points(paths, icfg, cams, train, rng)
+        extent = scene_extent(cams.c2w[train], xyz)
         params = to_parameters(gaussians_from_points(xyz, rgb, cfg.sh_degree, cfg.init_opacity, cfg.init_scale), device)
         optimizers = _make_optimizers(params, cfg, extent)
         strategy_state = strategy.initialize_state(scene_scale=extent) if cfg.strategy == "default" else strategy.initialize_state()
-        info(f"initial Gaussians: {len(xyz)} from {cfg.init}")
+        info(f"initial Gaussians: {len(xyz)} from {cfg.init}, scene extent {extent:.3g}")
 
     if optimizers is not None:
         strategy.check_sanity(params, optimizers)
@@ -523,7 +526,8 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
             row: dict[str, Any] = {"step": step + 1, **terms}
             if use_depth:
                 w = depth_weight_at(step, cfg.depth_weight, cfg.depth_weight_final, cfg.iterations)
-                dl = depth_fn(depth, views.prior_depth[i], alpha.detach() > 0.5)
+                # Expected depth is normalised by alpha, so it is meaningful wherever anything was hit.
+                dl = depth_fn(depth, views.prior_depth[i], alpha.detach() > 0.01)
                 loss = loss + w * dl
                 row["depth"], row["depth_weight"] = float(dl.detach()), w
             if cfg.strategy == "mcmc":
@@ -557,12 +561,12 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
                 # Unconsumed views of the current epoch go back by re-seeding the order at checkpoint
                 # boundaries: an epoch always restarts after a checkpoint, resumed or not.
                 order = []
-                _save_checkpoint(paths.checkpoint, step + 1, params, optimizers, strategy_state, rng, log, time.perf_counter() - t0, cfg)
+                _save_checkpoint(paths.checkpoint, step + 1, params, optimizers, strategy_state, rng, log, time.perf_counter() - t0, cfg, extent)
                 _write_log(paths.splat_dir / "train_log.jsonl", log)
             if callback is not None:
                 callback(step + 1, row)
     elapsed = time.perf_counter() - t0
-    _save_checkpoint(paths.checkpoint, cfg.iterations, params, optimizers, strategy_state, rng, log, elapsed, cfg)
+    _save_checkpoint(paths.checkpoint, cfg.iterations, params, optimizers, strategy_state, rng, log, elapsed, cfg, extent)
     _write_log(paths.splat_dir / "train_log.jsonl", log)
     return elapsed
 

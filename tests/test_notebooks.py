@@ -15,10 +15,11 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 SMALL = {
-    "quickstart": {"MAX_FRAMES": 10, "MAX_SIZE": 160, "ITERATIONS": 10, "DEPTH_BACKEND": "stereo", "TEST_EVERY": 5},
-    "sparse_view": {"VIEWS": [3], "NUM_TEST": 2, "INITS": ["depth", "random"], "DEPTH_LOSSES": ["l1-inverse"],
-                    "ITERATIONS": 5, "SIZE": 64, "DEPTH_BACKEND": "stereo"},
-    "depth_alignment": {"MAX_SIZE": 160, "DEPTH_BACKEND": "stereo"},
+    "quickstart": {"MAX_FRAMES": 10, "MAX_SIZE": 160, "ITERATIONS": 5, "MAX_INIT_POINTS": 2000, "VIDEO_FRAMES": 0,
+                   "DEPTH_BACKEND": "stereo", "STEREO_PLANES": 16, "TEST_EVERY": 5},
+    "sparse_view": {"VIEWS": [9], "NUM_TEST": 13, "INITS": ["depth", "random"], "DEPTH_LOSSES": ["l1-inverse"],
+                    "ITERATIONS": 5, "MAX_INIT_POINTS": 2000, "SIZE": 200, "DEPTH_BACKEND": "stereo", "STEREO_PLANES": 16},
+    "depth_alignment": {"MAX_SIZE": 160, "DEPTH_BACKEND": "stereo", "STEREO_PLANES": 16},
 }
 
 
@@ -76,8 +77,8 @@ def test_sparse_view_runs(tmp_path: Path):
     book = execute("sparse_view", tmp_path)
     text = outputs_text(book)
     assert "'init': 'depth'" in text and "'init': 'random'" in text
-    metrics = json.loads((tmp_path / "sparse_view" / "N3" / "run" / "metrics.json").read_text())
-    assert metrics["num_train_views"] == 3 and metrics["num_test_views"] == 2
+    metrics = json.loads((tmp_path / "sparse_view" / "N9" / "run" / "metrics.json").read_text())
+    assert metrics["num_train_views"] == 9 and metrics["num_test_views"] == 13
     assert count_images(book) >= 2  # PSNR vs N, renders beside GT
 
 

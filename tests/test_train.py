@@ -291,3 +291,41 @@ def test_camera_path_passes_through_keys():
     np.testing.assert_allclose(path[10], keys[1], atol=1e-9)  # evenly parametrised: midpoint is key 1
     for p in path:
         np.testing.assert_allclose(p[:3, :3] @ p[:3, :3].T, np.eye(3), atol=1e-9)
+
+
+# --------------------------------------------------------------------------------- depth prior
+
+ICL = Path("/work/shared/data/icl_nuim_livingroom_5frames")
+
+
+@pytest.mark.skipif(not ICL.exists(), reason=f"ICL-NUIM data not staged at {ICL}")
+def test_depth_loss_fixes_geometry_on_icl_nuim(tmp_path):
+    """Random init, 4 training views: the l1-inverse depth loss against GT depth (as the aligned
+    prior) makes the held-out view's rendered depth far closer to GT than photometric loss alone."""
+    from recon.atomic import save_npz
+    from splat.init import FuseConfig, run_fuse
+    from splat.posed_run import build_rgbd_run
+
+    lines = (ICL / "trajectory.log").read_text().split("\n")
+    c2w = [np.array([[float(x) for x in lines[5 * k + 1 + r].split()] for r in range(4)]) for k in range(5)]
+    # camera_primesense.json: fx = fy = 525, principal point 319.5/239.5 in integer-pixel-centre
+    # coordinates = 320/240 in our pixel-centre-at-+0.5 convention.
+    K = np.array([[525.0, 0, 320.0], [0, 525.0, 240.0], [0, 0, 1]])
+    frames = [(ICL / "color" / f"{k:05d}.jpg", c2w[k], ICL / "depth" / f"{k:05d}.png") for k in range(5)]
+    paths, gt = build_rgbd_run(frames, K, tmp_path / "icl", train=[0, 1, 3, 4], test=[2], size=(80, 60))
+    with np.load(gt) as z:
+        depth = z["depth"].copy()
+    depth[2] = 0.0  # the test view's depth is never a prior
+    save_npz(paths.aligned_npz, depth=depth)
+    run_fuse(paths, FuseConfig())  # init.ply only bounds the random init here (cameras do not converge)
+
+    common = dict(init="random", num_random=800, iterations=60, refine_start=1000, checkpoint_every=0,
+                  video_frames=0, test_renders=False, eval_initial=False, gt_depth=gt, gt_depth_align="none")
+    without = run_train(paths, _cfg(depth_loss="none", **common))
+    with_depth = run_train(paths, _cfg(depth_loss="l1-inverse", depth_weight=1.0, **common))
+    # Measured here: AbsRel 0.210 without the prior, 0.127 with it (metric GT poses: no scale alignment).
+    assert with_depth["depth_abs_rel"] < 0.8 * without["depth_abs_rel"], (with_depth, without)
+    assert with_depth["depth_delta1"] > without["depth_delta1"]
+    log = [json.loads(x) for x in (paths.splat_dir / "train_log.jsonl").read_text().splitlines()]
+    assert all("depth" in r and r["depth_weight"] <= 1.0 for r in log)
+    assert log[-1]["depth"] < log[0]["depth"]

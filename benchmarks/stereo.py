@@ -1,0 +1,122 @@
+"""Benchmark of the plane-sweep stereo backend on 7-Scenes redkitchen (SfM poses, 320x240).
+
+For each number of depth hypotheses: seconds per frame, peak memory of the stereo call, and depth
+accuracy against the GT depth (stereo depth x the Sim(3) scale of the SfM trajectory onto the GT
+trajectory; GT resized to the frame size with nearest neighbour; pixels the stereo marks valid).
+
+    .venv/bin/python benchmarks/stereo.py                   # builds the 60-frame SfM run in /tmp
+    .venv/bin/python benchmarks/stereo.py --run RUN --planes 64 128 --cost census ncc
+
+Each configuration runs in its own subprocess, so the peak resident memory (CPU) or the peak CUDA
+allocation is that of one stereo run. Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+KITCHEN = ROOT.parent / "shared" / "data" / "7scenes_redkitchen_rgbd"
+
+
+def build_run(root: Path) -> Path:
+    """The conftest recipe: 60 frames of the redkitchen video at 320x240, default SfM."""
+    from recon.layout import RunPaths
+    from recon.poses import PosesConfig, run_poses
+    from recon.video import FramesConfig, extract_frames
+
+    paths = RunPaths(root)
+    if not paths.cameras_json.exists():
+        extract_frames(KITCHEN / "video_30fps.mp4", paths, FramesConfig(max_frames=60, max_size=320))
+        run_poses(paths, PosesConfig())
+    return root
+
+
+def worker(run: Path, planes: int, cost: str, frames_limit: int, device: str) -> dict:
+    import torch
+    from PIL import Image
+
+    from conftest import RedkitchenGT
+    from depth.metrics import depth_metrics
+    from depth.stereo import StereoConfig, sfm_depth_range, stereo_depth
+    from recon.cameras import CameraSet
+    from recon.layout import RunPaths
+    from recon.sim3 import umeyama
+
+    paths = RunPaths(run)
+    cams = CameraSet.load(paths.cameras_json)
+    gtd = RedkitchenGT()
+    reg = [i for i in range(len(cams)) if cams.registered[i]]
+    ids = [i for i in reg if gtd.depth_file(cams.source_index[i]) is not None][:frames_limit]
+    s, _, _ = umeyama(cams.centers[reg], gtd.centers([cams.source_index[i] for i in reg]))
+    frames = np.stack([np.asarray(Image.open(paths.root / f).convert("RGB")) for f in cams.files])
+    cfg = StereoConfig(num_planes=planes, cost=cost, device=device)
+    near, far = sfm_depth_range(paths, ids, cfg.range_percentiles)
+    gt = np.stack([gtd.read_depth(cams.source_index[i])[1::2, 1::2] for i in ids])  # nearest 640x480 -> 320x240
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    depth, _ = stereo_depth(frames, cams.K, cams.c2w, ids, (near, far), cfg, neighbour_ids=reg)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    peak_mb = (torch.cuda.max_memory_allocated() / 2**20) if cuda else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    m = depth_metrics(depth * s, gt)
+    med = depth_metrics(depth * s, gt, align="median")
+    return {
+        "planes": planes, "cost": cost, "frames": len(ids), "size": f"{cams.width}x{cams.height}",
+        "s_per_frame": seconds / len(ids), "peak_mb": peak_mb, "memory": "cuda peak alloc" if cuda else "CPU RSS growth",
+        "abs_rel": m["abs_rel"], "delta1": m["delta1"], "coverage": m["coverage"], "abs_rel_median_aligned": med["abs_rel"],
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, default=Path("/tmp/dvd_splat_bench_stereo_run"), help="run dir with cameras.json + sfm (built if missing)")
+    ap.add_argument("--planes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--cost", nargs="+", default=["census"])
+    ap.add_argument("--frames", type=int, default=100, help="at most this many GT frames")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--worker", nargs=2, metavar=("PLANES", "COST"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(args.run, int(args.worker[0]), args.worker[1], args.frames, args.device)))
+        return
+    build_run(args.run)
+    rows = []
+    for cost in args.cost:
+        for planes in args.planes:
+            cmd = [sys.executable, __file__, "--run", str(args.run), "--frames", str(args.frames), "--device", args.device, "--worker", str(planes), cost]
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            if out.returncode != 0:
+                print(out.stderr[-2000:], file=sys.stderr)
+                raise SystemExit(f"worker failed for planes={planes} cost={cost}")
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"\nplane-sweep stereo, 7-Scenes redkitchen, {rows[0]['size']}, {rows[0]['frames']} GT frames, torch threads {rows[0]['threads']}")
+    print(f"{'cost':<7} {'planes':>6} {'s/frame':>8} {'peak MB':>8} {'AbsRel':>7} {'delta1':>7} {'coverage':>8} {'AbsRel(med)':>11}")
+    for r in rows:
+        print(f"{r['cost']:<7} {r['planes']:>6} {r['s_per_frame']:>8.2f} {r['peak_mb']:>8.0f} {r['abs_rel']:>7.4f} {r['delta1']:>7.4f} {r['coverage']:>8.3f} {r['abs_rel_median_aligned']:>11.4f}")
+    print(f"(memory: {rows[0]['memory']}; AbsRel(med): after a median scale, which removes the SfM-vs-GT scale bias)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""depth.stereo: the plane-sweep stereo backend.
+
+* exact geometry: a real 7-Scenes photo as the texture of a known slanted plane, seen by five cameras
+  (views rendered by the plane's homography) -> the recovered depth must match the plane;
+* the real thing: 7-Scenes redkitchen, SfM poses (redkitchen_sfm_run), depth for the frames that have
+  GT, compared with GT depth after the ONE Sim(3) scale of the SfM trajectory onto the GT trajectory;
+* run_stereo on a run directory (only the given frames are read), sfm_depth_range, helpers, errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from depth import stereo as S
+from depth.metrics import depth_metrics
+from recon.cameras import CameraSet, invert_pose
+from recon.errors import ReconError
+
+KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_rgbd"
+
+
+def _look(center, target=(0.0, 0.0, 2.0)) -> np.ndarray:
+    """c2w (OpenCV) of a camera at `center` looking at `target`, y down."""
+    c = np.asarray(center, float)
+    z = np.asarray(target, float) - c
+    z /= np.linalg.norm(z)
+    x = np.cross([0.0, 1.0, 0.0], z)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([x, y, z], 1)
+    T[:3, 3] = c
+    return T
+
+
+@pytest.fixture(scope="module")
+def plane_scene():
+    """Five 160x120 views of a slanted textured plane n.X = d (world = reference camera 0)."""
+    tex = np.asarray(Image.open(KITCHEN / "rgb" / "frame-000090.color.jpg").convert("RGB").resize((160, 120), Image.BILINEAR))
+    W, H = 160, 120
+    K = np.array([[130.0, 0, 79.5], [0, 130.0, 59.5], [0, 0, 1]])
+    n = np.array([0.0, 0.25, 1.0])
+    n /= np.linalg.norm(n)
+    d0 = 2.0 * n[2]  # passes through (0, 0, 2)
+    centers = [(0, 0, 0), (0.12, 0, 0), (-0.12, 0, 0), (0, 0.1, 0), (0.06, -0.1, 0.05)]
+    c2w = np.stack([np.eye(4)] + [_look(c) for c in centers[1:]])
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
+    pix = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)])
+    frames = []
+    for T in c2w:
+        rays = T[:3, :3] @ np.linalg.inv(K) @ pix  # world directions
+        lam = (d0 - n @ T[:3, 3]) / (n @ rays)
+        X = T[:3, 3:4] + lam * rays  # on the plane, world = reference camera
+        q = K @ X
+        u, v = q[0] / q[2], q[1] / q[2]
+        grid = torch.from_numpy(np.stack([(u + 0.5) / W * 2 - 1, (v + 0.5) / H * 2 - 1], -1).reshape(1, H, W, 2)).float()
+        img = torch.from_numpy(tex.copy()).permute(2, 0, 1)[None].float()
+        out = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        frames.append(out[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy())
+    rays0 = np.linalg.inv(K) @ pix
+    gt0 = (d0 / (n @ rays0)).reshape(H, W)  # z-depth of the reference view
+    return np.stack(frames), np.repeat(K[None], 5, 0), c2w, gt0
+
+
+@pytest.mark.parametrize("cost", ["census", "ncc"])
+def test_plane_sweep_recovers_known_plane(plane_scene, cost):
+    frames, K, c2w, gt0 = plane_scene
+    cfg = S.StereoConfig(cost=cost, scale=1.0, num_planes=48, num_views=4, best_k=3, geo_views=0, device="cpu")
+    depth, conf = S.stereo_depth(frames, K, c2w, [0], (1.4, 3.0), cfg)
+    assert depth.shape == (1, 120, 160) and depth.dtype == np.float32 and conf.shape == depth.shape
+    valid = depth[0] > 0
+    assert valid.mean() > 0.8
+    rel = np.abs(depth[0][valid] / gt0[valid] - 1)
+    # planes are 2.7 % apart in inverse depth; sub-plane refinement must do better than half a step
+    # (the disparity to the side views is ~8 px, so 1 % of depth is ~0.08 px)
+    assert np.median(rel) < 0.013, np.median(rel)
+    assert (rel < 0.05).mean() > 0.95
+    assert abs(np.median(depth[0][valid] / gt0[valid] - 1)) < 0.004  # no bias
+    assert ((conf[0] > 0) == valid).all() and conf.max() <= 1.0
+
+
+def test_geometric_consistency_on_all_views(plane_scene):
+    frames, K, c2w, gt0 = plane_scene
+    cfg = S.StereoConfig(scale=1.0, num_planes=48, num_views=4, geo_views=4, geo_min_views=2, device="cpu")
+    depth, conf = S.stereo_depth(frames, K, c2w, [0, 1, 2, 3, 4], (1.4, 3.0), cfg)
+    valid = depth[0] > 0
+    assert valid.mean() > 0.6
+    assert np.median(np.abs(depth[0][valid] / gt0[valid] - 1)) < 0.013
+    # breaking one view's pose makes its depth inconsistent with the others: coverage collapses there
+    bad = c2w.copy()
+    bad[3, :3, 3] += [0.0, 0.04, 0.0]
+    d_bad, _ = S.stereo_depth(frames, K, bad, [0, 1, 2, 3, 4], (1.4, 3.0), cfg)
+    assert (d_bad[3] > 0).mean() < 0.5 * (depth[3] > 0).mean()
+
+
+def test_select_neighbours_prefers_overlap_and_angle():
+    K = np.repeat(np.array([[200.0, 0, 160], [0, 200, 120], [0, 0, 1]])[None], 6, 0)
+    c2w = np.stack([
+        _look((0, 0, 0)),
+        _look((0.005, 0, 0)),  # ~0.1 deg: too short a baseline
+        _look((0.17, 0, 0)),  # ~5 deg: ideal
+        _look((0.35, 0, 0)),  # ~10 deg
+        _look((0.1, 0, 0), target=(5.0, 0.0, 2.0)),  # looks away: no overlap
+        _look((-0.17, 0, 0.02)),  # ~5 deg on the other side
+    ])
+    nb = S.select_neighbours(0, range(6), K, c2w, (320, 240), depth=2.0, num=3)
+    assert set(nb[:2]) == {2, 5} and 4 not in nb and 0 not in nb
+    assert S.select_neighbours(0, range(6), K, c2w, (320, 240), depth=2.0, num=5)[-1] == 1
+
+
+def test_depth_disparity_helpers_and_intrinsics():
+    d = np.array([[2.0, 0.0], [np.inf, -1.0]], np.float32)
+    disp = S.depth_to_disparity(d)
+    np.testing.assert_array_equal(disp, [[0.5, 0.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(S.disparity_to_depth(disp), [[2.0, 0.0], [0.0, 0.0]])
+    K = np.array([[100.0, 0, 49.5], [0, 100, 29.5], [0, 0, 1]])
+    Ks = S.scale_intrinsics(K, 0.5, 0.5)
+    # the image centre stays the image centre (pixel-centre convention)
+    assert Ks[0, 0] == 50 and Ks[0, 2] == pytest.approx(24.5) and Ks[1, 2] == pytest.approx(14.5)
+
+
+def test_bad_input_raises(plane_scene):
+    frames, K, c2w, _ = plane_scene
+    with pytest.raises(ReconError, match="near"):
+        S.stereo_depth(frames, K, c2w, [0], (3.0, 1.0))
+    with pytest.raises(ReconError, match="frame ids"):
+        S.stereo_depth(frames, K, c2w, [7], (1.0, 3.0))
+    with pytest.raises(ReconError, match="window"):
+        S.stereo_depth(frames, K, c2w, [0], (1.0, 3.0), S.StereoConfig(window=4))
+    with pytest.raises(ReconError, match="frames must be"):
+        S.stereo_depth(frames[:3], K, c2w, [0], (1.0, 3.0))
+
+
+# ------------------------------------------------------------------------------------------------
+# real data: 7-Scenes redkitchen with SfM poses
+
+
+def _frames(paths, cams: CameraSet) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(paths.root / f).convert("RGB")) for f in cams.files])
+
+
+@pytest.fixture(scope="module")
+def kitchen_stereo(redkitchen_sfm_run, redkitchen_gt):
+    """Stereo depth (SfM units) for the redkitchen frames that have GT, all registered frames as
+    neighbours, with default settings; GT resized (nearest) to the frame size; the Sim(3) scale."""
+    from recon.sim3 import umeyama
+
+    paths = redkitchen_sfm_run
+    cams = CameraSet.load(paths.cameras_json)
+    reg = [i for i in range(len(cams)) if cams.registered[i]]
+    gt_ids = [i for i in reg if redkitchen_gt.depth_file(cams.source_index[i]) is not None]
+    assert len(gt_ids) >= 15
+    s, _, _ = umeyama(cams.centers[reg], redkitchen_gt.centers([cams.source_index[i] for i in reg]))
+    cfg = S.StereoConfig()  # census 5x5, half resolution, 64 planes, 5 views best 3, geometric filter
+    near, far = S.sfm_depth_range(paths, gt_ids, cfg.range_percentiles)
+    depth, conf = S.stereo_depth(_frames(paths, cams), cams.K, cams.c2w, gt_ids, (near, far), cfg, neighbour_ids=reg)
+    H, W = cams.height, cams.width
+    gt = np.stack([redkitchen_gt.read_depth(cams.source_index[i]) for i in gt_ids])
+    ys = np.minimum(((np.arange(H) + 0.5) * gt.shape[1] / H).astype(int), gt.shape[1] - 1)
+    xs = np.minimum(((np.arange(W) + 0.5) * gt.shape[2] / W).astype(int), gt.shape[2] - 1)
+    gt = gt[:, ys[:, None], xs[None, :]]
+    m = depth_metrics(depth * s, gt)
+    med = depth_metrics(depth * s, gt, align="median")
+    sfm_ratio = _sfm_point_ratio(paths, cams, gt_ids, depth)
+    gt_over_sfm = _sfm_point_ratio(paths, cams, gt_ids, gt / s)  # GT depth / (SfM point depth x s)
+    print(
+        f"\nredkitchen stereo ({len(gt_ids)} frames, Sim(3) scale {s:.4f}): AbsRel {m['abs_rel']:.4f} "
+        f"delta1 {m['delta1']:.4f} RMSE {m['rmse']:.3f} m coverage {m['coverage']:.3f} | "
+        f"median-aligned AbsRel {med['abs_rel']:.4f} delta1 {med['delta1']:.4f} (scale {med['scale']:.3f}) | "
+        f"stereo / SfM point depth: median {sfm_ratio[0]:.4f}, {sfm_ratio[1]:.1%} within 2 % | "
+        f"GT depth / (SfM point depth x s): median {gt_over_sfm[0]:.4f}"
+    )
+    return {"s": s, "near": near, "far": far, "depth": depth, "conf": conf, "metrics": m, "median": med, "sfm_ratio": sfm_ratio}
+
+
+def test_redkitchen_stereo_matches_sfm_and_covers(kitchen_stereo):
+    k = kitchen_stereo
+    assert np.all(k["near"] > 0) and np.all(k["far"] > k["near"])
+    # SfM range in metres (GT valid depth is about 0.9-2.9 m)
+    assert 0.5 < np.median(k["near"]) * k["s"] < 1.5 and 2.0 < np.median(k["far"]) * k["s"] < 5.0
+    # the stereo reproduces the SfM geometry it was given (no GT involved)
+    assert abs(k["sfm_ratio"][0] - 1) < 0.02 and k["sfm_ratio"][1] > 0.5
+    assert k["metrics"]["coverage"] >= 0.5
+    assert k["metrics"]["delta1"] >= 0.90
+    assert ((k["conf"] > 0) == (k["depth"] > 0)).all()
+
+
+def test_redkitchen_stereo_abs_rel_target(kitchen_stereo):
+    """Target AbsRel <= 0.09 with the ONE Sim(3) trajectory scale. Its limit: the SfM structure is
+    ~7 % smaller than the GT depth once the trajectory is scaled (median GT depth / (SfM point depth
+    x s) = 1.08 on this run), which the stereo, faithful to the SfM, inherits (see the printout)."""
+    m = kitchen_stereo["metrics"]
+    assert m["abs_rel"] <= 0.09, (
+        f"AbsRel {m['abs_rel']:.4f} > 0.09 (median-aligned {kitchen_stereo['median']['abs_rel']:.4f}, "
+        f"scale {kitchen_stereo['median']['scale']:.3f}: SfM-vs-GT scale bias)"
+    )
+
+
+def _sfm_point_ratio(paths, cams, ids, maps) -> tuple[float, float]:
+    """Over the SfM points seen by frames `ids`: median of maps[n] / SfM point depth at the points'
+    pixels (maps [len(ids),H,W], 0 = invalid, same units as the SfM), and the fraction within 2 %."""
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(str(paths.sfm_dir))
+    by_name = {im.name: im for im in rec.images.values()}
+    ratios = []
+    for n, i in enumerate(ids):
+        im = by_name[Path(cams.files[i]).name]
+        w2c = invert_pose(cams.c2w[i])
+        for p in im.points2D:
+            if not p.has_point3D():
+                continue
+            z = (w2c[:3, :3] @ rec.points3D[p.point3D_id].xyz + w2c[:3, 3])[2]
+            u, v = int(p.xy[0]), int(p.xy[1])  # COLMAP: pixel (i, j) covers [i, i+1)
+            if 0 <= u < cams.width and 0 <= v < cams.height and maps[n, v, u] > 0:
+                ratios.append(maps[n, v, u] / z)
+    r = np.asarray(ratios)
+    return float(np.median(r)), float(np.mean(np.abs(r - 1) < 0.02))
+
+
+def test_run_stereo_uses_only_given_frames(redkitchen_sfm_run, monkeypatch):
+    paths = redkitchen_sfm_run
+    cams = CameraSet.load(paths.cameras_json)
+    ids = [i for i in range(10, 30, 3) if cams.registered[i]][:6]
+    read = []
+    orig = S._read_frame
+
+    def spy(p):
+        read.append(Path(p).relative_to(paths.root).as_posix())
+        return orig(p)
+
+    monkeypatch.setattr(S, "_read_frame", spy)
+    cfg = S.StereoConfig(num_planes=32, num_views=3, best_k=2, geo_views=2)
+    disp, conf, report = S.run_stereo(paths, ids, cfg)
+    assert set(read) <= {cams.files[i] for i in ids}
+    assert disp.shape == (len(ids), cams.height, cams.width) and disp.dtype == np.float32
+    assert conf.shape == disp.shape and ((conf > 0) == (disp > 0)).all()
+    assert report["kind"] == "metric_disparity" and report["frames"] == len(ids)
+    assert 0.2 < report["coverage_mean"] <= 1.0
+    depth = S.disparity_to_depth(disp)
+    near, far = S.sfm_depth_range(paths, ids)
+    valid = depth[depth > 0]
+    # depths lie in the (widened) SfM range
+    assert valid.min() >= near.min() / (1 + cfg.range_margin) * 0.99 and valid.max() <= far.max() * (1 + cfg.range_margin) * 1.01
+    with pytest.raises(ReconError, match="at least 2"):
+        S.run_stereo(paths, ids[:1], cfg)
