@@ -30,7 +30,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "fuse": ("align",),
     "train": ("fuse",),
     "export": ("align", "fuse"),
-    "report": (),
+    "report": ("train", "export"),
 }
 
 
@@ -101,7 +101,8 @@ def _run_stage(name: str, input_path: Path | None, paths: RunPaths, cfg: RunConf
         from recon.split import make_split, save_split
 
         cams = CameraSet.load(paths.cameras_json)
-        split = make_split(len(cams), cams.files, cfg.split, cams.registered)
+        aliases = _source_names(paths, cams)
+        split = make_split(len(cams), cams.files, cfg.split, cams.registered, aliases=aliases)
         save_split(paths.split_json, split)
         return {"train views": len(split["train"]), "test views": len(split["test"]), "prior frames": len(split["prior"]),
                 "protocol": split["protocol"]}
@@ -131,6 +132,21 @@ def _run_stage(name: str, input_path: Path | None, paths: RunPaths, cfg: RunConf
 
         return {"report": str(write_report(paths))}
     raise ValueError(f"unknown stage {name}")
+
+
+def _source_names(paths: RunPaths, cams) -> list[list[str]]:
+    """Other names a split file may use for each frame: the source image name and the frames/ file."""
+    import json
+
+    out: list[list[str]] = [[] for _ in range(len(cams))]
+    if paths.frames_json.exists():
+        frames = json.loads(paths.frames_json.read_text()).get("frames", [])
+        by_src = {int(f["source_index"]): f for f in frames}
+        for i, s in enumerate(cams.source_index):
+            f = by_src.get(int(s))
+            if f:
+                out[i] = [n for n in (f.get("source_name"), f.get("file")) if n]
+    return out
 
 
 def stage_config(name: str, cfg: RunConfig) -> Any:

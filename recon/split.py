@@ -43,8 +43,13 @@ def evenly_spaced(candidates: list[int], n: int) -> list[int]:
     return [candidates[p] for p in pos]
 
 
-def make_split(num_frames: int, files: list[str], cfg: SplitConfig, registered: np.ndarray | None = None) -> dict[str, Any]:
-    """Build the split dict for `num_frames` frames (unregistered frames are in neither set)."""
+def make_split(num_frames: int, files: list[str], cfg: SplitConfig, registered: np.ndarray | None = None,
+               aliases: list[list[str]] | None = None) -> dict[str, Any]:
+    """Build the split dict for `num_frames` frames (unregistered frames are in neither set).
+
+    A split file may name frames by index, by run file name (with or without folder / extension), or by
+    any of `aliases[i]` (e.g. the source image name "r_12.png").
+    """
     reg = np.ones(num_frames, bool) if registered is None else np.asarray(registered, bool)
     if cfg.split_file is not None:
         path = Path(cfg.split_file)
@@ -58,6 +63,11 @@ def make_split(num_frames: int, files: list[str], cfg: SplitConfig, registered: 
         names = {Path(f).stem: i for i, f in enumerate(files)}
         names.update({Path(f).name: i for i, f in enumerate(files)})
         names.update({f: i for i, f in enumerate(files)})
+        for i, al in enumerate(aliases or []):
+            for a in al:
+                names.setdefault(a, i)
+                names.setdefault(Path(a).name, i)
+                names.setdefault(Path(a).stem, i)
 
         def resolve(items: list) -> list[int]:
             out = []
