@@ -374,8 +374,10 @@ def bin_tiles(
             tx, ty, tile_size, per_isect(means2d[:, 0].contiguous()), per_isect(means2d[:, 1].contiguous()),
             *(per_isect(conics[:, k].contiguous()) for k in range(3)), per_isect(opacities),
         )
-        ids, tx, ty = ids[keep], tx[keep], ty[keep]
-    tile = camera_ids.index_select(0, ids) * (tile_width * tile_height) + ty * tile_width + tx
+    tile = per_isect(camera_ids) * (tile_width * tile_height) + ty * tile_width + tx
+    if conics is not None and opacities is not None:
+        kept = torch.nonzero(keep).squeeze(1)
+        ids, tile = ids.index_select(0, kept), tile.index_select(0, kept)
     tile, perm = torch.sort(tile, stable=True)
     ids = ids.index_select(0, perm)
     tile_count = torch.bincount(tile, minlength=n_tiles)
@@ -511,8 +513,8 @@ class _RasterizeToPixels(torch.autograd.Function):
     def forward(ctx, means2d, conics, colors, opacities, backgrounds, bins, width, height, absgrad,
                 chunk_elems, store_bytes):
         S = opacities.numel()
-        cl = colors.reshape(S, -1)
-        D = cl.shape[-1]
+        D = colors.shape[-1]
+        cl = colors.reshape(S, D)
         P = bins.tile_size**2
         dtype, device = cl.dtype, cl.device
         for_grad = any(t.requires_grad for t in (means2d, conics, colors, opacities))

@@ -7,7 +7,6 @@ The call shape and output semantics are those of gsplat 1.4.0's `gsplat.renderin
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -89,7 +88,13 @@ def rasterization(
             "depths" ([C, N] z-depth), "conics" ([C, N, 3]), "opacities" ([C, N], after
             compensation), "camera_ids"/"gaussian_ids" ([nnz] int64, None when not packed),
             "tiles_per_gauss", "isect_ids", "flatten_ids", "isect_offsets", "tile_width",
-            "tile_height", "tile_size", "width", "height", "n_cameras".
+            "tile_height", "tile_size", "width", "height", "n_cameras". With the torch backend the
+            intersection lists leave out (tile, Gaussian) pairs whose alpha stays below 1/255 over
+            the whole tile (they contribute nothing); "tiles_per_gauss" counts the full 3-sigma box.
+
+    Performance note (torch backend): on a CPU shared with other busy processes, set
+    OMP_WAIT_POLICY=PASSIVE before torch is imported (or use one torch thread); spinning OpenMP
+    workers otherwise make every op wait for a descheduled thread.
     """
     if backend not in BACKENDS:
         raise ReconError(f"unknown render backend {backend!r}; use one of {', '.join(BACKENDS)}")

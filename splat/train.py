@@ -57,8 +57,11 @@ class TrainConfig:
     """Raise the active SH degree by one every this many steps (until sh_degree)."""
     ssim_lambda: float = 0.2
     depth_loss: Literal["none", "l1-inverse", "pearson"] = "l1-inverse"
-    """Depth-prior loss against depth/aligned.npz (chosen by experiment, see benchmarks/sparse_view.py)."""
+    """Depth-prior loss against depth/aligned.npz. Chosen by benchmarks/sparse_view.py (7-Scenes, 3 views,
+    300 CPU steps): with the GT-depth prior l1-inverse gave test depth AbsRel 0.072 vs 0.084 (pearson)
+    and 0.084 (none) at equal SSIM; with the stereo prior on SfM init it gave +0.73 dB PSNR."""
     depth_weight: float = 0.5
+    """Chosen on the same data: stereo prior + SfM init gave 15.76 / 16.11 / 15.91 dB for 0.1 / 0.5 / 2.0."""
     depth_weight_final: float = 0.1
     """Depth weight at the last step as a fraction of depth_weight (exponential decay; 1 = constant)."""
     strategy: Literal["default", "mcmc"] = "default"
@@ -510,7 +513,8 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
     """The training loop from `start_step` to cfg.iterations; returns the accumulated training seconds."""
     depth_fn = DEPTH_LOSSES.get(cfg.depth_loss)
     order: list[int] = []
-    # Replay the view order so that a resumed run sees the same views as an uninterrupted one.
+    # Views are drawn epoch by epoch from `rng`; an epoch restarts at every checkpoint, so a resumed
+    # run (rng state restored from the checkpoint) sees the same views as an uninterrupted one.
     t0 = time.perf_counter() - elapsed
     capped = False
     with progress() as bar:
@@ -550,6 +554,10 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
                     strategy.refine_stop_iter = step + 1  # densification stops at the cap (pruning too)
                     capped = True
                     warn(f"reached max_gaussians={cfg.max_gaussians} at step {step + 1}: densification stopped")
+            if len(params["means"]) == 0:
+                raise ReconError(f"training collapsed: every Gaussian was pruned by step {step + 1} (try another --init or fewer iterations)")
+            if not np.isfinite(float(loss.detach())):
+                raise ReconError(f"training diverged: the loss became {float(loss.detach())} at step {step + 1}")
             row["loss"] = float(loss.detach())
             row["psnr"] = ev.psnr(rgb.detach(), gt)
             row["num_gaussians"] = int(len(params["means"]))

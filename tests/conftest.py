@@ -16,6 +16,10 @@ redkitchen_gt (session): RedkitchenGT: GT c2w (OpenCV, metres) for video frame i
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (see recon/__init__.py)
+
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -205,6 +205,10 @@ def test_background_and_empty_view():
     assert (alpha == 0).all()
     depth, _, _ = rasterization(**s, backgrounds=bg, render_mode="RGB+D")
     assert (depth[..., 3] == 0).all() and torch.allclose(depth[..., :3], rgb)
+    none = {k: (v[:0] if k in PARAMS else v) for k, v in s.items()}  # no Gaussians at all
+    rgb0, alpha0, _ = rasterization(**none, backgrounds=bg)
+    torch.testing.assert_close(rgb0, rgb)
+    assert (alpha0 == 0).all()
 
 
 def test_expected_depth_of_two_fronto_parallel_layers():

@@ -90,7 +90,7 @@ def test_run_builder_matches_dataset_conventions(lego_run):
 
 def test_training_raises_test_psnr_and_writes_outputs(trained):
     paths, s = trained
-    # Measured here: initial ~9.0 dB (random init), after 150 steps ~16 dB on the 5 held-out views.
+    # Measured here: 7.55 dB initial (random init) -> 15.94 dB after 150 steps on the 5 held-out views.
     assert s["num_test_views"] == 5 and s["num_train_views"] == 6
     assert s["psnr"] > s["initial_psnr"] + 4.0, s
     assert s["ssim"] > s["initial_ssim"] + 0.1, s
