@@ -41,7 +41,7 @@ import numpy as np
 
 from recon.atomic import save_npz, write_json
 from recon.cameras import CameraSet
-from recon.console import debug, info
+from recon.console import debug, info, warn
 from recon.errors import ReconError
 from recon.layout import RunPaths
 from recon.split import load_split
@@ -493,11 +493,16 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
         samples[i] = (x[ok], 1.0 / o.depth[ok], c[ok], o.depth[ok])
     fit_ids = [i for i in fit_frames if i in samples]
     n_total = int(sum(samples[i][0].size for i in fit_ids))
-    if n_total < max(cfg.min_points, 2):
+    too_few = n_total < max(cfg.min_points, 2)
+    if too_few and kind != KIND_METRIC:
         raise ReconError(
             f"only {n_total} SfM points are observed where the prior frames have valid depth "
             f"(need >= {cfg.min_points}): the SfM model is too sparse or does not belong to these frames"
         )
+    if too_few:
+        # Scene-scale input (stereo on the SfM poses, or metric depth files) is usable as it is: keep scale 1.
+        warn(f"align: only {n_total} SfM points overlap valid depth (need >= {cfg.min_points}); "
+             "the depth is already in scene units, so it is kept unscaled (scale 1, shift 0)")
     fit_shift = {"auto": kind == KIND_RELATIVE, "affine": True, "scale": False}[cfg.fit]
     rng = np.random.default_rng(cfg.seed)
 
@@ -511,7 +516,10 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
         )
         return s, t, inl
 
-    g_scale, g_shift, g_inl = fit(fit_ids)
+    if too_few:
+        g_scale, g_shift, g_inl = 1.0, 0.0, np.ones(n_total, dtype=bool)
+    else:
+        g_scale, g_shift, g_inl = fit(fit_ids)
     if g_scale <= 0:
         raise ReconError(
             f"alignment found a non-positive scale ({g_scale:.3g}): the depth input behaves like depth, not "
@@ -554,7 +562,10 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
     elif cfg.mode != "global":
         raise ReconError(f"unknown alignment mode {cfg.mode!r} (global, per-window or per-frame)")
 
-    sfm_depths = np.concatenate([samples[i][3] for i in fit_ids])
+    sfm_depths = np.concatenate([samples[i][3] for i in fit_ids] + [np.zeros(0)])
+    if sfm_depths.size == 0:  # no SfM point at all: bound by the input's own depth range
+        valid = disp[with_depth][disp[with_depth] > 0]
+        sfm_depths = 1.0 / valid
     max_depth = cfg.far_factor * float(np.percentile(sfm_depths, 99))
     depth = np.zeros_like(disp, dtype=np.float32)
     for i in with_depth:
@@ -581,9 +592,9 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
         entry["valid_fraction"] = float(mask[i].mean())
         per_frame.append(entry)
 
-    xs = np.concatenate([samples[i][0] for i in fit_ids])
-    ys = np.concatenate([samples[i][1] for i in fit_ids])
-    fr = np.concatenate([np.full(samples[i][0].size, i) for i in fit_ids])
+    xs = np.concatenate([samples[i][0] for i in fit_ids] + [np.zeros(0)])
+    ys = np.concatenate([samples[i][1] for i in fit_ids] + [np.zeros(0)])
+    fr = np.concatenate([np.full(samples[i][0].size, i) for i in fit_ids] + [np.zeros(0, dtype=np.int64)])
     pick = np.sort(rng.choice(xs.size, size=min(cfg.max_samples, xs.size), replace=False))
     rel_all = np.concatenate(all_res) if all_res else np.zeros(0)
     abs_rels = [e["abs_rel"] for e in per_frame if e.get("abs_rel") is not None and e["used_in_fit"]]
@@ -598,7 +609,8 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
         "shift": g_shift,
         "points": n_total,
         "inliers": int(g_inl.sum()),
-        "inlier_ratio": float(g_inl.mean()),
+        "inlier_ratio": float(g_inl.mean()) if g_inl.size else None,
+        "fallback": "scene-scale input kept (too few SfM points)" if too_few else None,
         "inlier_threshold": cfg.inlier_threshold,
         "frames_fitted": fit_ids,
         "frames_with_depth": with_depth,
@@ -618,7 +630,7 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
     write_json(paths.alignment_json, report)
     info(
         f"align: {cfg.mode} {report['fit']} fit on {n_total} SfM points in {len(fit_ids)} frames: "
-        f"scale {g_scale:.4g}, shift {g_shift:.4g}, inliers {report['inlier_ratio']:.0%}, "
+        f"scale {g_scale:.4g}, shift {g_shift:.4g}, inliers {report['inlier_ratio'] or 0:.0%}, "
         f"AbsRel vs SfM {report['abs_rel_sfm_median'] if report['abs_rel_sfm_median'] is not None else float('nan'):.3f}"
     )
     debug(f"align: max depth {max_depth:.3g}, valid pixels {mask[with_depth].mean():.1%}")

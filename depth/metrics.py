@@ -22,8 +22,9 @@ Alignment (fitted on the evaluated pixels, then applied before the metrics):
     "lstsq"   least-squares scale and shift (s x + t - y)^2 in the chosen space: `space="disparity"`
               fits inverse depth (the affine-invariant convention of DVD / MiDaS-style models),
               `space="depth"` fits depth.
-After alignment the prediction is clamped to [min_depth, max_depth] (aligned disparity <= 0 becomes
-max_depth), as is usual in monocular depth evaluation.
+When an alignment is fitted (align != "none") the aligned prediction is clamped to
+[min_depth, max_depth] (aligned disparity <= 0 becomes max_depth), as is usual in monocular depth
+evaluation; with align="none" the prediction is evaluated as it is.
 """
 
 from __future__ import annotations
