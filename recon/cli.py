@@ -277,6 +277,15 @@ class ExportCommand:
     run: tyro.conf.Positional[Path]
 
 
+def _existing_run(run: Path):
+    from recon.layout import RunPaths
+
+    paths = RunPaths(run)
+    if not paths.root.is_dir():
+        raise ReconError(f"run directory {paths.root} does not exist")
+    return paths
+
+
 def _dispatch(argv: list[str]) -> int:
     from recon import console as con
     from recon.layout import RunPaths
@@ -289,18 +298,14 @@ def _dispatch(argv: list[str]) -> int:
     if isinstance(cmd, ReportCommand):
         from recon.report import write_report
 
-        paths = RunPaths(cmd.run)
-        if not paths.root.is_dir():
-            raise ReconError(f"run directory {paths.root} does not exist")
+        paths = _existing_run(cmd.run)
         out = write_report(paths)
         con.console.print(f"report: {out}")
         return 0
     if isinstance(cmd, EvalCommand):
         from recon.evaluate import EvalConfig, evaluate_run
 
-        paths = RunPaths(cmd.run)
-        if not paths.root.is_dir():
-            raise ReconError(f"run directory {paths.root} does not exist")
+        paths = _existing_run(cmd.run)
         res = evaluate_run(paths, EvalConfig(gt_depth=cmd.gt_depth, gt_depth_scale=cmd.gt_depth_scale, gt_poses=cmd.gt_poses))
         for section, vals in res.items():
             con.console.print(f"[bold]{section}[/bold]: " + ", ".join(f"{k}={_fmt(v)}" for k, v in vals.items()))
@@ -308,9 +313,7 @@ def _dispatch(argv: list[str]) -> int:
     if isinstance(cmd, ExportCommand):
         from recon.ns_export import export_nerfstudio
 
-        paths = RunPaths(cmd.run)
-        if not paths.root.is_dir():
-            raise ReconError(f"run directory {paths.root} does not exist")
+        paths = _existing_run(cmd.run)
         out = export_nerfstudio(paths)
         con.console.print(f"nerfstudio transforms: {out}  (ns-train dvd-splat --data {paths.root})")
         return 0
