@@ -218,7 +218,15 @@ def _summary_table(results, paths) -> None:
         figs = ", ".join(f"{k}: {_fmt(v)}" for k, v in (r.summary or {}).items() if not isinstance(v, (dict, list)))
         t.add_row(r.name, "[green]ran[/green]" if r.status == "ran" else "[dim]done earlier[/dim]", f"{r.seconds:.1f}", figs)
     Console = type(console)
-    Console(highlight=False).print(t)
+    out = Console(highlight=False)
+    out.print(t)
+    files = [("cameras", paths.cameras_json), ("depth", paths.disparity_npz), ("depth preview", paths.depth_preview_mp4),
+             ("aligned depth", paths.aligned_npz), ("fused points", paths.init_ply), ("gaussians", paths.gaussians_ply),
+             ("render video", paths.renders_mp4), ("metrics", paths.metrics_json), ("nerfstudio", paths.transforms_json),
+             ("report", paths.report_html)]
+    present = [(k, p) for k, p in files if p.exists()]
+    if present:
+        out.print("outputs: " + "  ".join(f"{k}: {p}" for k, p in present))
 
 
 def _fmt(v) -> str:
