@@ -233,7 +233,7 @@ def import_known_poses(paths: RunPaths, cfg: Any, meta: dict) -> dict:
     """Pose stage with known poses (cfg.poses): writes RUN/images, RUN/sfm, RUN/cameras.json like SfM does."""
     import pycolmap
 
-    from recon.poses import (_key, _quiet_colmap, _State, extract_sift, match_features, pinhole_target, resolve_matcher,
+    from recon.poses import (_key, _quiet_colmap, _State, extract_sift, match_features, min_registered_frames, pinhole_target, resolve_matcher,
                              summary_from_sfm, write_undistorted_frames)
 
     _quiet_colmap()
@@ -246,7 +246,7 @@ def import_known_poses(paths: RunPaths, cfg: Any, meta: dict) -> dict:
     src = load_pose_source(cfg.poses, (W0, H0))
     match, method = match_frames(frames, src.names, src.source_index)
     n_match = sum(m is not None for m in match)
-    if n_match < max(cfg.min_registered, int(np.ceil(cfg.min_registered_fraction * T))):
+    if n_match < min_registered_frames(cfg, T):
         raise ReconError(
             f"--poses {src.path}: only {n_match} of the {T} frames have a pose (matched by {method}); "
             "the pose file must list the same images (same file names, or one pose per frame in order)"

@@ -89,6 +89,11 @@ class PosesConfig:
 # undistortion (pure functions on pycolmap cameras)
 
 
+def min_registered_frames(cfg: PosesConfig, num_frames: int) -> int:
+    """Fewest frames with a pose for a usable run (SfM or imported poses)."""
+    return max(cfg.min_registered, int(np.ceil(cfg.min_registered_fraction * num_frames)))
+
+
 def pinhole_target(camera: Any, width: int, height: int) -> Any:
     """The PINHOLE camera of size width x height that frames of `camera` are undistorted to.
 
@@ -398,7 +403,7 @@ def _run_sfm(paths: RunPaths, cfg: PosesConfig, meta: dict) -> dict:
         n_reg = rec.num_reg_images() if rec is not None else 0
         if len(state.data["map"].get("models", {})) > 1:
             debug(f"SfM made {len(state.data['map']['models'])} models (registered images per model: {state.data['map']['models']}); keeping the largest")
-        if n_reg < max(cfg.min_registered, int(np.ceil(cfg.min_registered_fraction * T))):
+        if n_reg < min_registered_frames(cfg, T):
             raise ReconError(
                 f"structure-from-motion placed only {n_reg} of {T} frames: the camera barely moves (or the views do not overlap). "
                 "Record with more camera motion (walk around the scene, don't just rotate), or pass known poses with --poses"

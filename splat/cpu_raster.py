@@ -505,6 +505,50 @@ def _from_tiles(tiles: Tensor, bins: TileBins, width: int, height: int) -> Tenso
     return img[:, :height, :width].contiguous()
 
 
+def _split_bins(bins: TileBins, means2d: Tensor, conics: Tensor, opacities: Tensor) -> TileBins:
+    """Re-bin onto half-size sub-tiles (2 x 2 per tile): each (tile, splat) pair goes to the
+    sub-tiles of its tile where the splat's alpha can reach 1/255. Same contributions (a splat
+    still reaches only pixels of its tiles; elsewhere its alpha is below 1/255 and skipped), but
+    far fewer [pixel, slot] elements to composite."""
+    ts = bins.tile_size
+    if ts < 4 or ts % 2 or bins.flatten_ids.numel() == 0:
+        return bins
+    h = ts // 2
+    device = bins.flatten_ids.device
+    tw, th = bins.tile_width, bins.tile_height
+    n_cam_t = tw * th
+    S = opacities.numel()
+    with torch.no_grad():
+        m2 = means2d.detach().reshape(S, 2)
+        cn = conics.detach().reshape(S, 3)
+        op = opacities.detach().reshape(S)
+        ids = bins.flatten_ids
+        tile = bins.isect_tiles
+        cam = tile // n_cam_t
+        loc = tile - cam * n_cam_t
+        ty = loc // tw
+        tx = loc - ty * tw
+        q = torch.arange(4, device=device)
+        stx = ((2 * tx)[:, None] + (q % 2)).reshape(-1)
+        sty = ((2 * ty)[:, None] + (q // 2)).reshape(-1)
+        ids4 = ids[:, None].expand(-1, 4).reshape(-1)
+        keep = _reaches_tile(
+            stx, sty, h, m2[:, 0].index_select(0, ids4), m2[:, 1].index_select(0, ids4),
+            cn[:, 0].index_select(0, ids4), cn[:, 1].index_select(0, ids4), cn[:, 2].index_select(0, ids4),
+            op.index_select(0, ids4),
+        )
+        kept = torch.nonzero(keep).squeeze(1)
+        stw = 2 * tw
+        sub = (cam[:, None].expand(-1, 4).reshape(-1) * (4 * n_cam_t) + sty * stw + stx).index_select(0, kept)
+        ids4 = ids4.index_select(0, kept)
+        sub, perm = torch.sort(sub, stable=True)
+        ids4 = ids4.index_select(0, perm)
+        n_sub = bins.n_cameras * 4 * n_cam_t
+        count = torch.bincount(sub, minlength=n_sub)
+        start = torch.cumsum(count, 0) - count
+    return TileBins(h, stw, 2 * th, bins.n_cameras, ids4, start, count, bins.tiles_per_splat, sub)
+
+
 class _RasterizeToPixels(torch.autograd.Function):
     """Per-slot data live in [K, n_slots] row tables (1-D gathers and scatters are the fast ones on
     the CPU); per-chunk tensors are [B, P, L]."""
@@ -517,6 +561,8 @@ class _RasterizeToPixels(torch.autograd.Function):
         cl = colors.reshape(S, D)
         P = bins.tile_size**2
         dtype, device = cl.dtype, cl.device
+        bins = _split_bins(bins, means2d, conics, opacities)
+        P = bins.tile_size**2
         for_grad = any(t.requires_grad for t in (means2d, conics, colors, opacities))
         plan = _make_plan(bins, chunk_elems)
         feats = _pixel_features(bins.tile_size, dtype, device)
