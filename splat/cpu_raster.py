@@ -528,15 +528,28 @@ def _split_bins(bins: TileBins, means2d: Tensor, conics: Tensor, opacities: Tens
         loc = tile - cam * n_cam_t
         ty = loc // tw
         tx = loc - ty * tw
+        dt = m2.dtype
+        mx, my = m2[:, 0].index_select(0, ids), m2[:, 1].index_select(0, ids)
+        ca, cb, cc = (cn[:, k].index_select(0, ids) for k in range(3))
+        limit = torch.log(op.index_select(0, ids).clamp(min=1e-30) * 255.0) + 1e-3  # [n]
+        off = torch.tensor([0.0, float(h)], dtype=dt, device=device)
+        x0 = (tx.to(dt) * ts + 0.5 - mx)[:, None] + off  # [n, 2] by qx
+        y0 = (ty.to(dt) * ts + 0.5 - my)[:, None] + off  # [n, 2] by qy
+        x1, y1 = x0 + (h - 1), y0 + (h - 1)
+        xe = torch.minimum(x0.clamp(min=0), x1)
+        ye = torch.minimum(y0.clamp(min=0), y1)
+        ca, cb, cc = ca[:, None, None], cb[:, None, None], cc[:, None, None]
+        # [n, 2 (qy), 2 (qx)]
+        xe_, ye_ = xe[:, None, :], ye[:, :, None]
+        y_at = torch.minimum(torch.maximum(-cb * xe_ / cc, y0[:, :, None]), y1[:, :, None])
+        x_at = torch.minimum(torch.maximum(-cb * ye_ / ca, x0[:, None, :]), x1[:, None, :])
+        s1 = 0.5 * (ca * xe_ * xe_ + cc * y_at * y_at) + cb * xe_ * y_at
+        s2 = 0.5 * (ca * x_at * x_at + cc * ye_ * ye_) + cb * x_at * ye_
+        keep = (torch.minimum(s1, s2) <= limit[:, None, None]).reshape(-1)  # q = 2 qy + qx
         q = torch.arange(4, device=device)
         stx = ((2 * tx)[:, None] + (q % 2)).reshape(-1)
         sty = ((2 * ty)[:, None] + (q // 2)).reshape(-1)
         ids4 = ids[:, None].expand(-1, 4).reshape(-1)
-        keep = _reaches_tile(
-            stx, sty, h, m2[:, 0].index_select(0, ids4), m2[:, 1].index_select(0, ids4),
-            cn[:, 0].index_select(0, ids4), cn[:, 1].index_select(0, ids4), cn[:, 2].index_select(0, ids4),
-            op.index_select(0, ids4),
-        )
         kept = torch.nonzero(keep).squeeze(1)
         stw = 2 * tw
         sub = (cam[:, None].expand(-1, 4).reshape(-1) * (4 * n_cam_t) + sty * stw + stx).index_select(0, kept)
