@@ -102,3 +102,25 @@ def test_killed_during_poses_resumes_without_redoing_frames(tmp_path):
     r2 = _recon(*args)
     assert r2.returncode == 0 and "done earlier" in r2.stdout
     assert json.loads(manifest.read_text())["stages"]["poses"]["finished"] == after["poses"]["finished"]
+
+
+def test_ctrl_c_leaves_no_finished_looking_output_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    args = ["frames", str(VIDEO), "--out", str(run), "--no-dedup", "--max-frames", "120"]
+    proc = subprocess.Popen([*RECON, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    manifest = run / "manifest.json"
+    t0 = time.time()
+    while time.time() - t0 < 120 and not list(run.glob(".frames.*.tmp/000010.png")):
+        if proc.poll() is not None:
+            pytest.fail(f"recon exited before writing frames: {proc.stderr.read()}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted:") and "Traceback" not in err
+    assert json.loads(manifest.read_text())["stages"]["frames"]["status"] == "interrupted"
+    assert not (run / "frames").exists() and not (run / "frames.json").exists() and not list(run.glob(".frames*"))
+
+    r = _recon(*args)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads((run / "frames.json").read_text())["frames"]) == 120
