@@ -60,8 +60,9 @@ _LOG_ALPHA_MAX = math.log(ALPHA_MAX)
 class _OneThread:
     """Runs a block with one torch intra-op thread (restored afterwards). The rasterizer is many
     short, memory-bound ops: on a small CPU that other processes share, waking and waiting for
-    OpenMP workers costs more than the parallelism gains (measured: 50k Gaussians at 320x240,
-    2 cores, load ~1: fwd+bwd 0.26-0.33 s with 2 threads, 0.18 s with 1)."""
+    OpenMP workers costs more than the parallelism gains (benchmarks/render.py, 50k Gaussians at
+    320x240 on 2 cores with another process running, back-to-back pairs: fwd+bwd 0.27/0.29 s
+    with projection, binning and compositing on one thread vs 0.30/0.34 s on two)."""
 
     def __enter__(self):
         self.n = torch.get_num_threads()
@@ -107,7 +108,7 @@ def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
     return torch.stack(rows, -2)
 
 
-def project_gaussians(
+def _project_gaussians(
     means: Tensor,
     quats: Optional[Tensor],
     scales: Optional[Tensor],
@@ -204,6 +205,71 @@ def project_gaussians(
         )
         radii = torch.where(valid, radius, torch.zeros_like(radius)).int()
     return radii, means2d, depths, conics, compensations
+
+
+class _OneThreadGraph(torch.autograd.Function):
+    """Runs `fn(*tensors)` and, later, its autograd backward with one torch thread (see
+    `_OneThread`): the projection is ~100 small [C, N] ops forward and backward. Same numbers as
+    calling `fn` directly (first-order gradients)."""
+
+    @staticmethod
+    def forward(ctx, fn, *args):
+        with torch.enable_grad(), _OneThread():
+            ins = [a.detach().requires_grad_() if isinstance(a, Tensor) and a.requires_grad else a for a in args]
+            outs = fn(*ins)
+        ctx.ins, ctx.outs = ins, outs
+        ret = tuple(o.detach() if isinstance(o, Tensor) else o for o in outs)
+        nd = [r for r, o in zip(ret, outs) if isinstance(o, Tensor) and not o.requires_grad]
+        if nd:
+            ctx.mark_non_differentiable(*nd)
+        return ret
+
+    @staticmethod
+    def backward(ctx, *grads):
+        ins, outs = ctx.ins, ctx.outs
+        pairs = [(o, g) for o, g in zip(outs, grads) if isinstance(o, Tensor) and o.requires_grad and g is not None]
+        want = [k for k, a in enumerate(ins) if isinstance(a, Tensor) and a.requires_grad]
+        res = [None] * len(ins)
+        if pairs and want:
+            with _OneThread():
+                gs = torch.autograd.grad(
+                    [o for o, _ in pairs], [ins[k] for k in want], [g for _, g in pairs], allow_unused=True,
+                    retain_graph=True,  # the caller may backward again (retain_graph, gradcheck)
+                )
+            for k, g in zip(want, gs):
+                res[k] = g
+        return (None, *res)
+
+
+def project_gaussians(
+    means: Tensor,
+    quats: Optional[Tensor],
+    scales: Optional[Tensor],
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    calc_compensations: bool = False,
+    covars: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
+    kw = dict(eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip,
+              calc_compensations=calc_compensations)
+    tensors = (means, quats, scales, viewmats, Ks, covars)
+    if not (torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors)):
+        with _OneThread():
+            return _project_gaussians(means, quats, scales, viewmats, Ks, width, height, covars=covars, **kw)
+
+    def fn(m, q, s, v, k, cv):
+        return _project_gaussians(m, q, s, v, k, width, height, covars=cv, **kw)
+
+    return _OneThreadGraph.apply(fn, *tensors)
+
+
+project_gaussians.__doc__ = _project_gaussians.__doc__
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,6 +475,9 @@ def _bin_tiles(
         tile_size, tile_width, tile_height, n_cameras, ids, tile_start, tile_count,
         tiles_per_splat, tile,
     )
+
+
+bin_tiles.__doc__ = _bin_tiles.__doc__
 
 
 # --------------------------------------------------------------------------------------------
