@@ -205,9 +205,8 @@ def _apply_saved(cfg, out: Path):
 
 
 def _summary_table(results, paths) -> None:
+    from rich.console import Console
     from rich.table import Table
-
-    from recon.console import console
 
     t = Table(title=f"run: {paths.root}", show_lines=False)
     t.add_column("stage", style="bold")
@@ -217,8 +216,7 @@ def _summary_table(results, paths) -> None:
     for r in results:
         figs = ", ".join(f"{k}: {_fmt(v)}" for k, v in (r.summary or {}).items() if not isinstance(v, (dict, list)))
         t.add_row(r.name, "[green]ran[/green]" if r.status == "ran" else "[dim]done earlier[/dim]", f"{r.seconds:.1f}", figs)
-    Console = type(console)
-    out = Console(highlight=False)
+    out = Console(highlight=False)  # stdout: the table is the command's result
     out.print(t)
     files = [("cameras", paths.cameras_json), ("depth", paths.disparity_npz), ("depth preview", paths.depth_preview_mp4),
              ("aligned depth", paths.aligned_npz), ("fused points", paths.init_ply), ("gaussians", paths.gaussians_ply),

@@ -10,7 +10,6 @@ The whole frames folder is written to a temporary directory and renamed, so it i
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,6 +243,3 @@ def read_frames(paths: RunPaths, files: list[str]) -> np.ndarray:
     """Read stored frames as uint8 [T, H, W, 3] RGB."""
     return np.stack([read_frame(paths, f) for f in files])
 
-
-def frame_count_hint(total: int, cfg: FramesConfig) -> int:  # used in summaries
-    return min(total, cfg.max_frames) if cfg.max_frames else math.ceil(total / max(1, cfg.stride))
