@@ -3,11 +3,13 @@
 Datasets (real, staged under /work/shared/data):
   lego     NeRF-synthetic lego, given poses (transforms_train.json), RGBA composited on white,
            train = the staged train_N farthest-view splits, test = every 8th view (13 views).
-  7scenes  7-Scenes redkitchen, given GT poses (metres, depth camera) with the colour camera's focal
-           length f = 530 px @ 640x480 (PROVENANCE: SfM on the colour frames); a subset of the 150
-           staged frames, test = every 8th of them, N train views spread evenly over the rest.
-           GT depth gives depth AbsRel / delta1 of the renders on the test views and an 'oracle'
-           depth prior row (GT depth of the training views as the aligned depth).
+  7scenes  7-Scenes redkitchen: a subset of the 150 staged frames, poses from the project's pose stage
+           (pycolmap SfM on all frames of the subset, as for a video; --seven-poses gt uses the GT
+           poses instead, metres, with the colour focal f = 530 px @ 640x480 from PROVENANCE),
+           test = every 8th of them, N train views spread evenly over the rest.
+           GT depth (registered to the colour camera) gives depth AbsRel / delta1 of the renders on
+           the test views (median-scaled per view) and an 'oracle' depth prior row (GT depth of the
+           training views, mapped to scene units by the median GT/SfM depth ratio, as aligned depth).
 
 Each (dataset, N) is prepared once with the project's own stages (recon.api.run: frames -> poses with
 --poses (known poses; SfM points triangulated with the poses fixed) -> split (split file) -> depth
@@ -17,8 +19,9 @@ on this machine; with them, pass --depth-backend dvd.
 
     .venv/bin/python benchmarks/sparse_view.py --datasets lego 7scenes --views 3 6 9 --iterations 300 --size 100
 
-prints one table (PSNR / SSIM on held-out test views, depth AbsRel / delta1 where GT depth exists,
-#Gaussians, training wall time). All sizes are flags; the defaults are a reduced CPU run.
+prints one table (PSNR / SSIM on held-out test views; mPSNR / mSSIM on the test pixels some training
+view observes (co-visibility masks from GT depth + GT poses, Gao et al. NeurIPS 2022), with covis the
+fraction of such pixels; depth AbsRel / delta1 where GT depth exists; #Gaussians; training wall time). All sizes are flags; the defaults are a reduced CPU run.
 """
 
 from __future__ import annotations
@@ -103,60 +106,72 @@ def _write_split(path: Path, folder: Path, train: list[str], test: list[str]) ->
     path.write_text(json.dumps({"train": [order[n] for n in train], "test": [order[n] for n in test]}))
 
 
-def seven_scenes_input(work: Path, n: int, num_frames: int) -> tuple[Path, Path, Path, dict[str, np.ndarray]]:
-    """Image folder of `num_frames` evenly spaced 7-Scenes frames, transforms.json (GT poses),
-    split file (test = every 8th, n train spread over the rest) and GT depth (metres) by image stem."""
+def seven_scenes_input(work: Path, n: int, num_frames: int, poses: str, span: tuple[int, int] = (0, 449)) -> tuple[Path, Path | None, Path, tuple[dict, dict]]:
+    """Image folder of `num_frames` evenly spaced 7-Scenes frames, transforms.json of the GT poses (only
+    for poses == "gt"; None = the pose stage runs SfM), split file (test = every 8th, n train spread over
+    the rest) and (GT depth (metres, depth camera grid, 0 = invalid), GT c2w (metres)) by image stem. `span`: first and
+    last video frame of the clip the frames are taken from (the staged files are every 3rd frame)."""
     from PIL import Image
 
     from recon.split import evenly_spaced
 
     ids = sorted(p.name.split(".")[0] for p in (SCENES / "rgb").glob("frame-*.color.jpg"))
+    ids = [i for i in ids if span[0] <= int(i.split("-")[1]) <= span[1]]
+    if len(ids) < num_frames:
+        raise ReconError(f"7-Scenes frames {span[0]}-{span[1]} hold {len(ids)} staged frames, fewer than --num-frames {num_frames}")
     pick = [ids[k] for k in evenly_spaced(list(range(len(ids))), num_frames)]
     folder = work / "input"
     folder.mkdir(parents=True, exist_ok=True)
-    frames, gt = [], {}
+    frames, gt, gt_c2w = [], {}, {}
     for fid in pick:
         dst = folder / f"{fid}.jpg"
         if not dst.exists():
             shutil.copy(SCENES / "rgb" / f"{fid}.color.jpg", dst)
         c2w = np.loadtxt(SCENES / "pose" / f"{fid}.pose.txt").reshape(4, 4)
+        gt_c2w[fid] = c2w
         frames.append({"file_path": dst.name, "transform_matrix": opencv_to_opengl(c2w).tolist()})
         d = np.asarray(Image.open(SCENES / "depth" / f"{fid}.depth.png")).astype(np.float32)
-        gt[fid] = register_depth_to_colour(np.where((d == 0) | (d == 65535), 0.0, d / 1000.0).astype(np.float32))
-    tj = work / "transforms.json"
-    tj.write_text(json.dumps({"fl_x": SEVEN_F, "fl_y": SEVEN_F, "cx": 320.0, "cy": 240.0, "w": 640, "h": 480, "frames": frames}))
+        gt[fid] = np.where((d == 0) | (d == 65535), 0.0, d / 1000.0).astype(np.float32)
+    tj = None
+    if poses == "gt":
+        tj = work / "transforms.json"
+        tj.write_text(json.dumps({"fl_x": SEVEN_F, "fl_y": SEVEN_F, "cx": 320.0, "cy": 240.0, "w": 640, "h": 480, "frames": frames}))
     test = [k for k in range(len(pick)) if k % 8 == 0]
     train = evenly_spaced([k for k in range(len(pick)) if k % 8], n)
     split = work / "split_file.json"
     _write_split(split, folder, [f"{pick[k]}.jpg" for k in train], [f"{pick[k]}.jpg" for k in test])
-    return folder, tj, split, gt
+    return folder, tj, split, (gt, gt_c2w)
 
 
 # ------------------------------------------------------------------------------------- stages
 
 
-def prepare(dataset: str, n: int, out: Path, size: int, num_frames: int, depth_backend: str, fuse_min_views: int,
-            prior_from_all_frames: bool = False) -> tuple[RunPaths, Path | None, float, str | None]:
+def prepare(dataset: str, n: int, out: Path, frame_size: int, num_frames: int, depth_backend: str, fuse_min_views: int,
+            prior_frames: str = "train", seven_poses: str = "sfm", seven_span: tuple[int, int] = (0, 449)) -> tuple[RunPaths, Path | None, float, str | None]:
     """Run frames..fuse once for (dataset, n).
 
     Returns:
         (run, GT depth npz in cameras.json order or None, seconds, why the depth prior is missing or None).
+        Beside the GT depth npz, eval_mask.npz holds the test views' co-visibility masks (pixels some
+        training view observes, from GT depth and GT poses alone, so every variant is scored on the same
+        pixels) for the masked metrics.
     """
     from recon import api
     from recon.atomic import save_npz
 
-    work = out / (f"{dataset}_n{n}" + ("_allprior" if prior_from_all_frames else ""))
+    work = out / (f"{dataset}_n{n}" + ("" if prior_frames == "train" else f"_prior-{prior_frames}") + ("_gtposes" if dataset == "7scenes" and seven_poses == "gt" else "")
+                  + (f"_{seven_span[0]}-{seven_span[1]}" if dataset == "7scenes" and tuple(seven_span) != (0, 449) else ""))
     work.mkdir(parents=True, exist_ok=True)
     if dataset == "lego":
         folder, tj, split, gt = lego_input(work, n)
     else:
-        folder, tj, split, gt = seven_scenes_input(work, n, num_frames)
+        folder, tj, split, gt = seven_scenes_input(work, n, num_frames, seven_poses, seven_span)
     run_dir = work / "base"
     t0 = time.perf_counter()
     sections = dict(
-        frames={"max_size": size, "dedup": False, "max_frames": 0},
-        poses={"poses": str(tj)},
-        split={"split_file": str(split), "prior_from_all_frames": prior_from_all_frames},
+        frames={"max_size": frame_size, "dedup": False, "max_frames": 0},
+        poses={"poses": str(tj)} if tj is not None else {},
+        split={"split_file": str(split), "prior_frames": prior_frames},
         depth={"backend": depth_backend},
         fuse={"min_views": fuse_min_views},
     )
@@ -170,23 +185,48 @@ def prepare(dataset: str, n: int, out: Path, size: int, num_frames: int, depth_b
     paths = RunPaths(run_dir)
     gt_npz = None
     if gt is not None:
+        gt, gt_c2w = gt
         cams = CameraSet.load(paths.cameras_json)
         frames_meta = json.loads(paths.frames_json.read_text())["frames"]
         stems = [Path(f.get("source_name", f.get("file", ""))).stem for f in frames_meta]
         depth = np.zeros((len(cams), cams.height, cams.width), np.float32)
         from splat.train import _resize_depth
 
+        f_colour = float(cams.K[0][0, 0]) * 640.0 / cams.width  # the run's (SfM or given) colour focal at 640 px
         for i, stem in enumerate(stems):
             if stem in gt:
-                depth[i] = _resize_depth(gt[stem], (cams.width, cams.height))
+                depth[i] = _resize_depth(register_depth_to_colour(gt[stem], f_colour=f_colour), (cams.width, cams.height))
         gt_npz = work / "gt_depth.npz"
         save_npz(gt_npz, depth=depth)
+        save_npz(work / "eval_mask.npz", mask=seven_scenes_covisibility(paths, depth, [gt_c2w[s] for s in stems]))
     return paths, gt_npz, seconds, depth_error
 
 
+def seven_scenes_covisibility(paths: RunPaths, depth: np.ndarray, c2w: list[np.ndarray]) -> np.ndarray:
+    """[T,H,W] bool: pixels of each test view that a training view observes (GT depth in metres on the
+    colour grid, GT poses in metres, the run's colour K; occlusion-checked against the training views'
+    GT depth with 5 % tolerance). Non-test frames are all False."""
+    from recon.split import load_split
+    from splat.evaluate import covisibility_mask
+
+    cams = CameraSet.load(paths.cameras_json)
+    split = load_split(paths.split_json)
+    train = split["train"]
+    c2w = np.stack(c2w)
+    mask = np.zeros(depth.shape, bool)
+    for t in split["test"]:
+        mask[t] = covisibility_mask(depth[t], cams.K[t], c2w[t], cams.K[train], c2w[train], [depth[j] for j in train])
+    return mask
+
+
 def oracle_variant(base: RunPaths, gt_npz: Path, dst: Path, fuse_min_views: int) -> RunPaths:
-    """Copy of `base` whose aligned depth is the GT depth of the training views (and init.ply fused from it)."""
-    from recon.atomic import save_npz
+    """Copy of `base` whose depth prior is the GT depth (metres) of the training views, run through the
+    project's own stages: file backend (kind depth) -> align (scale fitted to the training views' SfM
+    points, so metres become scene units; scale 1 with GT poses) -> fuse."""
+    from depth.align import AlignConfig, run_align
+    from depth.file import FileDepthConfig
+    from depth.stage import DepthConfig, run_depth
+    from recon.atomic import save_npz, write_json
     from recon.split import load_split
     from splat.init import FuseConfig, run_fuse
 
@@ -197,8 +237,12 @@ def oracle_variant(base: RunPaths, gt_npz: Path, dst: Path, fuse_min_views: int)
     keep = np.zeros(len(depth), bool)
     keep[split["train"]] = True
     depth[~keep] = 0.0  # test views never contribute
-    save_npz(paths.aligned_npz, depth=depth)
-    paths.disparity_npz.unlink(missing_ok=True)  # its MVS confidence belongs to the other prior
+    for f in (paths.disparity_npz, paths.aligned_npz):
+        f.unlink(missing_ok=True)
+    write_json(paths.split_json, {**split, "prior": sorted(split["train"])})  # the oracle covers the training views only
+    save_npz(dst.parent / "oracle_depth.npz", depth=depth)
+    run_depth(paths, DepthConfig(backend="file", file=FileDepthConfig(path=dst.parent / "oracle_depth.npz", kind="depth", match="order"), preview=False))
+    run_align(paths, AlignConfig())
     run_fuse(paths, FuseConfig(min_views=fuse_min_views))
     return paths
 
@@ -222,14 +266,21 @@ def main() -> None:
     ap.add_argument("--depth-weight", type=float, default=None, help="override TrainConfig.depth_weight")
     ap.add_argument("--no-oracle", action="store_true", help="skip the 7-Scenes GT-depth prior rows")
     ap.add_argument("--iterations", type=int, default=300)
-    ap.add_argument("--size", type=int, default=100, help="frame long side in pixels")
+    ap.add_argument("--size", type=int, default=100, help="training / evaluation image long side in pixels")
+    ap.add_argument("--frame-size", type=int, default=320,
+                    help="frame long side for poses, depth prior and fusion (SfM at 100 px registers too few frames)")
     ap.add_argument("--num-frames", type=int, default=40, help="7-Scenes frames in the run (of 150 staged)")
     ap.add_argument("--depth-backend", default="stereo", choices=["stereo", "dvd"])
     ap.add_argument("--fuse-min-views", type=int, default=1,
                     help="fusion's multi-view agreement; 1 by default because 3 spread views barely overlap")
-    ap.add_argument("--prior-from-all-frames", action="store_true",
-                    help="compute the depth prior (MVS) on every frame of the run, test views included; fusion and "
-                         "the depth loss still use the training views only (a video gives these frames for free)")
+    ap.add_argument("--prior-frames", default="train", choices=["train", "non-test", "all"],
+                    help="frames the depth prior (MVS) is computed on: the training views only (default), every frame "
+                         "of the run but the test views (what a video depth model sees of the clip), or all frames; "
+                         "fusion and the depth loss use the training views only in every case")
+    ap.add_argument("--seven-poses", default="sfm", choices=["sfm", "gt"],
+                    help="7-Scenes poses: the pose stage's SfM (default) or the GT poses (metres)")
+    ap.add_argument("--seven-span", nargs=2, type=int, default=[0, 449], metavar=("FIRST", "LAST"),
+                    help="7-Scenes: first and last video frame of the clip (default: all 450 staged frames, 15 s)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per training")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=Path("/tmp/sparse_view_bench"))
@@ -244,8 +295,8 @@ def main() -> None:
     for dataset in args.datasets:
         for n in args.views:
             try:
-                base, gt_npz, prep_s, depth_error = prepare(dataset, n, args.out, args.size, args.num_frames, args.depth_backend, args.fuse_min_views,
-                                                            args.prior_from_all_frames)
+                base, gt_npz, prep_s, depth_error = prepare(dataset, n, args.out, args.frame_size, args.num_frames, args.depth_backend, args.fuse_min_views,
+                                                            args.prior_frames, args.seven_poses, tuple(args.seven_span))
             except ReconError as e:
                 print(f"[{dataset} N={n}] preparation failed: {e}", flush=True)
                 continue
@@ -263,7 +314,8 @@ def main() -> None:
                 else:
                     paths = copy_run(base, dst)
                 over = dict(init=init, depth_loss=dl, iterations=args.iterations, device=args.device, cpu_threads=args.threads,
-                            max_size=0, video_frames=0, gt_depth=gt_npz, seed=0,
+                            max_size=args.size, video_frames=0, gt_depth=gt_npz, seed=0,
+                            eval_mask=(gt_npz.parent / "eval_mask.npz") if gt_npz is not None else None,
                             background=(1.0, 1.0, 1.0) if dataset == "lego" else (0.0, 0.0, 0.0))
                 if args.depth_weight is not None:
                     over["depth_weight"] = args.depth_weight
@@ -275,7 +327,8 @@ def main() -> None:
                     print(f"[{dataset} N={n}] {init}/{dl}/{prior}: {e}", flush=True)
                     continue
                 row = {"dataset": dataset, "views": n, "init": init, "depth_loss": dl, "prior": prior if (dl != "none" or init == "depth") else "-",
-                       "psnr": s.get("psnr"), "ssim": s.get("ssim"), "abs_rel": s.get("depth_abs_rel"), "delta1": s.get("depth_delta1"),
+                       "psnr": s.get("psnr"), "ssim": s.get("ssim"), "mpsnr": s.get("psnr_masked"), "mssim": s.get("ssim_masked"),
+                       "covis": s.get("mask_fraction"), "abs_rel": s.get("depth_abs_rel"), "delta1": s.get("depth_delta1"),
                        "gaussians": s["num_gaussians"], "train_s": s["train_time_s"], "wall_s": time.perf_counter() - t0}
                 rows.append(row)
                 print(_fmt(row), flush=True)
@@ -288,13 +341,14 @@ def main() -> None:
 def _fmt(r: dict) -> str:
     f = lambda v, p: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
     return (f"| {r['dataset']:8s} | {r['views']:2d} | {r['init']:6s} | {r['depth_loss']:10s} | {r['prior']:6s} | "
-            f"{f(r['psnr'], 2):>6s} | {f(r['ssim'], 3):>5s} | {f(r['abs_rel'], 3):>6s} | {f(r['delta1'], 3):>5s} | "
+            f"{f(r['psnr'], 2):>6s} | {f(r['ssim'], 3):>5s} | {f(r.get('mpsnr'), 2):>6s} | {f(r.get('mssim'), 3):>5s} | "
+            f"{f(r.get('covis'), 2):>5s} | {f(r['abs_rel'], 3):>6s} | {f(r['delta1'], 3):>5s} | "
             f"{r['gaussians']:6d} | {r['train_s']:6.0f} |")
 
 
 def _table(rows: list[dict]) -> str:
-    head = ("| dataset  |  N | init   | depth loss | prior  |   PSNR |  SSIM | AbsRel |   δ1  |     #G |  train s |\n"
-            "|----------|----|--------|------------|--------|--------|-------|--------|-------|--------|--------|")
+    head = ("| dataset  |  N | init   | depth loss | prior  |   PSNR |  SSIM |  mPSNR | mSSIM | covis | AbsRel |   δ1  |     #G | train s |\n"
+            "|----------|----|--------|------------|--------|--------|-------|--------|-------|-------|--------|-------|--------|--------|")
     return "\n".join([head] + [_fmt(r) for r in rows])
 
 

@@ -176,15 +176,17 @@ def _match_names(frame_files: list[str], names: list[str], where: str) -> list[i
     return out
 
 
-def load_depth_files(cfg: FileDepthConfig, frame_files: list[str], size: tuple[int, int]) -> tuple[np.ndarray, Kind]:
+def load_depth_files(cfg: FileDepthConfig, frame_files: list[str], size: tuple[int, int], rows: list[int] | None = None) -> tuple[np.ndarray, Kind]:
     """Load the user's depth/disparity maps for the given frames.
 
     Args:
         cfg: where the maps are and how to read them.
         frame_files: [T] frame paths (e.g. cameras.json "files"), used for name matching.
         size: (W, H) of the frames; the maps are resized to it.
+        rows: return (and check) only these of the T frames, in this order (e.g. the prior frames when
+            the files cover every frame in order); None = all T.
     Returns:
-        (maps float32 [T,H,W] in scene/sensor units with 0 = invalid, kind "depth" | "disparity").
+        (maps float32 [len(rows) or T, H, W] in scene/sensor units with 0 = invalid, kind "depth" | "disparity").
     Raises:
         ReconError: missing path, count or size mismatch, unreadable file, NaN, all-invalid map.
     """
@@ -244,7 +246,9 @@ def load_depth_files(cfg: FileDepthConfig, frame_files: list[str], size: tuple[i
     else:
         raise ReconError(f"depth path {path} must be a folder of depth files or one .npy/.npz with [T,H,W] maps")
 
-    out = np.zeros((T, H, W), np.float32)
+    if rows is not None:
+        maps = [maps[r] for r in rows]
+    out = np.zeros((len(maps), H, W), np.float32)
     shape0 = maps[0][0].shape if maps else None
     for t, (arr, what) in enumerate(maps):
         if arr.shape != shape0:

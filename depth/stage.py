@@ -164,8 +164,7 @@ def run_depth(paths: RunPaths, cfg: DepthConfig) -> dict[str, Any]:
             raise ReconError("depth backend 'file' needs the maps: pass --depth-files PATH (folder or .npz)")
         if cfg.file.match == "order":
             # Files in frame order cover every frame of the run; keep the prior rows.
-            maps, file_kind = load_depth_files(cfg.file, list(cams.files), (W, H))
-            maps = maps[prior]
+            maps, file_kind = load_depth_files(cfg.file, list(cams.files), (W, H), rows=prior)
         else:
             maps, file_kind = load_depth_files(cfg.file, [cams.files[i] for i in prior], (W, H))
         if file_kind == "disparity":

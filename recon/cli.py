@@ -71,7 +71,10 @@ class StageCommand:
     split: Optional[Path] = None
     """JSON split file with 'train' and 'test' lists."""
     prior_from_all_frames: bool = False
-    """Compute the depth prior on all frames, test views included."""
+    """Compute the depth prior on all frames, test views included (= --prior-frames all)."""
+    prior_frames: Optional[Literal["train", "non-test", "all"]] = None
+    """Frames the depth prior is computed on: the training views (default), every frame but the test views
+    (a video depth model sees the whole clip; fusion and the depth loss still use training views only), or all."""
     # depth
     backend: Optional[BACKENDS] = None
     """Depth backend; auto = DVD when its weights and a CUDA GPU are available, else stereo."""
@@ -128,6 +131,7 @@ def _flag_overrides(cmd: StageCommand) -> dict:
     put("split", "split_file", str(cmd.split) if cmd.split else None)
     if cmd.prior_from_all_frames:
         put("split", "prior_from_all_frames", True)
+    put("split", "prior_frames", cmd.prior_frames)
     put("depth", "backend", cmd.backend)
     put("depth", "dvd.dvd_weights", str(cmd.dvd_weights) if cmd.dvd_weights else None)
     put("depth", "dvd.vae_weights", str(cmd.vae_weights) if cmd.vae_weights else None)

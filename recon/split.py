@@ -3,7 +3,10 @@
 RUN/split.json: {"protocol": str, "train": [i...], "test": [i...], "prior": [i...]} with indices into
 the frame order of RUN/cameras.json. Test views are never used for training, depth alignment or
 fusion; `prior` (the frames the depth prior is computed on) equals `train` unless the run asked for
-`--prior-from-all-frames`.
+`--prior-frames non-test` (every registered frame except the test views: what a video depth model sees
+of a clip whose test frames are held out) or `--prior-frames all` / `--prior-from-all-frames`.
+Whatever the prior set, alignment fits on its non-test frames only, and fusion and the depth loss
+use the training views' depth only.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -28,7 +31,9 @@ class SplitConfig:
     split_file: Path | None = None
     """JSON with "train" and "test" lists of frame indices or frame file names (overrides the above)."""
     prior_from_all_frames: bool = False
-    """Compute the depth prior on every frame (test views included) instead of the training views only."""
+    """Compute the depth prior on every frame (test views included): shorthand for prior_frames="all"."""
+    prior_frames: Literal["train", "non-test", "all"] = "train"
+    """Frames the depth prior is computed on: the training views, every frame but the test views, or all."""
 
 
 def evenly_spaced(candidates: list[int], n: int) -> list[int]:
@@ -95,7 +100,15 @@ def make_split(num_frames: int, files: list[str], cfg: SplitConfig, registered: 
     test = [i for i in test if reg[i]]
     if not train:
         raise ReconError("the split leaves no registered training views")
-    prior = sorted(set(train) | (set(test) if cfg.prior_from_all_frames else set()))
+    mode = "all" if cfg.prior_from_all_frames else cfg.prior_frames
+    if mode not in ("train", "non-test", "all"):
+        raise ReconError(f"prior_frames must be train, non-test or all, not {mode!r}")
+    prior = set(train)
+    if mode == "all":
+        prior |= set(test)
+    elif mode == "non-test":
+        prior |= {i for i in range(num_frames) if reg[i]} - set(test)
+    prior = sorted(prior)
     return {"protocol": protocol, "train": sorted(train), "test": sorted(test), "prior": prior}
 
 

@@ -15,7 +15,9 @@ import torch
 
 from recon.atomic import atomic_path
 from recon.console import debug
-from splat.losses import ssim
+from splat.losses import ssim, ssim_map
+
+SSIM_WINDOW = 11
 
 
 def psnr(pred: torch.Tensor, gt: torch.Tensor) -> float:
@@ -27,6 +29,74 @@ def psnr(pred: torch.Tensor, gt: torch.Tensor) -> float:
 def ssim_metric(pred: torch.Tensor, gt: torch.Tensor) -> float:
     """SSIM (11x11 Gaussian window, sigma 1.5, valid region) of [H,W,3] images in [0,1]."""
     return float(ssim(pred.clamp(0, 1)[None], gt[None], padding="valid"))
+
+
+def masked_psnr(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """PSNR in dB over the pixels of `mask` [H,W] bool only (images [H,W,3] in [0,1]); None if empty.
+
+    With a co-visibility mask this is the mPSNR of Gao et al., "Monocular Dynamic View Synthesis: A
+    Reality Check" (NeurIPS 2022): test pixels that no training view observed are not scored.
+    """
+    m = mask.to(pred.device).bool()
+    if not bool(m.any()):
+        return None
+    mse = float(((pred.clamp(0, 1) - gt)[m] ** 2).mean())
+    return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
+
+
+def masked_ssim(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """Mean of the SSIM map ("valid" window, as `ssim_metric`) over the pixels of `mask` [H,W]; None if
+    no masked pixel lies in the map's valid region."""
+    smap = ssim_map(pred.clamp(0, 1)[None], gt[None], window=SSIM_WINDOW, padding="valid")[0].mean(0)  # [H',W']
+    r = SSIM_WINDOW // 2
+    m = mask.to(pred.device).bool()[r : r + smap.shape[0], r : r + smap.shape[1]]
+    if not bool(m.any()):
+        return None
+    return float(smap[m].mean())
+
+
+def covisibility_mask(
+    depth: np.ndarray,
+    K: np.ndarray,
+    c2w: np.ndarray,
+    train_K: np.ndarray,
+    train_c2w: np.ndarray,
+    train_depth: list[np.ndarray] | None = None,
+    rel_tol: float = 0.05,
+    train_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Which pixels of a (test) view at least one training view observes.
+
+    Each pixel with valid depth is back-projected and projected into every training view; it counts
+    as seen when it lands inside that view in front of the camera and, if `train_depth` is given, the
+    training view's depth there agrees within `rel_tol` (so occluded surfaces do not count).
+
+    Args:
+        depth: [H,W] z-depth of the view (same units as the poses), 0 = invalid (never covisible).
+        K: [3,3] its intrinsics in pixels at (W,H); c2w: [4,4] camera-to-world (OpenCV axes).
+        train_K: [N,3,3]; train_c2w: [N,4,4]; train_depth: N maps [h,w] (any size; their K must match
+            their size), or None to skip the occlusion test; then `train_size` (w,h) is the training
+            views' image size (default: this view's).
+    Returns:
+        [H,W] bool.
+    """
+    from splat.init import backproject, depth_agreement, project
+
+    H, W = depth.shape
+    valid = np.isfinite(depth) & (depth > 0)
+    pts = backproject(depth, K, c2w)  # row-major order of the valid pixels
+    seen = np.zeros(len(pts), bool)
+    for j in range(len(train_c2w)):
+        w2c = np.linalg.inv(train_c2w[j])
+        if train_depth is not None:
+            seen |= depth_agreement(pts, train_depth[j], train_K[j], w2c, rel_tol)
+        else:
+            w, h = train_size or (W, H)
+            uv, z = project(pts, train_K[j], w2c)
+            seen |= (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+    out = np.zeros((H, W), bool)
+    out[valid] = seen
+    return out
 
 
 def lpips_weights_on_disk() -> bool:
@@ -119,6 +189,7 @@ def evaluate_views(
     gt_depth: dict[int, np.ndarray] | None = None,
     lpips: LPIPS | None = None,
     depth_align: str = "median",
+    masks: dict[int, np.ndarray] | None = None,
 ) -> dict:
     """Render each view in `images`, score it, and optionally write render|GT PNGs to `out_dir`.
 
@@ -126,8 +197,11 @@ def evaluate_views(
         images: view index -> GT image [H,W,3] float in [0,1].
         names: view index -> file stem for the PNG (default the zero-padded index).
         gt_depth: view index -> GT depth [H,W] at the render resolution (0 invalid).
+        masks: view index -> [H,W] bool pixels to score for "psnr_masked" / "ssim_masked" (e.g. the
+            co-visibility with the training views, `covisibility_mask`) and "mask_fraction".
     Returns:
-        {"psnr", "ssim", ["lpips"], ["depth_abs_rel", "depth_delta1"], "per_view": [...]}; means over views.
+        {"psnr", "ssim", ["lpips"], ["depth_abs_rel", "depth_delta1"], ["psnr_masked", "ssim_masked",
+        "mask_fraction"], "per_view": [...]}; means over views.
     """
     per_view = []
     for i, gt in images.items():
@@ -135,6 +209,13 @@ def evaluate_views(
         row = {"index": int(i), "psnr": psnr(rgb, gt), "ssim": ssim_metric(rgb, gt)}
         if lpips is not None:
             row["lpips"] = lpips(rgb, gt)
+        if masks is not None and i in masks:
+            m = torch.as_tensor(np.asarray(masks[i], bool))
+            row["mask_fraction"] = float(m.float().mean())
+            for key, fn in (("psnr_masked", masked_psnr), ("ssim_masked", masked_ssim)):
+                v = fn(rgb, gt, m)
+                if v is not None:
+                    row[key] = v
         if gt_depth is not None and i in gt_depth:
             dm = depth_metrics(depth.cpu().numpy(), gt_depth[i], align=depth_align)
             if dm is not None:
@@ -144,7 +225,7 @@ def evaluate_views(
             save_png(Path(out_dir) / f"{name}.png", np.concatenate([to_uint8(rgb), to_uint8(gt)], axis=1))
         per_view.append(row)
     out: dict = {"per_view": per_view, "num_views": len(per_view)}
-    for key in ("psnr", "ssim", "lpips", "depth_abs_rel", "depth_delta1"):
+    for key in ("psnr", "ssim", "lpips", "depth_abs_rel", "depth_delta1", "psnr_masked", "ssim_masked", "mask_fraction"):
         vals = [r[key] for r in per_view if key in r]
         if vals:
             out[key] = float(np.mean(vals))

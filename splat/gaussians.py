@@ -137,8 +137,14 @@ def read_point_cloud(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return xyz, rgb
 
 
-def read_sfm_points(sfm_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """COLMAP model (pycolmap) -> (xyz float32 [N,3], rgb uint8 [N,3]); raises ReconError if none."""
+def read_sfm_points(sfm_dir: Path, image_names: set[str] | None = None, min_views: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """COLMAP model (pycolmap) -> (xyz float32 [N,3], rgb uint8 [N,3]); raises ReconError if none.
+
+    With `image_names` (the training views' image file names) and `min_views` > 0, only points whose
+    track holds at least `min_views` observations in those images are kept: the points the training
+    views alone would triangulate. The pose stage runs SfM on every frame, test views included, so
+    without this filter an SfM init would carry geometry that only the held-out views saw.
+    """
     import pycolmap
 
     if not sfm_dir.exists():
@@ -150,6 +156,14 @@ def read_sfm_points(sfm_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     pts = list(rec.points3D.values())
     if not pts:
         raise ReconError(f"{sfm_dir} has no 3D points: SfM triangulated nothing (try --init random)")
+    if image_names is not None and min_views > 0:
+        ids = {img.image_id for img in rec.images.values() if img.name in image_names}
+        pts = [p for p in pts if len({e.image_id for e in p.track.elements} & ids) >= min_views]
+        if not pts:
+            raise ReconError(
+                f"no SfM point of {sfm_dir} is observed by {min_views}+ of the {len(ids)} training views "
+                "(too few or too far apart to triangulate): train with --init depth|random"
+            )
     xyz = np.array([p.xyz for p in pts], np.float32)
     rgb = np.array([p.color for p in pts], np.uint8)
     return xyz, rgb
@@ -163,6 +177,9 @@ class InitConfig:
     """Number of random points for --init random."""
     max_points: int = 0
     """Randomly keep at most this many initial points (0 = all); bounds CPU cost."""
+    sfm_min_train_views: int = 2
+    """--init sfm keeps the SfM points seen by at least this many training views (0 = every point,
+    including points only the held-out test views observed)."""
 
 
 def initial_points(paths: RunPaths, cfg: InitConfig, cams: CameraSet, train: list[int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +191,9 @@ def initial_points(paths: RunPaths, cfg: InitConfig, cams: CameraSet, train: lis
     if cfg.init == "depth":
         xyz, rgb = read_point_cloud(paths.init_ply)
     elif cfg.init == "sfm":
-        xyz, rgb = read_sfm_points(paths.sfm_dir)
+        names = {Path(cams.files[i]).name for i in train}
+        xyz, rgb = read_sfm_points(paths.sfm_dir, names, cfg.sfm_min_train_views)
+        debug(f"sfm init: {len(xyz)} points seen by >= {cfg.sfm_min_train_views} of {len(train)} training views")
     elif cfg.init == "random":
         bounds = camera_lookat_bounds(cams.c2w[train], cams.K[train], cams.width, cams.height)
         if bounds is None:

@@ -24,15 +24,15 @@ def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> t
     return w.expand(channels, 1, size, size).contiguous()
 
 
-def ssim(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5, padding: str = "same") -> torch.Tensor:
-    """Mean structural similarity of two image batches (Gaussian window, constants of Wang et al. 2004).
+def ssim_map(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5, padding: str = "same") -> torch.Tensor:
+    """Per-pixel structural similarity of two image batches (Gaussian window, constants of Wang et al. 2004).
 
     Args:
         pred, gt: [..., H, W, 3] floats in [0,1].
         padding: "same" (zero padding, the 3DGS training loss) or "valid" (the usual evaluation metric,
-            as in skimage / torchmetrics with a Gaussian window).
+            as in skimage / torchmetrics with a Gaussian window; the map loses window // 2 pixels per side).
     Returns:
-        scalar tensor, 1 for identical images.
+        [N, 3, H', W'] (N = the flattened leading dims; H' = H, or H - window + 1 for "valid").
     """
     c = pred.shape[-1]
     x = pred.reshape(-1, *pred.shape[-3:]).permute(0, 3, 1, 2)
@@ -45,8 +45,12 @@ def ssim(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 
     syy = conv(y * y) - mu_y**2
     sxy = conv(x * y) - mu_x * mu_y
     c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
-    return s.mean()
+    return ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+
+
+def ssim(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5, padding: str = "same") -> torch.Tensor:
+    """Mean structural similarity (the mean of `ssim_map`); scalar tensor, 1 for identical images."""
+    return ssim_map(pred, gt, window, sigma, padding).mean()
 
 
 def photometric_loss(pred: torch.Tensor, gt: torch.Tensor, ssim_lambda: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:

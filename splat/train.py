@@ -49,6 +49,9 @@ class TrainConfig:
     """Points for --init random."""
     max_init_points: int = 0
     """Keep at most this many initial points, chosen at random (0 = all)."""
+    sfm_min_train_views: int = 2
+    """--init sfm: keep SfM points observed by at least this many training views (0 = all points, even
+    those only held-out test views saw)."""
     init_opacity: float = 0.1
     init_scale: float = 1.0
     """Initial sigma as a multiple of the mean distance to the 3 nearest points."""
@@ -65,7 +68,8 @@ class TrainConfig:
     depth_weight_final: float = 0.1
     """Depth weight at the last step as a fraction of depth_weight (exponential decay; 1 = constant)."""
     strategy: Literal["default", "mcmc"] = "default"
-    """gsplat densification: DefaultStrategy (3DGS) or MCMCStrategy (CUDA only)."""
+    """gsplat densification: DefaultStrategy (3DGS) or MCMCStrategy (3DGS-MCMC; on the CPU its two
+    CUDA-only ops run through splat.mcmc_cpu)."""
     max_gaussians: int = 3_000_000
     """Stop densifying (default strategy) once this many Gaussians exist; MCMC's cap_max."""
     refine_start: int = 500
@@ -103,6 +107,10 @@ class TrainConfig:
     log_every: int = 10
     gt_depth: Path | None = None
     """npz with key `depth` [T,H,W] ground-truth z-depth (cameras.json order, 0 invalid) for depth metrics."""
+    eval_mask: Path | None = None
+    """npz with key `mask` [T,H,W] bool (cameras.json order): test pixels to score for the masked metrics
+    psnr_masked / ssim_masked, e.g. co-visibility with the training views (splat.evaluate.covisibility_mask;
+    the mPSNR / mSSIM of Gao et al. 2022). Unmasked PSNR / SSIM are always reported too."""
     gt_depth_align: Literal["median", "none"] = "median"
     """Scale rendered depth to the GT per view by the median ratio (needed for SfM-unit scenes)."""
     test_renders: bool = True
@@ -320,8 +328,12 @@ def _make_strategy(cfg: TrainConfig, device: torch.device):
     from gsplat.strategy import DefaultStrategy, MCMCStrategy
 
     if cfg.strategy == "mcmc":
-        if device.type != "cuda":
-            raise ReconError("--strategy mcmc needs a CUDA GPU (its relocation kernels are CUDA-only); use --strategy default")
+        if device.type == "cpu":
+            from splat.mcmc_cpu import install_cpu_mcmc_ops
+
+            install_cpu_mcmc_ops()  # gsplat's relocation and covariance ops are CUDA-only; CUDA tensors are untouched
+        elif device.type != "cuda":
+            raise ReconError(f"--strategy mcmc runs on CUDA or the CPU, not on {device.type}")
         return MCMCStrategy(
             cap_max=cfg.max_gaussians,
             refine_start_iter=cfg.refine_start,
@@ -351,6 +363,8 @@ def _save_checkpoint(path: Path, step: int, params, optimizers, strategy_state, 
         "strategy_state": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in strategy_state.items()},
         "rng_numpy": rng.bit_generator.state,
         "rng_torch": torch.get_rng_state(),
+        # MCMC's relocation and noise draw on the device's generator: keep it so a CUDA resume repeats them too
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
         "log": log,
         "elapsed_s": elapsed,
         "extent": float(extent),
@@ -416,6 +430,7 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
     prior = load_prior_depth(paths.aligned_npz, cams, train) if use_depth else None
     views = load_views(paths, cams, sorted(set(train) | set(test)), cfg, device, prior)
     gt_depth = _load_gt_depth(cfg, cams, test, (views.width, views.height))
+    eval_masks = _load_eval_masks(cfg, cams, test, (views.width, views.height))
     background = torch.tensor(cfg.background, dtype=torch.float32, device=device)
     info(
         f"train: {len(train)} train / {len(test)} test views at {views.width}x{views.height} on {device}, "
@@ -439,10 +454,13 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
         strategy_state = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in ck["strategy_state"].items()}
         rng.bit_generator.state = ck["rng_numpy"]
         torch.set_rng_state(ck["rng_torch"])
+        if ck.get("rng_cuda") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(ck["rng_cuda"])
         start_step, log, elapsed = int(ck["step"]), list(ck["log"]), float(ck["elapsed_s"])
         info(f"resuming from step {start_step} of {cfg.iterations}")
     else:
-        icfg = InitConfig(init=cfg.init, num_random=cfg.num_random, max_points=cfg.max_init_points)
+        icfg = InitConfig(init=cfg.init, num_random=cfg.num_random, max_points=cfg.max_init_points,
+                          sfm_min_train_views=cfg.sfm_min_train_views)
         xyz, rgb = initial_points(paths, icfg, cams, train, rng)
         extent = scene_extent(cams.c2w[train], xyz)
         params = to_parameters(gaussians_from_points(xyz, rgb, cfg.sh_degree, cfg.init_opacity, cfg.init_scale), device)
@@ -480,6 +498,7 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
             gt_depth=gt_depth,
             lpips=lp,
             depth_align=cfg.gt_depth_align,
+            masks=eval_masks,
         ) if test else {"num_views": 0}
     if not test:
         warn("split has no test views: no held-out metrics")
@@ -503,6 +522,8 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
     }
     _merge_metrics(paths.metrics_json, summary, metrics.get("per_view", []), cfg)
     msg = f"test PSNR {summary.get('psnr', float('nan')):.2f} dB, SSIM {summary.get('ssim', float('nan')):.3f}"
+    if "psnr_masked" in summary:
+        msg += f" (co-visible pixels: {summary['psnr_masked']:.2f} dB, {summary['ssim_masked']:.3f})"
     if "depth_abs_rel" in summary:
         msg += f", depth AbsRel {summary['depth_abs_rel']:.3f}"
     info(msg + f", {summary['num_gaussians']} Gaussians, {elapsed:.0f}s training")
@@ -595,16 +616,28 @@ def _load_trained(paths: RunPaths, device: torch.device) -> torch.nn.ParameterDi
 def _load_gt_depth(cfg: TrainConfig, cams: CameraSet, test: list[int], size: tuple[int, int]) -> dict[int, np.ndarray] | None:
     if cfg.gt_depth is None:
         return None
-    path = Path(cfg.gt_depth)
+    depth = _load_frame_stack(Path(cfg.gt_depth), "depth", "ground-truth depth", cams)
+    return {i: _resize_depth(np.nan_to_num(depth[i].astype(np.float32), nan=0.0), size) for i in test}
+
+
+def _load_eval_masks(cfg: TrainConfig, cams: CameraSet, test: list[int], size: tuple[int, int]) -> dict[int, np.ndarray] | None:
+    if cfg.eval_mask is None:
+        return None
+    mask = _load_frame_stack(Path(cfg.eval_mask), "mask", "evaluation mask", cams)
+    return {i: _resize_depth(mask[i].astype(np.float32), size) > 0.5 for i in test}
+
+
+def _load_frame_stack(path: Path, key: str, what: str, cams: CameraSet) -> np.ndarray:
+    """[T,H,W] array `key` of an npz, one map per frame of cameras.json."""
     if not path.exists():
-        raise ReconError(f"ground-truth depth {path} not found")
+        raise ReconError(f"{what} {path} not found")
     with np.load(path) as z:
-        if "depth" not in z:
-            raise ReconError(f"ground-truth depth {path} has no key 'depth'")
-        depth = np.asarray(z["depth"], np.float32)
-    if depth.ndim != 3 or len(depth) != len(cams):
-        raise ReconError(f"ground-truth depth {path} has shape {depth.shape}, expected [{len(cams)}, H, W]")
-    return {i: _resize_depth(np.nan_to_num(depth[i], nan=0.0), size) for i in test}
+        if key not in z:
+            raise ReconError(f"{what} {path} has no key '{key}'")
+        arr = np.asarray(z[key])
+    if arr.ndim != 3 or len(arr) != len(cams):
+        raise ReconError(f"{what} {path} has shape {arr.shape}, expected [{len(cams)}, H, W]")
+    return arr
 
 
 def _render_video(paths: RunPaths, cfg: TrainConfig, params, views: _Views, cams: CameraSet, background) -> None:

@@ -12,6 +12,8 @@ redkitchen_sfm_run (session): RunPaths of a run made once per test session:
 redkitchen_run_copy (function): a private copy of that run in tmp_path (without sfm_work/).
 redkitchen_gt (session): RedkitchenGT: GT c2w (OpenCV, metres) for video frame indices, and the GT
     depth maps that exist (every 3rd video frame).
+lego_sparse_run (session): factory lego_sparse_run(n_train=6, size=96) -> RunPaths of a posed sparse-view
+    NeRF-synthetic lego run (given poses, 5 test views), built once per (n_train, size). READ-ONLY.
 """
 
 from __future__ import annotations
@@ -129,3 +131,66 @@ def redkitchen_run_copy(redkitchen_sfm_run, tmp_path):
         elif src.exists():
             shutil.copy2(src, dst / name)
     return RunPaths(dst)
+
+
+LEGO = DATA / "nerf_synthetic_lego_train100_400px"
+
+
+@pytest.fixture(scope="session")
+def lego_sparse_run(tmp_path_factory):
+    """Factory `lego_sparse_run(n_train=6, size=96)` -> RunPaths of a posed NeRF-synthetic lego run.
+
+    Views: `train_{n_train}` of the dataset's sparse_view_splits.json, every 3rd of its test views (5);
+    frames size x size composited on white, given poses (splat.posed_run.build_nerf_synthetic_run).
+    Built once per session per (n_train, size); READ-ONLY (copy it to write into it). Skips the test
+    when the data is not staged.
+    """
+    import json
+
+    from splat.posed_run import build_nerf_synthetic_run
+
+    built: dict = {}
+
+    def make(n_train: int = 6, size: int = 96):
+        if not LEGO.exists():
+            pytest.skip(f"lego data not staged at {LEGO}")
+        if (n_train, size) not in built:
+            sp = json.loads((LEGO / "sparse_view_splits.json").read_text())
+            root = tmp_path_factory.mktemp(f"lego{n_train}_{size}px")
+            built[n_train, size] = build_nerf_synthetic_run(LEGO, root, sp[f"train_{n_train}"], sp["test"][::3], size=size)
+        return built[n_train, size]
+
+    return make
+
+
+@pytest.fixture
+def interrupt_and_resume():
+    """`run(full, cut, cfg, kill_at)`: train `full` uninterrupted; train `cut` but stop it with an exception
+    at step `kill_at` (after the last checkpoint), then resume it with --resume. Returns
+    (checkpoint dict as it was when killed, resumed summary, full gaussians, resumed gaussians)."""
+    import torch
+
+    from splat.ply import read_gaussian_ply
+    from splat.train import TrainConfig, run_train
+
+    class Killed(Exception):
+        pass
+
+    def run(full, cut, cfg, kill_at: int):
+        run_train(full, cfg)
+
+        def kill(step, row):
+            if step == kill_at:
+                raise Killed()
+
+        with pytest.raises(Killed):
+            run_train(cut, cfg, callback=kill)
+        ck = torch.load(cut.checkpoint, weights_only=False)
+        assert not cut.gaussians_ply.exists()
+        resumed = run_train(cut, TrainConfig(**{**cfg.__dict__, "resume": True}))
+        a, b = read_gaussian_ply(full.gaussians_ply), read_gaussian_ply(cut.gaussians_ply)
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        return ck, resumed, a, b
+
+    return run

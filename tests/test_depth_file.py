@@ -120,3 +120,17 @@ def test_bad_files(tmp_path):
     empty.mkdir()
     with pytest.raises(ReconError, match="no depth files"):
         load_depth_files(FileDepthConfig(empty), ["000000.png"], (8, 8))
+
+
+def test_order_match_rows_checks_only_the_frames_asked_for(tmp_path):
+    """A [T,H,W] stack in frame order may leave frames outside the prior empty (all 0)."""
+    stack = np.stack([_raw(k) for k in SOURCE])  # uint16 millimetres
+    stack[1] = 0  # e.g. a held-out test view the user blanked
+    np.savez(tmp_path / "all.npz", depth=stack)
+    frames = [f"{i:06d}.png" for i in range(len(SOURCE))]
+    cfg = FileDepthConfig(tmp_path / "all.npz", match="order")
+    out, _ = load_depth_files(cfg, frames, (640, 480), rows=[0, 2, 3])
+    assert out.shape == (3, 480, 640)
+    np.testing.assert_array_equal(out[1], np.where(stack[2] == 65535, 0, stack[2]) / np.float32(1000.0))
+    with pytest.raises(ReconError, match=r"all.npz\[1\] has no valid pixel"):
+        load_depth_files(cfg, frames, (640, 480))

@@ -23,17 +23,12 @@ from splat.camera_path import interpolate_path
 from splat.evaluate import depth_metrics, psnr
 from splat.losses import depth_l1_inverse, depth_pearson, depth_weight_at, exp_decay, ssim
 from splat.ply import read_gaussian_ply
-from splat.posed_run import build_nerf_synthetic_run
 from splat.train import TrainConfig, run_train
 
 LEGO = Path("/work/shared/data/nerf_synthetic_lego_train100_400px")
 SIZE = 96  # pixels; the 400 px images are box-downscaled in premultiplied alpha, composited on white
 
 pytestmark = pytest.mark.skipif(not LEGO.exists(), reason=f"lego data not staged at {LEGO}")
-
-
-def _splits() -> dict:
-    return json.loads((LEGO / "sparse_view_splits.json").read_text())
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -61,10 +56,11 @@ def _cfg(**kw) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def lego_run(tmp_path_factory) -> RunPaths:
-    sp = _splits()
-    root = tmp_path_factory.mktemp("lego6")
-    return build_nerf_synthetic_run(LEGO, root, sp["train_6"], sp["test"][::3], size=SIZE)
+def lego_run(lego_sparse_run, tmp_path_factory) -> RunPaths:
+    """This module's own copy of the shared lego run (the `trained` fixture writes into it)."""
+    root = tmp_path_factory.mktemp("lego6") / "run"
+    shutil.copytree(lego_sparse_run(n_train=6, size=SIZE).root, root)
+    return RunPaths(root)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +121,7 @@ def test_training_raises_test_psnr_and_writes_outputs(trained):
     assert again["psnr"] == pytest.approx(s["psnr"], abs=1e-4)
 
 
-def test_resume_after_interruption_matches_uninterrupted(lego_run, tmp_path):
+def test_resume_after_interruption_matches_uninterrupted(lego_run, tmp_path, interrupt_and_resume):
     cfg = _cfg(iterations=40, checkpoint_every=20, refine_start=5, refine_every=10, refine_stop=35,
                num_random=400, video_frames=0, test_renders=False, eval_initial=False)
 
@@ -134,28 +130,10 @@ def test_resume_after_interruption_matches_uninterrupted(lego_run, tmp_path):
         shutil.copytree(lego_run.root, root, ignore=shutil.ignore_patterns("splat", "metrics.json"))
         return RunPaths(root)
 
-    full = fresh("full")
-    run_train(full, cfg)
-
-    cut = fresh("cut")
-
-    class Killed(Exception):
-        pass
-
-    def kill_at_30(step, row):
-        if step == 30:
-            raise Killed()
-
-    with pytest.raises(Killed):
-        run_train(cut, cfg, callback=kill_at_30)
-    assert torch.load(cut.checkpoint, weights_only=False)["step"] == 20
-    assert not cut.gaussians_ply.exists()
-    resumed = run_train(cut, TrainConfig(**{**cfg.__dict__, "resume": True}))
-
-    a, b = read_gaussian_ply(full.gaussians_ply), read_gaussian_ply(cut.gaussians_ply)
+    full, cut = fresh("full"), fresh("cut")
+    ck, resumed, a, b = interrupt_and_resume(full, cut, cfg, kill_at=30)
+    assert ck["step"] == 20
     assert len(a["means"]) == len(b["means"]) == resumed["num_gaussians"]
-    for k in a:
-        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5, err_msg=k)
     log_a = (full.splat_dir / "train_log.jsonl").read_text().splitlines()
     log_b = (cut.splat_dir / "train_log.jsonl").read_text().splitlines()
     assert len(log_a) == len(log_b) == 4

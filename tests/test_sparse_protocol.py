@@ -1,0 +1,61 @@
+"""Sparse-view protocol pieces: which frames the depth prior covers, and an SfM init that only holds what
+the training views see (7-Scenes SfM run of the pose stage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+
+from recon.cameras import CameraSet
+from recon.errors import ReconError
+from recon.split import SplitConfig, make_split
+from splat.gaussians import read_sfm_points
+
+
+@pytest.mark.parametrize(
+    "cfg, prior",
+    [
+        (SplitConfig(test_every=4, train_views=2), [1, 7]),
+        (SplitConfig(test_every=4, train_views=2, prior_frames="non-test"), [1, 2, 3, 6, 7]),
+        (SplitConfig(test_every=4, train_views=2, prior_frames="all"), [0, 1, 4, 7]),
+        (SplitConfig(test_every=4, train_views=2, prior_from_all_frames=True), [0, 1, 4, 7]),
+    ],
+)
+def test_prior_frames(cfg, prior):
+    registered = np.ones(8, bool)
+    registered[5] = False  # unregistered frames are in no set
+    split = make_split(8, [f"{i:06d}.png" for i in range(8)], cfg, registered)
+    assert split["test"] == [0, 4] and split["train"] == [1, 7]
+    assert split["prior"] == prior
+
+
+def test_prior_frames_rejects_unknown_mode():
+    with pytest.raises(ReconError, match="prior_frames must be train, non-test or all"):
+        make_split(4, ["a", "b", "c", "d"], SplitConfig(prior_frames="video"))
+
+
+def test_sfm_init_keeps_points_the_training_views_triangulate(redkitchen_sfm_run):
+    sfm = redkitchen_sfm_run.sfm_dir
+    cams = CameraSet.load(redkitchen_sfm_run.cameras_json)
+    rec = pycolmap.Reconstruction(str(sfm))
+    all_xyz, _ = read_sfm_points(sfm)
+    assert len(all_xyz) == rec.num_points3D()
+    train = [10, 13, 16]  # three nearby frames of the 60: they share many points
+    names = {Path(cams.files[i]).name for i in train}
+    ids = {im.image_id for im in rec.images.values() if im.name in names}
+    assert len(ids) == 3
+    expect = np.array([p.xyz for p in rec.points3D.values() if len({e.image_id for e in p.track.elements} & ids) >= 2], np.float32)
+    xyz, rgb = read_sfm_points(sfm, names, min_views=2)
+    print(f"\nSfM init: {len(xyz)} of {len(all_xyz)} points are seen by >= 2 of training frames {train}")
+    assert 50 < len(xyz) < 0.5 * len(all_xyz)
+    np.testing.assert_array_equal(xyz, expect)
+    assert rgb.shape == (len(xyz), 3) and rgb.dtype == np.uint8
+    # min_views 1 keeps more, 0 keeps everything
+    assert len(xyz) < len(read_sfm_points(sfm, names, min_views=1)[0]) < len(all_xyz)
+    assert len(read_sfm_points(sfm, names, min_views=0)[0]) == len(all_xyz)
+    # views that share no point: a clear error, not an empty init
+    with pytest.raises(ReconError, match="no SfM point .* is observed by 4\\+ of the 3 training views"):
+        read_sfm_points(sfm, names, min_views=4)
