@@ -177,13 +177,34 @@ class InitConfig:
     """Number of random points for --init random."""
     max_points: int = 0
     """Randomly keep at most this many initial points (0 = all); bounds CPU cost."""
+    random_fill: int = 0
+    """Add this many random points (in the training cameras' view box) to a depth or SfM init: Gaussians
+    for what the depth prior or SfM does not cover (regions without valid depth, unseen space)."""
     sfm_min_train_views: int = 2
     """--init sfm keeps the SfM points seen by at least this many training views (0 = every point,
     including points only the held-out test views observed)."""
 
 
+def random_points(paths: RunPaths, cams: CameraSet, train: list[int], n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n points uniform in the box the training cameras look at (else the SfM / fused points' box), with
+    random colours: xyz float32 [n,3] scene units, rgb uint8 [n,3]."""
+    bounds = camera_lookat_bounds(cams.c2w[train], cams.K[train], cams.width, cams.height)
+    if bounds is None:
+        for reader, where in ((read_sfm_points, paths.sfm_dir), (read_point_cloud, paths.init_ply)):
+            if where.exists():
+                bounds = points_bounds(reader(where)[0])
+                break
+    if bounds is None:
+        raise ReconError("random points need scene bounds: cameras do not converge and the run has no SfM or fused points")
+    lo, hi = bounds
+    debug(f"random points in box {np.round(lo, 3).tolist()} .. {np.round(hi, 3).tolist()}")
+    xyz = (lo + (hi - lo) * rng.random((n, 3))).astype(np.float32)
+    rgb = (rng.random((n, 3)) * 255).astype(np.uint8)
+    return xyz, rgb
+
+
 def initial_points(paths: RunPaths, cfg: InitConfig, cams: CameraSet, train: list[int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The initial point cloud for training.
+    """The initial point cloud for training (`cfg.random_fill` random points added to a depth or SfM init).
 
     Returns:
         xyz float32 [N,3] scene units, rgb uint8 [N,3].
@@ -195,23 +216,15 @@ def initial_points(paths: RunPaths, cfg: InitConfig, cams: CameraSet, train: lis
         xyz, rgb = read_sfm_points(paths.sfm_dir, names, cfg.sfm_min_train_views)
         debug(f"sfm init: {len(xyz)} points seen by >= {cfg.sfm_min_train_views} of {len(train)} training views")
     elif cfg.init == "random":
-        bounds = camera_lookat_bounds(cams.c2w[train], cams.K[train], cams.width, cams.height)
-        if bounds is None:
-            for reader, where in ((read_sfm_points, paths.sfm_dir), (read_point_cloud, paths.init_ply)):
-                if where.exists():
-                    bounds = points_bounds(reader(where)[0])
-                    break
-        if bounds is None:
-            raise ReconError("--init random needs scene bounds: cameras do not converge and the run has no SfM or fused points")
-        lo, hi = bounds
-        debug(f"random init in box {np.round(lo, 3).tolist()} .. {np.round(hi, 3).tolist()}")
-        xyz = (lo + (hi - lo) * rng.random((cfg.num_random, 3))).astype(np.float32)
-        rgb = (rng.random((cfg.num_random, 3)) * 255).astype(np.uint8)
+        xyz, rgb = random_points(paths, cams, train, cfg.num_random, rng)
     else:
         raise ReconError(f"unknown init '{cfg.init}' (choose depth, sfm or random)")
     if cfg.max_points and len(xyz) > cfg.max_points:
         keep = np.sort(rng.choice(len(xyz), cfg.max_points, replace=False))
         xyz, rgb = xyz[keep], rgb[keep]
+    if cfg.random_fill > 0 and cfg.init != "random":
+        fx, frgb = random_points(paths, cams, train, cfg.random_fill, rng)
+        xyz, rgb = np.concatenate([xyz, fx]), np.concatenate([rgb, frgb])
     return xyz, rgb
 
 

@@ -49,6 +49,8 @@ class TrainConfig:
     """Points for --init random."""
     max_init_points: int = 0
     """Keep at most this many initial points, chosen at random (0 = all)."""
+    init_random_fill: int = 0
+    """Random points added to a depth / SfM init (Gaussians where the prior has no valid depth)."""
     sfm_min_train_views: int = 2
     """--init sfm: keep SfM points observed by at least this many training views (0 = all points, even
     those only held-out test views saw)."""
@@ -460,7 +462,7 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
         info(f"resuming from step {start_step} of {cfg.iterations}")
     else:
         icfg = InitConfig(init=cfg.init, num_random=cfg.num_random, max_points=cfg.max_init_points,
-                          sfm_min_train_views=cfg.sfm_min_train_views)
+                          sfm_min_train_views=cfg.sfm_min_train_views, random_fill=cfg.init_random_fill)
         xyz, rgb = initial_points(paths, icfg, cams, train, rng)
         extent = scene_extent(cams.c2w[train], xyz)
         params = to_parameters(gaussians_from_points(xyz, rgb, cfg.sh_degree, cfg.init_opacity, cfg.init_scale), device)

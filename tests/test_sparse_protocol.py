@@ -59,3 +59,20 @@ def test_sfm_init_keeps_points_the_training_views_triangulate(redkitchen_sfm_run
     # views that share no point: a clear error, not an empty init
     with pytest.raises(ReconError, match="no SfM point .* is observed by 4\\+ of the 3 training views"):
         read_sfm_points(sfm, names, min_views=4)
+
+
+def test_random_fill_adds_points_inside_the_training_cameras_view(redkitchen_sfm_run):
+    from splat.gaussians import InitConfig, camera_lookat_bounds, initial_points, points_bounds
+
+    cams = CameraSet.load(redkitchen_sfm_run.cameras_json)
+    train = [10, 13, 16]
+    base, _ = initial_points(redkitchen_sfm_run, InitConfig(init="sfm"), cams, train, np.random.default_rng(0))
+    xyz, rgb = initial_points(redkitchen_sfm_run, InitConfig(init="sfm", random_fill=500), cams, train, np.random.default_rng(0))
+    assert len(xyz) == len(rgb) == len(base) + 500
+    np.testing.assert_array_equal(xyz[: len(base)], base)  # the SfM points come first, unchanged
+    # three nearby views barely converge: the box falls back to the SfM points' box
+    box = camera_lookat_bounds(cams.c2w[train], cams.K[train], cams.width, cams.height)
+    lo, hi = box if box is not None else points_bounds(read_sfm_points(redkitchen_sfm_run.sfm_dir)[0])
+    fill = xyz[len(base):]
+    assert (fill >= lo - 1e-5).all() and (fill <= hi + 1e-5).all()
+    assert fill.std(0).min() > 0.2 * (hi - lo).min()  # spread over the box, not a clump
