@@ -21,7 +21,7 @@ machine; with them, pass --depth-backend dvd.
     .venv/bin/python benchmarks/sparse_view.py --datasets lego 7scenes --views 3 6 9 --iterations 300 --size 100
     # the 7-Scenes table of the issue-5 note (5 s clip, prior from the clip's non-test frames, 1000 steps):
     .venv/bin/python benchmarks/sparse_view.py --datasets 7scenes --views 3 --seven-span 0 149 --num-frames 30 \
-        --prior-frames non-test --iterations 1000 [--random-fill 5000]
+        --prior-frames non-test --iterations 1000 [--random-fill 0]
 
 prints one table (PSNR / SSIM on held-out test views; mPSNR / mSSIM on the test pixels some training
 view observes (co-visibility masks from GT depth + GT poses, Gao et al. NeurIPS 2022), with covis the
@@ -269,9 +269,9 @@ def main() -> None:
     ap.add_argument("--inits", nargs="+", default=["random", "sfm", "depth"], choices=["random", "sfm", "depth"])
     ap.add_argument("--depth-losses", nargs="+", default=["none", "l1-inverse"], choices=["none", "l1-inverse", "pearson"])
     ap.add_argument("--depth-weight", type=float, default=None, help="override TrainConfig.depth_weight")
-    ap.add_argument("--random-fill", type=int, default=0,
-                    help="random points added to the SfM and depth inits (TrainConfig.init_random_fill): Gaussians for "
-                         "what the SfM points / depth prior do not cover")
+    ap.add_argument("--random-fill", type=int, default=None,
+                    help="random points added to the SfM and depth inits (default: TrainConfig.init_random_fill, 5000; "
+                         "0 = off): Gaussians for what the SfM points / depth prior do not cover")
     ap.add_argument("--no-oracle", action="store_true", help="skip the 7-Scenes GT-depth prior rows")
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--size", type=int, default=100, help="training / evaluation image long side in pixels")
@@ -327,7 +327,7 @@ def main() -> None:
                             background=(1.0, 1.0, 1.0) if dataset == "lego" else (0.0, 0.0, 0.0))
                 if args.depth_weight is not None:
                     over["depth_weight"] = args.depth_weight
-                if args.random_fill:
+                if args.random_fill is not None:
                     over["init_random_fill"] = args.random_fill
                 cfg = TrainConfig.preset("cuda" if args.device.startswith("cuda") else "cpu", **over)
                 t0 = time.perf_counter()

