@@ -129,6 +129,15 @@ def _prior_frames(cams: CameraSet, split: dict[str, Any]) -> list[int]:
     return prior
 
 
+def _sparse_hint(backend: str, prior: list[int], split: dict[str, Any], num_frames: int) -> str:
+    """Advice for a stereo prior that failed on a few far-apart training views."""
+    test = set(split.get("test", []))
+    if backend == "stereo" and len(prior) < num_frames - len(test):
+        return (": the views are too few or too far apart to match; --prior-frames non-test lets stereo use every "
+                "frame but the test views (fusion and the depth loss still use the training views only)")
+    return ""
+
+
 def run_depth(paths: RunPaths, cfg: DepthConfig) -> dict[str, Any]:
     """Compute the depth prior for the prior frames and write disparity.npz, windows.json, depth.mp4.
 
@@ -182,7 +191,7 @@ def run_depth(paths: RunPaths, cfg: DepthConfig) -> dict[str, Any]:
         raise ReconError(f"depth backend {backend} returned NaN/inf disparity")
     disp_sub = np.where(disp_sub > 0, disp_sub, 0).astype(np.float32)
     if not np.any(disp_sub > 0):
-        raise ReconError(f"depth backend {backend} produced no valid depth on any of the {len(prior)} prior frames")
+        raise ReconError(f"depth backend {backend} produced no valid depth on any of the {len(prior)} prior frames" + _sparse_hint(backend, prior, split, T))
 
     disparity = np.zeros((T, H, W), np.float32)
     confidence = np.ones((T, H, W), np.float32)

@@ -684,7 +684,8 @@ def run_stereo(paths: RunPaths, frame_ids: Sequence[int], cfg: StereoConfig | No
         raise ReconError(f"stereo: frame ids must be in [0, {len(cams)}), got {frame_ids}")
     reg = [i for i in frame_ids if cams.registered[i]]
     if len(reg) < 2:
-        raise ReconError(f"stereo needs at least 2 registered frames among the {len(frame_ids)} prior frames, got {len(reg)}")
+        raise ReconError(f"stereo needs at least 2 registered frames among the {len(frame_ids)} prior frames, got {len(reg)} "
+                         "(with a sparse split, --prior-frames non-test computes the prior on every frame but the test views)")
     near, far = sfm_depth_range(paths, reg, cfg.range_percentiles)
     t0 = time.perf_counter()
     depth, conf = stereo_depth(

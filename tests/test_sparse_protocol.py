@@ -76,3 +76,16 @@ def test_random_fill_adds_points_inside_the_training_cameras_view(redkitchen_sfm
     fill = xyz[len(base):]
     assert (fill >= lo - 1e-5).all() and (fill <= hi + 1e-5).all()
     assert fill.std(0).min() > 0.2 * (hi - lo).min()  # spread over the box, not a clump
+
+
+def test_stereo_on_three_far_apart_views_says_how_to_get_a_prior(redkitchen_run_copy):
+    """3 training views spread over the whole 15 s clip share too little for plane-sweep stereo; the error
+    names the way out (compute the prior on every non-test frame) instead of a bare failure."""
+    from depth.stage import DepthConfig, run_depth
+    from recon.atomic import write_json
+
+    paths = redkitchen_run_copy
+    write_json(paths.split_json, {"protocol": "test", "train": [0, 30, 59], "test": [8, 16], "prior": [0, 30, 59]})
+    with pytest.raises(ReconError, match="no valid depth on any of the 3 prior frames: .*--prior-frames non-test"):
+        run_depth(paths, DepthConfig(backend="stereo", preview=False))
+    assert not paths.disparity_npz.exists()
