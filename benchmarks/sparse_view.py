@@ -23,6 +23,10 @@ machine; with them, pass --depth-backend dvd.
     .venv/bin/python benchmarks/sparse_view.py --datasets 7scenes --views 3 --seven-span 0 149 --num-frames 30 \
         --prior-frames non-test --iterations 1000 [--random-fill 0]
 
+Training renders on TrainConfig.background's automatic colour (--background auto): white for lego (its
+frames are composited on white), the training images' mean colour for 7-Scenes, which is what test pixels
+that no training view observed show.
+
 prints one table (PSNR / SSIM on held-out test views; mPSNR / mSSIM on the test pixels some training
 view observes (co-visibility masks from GT depth + GT poses, Gao et al. NeurIPS 2022), with covis the
 fraction of such pixels; depth AbsRel / delta1 where GT depth exists; #Gaussians; training wall time).
@@ -272,6 +276,9 @@ def main() -> None:
     ap.add_argument("--random-fill", type=int, default=None,
                     help="random points added to the SfM and depth inits (default: TrainConfig.init_random_fill, 5000; "
                          "0 = off): Gaussians for what the SfM points / depth prior do not cover")
+    ap.add_argument("--background", default="auto", choices=["auto", "black", "white"],
+                    help="TrainConfig.background: auto (default) = white for lego (frames composited on white), the "
+                         "training images' mean colour for 7-Scenes")
     ap.add_argument("--no-oracle", action="store_true", help="skip the 7-Scenes GT-depth prior rows")
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--size", type=int, default=100, help="training / evaluation image long side in pixels")
@@ -289,6 +296,7 @@ def main() -> None:
                     help="7-Scenes poses: the pose stage's SfM (default) or the GT poses (metres)")
     ap.add_argument("--seven-span", nargs=2, type=int, default=[0, 449], metavar=("FIRST", "LAST"),
                     help="7-Scenes: first and last video frame of the clip (default: all 450 staged frames, 15 s)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (initial points, view order, random backgrounds)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per training")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=Path("/tmp/sparse_view_bench"))
@@ -322,9 +330,9 @@ def main() -> None:
                 else:
                     paths = copy_run(base, dst)
                 over = dict(init=init, depth_loss=dl, iterations=args.iterations, device=args.device, cpu_threads=args.threads,
-                            max_size=args.size, video_frames=0, gt_depth=gt_npz, seed=0,
+                            max_size=args.size, video_frames=0, gt_depth=gt_npz, seed=args.seed,
                             eval_mask=(gt_npz.parent / "eval_mask.npz") if gt_npz is not None else None,
-                            background=(1.0, 1.0, 1.0) if dataset == "lego" else (0.0, 0.0, 0.0))
+                            background={"auto": None, "black": (0.0, 0.0, 0.0), "white": (1.0, 1.0, 1.0)}[args.background])
                 if args.depth_weight is not None:
                     over["depth_weight"] = args.depth_weight
                 if args.random_fill is not None:

@@ -75,13 +75,18 @@ def _thumb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L").resize((64, 64), Image.BILINEAR), dtype=np.float32)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB image; transparent pixels composited on white (NeRF-synthetic convention)."""
+COMPOSITE_BACKGROUND = (1.0, 1.0, 1.0)
+"""Colour transparent input pixels are composited on (white: the NeRF-synthetic convention). frames.json
+records it as `composited_on` when any frame had transparency; training then renders on it."""
+
+
+def _to_rgb(img: Image.Image) -> tuple[Image.Image, bool]:
+    """(RGB image, whether it had transparency): transparent pixels composited on COMPOSITE_BACKGROUND."""
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
-    return img.convert("RGB")
+        bg = Image.new("RGBA", rgba.size, tuple(int(round(255 * c)) for c in COMPOSITE_BACKGROUND) + (255,))
+        return Image.alpha_composite(bg, rgba).convert("RGB"), True
+    return img.convert("RGB"), False
 
 
 def _exif_focal_px(img: Image.Image) -> float | None:
@@ -195,11 +200,13 @@ def extract_frames(input_path: str | Path, paths: RunPaths, cfg: FramesConfig) -
     kept: list[dict] = []
     dropped = 0
     last_thumb = None
+    composited = False
     with atomic_dir(paths.frames_dir) as tmp, progress() as bar:
         task = bar.add_task("frames", total=total, status="")
         for i, ts, img in frames:
             bar.advance(task)
-            img = _to_rgb(img)
+            img, had_alpha = _to_rgb(img)
+            composited |= had_alpha
             if img.size != (W, H):
                 img = img.resize((W, H), Image.LANCZOS if (W < img.size[0]) else Image.BICUBIC)
             th = _thumb(img)
@@ -221,6 +228,8 @@ def extract_frames(input_path: str | Path, paths: RunPaths, cfg: FramesConfig) -
                 "Record with more camera motion, or pass known poses with --poses"
             )
     info = {"source": str(src), **meta, "size": [W, H], "frames": kept, "dropped_duplicates": dropped}
+    if composited:
+        info["composited_on"] = list(COMPOSITE_BACKGROUND)
     write_json(paths.frames_json, info)
     return {"frames": len(kept), "size": f"{W}x{H}", "source": src.name, "dropped near-duplicates": dropped,
             "source fps": (round(meta["fps"], 3) if meta.get("fps") else "-")}

@@ -1,7 +1,7 @@
 """Build a run directory from a posed image set with known cameras (tests and benchmarks).
 
-Writes RUN/frames/*.png, RUN/cameras.json (OpenCV c2w, K at the stored resolution) and
-RUN/split.json, so the training stage can run without the frames/poses stages. Two sources:
+Writes RUN/frames/*.png, RUN/frames.json, RUN/cameras.json (OpenCV c2w, K at the stored resolution)
+and RUN/split.json, so the training stage can run without the frames/poses stages. Two sources:
 the NeRF-synthetic layout (transforms_train.json, OpenGL axes, RGBA composited on a background)
 and an RGB-D sequence with per-frame c2w (7-Scenes layout), which also yields a GT depth npz.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.atomic import atomic_path, save_npz
+from recon.atomic import atomic_path, save_npz, write_json
 from recon.cameras import CameraSet, opengl_to_opencv
 from recon.errors import ReconError
 from recon.layout import RunPaths
@@ -93,6 +93,13 @@ def build_nerf_synthetic_run(
         sfm={"source": "nerf_synthetic transforms_train.json (given poses)"},
     )
     cams.save(paths.cameras_json)
+    # As the frames stage writes it for transparent inputs: training renders on the composite colour.
+    write_json(paths.frames_json, {
+        "source": str(src), "source_type": "images", "fps": None, "size": [size, size],
+        "frames": [{"file": n, "source_index": int(i), "timestamp": None,
+                    "source_name": Path(frames[i]["file_path"]).name + ".png"} for n, i in zip(files, chosen)],
+        "dropped_duplicates": 0, "composited_on": [float(c) for c in background],
+    })
     pos = {idx: j for j, idx in enumerate(chosen)}
     save_split(paths.split_json, {
         "protocol": "given",

@@ -52,7 +52,7 @@ class TrainConfig:
     init_random_fill: int = 5_000
     """Random points added to a depth / SfM init: Gaussians for what the depth prior or the SfM points do
     not cover (pixels without valid depth, space no training view saw), which would otherwise render as
-    background. Measured (CPU preset): apple main job test PSNR 32.82 -> 34.10 dB (SSIM 0.968 -> 0.966);
+    background. Measured (CPU preset, black background): apple main job test PSNR 32.82 -> 34.10 dB (SSIM 0.968 -> 0.966);
     7-Scenes 3 views (benchmarks/sparse_view.py, 1000 steps) SfM init 21.28 -> 23.37 dB, stereo depth init +
     depth loss 21.30 -> 24.32 dB. 0 = off."""
     sfm_min_train_views: int = 2
@@ -95,8 +95,20 @@ class TrainConfig:
     """Train and evaluate at frame resolution / downscale."""
     max_size: int = 0
     """Also cap the longest image side at this many pixels (0 = no cap)."""
-    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    """Colour behind the Gaussians (RGB in [0,1]); white for images composited on white."""
+    background: tuple[float, float, float] | None = None
+    """Colour behind the Gaussians (RGB in [0,1]). None = automatic: the colour transparent input frames were
+    composited on (frames.json `composited_on`, white for Blender renders), else the mean colour of the
+    training images -- the least-squares guess for what no training view saw, which a sparse-view test view
+    shows wherever it looks past the training views. Measured test PSNR on one SfM run of each scene, black ->
+    mean colour -> mean colour with train_background "random" (the default): 7-Scenes 3 views
+    (benchmarks/sparse_view.py, 1000 steps) SfM init 23.02 -> 23.09 -> 23.10 dB, stereo depth init + depth
+    loss 23.72 -> 24.26 -> 24.50 dB; apple main job (dense views) 34.05 -> 33.64 -> 33.96 dB."""
+    train_background: Literal["auto", "random", "fixed"] = "auto"
+    """Background while training: "random" draws a new uniform colour every step (as splatfacto's
+    background_color="random"), so no transparency can pass for scene colour and every observed pixel must be
+    covered by Gaussians; "fixed" trains on `background`; "auto" = "random" when `background` is automatic and
+    the frames are opaque, else "fixed" (frames composited on a colour, or a colour you set: the images'
+    backdrop is that colour). Evaluation and renders always use `background`."""
     device: str = "auto"
     cpu_threads: int = 0
     """torch intra-op threads while training on the CPU (0 = torch's default). 1 is much faster on a
@@ -278,6 +290,35 @@ def load_views(paths: RunPaths, cams: CameraSet, views: list[int], cfg: TrainCon
     return out
 
 
+def resolve_background(background: tuple[float, float, float] | None, paths: RunPaths, views: "_Views", train: list[int]) -> tuple[torch.Tensor, str]:
+    """The training / rendering background (see TrainConfig.background): ([3] RGB in [0,1] on the views'
+    device, where it came from: "config" | "composite" | "train-mean")."""
+    device = views.viewmats.device
+    if background is not None:
+        bg, source = [float(c) for c in background], "config"
+        if len(bg) != 3 or not all(0.0 <= c <= 1.0 for c in bg):
+            raise ReconError(f"train.background must be 3 numbers in [0, 1] (RGB), got {list(background)}")
+        return torch.tensor(bg, dtype=torch.float32, device=device), source
+    if paths.frames_json.exists():
+        comp = json.loads(paths.frames_json.read_text()).get("composited_on")
+        if comp is not None:
+            return torch.tensor([float(c) for c in comp], dtype=torch.float32, device=device), "composite"
+    if not train:
+        return torch.zeros(3, dtype=torch.float32, device=device), "config"
+    mean = torch.stack([views.images[i].reshape(-1, 3).mean(0) for i in train]).mean(0)
+    return mean.float().to(device), "train-mean"
+
+
+def training_background(mode: str, background_source: str) -> Literal["random", "fixed"]:
+    """TrainConfig.train_background resolved: "auto" is "random" only for an automatic background over opaque
+    frames (`background_source` "train-mean"); composited frames and a colour set in the config keep it."""
+    if mode not in ("auto", "random", "fixed"):
+        raise ReconError(f"train.train_background must be auto, random or fixed, got {mode!r}")
+    if mode == "auto":
+        return "random" if background_source == "train-mean" else "fixed"
+    return mode  # type: ignore[return-value]
+
+
 # ---------------------------------------------------------------------------------------------------
 # rendering
 
@@ -437,7 +478,8 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
     views = load_views(paths, cams, sorted(set(train) | set(test)), cfg, device, prior)
     gt_depth = _load_gt_depth(cfg, cams, test, (views.width, views.height))
     eval_masks = _load_eval_masks(cfg, cams, test, (views.width, views.height))
-    background = torch.tensor(cfg.background, dtype=torch.float32, device=device)
+    background, background_source = resolve_background(cfg.background, paths, views, train)
+    debug(f"background {[round(float(c), 3) for c in background]} ({background_source})")
     info(
         f"train: {len(train)} train / {len(test)} test views at {views.width}x{views.height} on {device}, "
         f"init={cfg.init}, depth_loss={cfg.depth_loss if use_depth else 'none'}"
@@ -490,7 +532,7 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
         info(f"initial test PSNR {init_eval['psnr']:.2f} dB")
 
     if not cfg.eval_only:
-        elapsed = _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views, train, rng, log, start_step, elapsed, extent, background, use_depth, callback)
+        elapsed = _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views, train, rng, log, start_step, elapsed, extent, background, background_source, use_depth, callback)
         write_gaussian_ply(paths.gaussians_ply, to_numpy(params))
 
     # evaluation
@@ -524,6 +566,9 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
         "init": cfg.init,
         "depth_loss": cfg.depth_loss if use_depth else "none",
         "strategy": cfg.strategy,
+        "background": [round(float(c), 4) for c in background],
+        "background_source": background_source,
+        "train_background": training_background(cfg.train_background, background_source),
         "lpips_available": lp is not None,
     }
     _merge_metrics(paths.metrics_json, summary, metrics.get("per_view", []), cfg)
@@ -536,7 +581,7 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
     return summary
 
 
-def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _Views, train, rng, log, start_step, elapsed, extent, background, use_depth, callback) -> float:
+def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _Views, train, rng, log, start_step, elapsed, extent, background, background_source, use_depth, callback) -> float:
     """The training loop from `start_step` to cfg.iterations; returns the accumulated training seconds."""
     depth_fn = DEPTH_LOSSES.get(cfg.depth_loss)
     order: list[int] = []
@@ -544,6 +589,7 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
     # run (rng state restored from the checkpoint) sees the same views as an uninterrupted one.
     t0 = time.perf_counter() - elapsed
     capped = False
+    random_bg = training_background(cfg.train_background, background_source) == "random"
     with progress() as bar:
         task = bar.add_task("train", total=cfg.iterations, completed=start_step, status="")
         for step in range(start_step, cfg.iterations):
@@ -551,7 +597,8 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
                 order = _view_order(rng, train)
             i = order.pop()
             sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
-            rgb, depth, alpha, meta = render(params, views.viewmats[i], views.K[i], views.width, views.height, sh_degree, background)
+            bg = torch.rand(3, device=background.device) if random_bg else background
+            rgb, depth, alpha, meta = render(params, views.viewmats[i], views.K[i], views.width, views.height, sh_degree, bg)
             gt = views.images[i]
             loss, terms = photometric_loss(rgb, gt, cfg.ssim_lambda)
             row: dict[str, Any] = {"step": step + 1, **terms}

@@ -81,6 +81,7 @@ def test_image_folder_rgba_composited_on_white(tmp_path):
     assert [f["source_name"] for f in meta["frames"]] == ["r_0.png", "r_1.png", "r_2.png", "r_10.png"]  # natural order
     img = np.asarray(Image.open(p.root / meta["frames"][0]["file"]))
     assert img.shape == (100, 100, 3) and (img[0, 0] == 255).all()  # transparent corner -> white
+    assert meta["composited_on"] == [1.0, 1.0, 1.0]  # training renders on it (TrainConfig.background None)
 
 
 def test_dedup_drops_repeated_frames(tmp_path):

@@ -36,7 +36,6 @@ def _cfg(**kw) -> TrainConfig:
         init="random",
         num_random=1000,
         depth_loss="none",
-        background=(1.0, 1.0, 1.0),
         iterations=150,
         sh_degree=1,
         sh_degree_interval=50,
@@ -88,6 +87,8 @@ def test_training_raises_test_psnr_and_writes_outputs(trained):
     paths, s = trained
     # Measured here: 7.55 dB initial (random init) -> 15.94 dB after 150 steps on the 5 held-out views.
     assert s["num_test_views"] == 5 and s["num_train_views"] == 6
+    # background=None: the frames were composited on white, so training rendered on white.
+    assert s["background"] == [1.0, 1.0, 1.0] and s["background_source"] == "composite" and s["train_background"] == "fixed"
     assert s["psnr"] > s["initial_psnr"] + 4.0, s
     assert s["ssim"] > s["initial_ssim"] + 0.1, s
     metrics = json.loads(paths.metrics_json.read_text())
@@ -137,6 +138,72 @@ def test_resume_after_interruption_matches_uninterrupted(lego_run, tmp_path, int
     log_a = (full.splat_dir / "train_log.jsonl").read_text().splitlines()
     log_b = (cut.splat_dir / "train_log.jsonl").read_text().splitlines()
     assert len(log_a) == len(log_b) == 4
+
+
+def test_background_resolution(lego_run, redkitchen_run_copy):
+    """TrainConfig.background None: the composite colour of transparent inputs, else the training images'
+    mean colour (computed here independently with PIL's box filter at the training size)."""
+    from PIL import Image
+
+    from splat.train import load_views, resolve_background
+
+    cpu = torch.device("cpu")
+    cams = CameraSet.load(lego_run.cameras_json)
+    views = load_views(lego_run, cams, [0, 1], _cfg(), cpu, None)
+    bg, src = resolve_background(None, lego_run, views, [0, 1])
+    assert src == "composite" and bg.tolist() == [1.0, 1.0, 1.0]
+    bg, src = resolve_background((0.25, 0.5, 0.75), lego_run, views, [0, 1])
+    assert src == "config" and bg.tolist() == [0.25, 0.5, 0.75]
+    with pytest.raises(ReconError, match="3 numbers in \\[0, 1\\]"):
+        resolve_background((0.0, 2.0, 0.0), lego_run, views, [0, 1])
+
+    run = redkitchen_run_copy  # an opaque video: no composite colour
+    assert "composited_on" not in json.loads(run.frames_json.read_text())
+    cams = CameraSet.load(run.cameras_json)
+    train = [0, 20, 40]
+    cfg = _cfg(max_size=80)
+    views = load_views(run, cams, train, cfg, cpu, None)
+    bg, src = resolve_background(None, run, views, train)
+    want = np.mean([np.asarray(Image.open(run.root / cams.files[i]).convert("RGB").resize((views.width, views.height), Image.BOX),
+                               np.float64).reshape(-1, 3).mean(0) / 255.0 for i in train], axis=0)
+    assert src == "train-mean"
+    np.testing.assert_allclose(bg.numpy(), want, atol=3e-3)
+    assert bg[0] > bg[2] + 0.05  # the red kitchen: the mean is reddish, far from black or white
+
+    from splat.train import training_background
+
+    assert training_background("auto", "train-mean") == "random"
+    assert training_background("auto", "composite") == training_background("auto", "config") == "fixed"
+    assert training_background("random", "composite") == "random" and training_background("fixed", "train-mean") == "fixed"
+    with pytest.raises(ReconError, match="auto, random or fixed"):
+        training_background("black", "config")
+
+
+def test_random_training_background_covers_observed_pixels(redkitchen_run_copy):
+    """Opaque real frames (7-Scenes video, SfM init): with a fixed black training background, dark surfaces
+    can stay transparent and pass for colour; drawn at random every step, the background can explain
+    nothing, so the training views end up covered (accumulated alpha near 1)."""
+    from splat.ply import read_gaussian_ply
+    from splat.train import load_views, render
+
+    run = redkitchen_run_copy
+    cams = CameraSet.load(run.cameras_json)
+    train = [i for i in range(0, len(cams), 6) if cams.registered[i]][:6]
+    run.split_json.write_text(json.dumps({"protocol": "custom", "train": train, "test": [train[0] + 3], "prior": train}))
+    coverage = {}
+    for mode, bg in (("fixed", (0.0, 0.0, 0.0)), ("random", None)):
+        cfg = _cfg(init="sfm", init_random_fill=3000, background=bg, train_background=mode, iterations=150, max_size=64,
+                   refine_start=20, refine_every=20, refine_stop=120, checkpoint_every=0, video_frames=0,
+                   eval_initial=False, test_renders=False)
+        s = run_train(run, cfg)
+        assert s["train_background"] == mode
+        g = {k: torch.as_tensor(v) for k, v in read_gaussian_ply(run.gaussians_ply).items()}
+        views = load_views(run, cams, train, cfg, torch.device("cpu"), None)
+        with torch.no_grad():
+            alphas = [render(g, views.viewmats[i], views.K[i], views.width, views.height, 1, torch.zeros(3))[2] for i in train]
+        coverage[mode] = float(torch.stack(alphas).mean())
+    # Measured: fixed black 0.785, random 0.974.
+    assert coverage["random"] > coverage["fixed"] + 0.02 and coverage["random"] > 0.95, coverage
 
 
 # --------------------------------------------------------------------------------- bad input
