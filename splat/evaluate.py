@@ -28,7 +28,7 @@ def psnr(pred: torch.Tensor, gt: torch.Tensor) -> float:
 
 def ssim_metric(pred: torch.Tensor, gt: torch.Tensor) -> float:
     """SSIM (11x11 Gaussian window, sigma 1.5, valid region) of [H,W,3] images in [0,1]."""
-    return float(ssim(pred.clamp(0, 1)[None], gt[None], padding="valid"))
+    return float(ssim(pred.clamp(0, 1)[None], gt[None], window=SSIM_WINDOW, padding="valid"))
 
 
 def masked_psnr(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> float | None:

@@ -303,8 +303,6 @@ def resolve_background(background: tuple[float, float, float] | None, paths: Run
         comp = json.loads(paths.frames_json.read_text()).get("composited_on")
         if comp is not None:
             return torch.tensor([float(c) for c in comp], dtype=torch.float32, device=device), "composite"
-    if not train:
-        return torch.zeros(3, dtype=torch.float32, device=device), "config"
     mean = torch.stack([views.images[i].reshape(-1, 3).mean(0) for i in train]).mean(0)
     return mean.float().to(device), "train-mean"
 
@@ -479,7 +477,8 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
     gt_depth = _load_gt_depth(cfg, cams, test, (views.width, views.height))
     eval_masks = _load_eval_masks(cfg, cams, test, (views.width, views.height))
     background, background_source = resolve_background(cfg.background, paths, views, train)
-    debug(f"background {[round(float(c), 3) for c in background]} ({background_source})")
+    train_background = training_background(cfg.train_background, background_source)
+    debug(f"background {[round(float(c), 3) for c in background]} ({background_source}), training on {train_background}")
     info(
         f"train: {len(train)} train / {len(test)} test views at {views.width}x{views.height} on {device}, "
         f"init={cfg.init}, depth_loss={cfg.depth_loss if use_depth else 'none'}"
@@ -532,7 +531,7 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
         info(f"initial test PSNR {init_eval['psnr']:.2f} dB")
 
     if not cfg.eval_only:
-        elapsed = _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views, train, rng, log, start_step, elapsed, extent, background, background_source, use_depth, callback)
+        elapsed = _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views, train, rng, log, start_step, elapsed, extent, background, train_background == "random", use_depth, callback)
         write_gaussian_ply(paths.gaussians_ply, to_numpy(params))
 
     # evaluation
@@ -568,7 +567,7 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
         "strategy": cfg.strategy,
         "background": [round(float(c), 4) for c in background],
         "background_source": background_source,
-        "train_background": training_background(cfg.train_background, background_source),
+        "train_background": train_background,
         "lpips_available": lp is not None,
     }
     _merge_metrics(paths.metrics_json, summary, metrics.get("per_view", []), cfg)
@@ -581,7 +580,7 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
     return summary
 
 
-def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _Views, train, rng, log, start_step, elapsed, extent, background, background_source, use_depth, callback) -> float:
+def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _Views, train, rng, log, start_step, elapsed, extent, background, random_bg: bool, use_depth, callback) -> float:
     """The training loop from `start_step` to cfg.iterations; returns the accumulated training seconds."""
     depth_fn = DEPTH_LOSSES.get(cfg.depth_loss)
     order: list[int] = []
@@ -589,7 +588,6 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
     # run (rng state restored from the checkpoint) sees the same views as an uninterrupted one.
     t0 = time.perf_counter() - elapsed
     capped = False
-    random_bg = training_background(cfg.train_background, background_source) == "random"
     with progress() as bar:
         task = bar.add_task("train", total=cfg.iterations, completed=start_step, status="")
         for step in range(start_step, cfg.iterations):
