@@ -62,7 +62,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     device = torch.device("cuda" if args.cuda else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype or ("bf16" if args.cuda else "fp32")]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
+        args.dtype or ("bf16" if args.cuda else "fp32")
+    ]
     t0 = time.perf_counter()
     reg = DVDRegressor.random(DEFAULT_CONFIG, device=device, dtype=dtype)
     if args.vae_tiling:
@@ -108,7 +110,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 decode_s=t[3] - t[2],
                 total_s=total,
                 s_per_frame=total / args.frames,
-                peak_gib=(torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak - rss.start) / 2**30,
+                peak_gib=(torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak - rss.start)
+                / 2**30,
             )
         )
         del latent, depth_latent, out
@@ -128,7 +131,10 @@ def stitch_table() -> None:
     drifts = {
         "none": (np.ones(n), np.zeros(n)),
         "scale x1.25/window": (0.8 ** -np.arange(n), -0.02 * np.arange(n)),
-        "log-normal random walk": (np.exp(np.r_[0, np.random.default_rng(5).normal(0, 0.3, n - 1)].cumsum()), np.zeros(n)),
+        "log-normal random walk": (
+            np.exp(np.r_[0, np.random.default_rng(5).normal(0, 0.3, n - 1)].cumsum()),
+            np.zeros(n),
+        ),
     }
     print("| drift | noise | chain MAE | global MAE |")
     print("|---|---|---|---|")
@@ -137,8 +143,10 @@ def stitch_table() -> None:
             rng = np.random.default_rng(0)
             t = np.linspace(0, 1, T)[:, None, None]
             D = (0.3 + 0.4 * rng.random((1, 48, 64)) + 0.2 * np.sin(6 * t)).astype(np.float32)
-            wins = [((D[a:b] + noise * rng.standard_normal(D[a:b].shape) - sh) / sc).astype(np.float32)
-                    for (a, b), sc, sh in zip(spans, scales, shifts)]
+            wins = [
+                ((D[a:b] + noise * rng.standard_normal(D[a:b].shape) - sh) / sc).astype(np.float32)
+                for (a, b), sc, sh in zip(spans, scales, shifts)
+            ]
             chain = np.abs(stitch_chain(wins, spans, T)[0] - D).mean()
             glob = np.abs(stitch_global(wins, spans, T)[0] - D).mean()
             print(f"| {name} | {noise} | {chain:.5f} | {glob:.5f} |")
@@ -168,7 +176,18 @@ def main() -> None:
         sys.exit("need frames = 4n+1 and height, width multiples of 16")
     rows = run(args)
     peak_label = "peak GiB (cuda alloc)" if args.cuda else "peak GiB (RSS above model)"
-    header = ["window", "frames", "size", "DiT tokens", "encode s", "DiT s", "decode s", "total s", "s/frame", peak_label]
+    header = [
+        "window",
+        "frames",
+        "size",
+        "DiT tokens",
+        "encode s",
+        "DiT s",
+        "decode s",
+        "total s",
+        "s/frame",
+        peak_label,
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:

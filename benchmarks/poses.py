@@ -54,10 +54,18 @@ def bench(n: int, root: Path, args: argparse.Namespace, gt: dict[int, np.ndarray
     rmse, _, _ = ate_rmse(cs.centers[cs.registered], np.stack([gt[i][:3, 3] for i in idx]))
     sec = cs.sfm["seconds"]
     return {
-        "frames": len(cs), "registered": int(cs.registered.sum()), "points": cs.sfm["points"],
-        "reproj_px": cs.sfm["mean_reprojection_error_px"], "extract_s": sec["extract"], "match_s": sec["match"],
-        "map_s": sec["map"], "undistort_s": sec["undistort"], "poses_total_s": t_poses, "frames_s": t_frames,
-        "ate_cm": 100 * rmse, "focal_px": float(cs.K[0, 0, 0]),
+        "frames": len(cs),
+        "registered": int(cs.registered.sum()),
+        "points": cs.sfm["points"],
+        "reproj_px": cs.sfm["mean_reprojection_error_px"],
+        "extract_s": sec["extract"],
+        "match_s": sec["match"],
+        "map_s": sec["map"],
+        "undistort_s": sec["undistort"],
+        "poses_total_s": t_poses,
+        "frames_s": t_frames,
+        "ate_cm": 100 * rmse,
+        "focal_px": float(cs.K[0, 0, 0]),
     }
 
 
@@ -78,11 +86,27 @@ def main() -> None:
         for n in args.sizes:
             rows.append(bench(n, root, args, gt))
             r = rows[-1]
-            print(f"done {n}: {r['registered']}/{r['frames']} registered, ATE {r['ate_cm']:.2f} cm", file=sys.stderr, flush=True)
+            print(
+                f"done {n}: {r['registered']}/{r['frames']} registered, ATE {r['ate_cm']:.2f} cm",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
-    cols = ["frames", "registered", "points", "reproj_px", "extract_s", "match_s", "map_s", "undistort_s", "poses_total_s", "ate_cm", "focal_px"]
+    cols = [
+        "frames",
+        "registered",
+        "points",
+        "reproj_px",
+        "extract_s",
+        "match_s",
+        "map_s",
+        "undistort_s",
+        "poses_total_s",
+        "ate_cm",
+        "focal_px",
+    ]
     print(f"\nredkitchen video, long side {args.max_size} px, mapper {args.mapper}, threads {args.threads}")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

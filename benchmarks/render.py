@@ -52,8 +52,9 @@ def make_scene(n: int, seed: int = 0):
     return means, quats, scales, opacities, sh0
 
 
-def run_one(n: int, width: int, height: int, repeats: int, chunk_elems: int, tile_size: int,
-            threads: int | None) -> dict:
+def run_one(
+    n: int, width: int, height: int, repeats: int, chunk_elems: int, tile_size: int, threads: int | None
+) -> dict:
     import torch
 
     if threads:
@@ -72,7 +73,15 @@ def run_one(n: int, width: int, height: int, repeats: int, chunk_elems: int, til
     for i in range(repeats + 1):
         t0, c0 = time.perf_counter(), time.process_time()
         img, alpha, meta = rasterization(
-            *params[:4], params[4], viewmats, Ks, width, height, sh_degree=0, chunk_elems=chunk_elems, tile_size=tile_size,
+            *params[:4],
+            params[4],
+            viewmats,
+            Ks,
+            width,
+            height,
+            sh_degree=0,
+            chunk_elems=chunk_elems,
+            tile_size=tile_size,
             render_mode="RGB+ED",
         )
         meta["means2d"].retain_grad()
@@ -88,10 +97,15 @@ def run_one(n: int, width: int, height: int, repeats: int, chunk_elems: int, til
             cpu.append(c2 - c0)
     n_isects = int(meta["flatten_ids"].numel())
     return {
-        "n": n, "size": f"{width}x{height}", "fwd_s": float(np.median(fwd)), "fwd_bwd_s": float(np.median(total)),
+        "n": n,
+        "size": f"{width}x{height}",
+        "fwd_s": float(np.median(fwd)),
+        "fwd_bwd_s": float(np.median(total)),
         "cpu_s": float(np.median(cpu)),
-        "isects": n_isects, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "base_rss_mb": base_rss, "threads": torch.get_num_threads(),
+        "isects": n_isects,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "base_rss_mb": base_rss,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -113,13 +127,25 @@ def main() -> None:
         print(json.dumps(run_one(n, w, h, args.repeats, chunk, args.tile_size, args.threads)))
         return
     rows = []
-    print(f"{'gaussians':>9} {'size':>8} {'isects':>8} {'fwd s':>7} {'fwd+bwd s':>9} {'cpu s':>7} "
-          f"{'peak RSS MB':>11} {'base MB':>8}")
+    print(
+        f"{'gaussians':>9} {'size':>8} {'isects':>8} {'fwd s':>7} {'fwd+bwd s':>9} {'cpu s':>7} "
+        f"{'peak RSS MB':>11} {'base MB':>8}"
+    )
     for n in (int(v) for v in args.counts.split(",")):
         for size in args.sizes.split(","):
             w, h = (int(v) for v in size.split("x"))
-            cmd = [sys.executable, __file__, "--one", f"{n},{w},{h}", "--repeats", str(args.repeats),
-                   "--chunk-elems", str(chunk), "--tile-size", str(args.tile_size)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                f"{n},{w},{h}",
+                "--repeats",
+                str(args.repeats),
+                "--chunk-elems",
+                str(chunk),
+                "--tile-size",
+                str(args.tile_size),
+            ]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             # OpenMP threads that spin while waiting are ruinous on a shared, loaded machine
@@ -130,12 +156,16 @@ def main() -> None:
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(r)
-            print(f"{r['n']:>9} {r['size']:>8} {r['isects']:>8} {r['fwd_s']:>7.3f} {r['fwd_bwd_s']:>9.3f} {r['cpu_s']:>7.3f} "
-                  f"{r['peak_rss_mb']:>11.0f} {r['base_rss_mb']:>8.0f}")
+            print(
+                f"{r['n']:>9} {r['size']:>8} {r['isects']:>8} {r['fwd_s']:>7.3f} {r['fwd_bwd_s']:>9.3f} {r['cpu_s']:>7.3f} "
+                f"{r['peak_rss_mb']:>11.0f} {r['base_rss_mb']:>8.0f}"
+            )
     load = os.getloadavg()[0]
-    print(f"torch threads: {rows[0]['threads'] if rows else '?'}, tile {args.tile_size}, chunk {chunk}; median of "
-          f"{args.repeats} runs after one warm-up; RGB+ED, SH degree 0, L1 + depth loss; 'cpu s' is process CPU "
-          f"time (all threads); load average at the end {load:.1f} on {os.cpu_count()} cores")
+    print(
+        f"torch threads: {rows[0]['threads'] if rows else '?'}, tile {args.tile_size}, chunk {chunk}; median of "
+        f"{args.repeats} runs after one warm-up; RGB+ED, SH degree 0, L1 + depth loss; 'cpu s' is process CPU "
+        f"time (all threads); load average at the end {load:.1f} on {os.cpu_count()} cores"
+    )
 
 
 if __name__ == "__main__":

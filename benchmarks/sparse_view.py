@@ -58,7 +58,9 @@ SEVEN_F = 530.0  # colour camera focal length at 640x480 (7-Scenes PROVENANCE.md
 SEVEN_DEPTH_F = 585.0  # depth camera focal length (camera-intrinsics.txt)
 
 
-def register_depth_to_colour(depth: np.ndarray, f_depth: float = SEVEN_DEPTH_F, f_colour: float = SEVEN_F) -> np.ndarray:
+def register_depth_to_colour(
+    depth: np.ndarray, f_depth: float = SEVEN_DEPTH_F, f_colour: float = SEVEN_F
+) -> np.ndarray:
     """7-Scenes GT depth [480,640] (depth camera) resampled onto the colour camera's pixel grid.
 
     The two cameras share the centre and (nearly) the pose but not the focal length: colour pixel u
@@ -115,7 +117,9 @@ def _write_split(path: Path, folder: Path, train: list[str], test: list[str]) ->
     path.write_text(json.dumps({"train": [order[n] for n in train], "test": [order[n] for n in test]}))
 
 
-def seven_scenes_input(work: Path, n: int, num_frames: int, poses: str, span: tuple[int, int] = (0, 449)) -> tuple[Path, Path | None, Path, tuple[dict, dict]]:
+def seven_scenes_input(
+    work: Path, n: int, num_frames: int, poses: str, span: tuple[int, int] = (0, 449)
+) -> tuple[Path, Path | None, Path, tuple[dict, dict]]:
     """Image folder of `num_frames` evenly spaced 7-Scenes frames, transforms.json of the GT poses (only
     for poses == "gt"; None = the pose stage runs SfM), split file (test = every 8th, n train spread over
     the rest) and (GT depth (metres, depth camera grid, 0 = invalid), GT c2w (metres)) by image stem. `span`: first and
@@ -127,7 +131,9 @@ def seven_scenes_input(work: Path, n: int, num_frames: int, poses: str, span: tu
     ids = sorted(p.name.split(".")[0] for p in (SCENES / "rgb").glob("frame-*.color.jpg"))
     ids = [i for i in ids if span[0] <= int(i.split("-")[1]) <= span[1]]
     if len(ids) < num_frames:
-        raise ReconError(f"7-Scenes frames {span[0]}-{span[1]} hold {len(ids)} staged frames, fewer than --num-frames {num_frames}")
+        raise ReconError(
+            f"7-Scenes frames {span[0]}-{span[1]} hold {len(ids)} staged frames, fewer than --num-frames {num_frames}"
+        )
     pick = [ids[k] for k in evenly_spaced(list(range(len(ids))), num_frames)]
     folder = work / "input"
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,7 +150,11 @@ def seven_scenes_input(work: Path, n: int, num_frames: int, poses: str, span: tu
     tj = None
     if poses == "gt":
         tj = work / "transforms.json"
-        tj.write_text(json.dumps({"fl_x": SEVEN_F, "fl_y": SEVEN_F, "cx": 320.0, "cy": 240.0, "w": 640, "h": 480, "frames": frames}))
+        tj.write_text(
+            json.dumps(
+                {"fl_x": SEVEN_F, "fl_y": SEVEN_F, "cx": 320.0, "cy": 240.0, "w": 640, "h": 480, "frames": frames}
+            )
+        )
     test = [k for k in range(len(pick)) if k % 8 == 0]
     train = evenly_spaced([k for k in range(len(pick)) if k % 8], n)
     split = work / "split_file.json"
@@ -155,8 +165,18 @@ def seven_scenes_input(work: Path, n: int, num_frames: int, poses: str, span: tu
 # ------------------------------------------------------------------------------------- stages
 
 
-def prepare(dataset: str, n: int, out: Path, frame_size: int, num_frames: int, depth_backend: str, fuse_min_views: int,
-            prior_frames: str = "train", seven_poses: str = "sfm", seven_span: tuple[int, int] = (0, 449)) -> tuple[RunPaths, Path | None, float, str | None]:
+def prepare(
+    dataset: str,
+    n: int,
+    out: Path,
+    frame_size: int,
+    num_frames: int,
+    depth_backend: str,
+    fuse_min_views: int,
+    prior_frames: str = "train",
+    seven_poses: str = "sfm",
+    seven_span: tuple[int, int] = (0, 449),
+) -> tuple[RunPaths, Path | None, float, str | None]:
     """Run frames..fuse once for (dataset, n).
 
     Returns:
@@ -168,8 +188,12 @@ def prepare(dataset: str, n: int, out: Path, frame_size: int, num_frames: int, d
     from recon import api
     from recon.atomic import save_npz
 
-    work = out / (f"{dataset}_n{n}" + ("" if prior_frames == "train" else f"_prior-{prior_frames}") + ("_gtposes" if dataset == "7scenes" and seven_poses == "gt" else "")
-                  + (f"_{seven_span[0]}-{seven_span[1]}" if dataset == "7scenes" and tuple(seven_span) != (0, 449) else ""))
+    work = out / (
+        f"{dataset}_n{n}"
+        + ("" if prior_frames == "train" else f"_prior-{prior_frames}")
+        + ("_gtposes" if dataset == "7scenes" and seven_poses == "gt" else "")
+        + (f"_{seven_span[0]}-{seven_span[1]}" if dataset == "7scenes" and tuple(seven_span) != (0, 449) else "")
+    )
     work.mkdir(parents=True, exist_ok=True)
     if dataset == "lego":
         folder, tj, split, gt = lego_input(work, n)
@@ -204,7 +228,9 @@ def prepare(dataset: str, n: int, out: Path, frame_size: int, num_frames: int, d
         f_colour = float(cams.K[0][0, 0]) * 640.0 / cams.width  # the run's (SfM or given) colour focal at 640 px
         for i, stem in enumerate(stems):
             if stem in gt:
-                depth[i] = _resize_depth(register_depth_to_colour(gt[stem], f_colour=f_colour), (cams.width, cams.height))
+                depth[i] = _resize_depth(
+                    register_depth_to_colour(gt[stem], f_colour=f_colour), (cams.width, cams.height)
+                )
         gt_npz = work / "gt_depth.npz"
         save_npz(gt_npz, depth=depth)
         save_npz(work / "eval_mask.npz", mask=seven_scenes_covisibility(paths, depth, [gt_c2w[s] for s in stems]))
@@ -248,9 +274,18 @@ def oracle_variant(base: RunPaths, gt_npz: Path, dst: Path, fuse_min_views: int)
     depth[~keep] = 0.0  # test views never contribute
     for f in (paths.disparity_npz, paths.aligned_npz):
         f.unlink(missing_ok=True)
-    write_json(paths.split_json, {**split, "prior": sorted(split["train"])})  # the oracle covers the training views only
+    write_json(
+        paths.split_json, {**split, "prior": sorted(split["train"])}
+    )  # the oracle covers the training views only
     save_npz(dst.parent / "oracle_depth.npz", depth=depth)
-    run_depth(paths, DepthConfig(backend="file", file=FileDepthConfig(path=dst.parent / "oracle_depth.npz", kind="depth", match="order"), preview=False))
+    run_depth(
+        paths,
+        DepthConfig(
+            backend="file",
+            file=FileDepthConfig(path=dst.parent / "oracle_depth.npz", kind="depth", match="order"),
+            preview=False,
+        ),
+    )
     run_align(paths, AlignConfig())
     run_fuse(paths, FuseConfig(min_views=fuse_min_views))
     return paths
@@ -271,32 +306,66 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["lego", "7scenes"], choices=["lego", "7scenes"])
     ap.add_argument("--views", nargs="+", type=int, default=[3])
     ap.add_argument("--inits", nargs="+", default=["random", "sfm", "depth"], choices=["random", "sfm", "depth"])
-    ap.add_argument("--depth-losses", nargs="+", default=["none", "l1-inverse"], choices=["none", "l1-inverse", "pearson"])
+    ap.add_argument(
+        "--depth-losses", nargs="+", default=["none", "l1-inverse"], choices=["none", "l1-inverse", "pearson"]
+    )
     ap.add_argument("--depth-weight", type=float, default=None, help="override TrainConfig.depth_weight")
-    ap.add_argument("--random-fill", type=int, default=None,
-                    help="random points added to the SfM and depth inits (default: TrainConfig.init_random_fill, 5000; "
-                         "0 = off): Gaussians for what the SfM points / depth prior do not cover")
-    ap.add_argument("--background", default="auto", choices=["auto", "black", "white"],
-                    help="TrainConfig.background: auto (default) = white for lego (frames composited on white), the "
-                         "training images' mean colour for 7-Scenes")
+    ap.add_argument(
+        "--random-fill",
+        type=int,
+        default=None,
+        help="random points added to the SfM and depth inits (default: TrainConfig.init_random_fill, 5000; "
+        "0 = off): Gaussians for what the SfM points / depth prior do not cover",
+    )
+    ap.add_argument(
+        "--background",
+        default="auto",
+        choices=["auto", "black", "white"],
+        help="TrainConfig.background: auto (default) = white for lego (frames composited on white), the "
+        "training images' mean colour for 7-Scenes",
+    )
     ap.add_argument("--no-oracle", action="store_true", help="skip the 7-Scenes GT-depth prior rows")
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--size", type=int, default=100, help="training / evaluation image long side in pixels")
-    ap.add_argument("--frame-size", type=int, default=320,
-                    help="frame long side for poses, depth prior and fusion (SfM at 100 px registers too few frames)")
+    ap.add_argument(
+        "--frame-size",
+        type=int,
+        default=320,
+        help="frame long side for poses, depth prior and fusion (SfM at 100 px registers too few frames)",
+    )
     ap.add_argument("--num-frames", type=int, default=40, help="7-Scenes frames in the run (of 150 staged)")
     ap.add_argument("--depth-backend", default="stereo", choices=["stereo", "dvd"])
-    ap.add_argument("--fuse-min-views", type=int, default=1,
-                    help="fusion's multi-view agreement; 1 by default because 3 spread views barely overlap")
-    ap.add_argument("--prior-frames", default="train", choices=["train", "non-test", "all"],
-                    help="frames the depth prior (MVS) is computed on: the training views only (default), every frame "
-                         "of the run but the test views (what a video depth model sees of the clip), or all frames; "
-                         "fusion and the depth loss use the training views only in every case")
-    ap.add_argument("--seven-poses", default="sfm", choices=["sfm", "gt"],
-                    help="7-Scenes poses: the pose stage's SfM (default) or the GT poses (metres)")
-    ap.add_argument("--seven-span", nargs=2, type=int, default=[0, 449], metavar=("FIRST", "LAST"),
-                    help="7-Scenes: first and last video frame of the clip (default: all 450 staged frames, 15 s)")
-    ap.add_argument("--seed", type=int, default=0, help="training seed (initial points, view order, random backgrounds)")
+    ap.add_argument(
+        "--fuse-min-views",
+        type=int,
+        default=1,
+        help="fusion's multi-view agreement; 1 by default because 3 spread views barely overlap",
+    )
+    ap.add_argument(
+        "--prior-frames",
+        default="train",
+        choices=["train", "non-test", "all"],
+        help="frames the depth prior (MVS) is computed on: the training views only (default), every frame "
+        "of the run but the test views (what a video depth model sees of the clip), or all frames; "
+        "fusion and the depth loss use the training views only in every case",
+    )
+    ap.add_argument(
+        "--seven-poses",
+        default="sfm",
+        choices=["sfm", "gt"],
+        help="7-Scenes poses: the pose stage's SfM (default) or the GT poses (metres)",
+    )
+    ap.add_argument(
+        "--seven-span",
+        nargs=2,
+        type=int,
+        default=[0, 449],
+        metavar=("FIRST", "LAST"),
+        help="7-Scenes: first and last video frame of the clip (default: all 450 staged frames, 15 s)",
+    )
+    ap.add_argument(
+        "--seed", type=int, default=0, help="training seed (initial points, view order, random backgrounds)"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per training")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=Path("/tmp/sparse_view_bench"))
@@ -311,28 +380,57 @@ def main() -> None:
     for dataset in args.datasets:
         for n in args.views:
             try:
-                base, gt_npz, prep_s, depth_error = prepare(dataset, n, args.out, args.frame_size, args.num_frames, args.depth_backend, args.fuse_min_views,
-                                                            args.prior_frames, args.seven_poses, tuple(args.seven_span))
+                base, gt_npz, prep_s, depth_error = prepare(
+                    dataset,
+                    n,
+                    args.out,
+                    args.frame_size,
+                    args.num_frames,
+                    args.depth_backend,
+                    args.fuse_min_views,
+                    args.prior_frames,
+                    args.seven_poses,
+                    tuple(args.seven_span),
+                )
             except ReconError as e:
                 print(f"[{dataset} N={n}] preparation failed: {e}", flush=True)
                 continue
-            print(f"[{dataset} N={n}] prepared in {prep_s:.0f}s" + (f"; no depth prior: {depth_error}" if depth_error else ""), flush=True)
-            variants = [(init, dl, args.depth_backend) for init in args.inits for dl in args.depth_losses
-                        if not (depth_error and (init == "depth" or dl != "none"))]
+            print(
+                f"[{dataset} N={n}] prepared in {prep_s:.0f}s"
+                + (f"; no depth prior: {depth_error}" if depth_error else ""),
+                flush=True,
+            )
+            variants = [
+                (init, dl, args.depth_backend)
+                for init in args.inits
+                for dl in args.depth_losses
+                if not (depth_error and (init == "depth" or dl != "none"))
+            ]
             if dataset == "7scenes" and gt_npz is not None and not args.no_oracle:
                 variants += [("depth", dl, "oracle") for dl in args.depth_losses]
             oracle = None
             for init, dl, prior in variants:
                 dst = base.root.parent / f"{init}_{dl}_{prior}"
                 if prior == "oracle":
-                    oracle = oracle or oracle_variant(base, gt_npz, base.root.parent / "oracle_base", args.fuse_min_views)
+                    oracle = oracle or oracle_variant(
+                        base, gt_npz, base.root.parent / "oracle_base", args.fuse_min_views
+                    )
                     paths = copy_run(oracle, dst)
                 else:
                     paths = copy_run(base, dst)
-                over = dict(init=init, depth_loss=dl, iterations=args.iterations, device=args.device, cpu_threads=args.threads,
-                            max_size=args.size, video_frames=0, gt_depth=gt_npz, seed=args.seed,
-                            eval_mask=(gt_npz.parent / "eval_mask.npz") if gt_npz is not None else None,
-                            background={"auto": None, "black": (0.0, 0.0, 0.0), "white": (1.0, 1.0, 1.0)}[args.background])
+                over = dict(
+                    init=init,
+                    depth_loss=dl,
+                    iterations=args.iterations,
+                    device=args.device,
+                    cpu_threads=args.threads,
+                    max_size=args.size,
+                    video_frames=0,
+                    gt_depth=gt_npz,
+                    seed=args.seed,
+                    eval_mask=(gt_npz.parent / "eval_mask.npz") if gt_npz is not None else None,
+                    background={"auto": None, "black": (0.0, 0.0, 0.0), "white": (1.0, 1.0, 1.0)}[args.background],
+                )
                 if args.depth_weight is not None:
                     over["depth_weight"] = args.depth_weight
                 if args.random_fill is not None:
@@ -344,10 +442,23 @@ def main() -> None:
                 except ReconError as e:
                     print(f"[{dataset} N={n}] {init}/{dl}/{prior}: {e}", flush=True)
                     continue
-                row = {"dataset": dataset, "views": n, "init": init, "depth_loss": dl, "prior": prior if (dl != "none" or init == "depth") else "-",
-                       "psnr": s.get("psnr"), "ssim": s.get("ssim"), "mpsnr": s.get("psnr_masked"), "mssim": s.get("ssim_masked"),
-                       "covis": s.get("mask_fraction"), "abs_rel": s.get("depth_abs_rel"), "delta1": s.get("depth_delta1"),
-                       "gaussians": s["num_gaussians"], "train_s": s["train_time_s"], "wall_s": time.perf_counter() - t0}
+                row = {
+                    "dataset": dataset,
+                    "views": n,
+                    "init": init,
+                    "depth_loss": dl,
+                    "prior": prior if (dl != "none" or init == "depth") else "-",
+                    "psnr": s.get("psnr"),
+                    "ssim": s.get("ssim"),
+                    "mpsnr": s.get("psnr_masked"),
+                    "mssim": s.get("ssim_masked"),
+                    "covis": s.get("mask_fraction"),
+                    "abs_rel": s.get("depth_abs_rel"),
+                    "delta1": s.get("depth_delta1"),
+                    "gaussians": s["num_gaussians"],
+                    "train_s": s["train_time_s"],
+                    "wall_s": time.perf_counter() - t0,
+                }
                 rows.append(row)
                 print(_fmt(row), flush=True)
     print()
@@ -358,15 +469,19 @@ def main() -> None:
 
 def _fmt(r: dict) -> str:
     f = lambda v, p: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
-    return (f"| {r['dataset']:8s} | {r['views']:2d} | {r['init']:6s} | {r['depth_loss']:10s} | {r['prior']:6s} | "
-            f"{f(r['psnr'], 2):>6s} | {f(r['ssim'], 3):>5s} | {f(r.get('mpsnr'), 2):>6s} | {f(r.get('mssim'), 3):>5s} | "
-            f"{f(r.get('covis'), 2):>5s} | {f(r['abs_rel'], 3):>6s} | {f(r['delta1'], 3):>5s} | "
-            f"{r['gaussians']:6d} | {r['train_s']:6.0f} |")
+    return (
+        f"| {r['dataset']:8s} | {r['views']:2d} | {r['init']:6s} | {r['depth_loss']:10s} | {r['prior']:6s} | "
+        f"{f(r['psnr'], 2):>6s} | {f(r['ssim'], 3):>5s} | {f(r.get('mpsnr'), 2):>6s} | {f(r.get('mssim'), 3):>5s} | "
+        f"{f(r.get('covis'), 2):>5s} | {f(r['abs_rel'], 3):>6s} | {f(r['delta1'], 3):>5s} | "
+        f"{r['gaussians']:6d} | {r['train_s']:6.0f} |"
+    )
 
 
 def _table(rows: list[dict]) -> str:
-    head = ("| dataset  |  N | init   | depth loss | prior  |   PSNR |  SSIM |  mPSNR | mSSIM | covis | AbsRel |   δ1  |     #G | train s |\n"
-            "|----------|----|--------|------------|--------|--------|-------|--------|-------|-------|--------|-------|--------|--------|")
+    head = (
+        "| dataset  |  N | init   | depth loss | prior  |   PSNR |  SSIM |  mPSNR | mSSIM | covis | AbsRel |   δ1  |     #G | train s |\n"
+        "|----------|----|--------|------------|--------|--------|-------|--------|-------|-------|--------|-------|--------|--------|"
+    )
     return "\n".join([head] + [_fmt(r) for r in rows])
 
 

@@ -50,9 +50,9 @@ def worker(run: Path, planes: int, cost: str, frames_limit: int, device: str, th
 
     if threads > 0:
         torch.set_num_threads(threads)
+    from conftest import RedkitchenGT
     from PIL import Image
 
-    from conftest import RedkitchenGT
     from depth.metrics import depth_metrics
     from depth.stereo import StereoConfig, sfm_depth_range, stereo_depth
     from recon.cameras import CameraSet
@@ -78,7 +78,11 @@ def worker(run: Path, planes: int, cost: str, frames_limit: int, device: str, th
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    peak_mb = (torch.cuda.max_memory_allocated() / 2**20) if cuda else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    peak_mb = (
+        (torch.cuda.max_memory_allocated() / 2**20)
+        if cuda
+        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    )
     m = depth_metrics(depth * s, gt)
     med = depth_metrics(depth * s, gt, align="median")
     from test_stereo import _registered_gt  # GT registered onto the colour image (PROVENANCE.md)
@@ -86,17 +90,32 @@ def worker(run: Path, planes: int, cost: str, frames_limit: int, device: str, th
     reg_gt = np.stack([_registered_gt(gtd.read_depth(cams.source_index[i]), cams.width, cams.height) for i in ids])
     m_reg = depth_metrics(depth * s, reg_gt)
     return {
-        "planes": planes, "cost": cost, "frames": len(ids), "size": f"{cams.width}x{cams.height}",
-        "s_per_frame": seconds / len(ids), "peak_mb": peak_mb, "memory": "cuda peak alloc" if cuda else "CPU RSS growth",
-        "abs_rel": m["abs_rel"], "delta1": m["delta1"], "coverage": m["coverage"], "abs_rel_median_aligned": med["abs_rel"],
-        "abs_rel_registered": m_reg["abs_rel"], "delta1_registered": m_reg["delta1"], "coverage_registered": m_reg["coverage"],
+        "planes": planes,
+        "cost": cost,
+        "frames": len(ids),
+        "size": f"{cams.width}x{cams.height}",
+        "s_per_frame": seconds / len(ids),
+        "peak_mb": peak_mb,
+        "memory": "cuda peak alloc" if cuda else "CPU RSS growth",
+        "abs_rel": m["abs_rel"],
+        "delta1": m["delta1"],
+        "coverage": m["coverage"],
+        "abs_rel_median_aligned": med["abs_rel"],
+        "abs_rel_registered": m_reg["abs_rel"],
+        "delta1_registered": m_reg["delta1"],
+        "coverage_registered": m_reg["coverage"],
         "threads": torch.get_num_threads(),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, default=Path("/tmp/dvd_splat_bench_stereo_run"), help="run dir with cameras.json + sfm (built if missing)")
+    ap.add_argument(
+        "--run",
+        type=Path,
+        default=Path("/tmp/dvd_splat_bench_stereo_run"),
+        help="run dir with cameras.json + sfm (built if missing)",
+    )
     ap.add_argument("--planes", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--cost", nargs="+", default=["census"])
     ap.add_argument("--frames", type=int, default=100, help="at most this many GT frames")
@@ -113,16 +132,36 @@ def main() -> None:
     rows = []
     for cost in args.cost:
         for planes in args.planes:
-            cmd = [sys.executable, __file__, "--run", str(args.run), "--frames", str(args.frames), "--device", args.device, "--threads", str(args.threads), "--worker", str(planes), cost]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--run",
+                str(args.run),
+                "--frames",
+                str(args.frames),
+                "--device",
+                args.device,
+                "--threads",
+                str(args.threads),
+                "--worker",
+                str(planes),
+                cost,
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
             if out.returncode != 0:
                 print(out.stderr[-2000:], file=sys.stderr)
                 raise SystemExit(f"worker failed for planes={planes} cost={cost}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"\nplane-sweep stereo, 7-Scenes redkitchen, {rows[0]['size']}, {rows[0]['frames']} GT frames, torch threads {rows[0]['threads']}")
-    print(f"{'cost':<7} {'planes':>6} {'s/frame':>8} {'peak MB':>8} {'AbsRel':>7} {'delta1':>7} {'coverage':>8} {'AbsRel(med)':>11} {'AbsRel(reg)':>11} {'d1(reg)':>7}")
+    print(
+        f"\nplane-sweep stereo, 7-Scenes redkitchen, {rows[0]['size']}, {rows[0]['frames']} GT frames, torch threads {rows[0]['threads']}"
+    )
+    print(
+        f"{'cost':<7} {'planes':>6} {'s/frame':>8} {'peak MB':>8} {'AbsRel':>7} {'delta1':>7} {'coverage':>8} {'AbsRel(med)':>11} {'AbsRel(reg)':>11} {'d1(reg)':>7}"
+    )
     for r in rows:
-        print(f"{r['cost']:<7} {r['planes']:>6} {r['s_per_frame']:>8.2f} {r['peak_mb']:>8.0f} {r['abs_rel']:>7.4f} {r['delta1']:>7.4f} {r['coverage']:>8.3f} {r['abs_rel_median_aligned']:>11.4f} {r['abs_rel_registered']:>11.4f} {r['delta1_registered']:>7.4f}")
+        print(
+            f"{r['cost']:<7} {r['planes']:>6} {r['s_per_frame']:>8.2f} {r['peak_mb']:>8.0f} {r['abs_rel']:>7.4f} {r['delta1']:>7.4f} {r['coverage']:>8.3f} {r['abs_rel_median_aligned']:>11.4f} {r['abs_rel_registered']:>11.4f} {r['delta1_registered']:>7.4f}"
+        )
     print(f"(memory: {rows[0]['memory']}; AbsRel(med): after a median scale, which removes the SfM-vs-GT scale bias;")
     print(" (reg): against GT depth registered onto the colour image, zoom 1.10 + shift (9, 5) px at 640x480)")
     if args.json:

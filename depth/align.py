@@ -356,7 +356,7 @@ def sfm_observations(
     for i, f in enumerate(cams.files):
         by_name.setdefault(Path(f).name, i)
         by_name.setdefault(Path(f).stem, i)
-    wanted = set(int(i) for i in frame_ids)
+    wanted = {int(i) for i in frame_ids}
     w2c_all = cams.w2c
     points = rec.points3D
     out: dict[int, SparseDepth] = {}
@@ -388,7 +388,9 @@ def sfm_observations(
         keep = (z > 0) & (tlen >= min_track_length) & ((err <= max_reproj_error) | ~np.isfinite(err) | (err < 0))
         out[i] = SparseDepth(xy[keep], z[keep], pids[keep])
     if matched == 0:
-        raise ReconError("no image of the SfM model matches a frame of cameras.json (names differ): re-run the pose stage")
+        raise ReconError(
+            "no image of the SfM model matches a frame of cameras.json (names differ): re-run the pose stage"
+        )
     return out
 
 
@@ -465,7 +467,7 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
     disp, computed, kind = dd["disparity"], dd["computed"], dd["kind"]
 
     prior = sorted(int(i) for i in split.get("prior", split.get("train", [])))
-    test = set(int(i) for i in split.get("test", []))
+    test = {int(i) for i in split.get("test", [])}
     bad = [i for i in prior if not 0 <= i < T]
     if bad:
         raise ReconError(f"split.json names prior frames {bad[:5]} but the run has {T} frames")
@@ -501,8 +503,10 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
         )
     if too_few:
         # Scene-scale input (stereo on the SfM poses, or metric depth files) is usable as it is: keep scale 1.
-        warn(f"align: only {n_total} SfM points overlap valid depth (need >= {cfg.min_points}); "
-             "the depth is already in scene units, so it is kept unscaled (scale 1, shift 0)")
+        warn(
+            f"align: only {n_total} SfM points overlap valid depth (need >= {cfg.min_points}); "
+            "the depth is already in scene units, so it is kept unscaled (scale 1, shift 0)"
+        )
     fit_shift = {"auto": kind == KIND_RELATIVE, "affine": True, "scale": False}[cfg.fit]
     rng = np.random.default_rng(cfg.seed)
 
@@ -511,8 +515,16 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
         y = np.concatenate([samples[i][1] for i in ids])
         w = np.concatenate([samples[i][2] for i in ids])
         s, t, inl = fit_affine_robust(
-            x, y, w, estimator=cfg.estimator, fit_shift=fit_shift, robust_k=cfg.robust_k, iters=cfg.irls_iters,
-            inlier_threshold=cfg.inlier_threshold, ransac_iters=cfg.ransac_iters, rng=rng,
+            x,
+            y,
+            w,
+            estimator=cfg.estimator,
+            fit_shift=fit_shift,
+            robust_k=cfg.robust_k,
+            iters=cfg.irls_iters,
+            inlier_threshold=cfg.inlier_threshold,
+            ransac_iters=cfg.ransac_iters,
+            rng=rng,
         )
         return s, t, inl
 
@@ -545,7 +557,14 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
         for k, wf in enumerate(windows):
             ids = [i for i in wf if i in fit_ids]
             n = int(sum(samples[i][0].size for i in ids))
-            entry = {"window": k, "frames": [wf[0], wf[-1]], "points": n, "fallback": True, "scale": g_scale, "shift": g_shift}
+            entry = {
+                "window": k,
+                "frames": [wf[0], wf[-1]],
+                "points": n,
+                "fallback": True,
+                "scale": g_scale,
+                "shift": g_shift,
+            }
             if n >= cfg.min_points:
                 s, t, inl = fit(ids)
                 if s > 0:
@@ -576,15 +595,23 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
     per_frame = []
     all_res = []
     for i in with_depth:
-        entry: dict[str, Any] = {"frame": i, "used_in_fit": i in fit_ids, "scale": float(scale[i]), "shift": float(shift[i])}
+        entry: dict[str, Any] = {
+            "frame": i,
+            "used_in_fit": i in fit_ids,
+            "scale": float(scale[i]),
+            "shift": float(shift[i]),
+        }
         if i in samples and samples[i][0].size:
             x, _, _, z = samples[i]
             a = scale[i] * x + shift[i]
             good = a > 0
             pred = np.where(good, 1.0 / np.where(good, a, 1.0), np.inf)
             rel = np.abs(pred - z) / z
-            entry.update(points=int(x.size), abs_rel=float(np.mean(rel[good])) if good.any() else None,
-                         invalid=int((~good).sum()))
+            entry.update(
+                points=int(x.size),
+                abs_rel=float(np.mean(rel[good])) if good.any() else None,
+                invalid=int((~good).sum()),
+            )
             if i in fit_ids:
                 all_res.append(rel)
         else:
@@ -634,6 +661,7 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
         f"AbsRel vs SfM {report['abs_rel_sfm_median'] if report['abs_rel_sfm_median'] is not None else float('nan'):.3f}"
     )
     debug(f"align: max depth {max_depth:.3g}, valid pixels {mask[with_depth].mean():.1%}")
-    return {k: report[k] for k in ("mode", "fit", "scale", "shift", "points", "inliers", "inlier_ratio", "abs_rel_sfm_median")} | {
-        "valid_fraction": float(mask[with_depth].mean())
-    }
+    return {
+        k: report[k]
+        for k in ("mode", "fit", "scale", "shift", "points", "inliers", "inlier_ratio", "abs_rel_sfm_median")
+    } | {"valid_fraction": float(mask[with_depth].mean())}

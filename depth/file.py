@@ -65,16 +65,22 @@ def _read_array(path: Path) -> np.ndarray:
         elif path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 keys = list(z.keys())
-                key = next((k for k in ("depth", "disparity", "arr_0") if k in keys), keys[0] if len(keys) == 1 else None)
+                key = next(
+                    (k for k in ("depth", "disparity", "arr_0") if k in keys), keys[0] if len(keys) == 1 else None
+                )
                 if key is None:
-                    raise ReconError(f"depth file {path} holds several arrays {keys}; name the map 'depth' or 'disparity'")
+                    raise ReconError(
+                        f"depth file {path} holds several arrays {keys}; name the map 'depth' or 'disparity'"
+                    )
                 arr = z[key]
         else:
             from PIL import Image
 
             with Image.open(path) as im:
                 if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA"):
-                    raise ReconError(f"depth file {path} is a {im.mode} colour image; expected a single-channel depth map")
+                    raise ReconError(
+                        f"depth file {path} is a {im.mode} colour image; expected a single-channel depth map"
+                    )
                 arr = np.array(im)
     except ReconError:
         raise
@@ -141,7 +147,11 @@ def _check_aspect(shape: tuple[int, int], size: tuple[int, int], what: str) -> N
 
 
 def _list_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DEPTH_FILE_SUFFIXES and not p.name.startswith("."))
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in DEPTH_FILE_SUFFIXES and not p.name.startswith(".")
+    )
     if not files:
         raise ReconError(f"depth folder {folder} has no depth files ({', '.join(DEPTH_FILE_SUFFIXES)})")
     return files
@@ -176,7 +186,9 @@ def _match_names(frame_files: list[str], names: list[str], where: str) -> list[i
     return out
 
 
-def load_depth_files(cfg: FileDepthConfig, frame_files: list[str], size: tuple[int, int], rows: list[int] | None = None) -> tuple[np.ndarray, Kind]:
+def load_depth_files(
+    cfg: FileDepthConfig, frame_files: list[str], size: tuple[int, int], rows: list[int] | None = None
+) -> tuple[np.ndarray, Kind]:
     """Load the user's depth/disparity maps for the given frames.
 
     Args:
@@ -220,9 +232,14 @@ def load_depth_files(cfg: FileDepthConfig, frame_files: list[str], size: tuple[i
             else:
                 with np.load(path, allow_pickle=False) as z:
                     keys = [k for k in z.keys() if k != "files"]
-                    key = next((k for k in (cfg.kind, "depth", "disparity", "arr_0") if k in keys), keys[0] if len(keys) == 1 else None)
+                    key = next(
+                        (k for k in (cfg.kind, "depth", "disparity", "arr_0") if k in keys),
+                        keys[0] if len(keys) == 1 else None,
+                    )
                     if key is None:
-                        raise ReconError(f"{path} holds several arrays {keys}; name the [T,H,W] map 'depth' or 'disparity'")
+                        raise ReconError(
+                            f"{path} holds several arrays {keys}; name the [T,H,W] map 'depth' or 'disparity'"
+                        )
                     stack = z[key]
                     if "files" in z.keys():
                         names = [str(n) for n in z["files"]]
@@ -252,7 +269,9 @@ def load_depth_files(cfg: FileDepthConfig, frame_files: list[str], size: tuple[i
     shape0 = maps[0][0].shape if maps else None
     for t, (arr, what) in enumerate(maps):
         if arr.shape != shape0:
-            raise ReconError(f"{what} is {arr.shape[1]}x{arr.shape[0]} but the first map is {shape0[1]}x{shape0[0]}; all maps must share one size")
+            raise ReconError(
+                f"{what} is {arr.shape[1]}x{arr.shape[0]} but the first map is {shape0[1]}x{shape0[0]}; all maps must share one size"
+            )
         _check_aspect(arr.shape, (W, H), what)
         vals = _to_float(arr, cfg.scale, cfg.kind, what)
         if not np.any(vals != 0):

@@ -58,7 +58,9 @@ def valid_mask(
     return evaluated, gt_valid
 
 
-def fit_alignment(pred: np.ndarray, gt: np.ndarray, align: Align = "none", space: Space = "depth") -> tuple[float, float]:
+def fit_alignment(
+    pred: np.ndarray, gt: np.ndarray, align: Align = "none", space: Space = "depth"
+) -> tuple[float, float]:
     """(scale, shift) mapping `pred` to `gt` in `space`; pred/gt are 1-D arrays of positive depths.
 
     In "disparity" space the fit maps 1/pred to 1/gt; in "depth" space pred to gt.
@@ -83,7 +85,9 @@ def fit_alignment(pred: np.ndarray, gt: np.ndarray, align: Align = "none", space
     raise ReconError(f"unknown depth alignment {align!r} (use none, median, scale or lstsq)")
 
 
-def apply_alignment(pred: np.ndarray, scale: float, shift: float, space: Space, min_depth: float, max_depth: float) -> np.ndarray:
+def apply_alignment(
+    pred: np.ndarray, scale: float, shift: float, space: Space, min_depth: float, max_depth: float
+) -> np.ndarray:
     """Apply a fitted (scale, shift) to positive depths `pred` and clamp to [min_depth, max_depth]."""
     if space == "depth":
         out = scale * pred + shift
@@ -166,7 +170,9 @@ def depth_metrics(
         out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS + ("scale", "shift")}
         n = sum(r["n"] for r in rows)
         ev_all, gv_all = valid_mask(p, g, m, min_depth, max_depth)
-        out.update(n=int(n), coverage=float(ev_all.sum() / max(gv_all.sum(), 1)), frames=len(rows), align=align, space=space)
+        out.update(
+            n=int(n), coverage=float(ev_all.sum() / max(gv_all.sum(), 1)), frames=len(rows), align=align, space=space
+        )
         return out
 
     ev, gv = valid_mask(p, g, m, min_depth, max_depth)

@@ -15,7 +15,9 @@ from recon.atomic import atomic_path
 from recon.errors import ReconError
 
 
-def robust_range(values: np.ndarray, lo_pct: float = 2.0, hi_pct: float = 98.0, max_samples: int = 2_000_000) -> tuple[float, float]:
+def robust_range(
+    values: np.ndarray, lo_pct: float = 2.0, hi_pct: float = 98.0, max_samples: int = 2_000_000
+) -> tuple[float, float]:
     """(lo, hi) percentiles of the valid (> 0, finite) entries of `values` (any shape).
 
     At most `max_samples` evenly strided entries are used, so the cost stays bounded on long videos.
@@ -83,7 +85,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0, crf: in
                 container.mux(packet)
 
 
-def write_depth_preview(path: str | Path, disparity: np.ndarray, fps: float = 10.0, cmap: str = "turbo") -> tuple[float, float]:
+def write_depth_preview(
+    path: str | Path, disparity: np.ndarray, fps: float = 10.0, cmap: str = "turbo"
+) -> tuple[float, float]:
     """Colour-map disparity [T, H, W] with one robust normalisation and write it as an mp4.
 
     Returns the (lo, hi) disparity range that was mapped to the ends of the colour map.

@@ -91,7 +91,10 @@ def select_backend(cfg: DepthConfig) -> tuple[str, str]:
     down, down_why = _dvd_downloadable(cfg.dvd)
     if down:
         return "dvd", f"DVD weights downloadable ({down_why}) and CUDA present"
-    return "stereo", f"{why}; {down_why}. Get DVD by passing --dvd-weights and --vae-weights or by allowing the download"
+    return (
+        "stereo",
+        f"{why}; {down_why}. Get DVD by passing --dvd-weights and --vae-weights or by allowing the download",
+    )
 
 
 def _dvd_downloadable(dvd_cfg: DVDConfig) -> tuple[bool, str]:
@@ -133,8 +136,10 @@ def _sparse_hint(backend: str, prior: list[int], split: dict[str, Any], num_fram
     """Advice for a stereo prior that failed on a few far-apart training views."""
     test = set(split.get("test", []))
     if backend == "stereo" and len(prior) < num_frames - len(test):
-        return (": the views are too few or too far apart to match; --prior-frames non-test lets stereo use every "
-                "frame but the test views (fusion and the depth loss still use the training views only)")
+        return (
+            ": the views are too few or too far apart to match; --prior-frames non-test lets stereo use every "
+            "frame but the test views (fusion and the depth loss still use the training views only)"
+        )
     return ""
 
 
@@ -153,7 +158,9 @@ def run_depth(paths: RunPaths, cfg: DepthConfig) -> dict[str, Any]:
     frame_paths = [paths.root / cams.files[i] for i in prior]
     missing = [p for p in frame_paths if not p.exists()]
     if missing:
-        raise ReconError(f"frame {missing[0]} listed in cameras.json is missing ({len(missing)} missing): re-run the pose stage")
+        raise ReconError(
+            f"frame {missing[0]} listed in cameras.json is missing ({len(missing)} missing): re-run the pose stage"
+        )
 
     t0 = time.perf_counter()
     confidence_sub = None
@@ -186,12 +193,17 @@ def run_depth(paths: RunPaths, cfg: DepthConfig) -> dict[str, Any]:
     disp_sub = np.asarray(disp_sub, dtype=np.float32)
     if disp_sub.shape != (len(prior), H, W):
         got = "x".join(map(str, disp_sub.shape))
-        raise ReconError(f"depth backend {backend} returned maps of shape {got}; expected {len(prior)}x{H}x{W} (prior frames x H x W)")
+        raise ReconError(
+            f"depth backend {backend} returned maps of shape {got}; expected {len(prior)}x{H}x{W} (prior frames x H x W)"
+        )
     if not np.all(np.isfinite(disp_sub)):
         raise ReconError(f"depth backend {backend} returned NaN/inf disparity")
     disp_sub = np.where(disp_sub > 0, disp_sub, 0).astype(np.float32)
     if not np.any(disp_sub > 0):
-        raise ReconError(f"depth backend {backend} produced no valid depth on any of the {len(prior)} prior frames" + _sparse_hint(backend, prior, split, T))
+        raise ReconError(
+            f"depth backend {backend} produced no valid depth on any of the {len(prior)} prior frames"
+            + _sparse_hint(backend, prior, split, T)
+        )
 
     disparity = np.zeros((T, H, W), np.float32)
     confidence = np.ones((T, H, W), np.float32)
@@ -209,7 +221,10 @@ def run_depth(paths: RunPaths, cfg: DepthConfig) -> dict[str, Any]:
         backend=np.array(backend),
         frames=np.asarray(prior, dtype=np.int64),
     )
-    write_json(paths.windows_json, {"backend": backend, "kind": kind, "frames": prior, "windows": windows, "report": _jsonable(report)})
+    write_json(
+        paths.windows_json,
+        {"backend": backend, "kind": kind, "frames": prior, "windows": windows, "report": _jsonable(report)},
+    )
     value_range = None
     if cfg.preview:
         value_range = write_depth_preview(paths.depth_preview_mp4, disp_sub, fps=cfg.preview_fps)

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from recon.cameras import CameraSet, invert_pose
 from recon.console import debug, info, track
 from recon.errors import ReconError
 from recon.layout import RunPaths
+
 
 @dataclass
 class StereoConfig:
@@ -219,7 +221,9 @@ def census_bits(img: torch.Tensor, window: int) -> torch.Tensor:
     r = window // 2
     pad = F.pad(img[:, None], (r, r, r, r), mode="replicate")[:, 0]
     H, W = img.shape[-2:]
-    return torch.stack([pad[:, r + dy : r + dy + H, r + dx : r + dx + W] > img for dy, dx in _census_offsets(window)], 1)
+    return torch.stack(
+        [pad[:, r + dy : r + dy + H, r + dx : r + dx + W] > img for dy, dx in _census_offsets(window)], 1
+    )
 
 
 def _census_cost(ref_bits: torch.Tensor, warped: torch.Tensor, window: int) -> torch.Tensor:
@@ -233,7 +237,9 @@ def _census_cost(ref_bits: torch.Tensor, warped: torch.Tensor, window: int) -> t
     return ham.to(warped.dtype) / float(window * window - 1)
 
 
-def _ncc_cost(ref: torch.Tensor, ref_mu: torch.Tensor, ref_sd: torch.Tensor, warped: torch.Tensor, window: int) -> torch.Tensor:
+def _ncc_cost(
+    ref: torch.Tensor, ref_mu: torch.Tensor, ref_sd: torch.Tensor, warped: torch.Tensor, window: int
+) -> torch.Tensor:
     """(1 - NCC) / 2 in [0,1] over window x window: ref [1,H,W], warped [P,H,W] -> [P,H,W]."""
     mu = _box(warped, window)
     sd = (_box(warped * warped, window) - mu * mu).clamp_min(0).sqrt()
@@ -288,7 +294,11 @@ def plane_sweep(
     dev = ref_img.device
     h, w = ref_img.shape
     D = inv_depths.numel()
-    ys, xs = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float32), torch.arange(w, device=dev, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=dev, dtype=torch.float32),
+        torch.arange(w, device=dev, dtype=torch.float32),
+        indexing="ij",
+    )
     pix = torch.stack([xs.ravel(), ys.ravel(), torch.ones(h * w, device=dev)], 0)  # [3,N]
     Kr_inv = torch.from_numpy(np.linalg.inv(K_ref)).to(dev, torch.float32)
     rays = Kr_inv @ pix  # [3,N] z = 1
@@ -326,7 +336,13 @@ def plane_sweep(
             inside = (z > 1e-6) & (u > -0.5) & (u < w - 0.5) & (vv > -0.5) & (vv < h - 0.5)
             grid = torch.stack([(u + 0.5) / w * 2 - 1, (vv + 0.5) / h * 2 - 1], -1)  # [P,N,2]
             grid = torch.where(inside[..., None], grid, torch.full_like(grid, -2.0))
-            warped = F.grid_sample(img[None, None], grid.reshape(1, P * h, w, 2), mode="bilinear", padding_mode="border", align_corners=False)
+            warped = F.grid_sample(
+                img[None, None],
+                grid.reshape(1, P * h, w, 2),
+                mode="bilinear",
+                padding_mode="border",
+                align_corners=False,
+            )
             warped = warped.reshape(P, h, w)
             if cfg.cost == "census":
                 c = _census_cost(ref_bits, warped, cfg.window)
@@ -375,7 +391,11 @@ def geometric_consistency(
     for r, d_r in depths.items():
         dev = d_r.device
         h, w = d_r.shape
-        ys, xs = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float32), torch.arange(w, device=dev, dtype=torch.float32), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=dev, dtype=torch.float32),
+            torch.arange(w, device=dev, dtype=torch.float32),
+            indexing="ij",
+        )
         pix = torch.stack([xs.ravel(), ys.ravel(), torch.ones(h * w, device=dev)], 0)
         dr = d_r.ravel()
         X_r = torch.from_numpy(np.linalg.inv(K[r])).to(dev, torch.float32) @ pix * dr  # [3,N]
@@ -395,7 +415,11 @@ def geometric_consistency(
             dj[inb] = depths[j][vi[inb], ui[inb]]
             okj = inb & (dj > 0)
             # back-project the partner's depth at (uj, vj) and project into the reference
-            Xb = torch.from_numpy(np.linalg.inv(K[j])).to(dev, torch.float32) @ torch.stack([uj, vj, torch.ones_like(uj)], 0) * dj
+            Xb = (
+                torch.from_numpy(np.linalg.inv(K[j])).to(dev, torch.float32)
+                @ torch.stack([uj, vj, torch.ones_like(uj)], 0)
+                * dj
+            )
             Tinv = torch.from_numpy(invert_pose(c2w[r]) @ c2w[j]).to(dev, torch.float32)
             Xr = Tinv[:3, :3] @ Xb + Tinv[:3, 3:4]
             qr = torch.from_numpy(K[r]).to(dev, torch.float32) @ Xr
@@ -472,7 +496,9 @@ def stereo_depth(
         torch.set_num_threads(threads)
 
 
-def _stereo_depth(frames, K, c2w, frame_ids, near_far, cfg: StereoConfig, neighbour_ids) -> tuple[np.ndarray, np.ndarray]:
+def _stereo_depth(
+    frames, K, c2w, frame_ids, near_far, cfg: StereoConfig, neighbour_ids
+) -> tuple[np.ndarray, np.ndarray]:
     dev = _resolve_device(cfg.device)
     K = np.asarray(K, dtype=np.float64)
     c2w = np.asarray(c2w, dtype=np.float64)
@@ -512,7 +538,9 @@ def _stereo_depth(frames, K, c2w, frame_ids, near_far, cfg: StereoConfig, neighb
             if not full_size:
                 full_size.append((f.shape[1], f.shape[0]))
             elif (f.shape[1], f.shape[0]) != full_size[0]:
-                raise ReconError(f"stereo: frame {i} is {f.shape[1]}x{f.shape[0]}, others are {full_size[0][0]}x{full_size[0][1]}")
+                raise ReconError(
+                    f"stereo: frame {i} is {f.shape[1]}x{f.shape[0]}, others are {full_size[0][0]}x{full_size[0][1]}"
+                )
             cache[i] = _grey_small(f, small_size(), dev)
         return cache[i]
 
@@ -537,7 +565,9 @@ def _stereo_depth(frames, K, c2w, frame_ids, near_far, cfg: StereoConfig, neighb
     for n, r in enumerate(track(frame_ids, "stereo depth")):
         mid = float(math.sqrt(near[n] * far[n]))
         mid_depth[r] = mid
-        nb = select_neighbours(r, pool, K, c2w, (W, H), mid, cfg.num_views, cfg.max_view_angle_deg, cfg.min_overlap, cfg.target_angle_deg)
+        nb = select_neighbours(
+            r, pool, K, c2w, (W, H), mid, cfg.num_views, cfg.max_view_angle_deg, cfg.min_overlap, cfg.target_angle_deg
+        )
         if not nb:
             debug(f"stereo: frame {r} has no usable neighbour view; its depth is left empty")
             raw[r] = torch.zeros(h, w, device=dev)
@@ -545,12 +575,25 @@ def _stereo_depth(frames, K, c2w, frame_ids, near_far, cfg: StereoConfig, neighb
             continue
         inv_depths = torch.linspace(1.0 / far[n], 1.0 / near[n], cfg.num_planes, device=dev, dtype=torch.float32)
         ref_from_src = [invert_pose(c2w[j]) @ c2w[r] for j in nb]
-        raw[r], cost[r] = plane_sweep(image(r), [image(j) for j in nb], Ks[r], [Ks[j] for j in nb], ref_from_src, inv_depths, cfg)
+        raw[r], cost[r] = plane_sweep(
+            image(r), [image(j) for j in nb], Ks[r], [Ks[j] for j in nb], ref_from_src, inv_depths, cfg
+        )
     debug(f"stereo: plane sweep {(time.perf_counter() - t0) / len(frame_ids):.2f} s/frame at {w}x{h}")
 
     if cfg.geo_views > 0 and len(frame_ids) > 1:
         partners = {
-            r: select_neighbours(r, frame_ids, K, c2w, (W, H), mid_depth[r], cfg.geo_views, cfg.max_view_angle_deg, cfg.min_overlap * 0.5, cfg.target_angle_deg)
+            r: select_neighbours(
+                r,
+                frame_ids,
+                K,
+                c2w,
+                (W, H),
+                mid_depth[r],
+                cfg.geo_views,
+                cfg.max_view_angle_deg,
+                cfg.min_overlap * 0.5,
+                cfg.target_angle_deg,
+            )
             for r in frame_ids
         }
         geo = geometric_consistency(raw, {i: Ks[i] for i in frame_ids}, c2w, partners, cfg.geo_px, cfg.geo_rel_depth)
@@ -558,7 +601,7 @@ def _stereo_depth(frames, K, c2w, frame_ids, near_far, cfg: StereoConfig, neighb
     else:
         geo = {r: (torch.zeros_like(raw[r]), raw[r]) for r in frame_ids}
         partners = {r: [] for r in frame_ids}
-        need = {r: 0 for r in frame_ids}
+        need = dict.fromkeys(frame_ids, 0)
 
     depth_out = np.zeros((len(frame_ids), H, W), np.float32)
     conf_out = np.zeros((len(frame_ids), H, W), np.float32)
@@ -580,7 +623,9 @@ def _check_cfg(cfg: StereoConfig) -> None:
     if cfg.num_views < 1 or cfg.best_k < 1:
         raise ReconError(f"stereo: num_views and best_k must be >= 1, got {cfg.num_views} and {cfg.best_k}")
     if cfg.window < 3 or cfg.window % 2 == 0 or cfg.aggregate < 1 or cfg.aggregate % 2 == 0:
-        raise ReconError(f"stereo: window must be odd >= 3 and aggregate odd >= 1, got {cfg.window} and {cfg.aggregate}")
+        raise ReconError(
+            f"stereo: window must be odd >= 3 and aggregate odd >= 1, got {cfg.window} and {cfg.aggregate}"
+        )
     if not 0 < cfg.scale <= 1:
         raise ReconError(f"stereo: scale must be in (0, 1], got {cfg.scale}")
     if cfg.plane_chunk < 1:
@@ -637,11 +682,15 @@ def sfm_depth_range(
     all_z = np.concatenate([z for z in per_frame if z.size]) if any(z.size for z in per_frame) else np.zeros(0)
     if all_z.size < min_points:
         if rec.num_points3D() < min_points:
-            raise ReconError(f"the SfM model in {paths.sfm_dir} has too few 3D points ({rec.num_points3D()}) to bound the stereo depth range")
+            raise ReconError(
+                f"the SfM model in {paths.sfm_dir} has too few 3D points ({rec.num_points3D()}) to bound the stereo depth range"
+            )
         # frames not in the model: use the depth of all points seen from the registered cameras
         all_z = np.concatenate([_all_point_depths(rec, cams, i) for i in frame_ids])
         if all_z.size < min_points:
-            raise ReconError(f"no SfM points in front of the cameras of frames {list(frame_ids)[:5]}...; cannot bound the stereo depth range")
+            raise ReconError(
+                f"no SfM points in front of the cameras of frames {list(frame_ids)[:5]}...; cannot bound the stereo depth range"
+            )
     g_near, g_far = np.percentile(all_z, percentiles)
     near = np.array([np.percentile(z, percentiles[0]) if z.size >= min_points else g_near for z in per_frame])
     far = np.array([np.percentile(z, percentiles[1]) if z.size >= min_points else g_far for z in per_frame])
@@ -665,7 +714,9 @@ def _read_frame(path: Path) -> np.ndarray:
         raise ReconError(f"cannot read frame {path} ({e})") from e
 
 
-def run_stereo(paths: RunPaths, frame_ids: Sequence[int], cfg: StereoConfig | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def run_stereo(
+    paths: RunPaths, frame_ids: Sequence[int], cfg: StereoConfig | None = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Stereo depth for the run's frames `frame_ids` (the prior frames), for the depth stage.
 
     Only `frame_ids` serve as neighbour views (held-out test views are never looked at). Frames not
@@ -684,8 +735,10 @@ def run_stereo(paths: RunPaths, frame_ids: Sequence[int], cfg: StereoConfig | No
         raise ReconError(f"stereo: frame ids must be in [0, {len(cams)}), got {frame_ids}")
     reg = [i for i in frame_ids if cams.registered[i]]
     if len(reg) < 2:
-        raise ReconError(f"stereo needs at least 2 registered frames among the {len(frame_ids)} prior frames, got {len(reg)} "
-                         "(with a sparse split, --prior-frames non-test computes the prior on every frame but the test views)")
+        raise ReconError(
+            f"stereo needs at least 2 registered frames among the {len(frame_ids)} prior frames, got {len(reg)} "
+            "(with a sparse split, --prior-frames non-test computes the prior on every frame but the test views)"
+        )
     near, far = sfm_depth_range(paths, reg, cfg.range_percentiles)
     t0 = time.perf_counter()
     depth, conf = stereo_depth(
@@ -693,7 +746,7 @@ def run_stereo(paths: RunPaths, frame_ids: Sequence[int], cfg: StereoConfig | No
     )
     seconds = time.perf_counter() - t0
     H, W = depth.shape[1:]
-    if (W, H) != (cams.width, cams.height):
+    if (cams.width, cams.height) != (W, H):
         raise ReconError(f"frames are {W}x{H} but cameras.json says {cams.width}x{cams.height}")
     disparity = np.zeros((len(frame_ids), H, W), np.float32)
     confidence = np.zeros_like(disparity)

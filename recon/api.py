@@ -64,7 +64,7 @@ def run(
     preset: str = "auto",
     config: str | Path | None = None,
     **sections: dict[str, Any],
-) -> "Run":
+) -> Run:
     """Run the pipeline on a video / image folder into run directory `out` and return the loaded run.
 
     Runs every stage up to and including `until` in pipeline order (frames, poses, split, depth,
@@ -81,7 +81,7 @@ def run(
     return load_run(out)
 
 
-def load_run(out: str | Path) -> "Run":
+def load_run(out: str | Path) -> Run:
     """Open run directory `out` for reading (nothing is loaded until used)."""
     root = Path(out)
     if not root.is_dir():
@@ -154,7 +154,11 @@ class Run:
 
         pcd = o3d.io.read_point_cloud(str(self.paths.init_ply))
         pts = np.asarray(pcd.points, np.float32)
-        cols = (np.asarray(pcd.colors) * 255 + 0.5).astype(np.uint8) if pcd.has_colors() else np.zeros((len(pts), 3), np.uint8)
+        cols = (
+            (np.asarray(pcd.colors) * 255 + 0.5).astype(np.uint8)
+            if pcd.has_colors()
+            else np.zeros((len(pts), 3), np.uint8)
+        )
         return pts, cols
 
     @property
@@ -211,9 +215,16 @@ class Run:
         sh_degree = int(round(colors.shape[1] ** 0.5)) - 1
         with torch.no_grad():
             rgb, _, _ = rasterization(
-                g["means"], g["quats"], torch.exp(g["scales"]), torch.sigmoid(g["opacities"]), colors,
+                g["means"],
+                g["quats"],
+                torch.exp(g["scales"]),
+                torch.sigmoid(g["opacities"]),
+                colors,
                 torch.as_tensor(cams.w2c[i][None], dtype=torch.float32, device=dev),
-                torch.as_tensor(K[None], dtype=torch.float32, device=dev), W, H, sh_degree=sh_degree,
+                torch.as_tensor(K[None], dtype=torch.float32, device=dev),
+                W,
+                H,
+                sh_degree=sh_degree,
             )
         return (rgb[0].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 

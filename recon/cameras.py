@@ -101,7 +101,7 @@ class CameraSet:
         write_json(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "CameraSet":
+    def load(cls, path: str | Path) -> CameraSet:
         path = Path(path)
         if not path.exists():
             raise ReconError(f"{path} not found: run the pose stage first (recon poses)")

@@ -13,11 +13,10 @@ Configuration: preset (configs/cpu.yaml or cuda.yaml, picked by device) <- --con
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import tyro
 
@@ -28,11 +27,11 @@ BACKENDS = Literal["auto", "dvd", "stereo", "file"]
 
 @dataclass
 class StageCommand:
-    input: tyro.conf.Positional[Optional[Path]] = None
+    input: tyro.conf.Positional[Path | None] = None
     """Video file or image folder (optional once RUN has frames: it is remembered in the manifest)."""
     out: Path = Path("runs/latest")
     """Run directory."""
-    config: Optional[Path] = None
+    config: Path | None = None
     """YAML file with stage sections (frames:, poses:, split:, depth:, align:, fuse:, train:)."""
     preset: Literal["auto", "cpu", "cuda"] = "auto"
     """Device preset; auto = cuda when a CUDA GPU is visible, else cpu."""
@@ -46,59 +45,59 @@ class StageCommand:
     """Only errors and the final table."""
 
     # frames
-    stride: Optional[int] = None
+    stride: int | None = None
     """Keep every N-th video frame."""
-    max_frames: Optional[int] = None
+    max_frames: int | None = None
     """Keep at most N frames, spread evenly."""
-    target_fps: Optional[float] = None
+    target_fps: float | None = None
     """Sample the video at about this frame rate."""
-    max_size: Optional[int] = None
+    max_size: int | None = None
     """Long side of the stored frames in pixels."""
     no_dedup: bool = False
     """Keep near-duplicate frames (camera not moving)."""
     # poses
-    mapper: Optional[Literal["incremental", "global"]] = None
+    mapper: Literal["incremental", "global"] | None = None
     """COLMAP mapper."""
-    matcher: Optional[Literal["auto", "sequential", "exhaustive"]] = None
+    matcher: Literal["auto", "sequential", "exhaustive"] | None = None
     """Feature matching (auto: sequential for video, exhaustive for small image sets)."""
-    poses: Optional[Path] = None
+    poses: Path | None = None
     """Known poses (COLMAP model folder or transforms.json): skips SfM."""
     # split
-    test_every: Optional[int] = None
+    test_every: int | None = None
     """Hold out every N-th frame as a test view (0: none)."""
-    train_views: Optional[int] = None
+    train_views: int | None = None
     """Sparse view: keep N training views spread evenly."""
-    split: Optional[Path] = None
+    split: Path | None = None
     """JSON split file with 'train' and 'test' lists."""
     prior_from_all_frames: bool = False
     """Compute the depth prior on all frames, test views included (= --prior-frames all)."""
-    prior_frames: Optional[Literal["train", "non-test", "all"]] = None
+    prior_frames: Literal["train", "non-test", "all"] | None = None
     """Frames the depth prior is computed on: the training views (default), every frame but the test views
     (a video depth model sees the whole clip; fusion and the depth loss still use training views only), or all."""
     # depth
-    backend: Optional[BACKENDS] = None
+    backend: BACKENDS | None = None
     """Depth backend; auto = DVD when its weights and a CUDA GPU are available, else stereo."""
-    dvd_weights: Optional[Path] = None
+    dvd_weights: Path | None = None
     """DVD checkpoint (.safetensors)."""
-    vae_weights: Optional[Path] = None
+    vae_weights: Path | None = None
     """Wan2.1 VAE (Wan2.1_VAE.pth or a diffusers folder)."""
-    dvd_config: Optional[Path] = None
+    dvd_config: Path | None = None
     """DVD architecture config JSON (default: the shipped Wan2.1-T2V-1.3B config)."""
-    dtype: Optional[Literal["auto", "float32", "bfloat16", "float16"]] = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     """DVD precision (auto: bf16 on CUDA, fp32 on CPU)."""
-    depth_files: Optional[Path] = None
+    depth_files: Path | None = None
     """Backend file: folder or .npz of depth/disparity maps."""
     # align
-    align_mode: Optional[Literal["global", "per-window", "per-frame"]] = None
+    align_mode: Literal["global", "per-window", "per-frame"] | None = None
     """How many scale/shift pairs are fitted to the SfM points."""
     # train
-    iterations: Optional[int] = None
+    iterations: int | None = None
     """Training iterations."""
-    init: Optional[Literal["depth", "sfm", "random"]] = None
+    init: Literal["depth", "sfm", "random"] | None = None
     """Gaussian initialisation."""
-    depth_loss: Optional[Literal["none", "l1-inverse", "pearson"]] = None
+    depth_loss: Literal["none", "l1-inverse", "pearson"] | None = None
     """Depth regulariser."""
-    device: Optional[str] = None
+    device: str | None = None
     """Torch device for depth and training (auto, cpu, cuda, cuda:1...)."""
     resume: bool = False
     """Resume training from RUN/splat/checkpoint.pt."""
@@ -202,7 +201,9 @@ def _apply_saved(cfg, out: Path):
         saved = stages.get(f.name, {}).get("config")
         if isinstance(saved, dict):
             try:
-                cfg = dataclasses.replace(cfg, **{f.name: apply_mapping(getattr(cfg, f.name), saved, f.name, strict=False)})
+                cfg = dataclasses.replace(
+                    cfg, **{f.name: apply_mapping(getattr(cfg, f.name), saved, f.name, strict=False)}
+                )
             except ReconError:
                 pass  # an unusable saved config: fall back to the defaults
     return cfg
@@ -219,13 +220,23 @@ def _summary_table(results, paths) -> None:
     t.add_column("figures")
     for r in results:
         figs = ", ".join(f"{k}: {_fmt(v)}" for k, v in (r.summary or {}).items() if not isinstance(v, (dict, list)))
-        t.add_row(r.name, "[green]ran[/green]" if r.status == "ran" else "[dim]done earlier[/dim]", f"{r.seconds:.1f}", figs)
+        t.add_row(
+            r.name, "[green]ran[/green]" if r.status == "ran" else "[dim]done earlier[/dim]", f"{r.seconds:.1f}", figs
+        )
     out = Console(highlight=False)  # stdout: the table is the command's result
     out.print(t)
-    files = [("cameras", paths.cameras_json), ("depth", paths.disparity_npz), ("depth preview", paths.depth_preview_mp4),
-             ("aligned depth", paths.aligned_npz), ("fused points", paths.init_ply), ("gaussians", paths.gaussians_ply),
-             ("render video", paths.renders_mp4), ("metrics", paths.metrics_json), ("nerfstudio", paths.transforms_json),
-             ("report", paths.report_html)]
+    files = [
+        ("cameras", paths.cameras_json),
+        ("depth", paths.disparity_npz),
+        ("depth preview", paths.depth_preview_mp4),
+        ("aligned depth", paths.aligned_npz),
+        ("fused points", paths.init_ply),
+        ("gaussians", paths.gaussians_ply),
+        ("render video", paths.renders_mp4),
+        ("metrics", paths.metrics_json),
+        ("nerfstudio", paths.transforms_json),
+        ("report", paths.report_html),
+    ]
     present = [(k, p) for k, p in files if p.exists()]
     if present:
         out.print("outputs: " + "  ".join(f"{k}: {p}" for k, p in present))
@@ -246,8 +257,15 @@ STAGE_HELP = {
     "fuse": "Back-project aligned depth into a fused point cloud (points/init.ply).",
     "train": "Train Gaussians (depth-initialised, depth-regularised) and evaluate on test views.",
 }
-UNTIL = {"run": "report", "frames": "frames", "poses": "poses", "depth": "depth", "align": "align", "fuse": "fuse",
-         "train": "train"}
+UNTIL = {
+    "run": "report",
+    "frames": "frames",
+    "poses": "poses",
+    "depth": "depth",
+    "align": "align",
+    "fuse": "fuse",
+    "train": "train",
+}
 
 
 def _make_commands() -> dict[str, type]:
@@ -271,11 +289,11 @@ class EvalCommand:
     """Score a run against ground truth: ATE of camera centres (after Sim(3)) and depth AbsRel/δ1 -> RUN/eval.json."""
 
     run: tyro.conf.Positional[Path]
-    gt_depth: Optional[str] = None
+    gt_depth: str | None = None
     """GT depth file pattern with {source_index}, e.g. 'data/depth/frame-{source_index:06d}.depth.png'."""
     gt_depth_scale: float = 1000.0
     """GT depth value per unit (1000 for millimetre PNGs)."""
-    gt_poses: Optional[str] = None
+    gt_poses: str | None = None
     """GT c2w: pattern of 4x4 text files with {source_index}, or one file of rows 'frame_id source_index m00..m33'."""
 
 
@@ -301,10 +319,10 @@ def _dispatch(argv: list[str]) -> int:
     from recon.layout import RunPaths
 
     commands = _make_commands()
-    all_cmds: dict[str, type] = {**commands, "export": ExportCommand, "report": ReportCommand,
-                                 "eval": EvalCommand}
-    cmd = tyro.extras.subcommand_cli_from_dict(all_cmds, args=argv, prog="recon",
-                                               description="DVD-Splat: video -> poses -> video depth -> Gaussian Splatting.")
+    all_cmds: dict[str, type] = {**commands, "export": ExportCommand, "report": ReportCommand, "eval": EvalCommand}
+    cmd = tyro.extras.subcommand_cli_from_dict(
+        all_cmds, args=argv, prog="recon", description="DVD-Splat: video -> poses -> video depth -> Gaussian Splatting."
+    )
     if isinstance(cmd, ReportCommand):
         from recon.report import write_report
 
@@ -316,7 +334,9 @@ def _dispatch(argv: list[str]) -> int:
         from recon.evaluate import EvalConfig, evaluate_run
 
         paths = _existing_run(cmd.run)
-        res = evaluate_run(paths, EvalConfig(gt_depth=cmd.gt_depth, gt_depth_scale=cmd.gt_depth_scale, gt_poses=cmd.gt_poses))
+        res = evaluate_run(
+            paths, EvalConfig(gt_depth=cmd.gt_depth, gt_depth_scale=cmd.gt_depth_scale, gt_poses=cmd.gt_poses)
+        )
         for section, vals in res.items():
             con.console.print(f"[bold]{section}[/bold]: " + ", ".join(f"{k}={_fmt(v)}" for k, v in vals.items()))
         return 0

@@ -120,13 +120,21 @@ def apply_mapping(obj: Any, data: dict[str, Any], where: str = "", strict: bool 
 
 
 def _all_defaults(cls: type) -> bool:
-    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING for f in dataclasses.fields(cls))
+    return all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(cls)
+    )
 
 
 def _build(cls: type, value: dict, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     try:
-        return cls(**{k.replace("-", "_"): _coerce(v, hints.get(k.replace("-", "_"), Any), f"{where}.{k}") for k, v in value.items()})
+        return cls(
+            **{
+                k.replace("-", "_"): _coerce(v, hints.get(k.replace("-", "_"), Any), f"{where}.{k}")
+                for k, v in value.items()
+            }
+        )
     except TypeError as e:
         raise ReconError(f"{where}: {e}") from e
 

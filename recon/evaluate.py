@@ -14,7 +14,6 @@ GT poses: a per-frame pattern of 4x4 c2w text files (OpenCV axes), or one text f
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,9 @@ def _read_gt_poses(spec: str, source_index: list[int]) -> dict[int, np.ndarray]:
         raise ReconError(f"GT pose file {p} not found")
     rows = np.loadtxt(p, ndmin=2)
     if rows.shape[1] != 18:
-        raise ReconError(f"GT pose file {p}: expected rows 'frame_id source_index m00..m33' (18 columns), got {rows.shape[1]}")
+        raise ReconError(
+            f"GT pose file {p}: expected rows 'frame_id source_index m00..m33' (18 columns), got {rows.shape[1]}"
+        )
     table = {int(r[1]): r[2:].reshape(4, 4) for r in rows}
     return {s: table[s] for s in source_index if s in table}
 
@@ -85,8 +86,13 @@ def evaluate_run(paths: RunPaths, cfg: EvalConfig) -> dict[str, Any]:
         gt_c = np.stack([gt[cams.source_index[i]][:3, 3] for i in idx])
         rmse, _, (s, _, _) = ate_rmse(cams.centers[idx], gt_c)
         scale = float(s)
-        result["poses"] = {"frames": len(idx), "ate_rmse": float(rmse), "sim3_scale": scale,
-                           "registered": int(cams.registered.sum()), "total": len(cams)}
+        result["poses"] = {
+            "frames": len(idx),
+            "ate_rmse": float(rmse),
+            "sim3_scale": scale,
+            "registered": int(cams.registered.sum()),
+            "total": len(cams),
+        }
     if cfg.gt_depth:
         if not paths.aligned_npz.exists():
             raise ReconError(f"{paths.aligned_npz} not found: run `recon align` first")

@@ -66,7 +66,9 @@ def transforms_dict(
             )
         missing = [int(i) for i in reg if not depth_by_frame[i]]
         if missing and len(missing) < len(reg):
-            raise ReconError(f"export: frames {missing[:5]} have no depth file; nerfstudio needs depth for every frame or none")
+            raise ReconError(
+                f"export: frames {missing[:5]} have no depth file; nerfstudio needs depth for every frame or none"
+            )
         if len(missing) == len(reg):
             depth_by_frame = None
     else:

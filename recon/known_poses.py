@@ -82,7 +82,9 @@ def read_colmap_model(path: Path) -> PoseSource:
 
     model = find_colmap_model(path)
     if model is None:
-        raise ReconError(f"--poses {path}: no COLMAP model found (expected cameras.bin/images.bin or .txt, or sparse/0/)")
+        raise ReconError(
+            f"--poses {path}: no COLMAP model found (expected cameras.bin/images.bin or .txt, or sparse/0/)"
+        )
     try:
         rec = pycolmap.Reconstruction(model)
     except Exception as e:  # pycolmap raises plain RuntimeError/ValueError on malformed files
@@ -169,10 +171,21 @@ def read_transforms_json(path: Path, default_size: tuple[int, int]) -> PoseSourc
         names.append(name)
         src_idx.append(int(fr["source_index"]) if isinstance(fr.get("source_index"), int) else None)
         c2w.append(opengl_to_opencv(M))
-        cams.append(camera_from_transforms({**glob, **{k: v for k, v in fr.items() if k not in ("file_path", "transform_matrix")}},
-                                           default_size, where))
-    return PoseSource(names=names, c2w=np.stack(c2w), cameras=cams, kind="transforms", path=path,
-                      source_index=src_idx if any(v is not None for v in src_idx) else None)
+        cams.append(
+            camera_from_transforms(
+                {**glob, **{k: v for k, v in fr.items() if k not in ("file_path", "transform_matrix")}},
+                default_size,
+                where,
+            )
+        )
+    return PoseSource(
+        names=names,
+        c2w=np.stack(c2w),
+        cameras=cams,
+        kind="transforms",
+        path=path,
+        source_index=src_idx if any(v is not None for v in src_idx) else None,
+    )
 
 
 def load_pose_source(path: str | Path, default_size: tuple[int, int]) -> PoseSource:
@@ -189,7 +202,9 @@ def load_pose_source(path: str | Path, default_size: tuple[int, int]) -> PoseSou
     raise ReconError(f"--poses {path}: expected a COLMAP model folder or a transforms.json")
 
 
-def match_frames(frames: list[dict], names: list[str], source_index: list[int | None] | None = None) -> tuple[list[int | None], str]:
+def match_frames(
+    frames: list[dict], names: list[str], source_index: list[int | None] | None = None
+) -> tuple[list[int | None], str]:
     """Index into `names` (pose entries) for each frame of frames.json, or None; and the method used.
 
     1. "name": file stem of the frames' `source_name` (image sets), when at least one matches;
@@ -233,8 +248,18 @@ def import_known_poses(paths: RunPaths, cfg: Any, meta: dict) -> dict:
     """Pose stage with known poses (cfg.poses): writes RUN/images, RUN/sfm, RUN/cameras.json like SfM does."""
     import pycolmap
 
-    from recon.poses import (_key, _quiet_colmap, _State, extract_sift, match_features, min_registered_frames, pinhole_target, resolve_matcher,
-                             summary_from_sfm, write_undistorted_frames)
+    from recon.poses import (
+        _key,
+        _quiet_colmap,
+        _State,
+        extract_sift,
+        match_features,
+        min_registered_frames,
+        pinhole_target,
+        resolve_matcher,
+        summary_from_sfm,
+        write_undistorted_frames,
+    )
 
     _quiet_colmap()
     t_start = time.perf_counter()
@@ -279,8 +304,14 @@ def import_known_poses(paths: RunPaths, cfg: Any, meta: dict) -> dict:
     matcher = resolve_matcher(meta, cfg)
     # the undistorted frames depend only on the frames and the cameras: a new pose file with the same
     # cameras (e.g. the same model as .txt) reuses the features and matches of the last import
-    k_und = _key([(f["file"], f["source_index"]) for f in frames], meta.get("source"), [W, H],
-                 [(c.model_name, list(c.params)) for c in frame_src_cam], {k: list(t.params) for k, t in targets.items()}, frame_cam_id)
+    k_und = _key(
+        [(f["file"], f["source_index"]) for f in frames],
+        meta.get("source"),
+        [W, H],
+        [(c.model_name, list(c.params)) for c in frame_src_cam],
+        {k: list(t.params) for k, t in targets.items()},
+        frame_cam_id,
+    )
     k_extract = _key(k_und, cfg.max_num_features, [m is not None for m in match])
     k_match = _key(k_extract, matcher, cfg.sequential_overlap, cfg.quadratic_overlap)
 
@@ -288,8 +319,9 @@ def import_known_poses(paths: RunPaths, cfg: Any, meta: dict) -> dict:
         # always rewritten (cheap, deterministic): RUN/images may have been replaced by an SfM run since
         t0 = time.perf_counter()
         with atomic_dir(paths.images_dir) as tmp:
-            out_names = write_undistorted_frames(paths.root, frame_files, frame_src_cam,
-                                                 [targets[c] for c in frame_cam_id], tmp, bar)
+            out_names = write_undistorted_frames(
+                paths.root, frame_files, frame_src_cam, [targets[c] for c in frame_cam_id], tmp, bar
+            )
         seconds["undistort"] = round(time.perf_counter() - t0, 3)
         reg_names = [n for n, m in zip(out_names, match) if m is not None]
 
@@ -319,10 +351,13 @@ def import_known_poses(paths: RunPaths, cfg: Any, meta: dict) -> dict:
         opt.triangulation.ignore_two_view_tracks = False
         with atomic_dir(work / "triangulated") as tmp:
             try:
-                rec = pycolmap.triangulate_points(rec, db_path, paths.images_dir, tmp, clear_points=True, options=opt,
-                                                  refine_intrinsics=False)
+                rec = pycolmap.triangulate_points(
+                    rec, db_path, paths.images_dir, tmp, clear_points=True, options=opt, refine_intrinsics=False
+                )
             except Exception as e:  # keep the poses even if no point can be triangulated
-                warn(f"--poses: triangulating 3D points failed ({type(e).__name__}: {e}); RUN/sfm has poses but no points")
+                warn(
+                    f"--poses: triangulating 3D points failed ({type(e).__name__}: {e}); RUN/sfm has poses but no points"
+                )
         seconds["triangulate"] = round(time.perf_counter() - t0, 3)
         bar.update(task, advance=1, status="done")
     if rec.num_points3D() == 0:
@@ -339,24 +374,46 @@ def import_known_poses(paths: RunPaths, cfg: Any, meta: dict) -> dict:
         "registered": int(n_match),
         "total": int(T),
         "points": int(rec.num_points3D()),
-        "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 4) if rec.num_points3D() else None,
+        "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 4)
+        if rec.num_points3D()
+        else None,
         "mapper": f"known ({src.kind})",
         "matched_by": method,
         "matcher": matcher,
-        "distorted_camera": {"model": frame_src_cam[0].model_name, "width": W, "height": H,
-                             "params": [float(v) for v in frame_src_cam[0].params]},
+        "distorted_camera": {
+            "model": frame_src_cam[0].model_name,
+            "width": W,
+            "height": H,
+            "params": [float(v) for v in frame_src_cam[0].params],
+        },
         "seconds": {**seconds, "total": round(time.perf_counter() - t_start, 3)},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     }
-    cs = CameraSet(width=W, height=H, files=[f"{paths.images_dir.name}/{n}" for n in out_names],
-                   source_index=[int(f["source_index"]) for f in frames], K=K, c2w=c2w, registered=registered, sfm=sfm)
+    cs = CameraSet(
+        width=W,
+        height=H,
+        files=[f"{paths.images_dir.name}/{n}" for n in out_names],
+        source_index=[int(f["source_index"]) for f in frames],
+        K=K,
+        c2w=c2w,
+        registered=registered,
+        sfm=sfm,
+    )
     cs.save(paths.cameras_json)
-    info(f"poses: {n_match}/{T} frames posed from {src.path} (matched by {method}), {sfm['points']} triangulated points")
+    info(
+        f"poses: {n_match}/{T} frames posed from {src.path} (matched by {method}), {sfm['points']} triangulated points"
+    )
     return summary_from_sfm(sfm)
 
 
-def _posed_reconstruction(db_path: Path, names: list[str], match: list[int | None], cam_ids: list[int],
-                          targets: dict[int, Any], c2w: np.ndarray) -> Any:
+def _posed_reconstruction(
+    db_path: Path,
+    names: list[str],
+    match: list[int | None],
+    cam_ids: list[int],
+    targets: dict[int, Any],
+    c2w: np.ndarray,
+) -> Any:
     """pycolmap.Reconstruction with the PINHOLE cameras and known poses of the matched frames, image and
     camera ids taken from the feature database so that triangulate_points can use its matches."""
     import pycolmap
@@ -369,7 +426,9 @@ def _posed_reconstruction(db_path: Path, names: list[str], match: list[int | Non
             if m is None or name not in db_images:
                 continue
             dbi = db_images[name]
-            cam = pycolmap.Camera.create_from_model_name(int(dbi.camera_id), "PINHOLE", 1.0, targets[cid].width, targets[cid].height)
+            cam = pycolmap.Camera.create_from_model_name(
+                int(dbi.camera_id), "PINHOLE", 1.0, targets[cid].width, targets[cid].height
+            )
             cam.params = list(targets[cid].params)
             db_cam = db.read_camera(dbi.camera_id)
             db_cam.model = cam.model
@@ -377,8 +436,12 @@ def _posed_reconstruction(db_path: Path, names: list[str], match: list[int | Non
             db.update_camera(db_cam)
             rec.add_camera_with_trivial_rig(cam)
             w2c = invert_pose(c2w[m])
-            image = pycolmap.Image(name=name, keypoints=np.asarray(db.read_keypoints(dbi.image_id))[:, :2].astype(np.float64),
-                                   camera_id=int(dbi.camera_id), image_id=int(dbi.image_id))
+            image = pycolmap.Image(
+                name=name,
+                keypoints=np.asarray(db.read_keypoints(dbi.image_id))[:, :2].astype(np.float64),
+                camera_id=int(dbi.camera_id),
+                image_id=int(dbi.image_id),
+            )
             rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(w2c[:3, :4]))
     finally:
         db.close()

@@ -61,7 +61,9 @@ def input_fingerprint(path: Path | None) -> Any:
         return None
     p = Path(path)
     if p.is_dir():
-        return [str(p.resolve())] + sorted((q.name, q.stat().st_size, q.stat().st_mtime_ns) for q in p.iterdir() if q.is_file())
+        return [str(p.resolve())] + sorted(
+            (q.name, q.stat().st_size, q.stat().st_mtime_ns) for q in p.iterdir() if q.is_file()
+        )
     if p.exists():
         st = p.stat()
         return [str(p.resolve()), st.st_size, st.st_mtime_ns]
@@ -110,7 +112,9 @@ class Manifest:
         }
         self.save()
 
-    def finish(self, name: str, status: str, seconds: float, summary: dict | None = None, error: str | None = None) -> None:
+    def finish(
+        self, name: str, status: str, seconds: float, summary: dict | None = None, error: str | None = None
+    ) -> None:
         st = self.data["stages"].setdefault(name, {})
         st.update({"status": status, "finished": _now(), "seconds": round(float(seconds), 3)})
         if summary is not None:

@@ -9,11 +9,12 @@ so changing a config or re-running (`--force`) an upstream stage re-runs everyth
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from recon.console import info, warn
+from recon.console import info
 from recon.errors import ReconError
 from recon.layout import RunPaths
 from recon.manifest import Manifest, fingerprint, input_fingerprint
@@ -104,8 +105,12 @@ def _run_stage(name: str, input_path: Path | None, paths: RunPaths, cfg: RunConf
         aliases = _source_names(paths, cams)
         split = make_split(len(cams), cams.files, cfg.split, cams.registered, aliases=aliases)
         save_split(paths.split_json, split)
-        return {"train views": len(split["train"]), "test views": len(split["test"]), "prior frames": len(split["prior"]),
-                "protocol": split["protocol"]}
+        return {
+            "train views": len(split["train"]),
+            "test views": len(split["test"]),
+            "prior frames": len(split["prior"]),
+            "protocol": split["protocol"],
+        }
     if name == "depth":
         from depth.stage import run_depth
 

@@ -139,7 +139,9 @@ def _pinhole(camera_id: int, width: int, height: int, fx: float, fy: float, cx: 
 def _copy_camera(camera: Any) -> Any:
     import pycolmap
 
-    cam = pycolmap.Camera.create_from_model_name(int(camera.camera_id), camera.model_name, 1.0, int(camera.width), int(camera.height))
+    cam = pycolmap.Camera.create_from_model_name(
+        int(camera.camera_id), camera.model_name, 1.0, int(camera.width), int(camera.height)
+    )
     cam.params = np.asarray(camera.params, dtype=np.float64).copy()
     return cam
 
@@ -192,7 +194,15 @@ def write_undistorted_frames(
             bar = stack.enter_context(progress())
         task = bar.add_task("undistort", total=len(files), status="")
         for f, src, dst in zip(files, src_cameras, dst_cameras):
-            key = (src.model_name, tuple(np.round(src.params, 9)), src.width, src.height, tuple(np.round(dst.params, 9)), dst.width, dst.height)
+            key = (
+                src.model_name,
+                tuple(np.round(src.params, 9)),
+                src.width,
+                src.height,
+                tuple(np.round(dst.params, 9)),
+                dst.width,
+                dst.height,
+            )
             if key not in maps:
                 maps[key] = None if is_identity_warp(src, dst) else undistortion_maps(src, dst)
             name = Path(f).name
@@ -236,7 +246,13 @@ def undistort_reconstruction(rec: Any, targets: dict[int, Any]) -> Any:
 
 
 def camera_set_from_reconstruction(
-    rec: Any, frame_files: list[str], image_files: list[str], source_index: list[int], width: int, height: int, sfm: dict
+    rec: Any,
+    frame_files: list[str],
+    image_files: list[str],
+    source_index: list[int],
+    width: int,
+    height: int,
+    sfm: dict,
 ) -> CameraSet:
     """CameraSet for all frames: registered ones from the (undistorted) reconstruction `rec`, matched by
     image name = basename of frame_files[i]; the rest unregistered with the first camera's K."""
@@ -255,7 +271,16 @@ def camera_set_from_reconstruction(
         c2w[i] = invert_pose(w2c)
         K[i] = rec.cameras[im.camera_id].calibration_matrix()
         reg[i] = True
-    return CameraSet(width=width, height=height, files=image_files, source_index=list(source_index), K=K, c2w=c2w, registered=reg, sfm=sfm)
+    return CameraSet(
+        width=width,
+        height=height,
+        files=image_files,
+        source_index=list(source_index),
+        K=K,
+        c2w=c2w,
+        registered=reg,
+        sfm=sfm,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,7 +298,9 @@ def load_frames(paths: RunPaths) -> dict:
         raise ReconError(f"{paths.frames_json} is not a valid frames.json ({e}); re-run the frames stage") from e
     missing = [f["file"] for f in frames if not (paths.root / f["file"]).exists()]
     if missing:
-        raise ReconError(f"{len(missing)} frame file(s) listed in frames.json are missing (first: {missing[0]}); re-run the frames stage")
+        raise ReconError(
+            f"{len(missing)} frame file(s) listed in frames.json are missing (first: {missing[0]}); re-run the frames stage"
+        )
     if len(frames) < 2:
         raise ReconError(f"{paths.frames_json} lists {len(frames)} frame(s); poses need at least 2")
     return meta
@@ -358,8 +385,16 @@ def _run_sfm(paths: RunPaths, cfg: PosesConfig, meta: dict) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     db_path = work / "database.db"
     state = _State(work)
-    k_extract = _key([(f["file"], f["source_index"]) for f in meta["frames"]], meta.get("source"), [W, H], cfg.camera_model,
-                     focal, focal_src, single, cfg.max_num_features)
+    k_extract = _key(
+        [(f["file"], f["source_index"]) for f in meta["frames"]],
+        meta.get("source"),
+        [W, H],
+        cfg.camera_model,
+        focal,
+        focal_src,
+        single,
+        cfg.max_num_features,
+    )
     k_match = _key(k_extract, matcher, cfg.sequential_overlap, cfg.quadratic_overlap)
     k_map = _key(k_match, cfg.mapper, cfg.seed, cfg.min_registered)
     seconds: dict[str, float] = {}
@@ -395,14 +430,21 @@ def _run_sfm(paths: RunPaths, cfg: PosesConfig, meta: dict) -> dict:
             with atomic_dir(work / "sparse") as tmp:
                 recs = _map(db_path, paths.frames_dir, tmp, cfg)
                 best = max(recs, key=lambda k: recs[k].num_reg_images()) if recs else None
-            state.mark("map", k_map, time.perf_counter() - t0, best=best,
-                       models={str(k): r.num_reg_images() for k, r in recs.items()})
+            state.mark(
+                "map",
+                k_map,
+                time.perf_counter() - t0,
+                best=best,
+                models={str(k): r.num_reg_images() for k, r in recs.items()},
+            )
         seconds["map"] = state.data["map"]["seconds"]
         best = state.data["map"]["best"]
         rec = pycolmap.Reconstruction(work / "sparse" / str(best)) if best is not None else None
         n_reg = rec.num_reg_images() if rec is not None else 0
         if len(state.data["map"].get("models", {})) > 1:
-            debug(f"SfM made {len(state.data['map']['models'])} models (registered images per model: {state.data['map']['models']}); keeping the largest")
+            debug(
+                f"SfM made {len(state.data['map']['models'])} models (registered images per model: {state.data['map']['models']}); keeping the largest"
+            )
         if n_reg < min_registered_frames(cfg, T):
             raise ReconError(
                 f"structure-from-motion placed only {n_reg} of {T} frames: the camera barely moves (or the views do not overlap). "
@@ -442,20 +484,35 @@ def _run_sfm(paths: RunPaths, cfg: PosesConfig, meta: dict) -> dict:
         "camera_model": cfg.camera_model,
         "initial_focal_px": round(focal, 3),
         "initial_focal_source": focal_src,
-        "distorted_camera": {"model": cam0.model_name, "width": int(cam0.width), "height": int(cam0.height),
-                             "params": [float(v) for v in cam0.params]},
+        "distorted_camera": {
+            "model": cam0.model_name,
+            "width": int(cam0.width),
+            "height": int(cam0.height),
+            "params": [float(v) for v in cam0.params],
+        },
         "seconds": seconds,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     }
     image_files = [f"{paths.images_dir.name}/{n}" for n in out_names]
-    cs = camera_set_from_reconstruction(und, frame_files, image_files, [int(f["source_index"]) for f in meta["frames"]], W, H, sfm)
+    cs = camera_set_from_reconstruction(
+        und, frame_files, image_files, [int(f["source_index"]) for f in meta["frames"]], W, H, sfm
+    )
     cs.save(paths.cameras_json)
-    info(f"poses: {n_reg}/{T} frames registered, {sfm['points']} points, reprojection error {sfm['mean_reprojection_error_px']:.3f} px")
+    info(
+        f"poses: {n_reg}/{T} frames registered, {sfm['points']} points, reprojection error {sfm['mean_reprojection_error_px']:.3f} px"
+    )
     return summary_from_sfm(sfm)
 
 
-def extract_sift(db_path: Path, image_dir: Path, names: list[str], cfg: PosesConfig, camera_model: str,
-                 camera_params: str = "", single_camera: bool = True) -> None:
+def extract_sift(
+    db_path: Path,
+    image_dir: Path,
+    names: list[str],
+    cfg: PosesConfig,
+    camera_model: str,
+    camera_params: str = "",
+    single_camera: bool = True,
+) -> None:
     """SIFT features of image_dir/names into the COLMAP database (images already there are skipped).
 
     camera_params: COLMAP parameter string of a known initial camera ("" = focal from focal_factor).
@@ -471,8 +528,15 @@ def extract_sift(db_path: Path, image_dir: Path, names: list[str], cfg: PosesCon
     ext.sift.max_num_features = cfg.max_num_features
     mode = pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.PER_IMAGE
     # Device.auto: the PyPI wheel is CPU-only; a CUDA build of pycolmap would use the GPU
-    pycolmap.extract_features(db_path, image_dir, image_names=names, camera_mode=mode, reader_options=reader,
-                              extraction_options=ext, device=pycolmap.Device.auto)
+    pycolmap.extract_features(
+        db_path,
+        image_dir,
+        image_names=names,
+        camera_mode=mode,
+        reader_options=reader,
+        extraction_options=ext,
+        device=pycolmap.Device.auto,
+    )
 
 
 def match_features(db_path: Path, matcher: str, cfg: PosesConfig) -> None:

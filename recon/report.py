@@ -13,8 +13,9 @@ import html
 import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -36,6 +37,7 @@ class Missing(Exception):
 
 
 # ---------------------------------------------------------------- image helpers
+
 
 def png_data_uri(image: np.ndarray | Image.Image) -> str:
     """uint8 [H, W, 3|4] (or a PIL image) -> "data:image/png;base64,..."."""
@@ -99,6 +101,7 @@ def pick_evenly(indices: list[int], n: int) -> list[int]:
 
 # ---------------------------------------------------------------- run readers
 
+
 def _json(path: Path, stage: str) -> Any:
     if not path.exists():
         raise Missing(f"the {stage} stage has not run ({path.name} not found)")
@@ -113,7 +116,11 @@ def _frame_files(paths: RunPaths) -> list[str]:
         files = [f.get("file") if isinstance(f, dict) else None for f in frames]
         if files and all(files):
             return files
-    files = sorted(p.relative_to(paths.root).as_posix() for p in paths.frames_dir.glob("*.png")) if paths.frames_dir.exists() else []
+    files = (
+        sorted(p.relative_to(paths.root).as_posix() for p in paths.frames_dir.glob("*.png"))
+        if paths.frames_dir.exists()
+        else []
+    )
     if not files:
         raise Missing("the frames stage has not run (no frames/)")
     return files
@@ -124,6 +131,7 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- sections
+
 
 def section_stages(paths: RunPaths) -> str:
     manifest = _json(paths.manifest, "pipeline")
@@ -172,13 +180,19 @@ def section_depth(paths: RunPaths) -> str:
         raise Missing("the depth stage computed no frame")
     pick = pick_evenly(have, STRIP_FRAMES)
     body = f"<p>backend <b>{_e(backend)}</b>, {_e(kind)}, computed on {len(have)} of {len(disparity)} frames.</p>"
-    body += _img(png_data_uri(strip([colorize(disparity[i]) for i in pick])), "disparity strip",
-                 "disparity (near = red), frames " + ", ".join(map(str, pick)))
+    body += _img(
+        png_data_uri(strip([colorize(disparity[i]) for i in pick])),
+        "disparity strip",
+        "disparity (near = red), frames " + ", ".join(map(str, pick)),
+    )
     if paths.aligned_npz.exists():
         with np.load(paths.aligned_npz) as z:
             depth = np.asarray(z["depth"], np.float32)
-        body += _img(png_data_uri(strip([colorize(depth[i], cmap="viridis") for i in pick])), "aligned depth strip",
-                     "aligned z-depth in scene units (near = dark), same frames; black = invalid")
+        body += _img(
+            png_data_uri(strip([colorize(depth[i], cmap="viridis") for i in pick])),
+            "aligned depth strip",
+            "aligned z-depth in scene units (near = dark), same frames; black = invalid",
+        )
     return body
 
 
@@ -198,9 +212,11 @@ def section_cameras(paths: RunPaths) -> str:
     flat = (centers - centers[reg].mean(0) if reg.any() else centers) @ basis[:, :2]
     ax3.plot(*centers[reg].T, color="0.6", lw=1)
     ax2.plot(*flat[reg].T, color="0.6", lw=1)
-    groups = [("train", [i for i in range(len(cams)) if i in train and reg[i]], "#1f77b4"),
-              ("test", [i for i in range(len(cams)) if i in test and reg[i]], "#d62728"),
-              ("other", [i for i in range(len(cams)) if reg[i] and i not in train and i not in test], "#7f7f7f")]
+    groups = [
+        ("train", [i for i in range(len(cams)) if i in train and reg[i]], "#1f77b4"),
+        ("test", [i for i in range(len(cams)) if i in test and reg[i]], "#d62728"),
+        ("other", [i for i in range(len(cams)) if reg[i] and i not in train and i not in test], "#7f7f7f"),
+    ]
     span = float(np.ptp(centers[reg], axis=0).max()) if reg.sum() > 1 else 1.0
     for label, ids, color in groups:
         if not ids:
@@ -210,7 +226,7 @@ def section_cameras(paths: RunPaths) -> str:
         axis = cams.c2w[ids, :3, 2] * (0.08 * max(span, 1e-6))  # optical axes (OpenCV +z)
         for c, a, f in zip(centers[ids], axis, flat[ids]):
             ax3.plot(*np.stack([c, c + a]).T, color=color, lw=0.8)
-            da = (a @ basis[:, :2])
+            da = a @ basis[:, :2]
             ax2.plot([f[0], f[0] + da[0]], [f[1], f[1] + da[1]], color=color, lw=0.8)
     ax3.set_title("camera centres and viewing directions")
     ax2.set_title("top view (principal plane)")
@@ -234,8 +250,20 @@ def section_alignment(paths: RunPaths) -> str:
     x = np.asarray(s.get("disparity", []), float)
     y = np.asarray(s.get("sfm_inverse_depth", []), float)
     scale, shift = float(report.get("scale", np.nan)), float(report.get("shift", 0.0))
-    keys = ("mode", "fit", "kind", "backend", "estimator", "scale", "shift", "points", "inliers", "inlier_ratio",
-            "abs_rel_sfm_median", "abs_rel_sfm_mean")
+    keys = (
+        "mode",
+        "fit",
+        "kind",
+        "backend",
+        "estimator",
+        "scale",
+        "shift",
+        "points",
+        "inliers",
+        "inlier_ratio",
+        "abs_rel_sfm_median",
+        "abs_rel_sfm_mean",
+    )
     body = _kv_table({k: report[k] for k in keys if k in report})
     if x.size:
         inl = np.asarray(s.get("inlier", np.ones_like(x)), bool)
@@ -276,29 +304,45 @@ def section_points(paths: RunPaths) -> str:
     pts = np.asarray(pcd.points, np.float64)
     if len(pts) == 0:
         return "<p>points/init.ply holds no points.</p>"
-    cols = (np.asarray(pcd.colors) * 255).astype(np.uint8) if pcd.has_colors() else np.full((len(pts), 3), 128, np.uint8)
+    cols = (
+        (np.asarray(pcd.colors) * 255).astype(np.uint8) if pcd.has_colors() else np.full((len(pts), 3), 128, np.uint8)
+    )
     views = []
     if paths.cameras_json.exists():
         cams = CameraSet.load(paths.cameras_json)
         ids = np.flatnonzero(cams.registered)
         if ids.size:
             i = int(ids[len(ids) // 2])
-            views.append((render_points(pts, cols, cams.K[i], np.linalg.inv(cams.c2w[i]), cams.width, cams.height),
-                          f"seen from camera {i}"))
+            views.append(
+                (
+                    render_points(pts, cols, cams.K[i], np.linalg.inv(cams.c2w[i]), cams.width, cams.height),
+                    f"seen from camera {i}",
+                )
+            )
             behind = cams.c2w[i].copy()
             extent = float(np.percentile(np.linalg.norm(pts - np.median(pts, 0), axis=1), 90))
             behind[:3, 3] -= behind[:3, 2] * extent  # step back along the optical axis
-            views.append((render_points(pts, cols, cams.K[i], np.linalg.inv(behind), cams.width, cams.height),
-                          "stepped back along its optical axis"))
-    body = f"<p>{len(pts):,} points; bounding box size {_e(np.round(np.ptp(pts, axis=0), 3).tolist())} (scene units).</p>"
+            views.append(
+                (
+                    render_points(pts, cols, cams.K[i], np.linalg.inv(behind), cams.width, cams.height),
+                    "stepped back along its optical axis",
+                )
+            )
+    body = (
+        f"<p>{len(pts):,} points; bounding box size {_e(np.round(np.ptp(pts, axis=0), 3).tolist())} (scene units).</p>"
+    )
     if views:
-        body += _img(png_data_uri(strip([v for v, _ in views], height=240)), "point cloud preview",
-                     "fused cloud (points/init.ply) splatted with a z-buffer: " + "; ".join(c for _, c in views))
+        body += _img(
+            png_data_uri(strip([v for v, _ in views], height=240)),
+            "point cloud preview",
+            "fused cloud (points/init.ply) splatted with a z-buffer: " + "; ".join(c for _, c in views),
+        )
     return body
 
 
-def render_points(points: np.ndarray, colors: np.ndarray, K: np.ndarray, w2c: np.ndarray, width: int, height: int,
-                  radius: int = 1) -> np.ndarray:
+def render_points(
+    points: np.ndarray, colors: np.ndarray, K: np.ndarray, w2c: np.ndarray, width: int, height: int, radius: int = 1
+) -> np.ndarray:
     """Z-buffered point splat: points [N, 3] world, colors uint8 [N, 3], K [3, 3], w2c [4, 4] (OpenCV).
 
     Returns uint8 [height, width, 3] on a white background; each point covers a (2r+1)^2 square.
@@ -368,13 +412,18 @@ def section_renders(paths: RunPaths) -> str:
         if per_view:
             cols = [k for k in per_view[0] if isinstance(per_view[0][k], (int, float))]
             head = "".join(f"<th>{_e(c)}</th>" for c in cols)
-            rows = "".join("<tr>" + "".join(f"<td class=num>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in per_view)
+            rows = "".join(
+                "<tr>" + "".join(f"<td class=num>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in per_view
+            )
             body += f"<p>per test view</p><table><tr>{head}</tr>{rows}</table>"
     if have_renders:
         files = sorted(paths.test_renders_dir.glob("*.png"))
         for f in pick_evenly(files, MAX_TEST_RENDERS):
-            body += _img(png_data_uri(strip([_read_rgb(f)], height=max(RENDER_HEIGHT, Image.open(f).height))),
-                         f"test render {f.stem}", f"{f.stem}: render | ground truth")
+            body += _img(
+                png_data_uri(strip([_read_rgb(f)], height=max(RENDER_HEIGHT, Image.open(f).height))),
+                f"test render {f.stem}",
+                f"{f.stem}: render | ground truth",
+            )
     return body
 
 
@@ -450,8 +499,11 @@ def _fmt(v: Any) -> str:
 def _summary_text(summary: Any) -> str:
     """A stage summary (or log row) as one line of its scalar entries; nested values are left out."""
     if isinstance(summary, dict):
-        return ", ".join(f"{k}: {_fmt(v) if isinstance(v, (int, float)) else v}" for k, v in summary.items()
-                         if not isinstance(v, (dict, list, tuple)))
+        return ", ".join(
+            f"{k}: {_fmt(v) if isinstance(v, (int, float)) else v}"
+            for k, v in summary.items()
+            if not isinstance(v, (dict, list, tuple))
+        )
     return "" if summary is None else str(summary)
 
 

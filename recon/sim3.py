@@ -30,7 +30,9 @@ def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> tuple[
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3:
-        raise ReconError(f"Sim(3) alignment needs two [N, 3] point sets of equal shape, got {src.shape} and {dst.shape}")
+        raise ReconError(
+            f"Sim(3) alignment needs two [N, 3] point sets of equal shape, got {src.shape} and {dst.shape}"
+        )
     n = src.shape[0]
     if n < 3:
         raise ReconError(f"Sim(3) alignment needs at least 3 corresponding points, got {n}")

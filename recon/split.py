@@ -48,8 +48,13 @@ def evenly_spaced(candidates: list[int], n: int) -> list[int]:
     return [candidates[p] for p in pos]
 
 
-def make_split(num_frames: int, files: list[str], cfg: SplitConfig, registered: np.ndarray | None = None,
-               aliases: list[list[str]] | None = None) -> dict[str, Any]:
+def make_split(
+    num_frames: int,
+    files: list[str],
+    cfg: SplitConfig,
+    registered: np.ndarray | None = None,
+    aliases: list[list[str]] | None = None,
+) -> dict[str, Any]:
     """Build the split dict for `num_frames` frames (unregistered frames are in neither set).
 
     A split file may name frames by index, by run file name (with or without folder / extension), or by

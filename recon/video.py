@@ -11,9 +11,9 @@ The whole frames folder is written to a temporary directory and renamed, so it i
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -47,7 +47,9 @@ def _natural_key(p: Path) -> list:
 
 
 def list_images(folder: Path) -> list[Path]:
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()), key=_natural_key)
+    files = sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()), key=_natural_key
+    )
     return files
 
 
@@ -120,7 +122,9 @@ def _video_frames(path: Path, cfg: FramesConfig) -> tuple[dict, Iterator[tuple[i
     width, height = stream.codec_context.width, stream.codec_context.height
     if num < 2:
         container.close()
-        raise ReconError(f"{path} has {num} frame(s); a reconstruction needs a video with camera motion (at least 2 frames)")
+        raise ReconError(
+            f"{path} has {num} frame(s); a reconstruction needs a video with camera motion (at least 2 frames)"
+        )
     wanted = select_indices(num, fps, cfg)
     meta = {"source_type": "video", "fps": fps, "original_size": [width, height], "exif_focal_px": None}
 
@@ -137,12 +141,16 @@ def _video_frames(path: Path, cfg: FramesConfig) -> tuple[dict, Iterator[tuple[i
                 if i >= last:
                     break
         except av.error.FFmpegError as e:
-            raise ReconError(f"{path} could not be decoded after frame {i} ({e}); the file may be truncated or corrupt") from e
+            raise ReconError(
+                f"{path} could not be decoded after frame {i} ({e}); the file may be truncated or corrupt"
+            ) from e
         finally:
             container.close()
         decoded = i + 1
         if decoded < last + 1 and decoded < 0.9 * num:
-            raise ReconError(f"{path} ended after {decoded} of the {num} frames its header announces; the file is truncated or corrupt")
+            raise ReconError(
+                f"{path} ended after {decoded} of the {num} frames its header announces; the file is truncated or corrupt"
+            )
 
     return meta, gen(), len(wanted)
 
@@ -150,7 +158,9 @@ def _video_frames(path: Path, cfg: FramesConfig) -> tuple[dict, Iterator[tuple[i
 def _image_frames(folder: Path, cfg: FramesConfig) -> tuple[dict, Iterator[tuple[int, float | None, Image.Image]], int]:
     files = list_images(folder)
     if len(files) < 2:
-        raise ReconError(f"{folder} holds {len(files)} image(s) ({', '.join(sorted(IMAGE_EXTENSIONS))}); at least 2 are needed")
+        raise ReconError(
+            f"{folder} holds {len(files)} image(s) ({', '.join(sorted(IMAGE_EXTENSIONS))}); at least 2 are needed"
+        )
     wanted = select_indices(len(files), None, cfg)
 
     def open_image(p: Path) -> Image.Image:
@@ -162,7 +172,12 @@ def _image_frames(folder: Path, cfg: FramesConfig) -> tuple[dict, Iterator[tuple
         return img
 
     first = ImageOps.exif_transpose(open_image(files[wanted[0]]))
-    meta = {"source_type": "images", "fps": None, "original_size": list(first.size), "exif_focal_px": _exif_focal_px(first)}
+    meta = {
+        "source_type": "images",
+        "fps": None,
+        "original_size": list(first.size),
+        "exif_focal_px": _exif_focal_px(first),
+    }
 
     def gen() -> Iterator[tuple[int, float | None, Image.Image]]:
         for i in wanted:
@@ -170,7 +185,9 @@ def _image_frames(folder: Path, cfg: FramesConfig) -> tuple[dict, Iterator[tuple
             if img.size != tuple(meta["original_size"]):
                 w0, h0 = meta["original_size"]
                 if abs(img.size[0] / img.size[1] - w0 / h0) > 0.01:
-                    raise ReconError(f"image {files[i].name} is {img.size[0]}x{img.size[1]} but {files[wanted[0]].name} is {w0}x{h0}: all images must share one aspect ratio")
+                    raise ReconError(
+                        f"image {files[i].name} is {img.size[0]}x{img.size[1]} but {files[wanted[0]].name} is {w0}x{h0}: all images must share one aspect ratio"
+                    )
                 img = img.resize((w0, h0), Image.LANCZOS)
             yield i, None, img
 
@@ -208,7 +225,7 @@ def extract_frames(input_path: str | Path, paths: RunPaths, cfg: FramesConfig) -
             img, had_alpha = _to_rgb(img)
             composited |= had_alpha
             if img.size != (W, H):
-                img = img.resize((W, H), Image.LANCZOS if (W < img.size[0]) else Image.BICUBIC)
+                img = img.resize((W, H), Image.LANCZOS if (img.size[0] > W) else Image.BICUBIC)
             th = _thumb(img)
             if cfg.dedup and last_thumb is not None and float(np.abs(th - last_thumb).mean()) < cfg.dedup_threshold:
                 dropped += 1
@@ -231,8 +248,13 @@ def extract_frames(input_path: str | Path, paths: RunPaths, cfg: FramesConfig) -
     if composited:
         info["composited_on"] = list(COMPOSITE_BACKGROUND)
     write_json(paths.frames_json, info)
-    return {"frames": len(kept), "size": f"{W}x{H}", "source": src.name, "dropped near-duplicates": dropped,
-            "source fps": (round(meta["fps"], 3) if meta.get("fps") else "-")}
+    return {
+        "frames": len(kept),
+        "size": f"{W}x{H}",
+        "source": src.name,
+        "dropped near-duplicates": dropped,
+        "source fps": (round(meta["fps"], 3) if meta.get("fps") else "-"),
+    }
 
 
 def load_frames_json(paths: RunPaths) -> dict:
@@ -251,4 +273,3 @@ def read_frame(paths: RunPaths, file: str) -> np.ndarray:
 def read_frames(paths: RunPaths, files: list[str]) -> np.ndarray:
     """Read stored frames as uint8 [T, H, W, 3] RGB."""
     return np.stack([read_frame(paths, f) for f in files])
-

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -31,7 +31,9 @@ def interpolate_path(c2w: np.ndarray, num_frames: int) -> np.ndarray:
     step = np.linalg.norm(np.diff(c2w[:, :3, 3], axis=0), axis=1)
     rot = Rotation.from_matrix(c2w[:, :3, :3])
     ang = (rot[:-1].inv() * rot[1:]).magnitude()
-    scale = np.median(step[step > 0]) / max(np.median(ang[ang > 0]), 1e-9) if (step > 0).any() and (ang > 0).any() else 1.0
+    scale = (
+        np.median(step[step > 0]) / max(np.median(ang[ang > 0]), 1e-9) if (step > 0).any() and (ang > 0).any() else 1.0
+    )
     seg = step + ang * scale + 1e-9
     t_key = np.concatenate([[0.0], np.cumsum(seg)])
     t = np.linspace(0.0, t_key[-1], num_frames)
@@ -47,8 +49,9 @@ def write_video(path: Path, frames: list[np.ndarray] | np.ndarray, fps: float = 
 
     Odd sizes are padded by one pixel (yuv420p needs even dimensions).
     """
-    import av
     from fractions import Fraction
+
+    import av
 
     if len(frames) == 0:
         raise ReconError("no frames to write")
@@ -63,7 +66,7 @@ def write_video(path: Path, frames: list[np.ndarray] | np.ndarray, fps: float = 
                 stream.options = {"crf": "20"}
             for f in frames:
                 f = np.asarray(f, np.uint8)
-                if (H, W) != f.shape[:2]:
+                if f.shape[:2] != (H, W):
                     f = np.pad(f, ((0, H - h), (0, W - w), (0, 0)), mode="edge")
                 for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                     container.mux(packet)

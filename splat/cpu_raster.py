@@ -41,7 +41,6 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -103,15 +102,16 @@ def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
         [N, 3, 3] covariances (scene units^2).
     """
     m = _quat_scale_factor(quats, scales)
-    rows = [torch.stack([m[i][0] * m[j][0] + m[i][1] * m[j][1] + m[i][2] * m[j][2] for j in range(3)], -1)
-            for i in range(3)]
+    rows = [
+        torch.stack([m[i][0] * m[j][0] + m[i][1] * m[j][1] + m[i][2] * m[j][2] for j in range(3)], -1) for i in range(3)
+    ]
     return torch.stack(rows, -2)
 
 
 def _project_gaussians(
     means: Tensor,
-    quats: Optional[Tensor],
-    scales: Optional[Tensor],
+    quats: Tensor | None,
+    scales: Tensor | None,
     viewmats: Tensor,
     Ks: Tensor,
     width: int,
@@ -121,8 +121,8 @@ def _project_gaussians(
     far_plane: float = 1e10,
     radius_clip: float = 0.0,
     calc_compensations: bool = False,
-    covars: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
+    covars: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """EWA projection of 3D Gaussians into C pinhole cameras (gsplat's fully_fused_projection).
 
     Written with [C, N] tensors per matrix entry: on the CPU that is much faster than batched 3x3
@@ -233,7 +233,10 @@ class _OneThreadGraph(torch.autograd.Function):
         if pairs and want:
             with _OneThread():
                 gs = torch.autograd.grad(
-                    [o for o, _ in pairs], [ins[k] for k in want], [g for _, g in pairs], allow_unused=True,
+                    [o for o, _ in pairs],
+                    [ins[k] for k in want],
+                    [g for _, g in pairs],
+                    allow_unused=True,
                     retain_graph=True,  # the caller may backward again (retain_graph, gradcheck)
                 )
             for k, g in zip(want, gs):
@@ -243,8 +246,8 @@ class _OneThreadGraph(torch.autograd.Function):
 
 def project_gaussians(
     means: Tensor,
-    quats: Optional[Tensor],
-    scales: Optional[Tensor],
+    quats: Tensor | None,
+    scales: Tensor | None,
     viewmats: Tensor,
     Ks: Tensor,
     width: int,
@@ -254,10 +257,15 @@ def project_gaussians(
     far_plane: float = 1e10,
     radius_clip: float = 0.0,
     calc_compensations: bool = False,
-    covars: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
-    kw = dict(eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip,
-              calc_compensations=calc_compensations)
+    covars: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    kw = dict(
+        eps2d=eps2d,
+        near_plane=near_plane,
+        far_plane=far_plane,
+        radius_clip=radius_clip,
+        calc_compensations=calc_compensations,
+    )
     tensors = (means, quats, scales, viewmats, Ks, covars)
     if not (torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors)):
         with _OneThread():
@@ -410,8 +418,8 @@ def _bin_tiles(
     width: int,
     height: int,
     tile_size: int,
-    conics: Optional[Tensor] = None,
-    opacities: Optional[Tensor] = None,
+    conics: Tensor | None = None,
+    opacities: Tensor | None = None,
 ) -> TileBins:
     """Intersect splats with tiles (gsplat's isect_tiles + isect_offset_encode).
 
@@ -460,8 +468,13 @@ def _bin_tiles(
     ty = per_isect(tmin[:, 1].contiguous()) + local // nx
     if conics is not None and opacities is not None:
         keep = _reaches_tile(
-            tx, ty, tile_size, per_isect(means2d[:, 0].contiguous()), per_isect(means2d[:, 1].contiguous()),
-            *(per_isect(conics[:, k].contiguous()) for k in range(3)), per_isect(opacities),
+            tx,
+            ty,
+            tile_size,
+            per_isect(means2d[:, 0].contiguous()),
+            per_isect(means2d[:, 1].contiguous()),
+            *(per_isect(conics[:, k].contiguous()) for k in range(3)),
+            per_isect(opacities),
         )
     tile = per_isect(camera_ids) * (tile_width * tile_height) + ty * tile_width + tx
     if conics is not None and opacities is not None:
@@ -472,8 +485,15 @@ def _bin_tiles(
     tile_count = torch.bincount(tile, minlength=n_tiles)
     tile_start = torch.cumsum(tile_count, 0) - tile_count
     return TileBins(
-        tile_size, tile_width, tile_height, n_cameras, ids, tile_start, tile_count,
-        tiles_per_splat, tile,
+        tile_size,
+        tile_width,
+        tile_height,
+        n_cameras,
+        ids,
+        tile_start,
+        tile_count,
+        tiles_per_splat,
+        tile,
     )
 
 
@@ -570,12 +590,11 @@ def _composite(coef: Tensor, feats: Tensor, for_grad: bool, may_clamp: bool):
     return w, r, t_incl
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _alpha_floor(dtype) -> float:
     """Largest value below 1/255 in `dtype`: alpha > floor <=> alpha >= 1/255."""
     v = torch.tensor(ALPHA_MIN, dtype=dtype)
     return torch.nextafter(v, torch.zeros_like(v)).item()
-
 
 
 def _to_tiles(img: Tensor, bins: TileBins) -> Tensor:
@@ -591,9 +610,7 @@ def _from_tiles(tiles: Tensor, bins: TileBins, width: int, height: int) -> Tenso
     """[n_tiles, P, X] tile-major -> [C, H, W, X] image."""
     ts, X = bins.tile_size, tiles.shape[-1]
     img = tiles.reshape(bins.n_cameras, bins.tile_height, bins.tile_width, ts, ts, X)
-    img = img.permute(0, 1, 3, 2, 4, 5).reshape(
-        bins.n_cameras, bins.tile_height * ts, bins.tile_width * ts, X
-    )
+    img = img.permute(0, 1, 3, 2, 4, 5).reshape(bins.n_cameras, bins.tile_height * ts, bins.tile_width * ts, X)
     return img[:, :height, :width].contiguous()
 
 
@@ -612,8 +629,9 @@ class _RasterizeToPixels(torch.autograd.Function):
             return _RasterizeToPixels._backward(ctx, *grads)
 
     @staticmethod
-    def _forward(ctx, means2d, conics, colors, opacities, backgrounds, bins, width, height, absgrad,
-                 chunk_elems, store_bytes):
+    def _forward(
+        ctx, means2d, conics, colors, opacities, backgrounds, bins, width, height, absgrad, chunk_elems, store_bytes
+    ):
         S = opacities.numel()
         D = colors.shape[-1]
         cl = colors.reshape(S, D)
@@ -748,7 +766,12 @@ class _RasterizeToPixels(torch.autograd.Function):
             v_all[6 : 6 + D].t().reshape(s_cl),
             v_all[5].reshape(s_op),
             v_bg,
-            None, None, None, None, None, None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
@@ -760,11 +783,11 @@ def rasterize_to_pixels(
     bins: TileBins,
     width: int,
     height: int,
-    backgrounds: Optional[Tensor] = None,
+    backgrounds: Tensor | None = None,
     absgrad: bool = False,
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
     store_bytes: int = DEFAULT_STORE_BYTES,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Front-to-back alpha compositing of projected splats (gsplat's rasterize_to_pixels).
 
     Args:
@@ -784,6 +807,15 @@ def rasterize_to_pixels(
         render_colors [C, H, W, D], render_alphas [C, H, W, 1].
     """
     return _RasterizeToPixels.apply(
-        means2d, conics, colors, opacities, backgrounds, bins, width, height, absgrad, chunk_elems,
+        means2d,
+        conics,
+        colors,
+        opacities,
+        backgrounds,
+        bins,
+        width,
+        height,
+        absgrad,
+        chunk_elems,
         store_bytes,
     )

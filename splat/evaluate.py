@@ -7,8 +7,8 @@ Images are float tensors [H,W,3] in [0,1]; depths are [H,W] z-depth with 0 = inv
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -139,7 +139,9 @@ def maybe_lpips(device: torch.device | str) -> LPIPS | None:
         return None
 
 
-def depth_metrics(pred: np.ndarray, gt: np.ndarray, align: str = "median", min_valid: int = 100) -> dict[str, float] | None:
+def depth_metrics(
+    pred: np.ndarray, gt: np.ndarray, align: str = "median", min_valid: int = 100
+) -> dict[str, float] | None:
     """AbsRel and delta1 of a rendered depth against ground truth.
 
     Args:
@@ -225,7 +227,16 @@ def evaluate_views(
             save_png(Path(out_dir) / f"{name}.png", np.concatenate([to_uint8(rgb), to_uint8(gt)], axis=1))
         per_view.append(row)
     out: dict = {"per_view": per_view, "num_views": len(per_view)}
-    for key in ("psnr", "ssim", "lpips", "depth_abs_rel", "depth_delta1", "psnr_masked", "ssim_masked", "mask_fraction"):
+    for key in (
+        "psnr",
+        "ssim",
+        "lpips",
+        "depth_abs_rel",
+        "depth_delta1",
+        "psnr_masked",
+        "ssim_masked",
+        "mask_fraction",
+    ):
         vals = [r[key] for r in per_view if key in r]
         if vals:
             out[key] = float(np.mean(vals))

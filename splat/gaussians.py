@@ -78,7 +78,9 @@ def scene_extent(c2w: np.ndarray, points: np.ndarray | None = None) -> float:
     return radius if radius > 1e-6 else 1.0
 
 
-def camera_lookat_bounds(c2w: np.ndarray, K: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray] | None:
+def camera_lookat_bounds(
+    c2w: np.ndarray, K: np.ndarray, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Bounds of the region the cameras look at, for cameras that converge on an object.
 
     The point closest (least squares) to all optical axes is the centre; the half size is the image
@@ -137,7 +139,9 @@ def read_point_cloud(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return xyz, rgb
 
 
-def read_sfm_points(sfm_dir: Path, image_names: set[str] | None = None, min_views: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def read_sfm_points(
+    sfm_dir: Path, image_names: set[str] | None = None, min_views: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """COLMAP model (pycolmap) -> (xyz float32 [N,3], rgb uint8 [N,3]); raises ReconError if none.
 
     With `image_names` (the training views' image file names) and `min_views` > 0, only points whose
@@ -185,7 +189,9 @@ class InitConfig:
     including points only the held-out test views observed)."""
 
 
-def random_points(paths: RunPaths, cams: CameraSet, train: list[int], n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_points(
+    paths: RunPaths, cams: CameraSet, train: list[int], n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """n points uniform in the box the training cameras look at (else the SfM / fused points' box), with
     random colours: xyz float32 [n,3] scene units, rgb uint8 [n,3]."""
     bounds = camera_lookat_bounds(cams.c2w[train], cams.K[train], cams.width, cams.height)
@@ -195,7 +201,9 @@ def random_points(paths: RunPaths, cams: CameraSet, train: list[int], n: int, rn
                 bounds = points_bounds(reader(where)[0])
                 break
     if bounds is None:
-        raise ReconError("random points need scene bounds: cameras do not converge and the run has no SfM or fused points")
+        raise ReconError(
+            "random points need scene bounds: cameras do not converge and the run has no SfM or fused points"
+        )
     lo, hi = bounds
     debug(f"random points in box {np.round(lo, 3).tolist()} .. {np.round(hi, 3).tolist()}")
     xyz = (lo + (hi - lo) * rng.random((n, 3))).astype(np.float32)
@@ -203,7 +211,9 @@ def random_points(paths: RunPaths, cams: CameraSet, train: list[int], n: int, rn
     return xyz, rgb
 
 
-def initial_points(paths: RunPaths, cfg: InitConfig, cams: CameraSet, train: list[int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def initial_points(
+    paths: RunPaths, cfg: InitConfig, cams: CameraSet, train: list[int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """The initial point cloud for training (`cfg.random_fill` random points added to a depth or SfM init).
 
     Returns:
@@ -228,7 +238,9 @@ def initial_points(paths: RunPaths, cfg: InitConfig, cams: CameraSet, train: lis
     return xyz, rgb
 
 
-def gaussians_from_points(xyz: np.ndarray, rgb: np.ndarray, sh_degree: int, init_opacity: float = 0.1, init_scale: float = 1.0) -> dict[str, np.ndarray]:
+def gaussians_from_points(
+    xyz: np.ndarray, rgb: np.ndarray, sh_degree: int, init_opacity: float = 0.1, init_scale: float = 1.0
+) -> dict[str, np.ndarray]:
     """Isotropic Gaussians at the points: sigma = init_scale x mean kNN(3) distance, identity rotation.
 
     Args:

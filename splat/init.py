@@ -132,7 +132,9 @@ def depth_agreement(
     return out
 
 
-def select_neighbors(c2w: np.ndarray, src: int, candidates: list[int], k: int, max_angle_deg: float = 60.0) -> list[int]:
+def select_neighbors(
+    c2w: np.ndarray, src: int, candidates: list[int], k: int, max_angle_deg: float = 60.0
+) -> list[int]:
     """Up to k frames of `candidates` (not `src`) nearest to camera `src` whose optical axes are within
     `max_angle_deg` of its own; c2w [T, 4, 4]."""
     centres = c2w[:, :3, 3]
@@ -166,7 +168,9 @@ def voxel_downsample(
 
     def mean(a: np.ndarray) -> np.ndarray:
         a2 = a.reshape(len(a), -1).astype(np.float64)
-        out = np.stack([np.bincount(inverse, weights=weights * a2[:, c], minlength=M) for c in range(a2.shape[1])], axis=1)
+        out = np.stack(
+            [np.bincount(inverse, weights=weights * a2[:, c], minlength=M) for c in range(a2.shape[1])], axis=1
+        )
         return (out / wsum[:, None]).reshape((M,) + a.shape[1:])
 
     return mean(points), [mean(a) for a in attributes], wsum
@@ -225,7 +229,9 @@ def _load_aligned(paths: RunPaths, cams: CameraSet) -> tuple[np.ndarray, np.ndar
     T = len(cams)
     if depth.shape != (T, cams.height, cams.width):
         got = "x".join(map(str, depth.shape))
-        raise ReconError(f"aligned depth is {got} but the run has {T} frames of {cams.width}x{cams.height}: re-run align")
+        raise ReconError(
+            f"aligned depth is {got} but the run has {T} frames of {cams.width}x{cams.height}: re-run align"
+        )
     if not np.all(np.isfinite(depth)):
         raise ReconError(f"{paths.aligned_npz} contains NaN or infinite depth")
     conf = np.ones_like(depth, dtype=np.float32)
@@ -276,7 +282,9 @@ class VoxelAccumulator:
         self._pending, self._pending_n = [], 0
         self.keys, inverse = np.unique(keys, return_inverse=True)
         inverse = inverse.ravel()
-        self.sums = np.stack([np.bincount(inverse, weights=rows[:, c], minlength=len(self.keys)) for c in range(rows.shape[1])], axis=1)
+        self.sums = np.stack(
+            [np.bincount(inverse, weights=rows[:, c], minlength=len(self.keys)) for c in range(rows.shape[1])], axis=1
+        )
 
     def means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         self._flush()
@@ -293,20 +301,24 @@ def run_fuse(paths: RunPaths, cfg: FuseConfig) -> dict[str, Any]:
     split = load_split(paths.split_json)
     depth, conf = _load_aligned(paths, cams)
     T, H, W = depth.shape
-    test = set(int(i) for i in split.get("test", []))
+    test = {int(i) for i in split.get("test", [])}
     train = [int(i) for i in split.get("train", []) if 0 <= int(i) < T]
     frames = [i for i in train if i not in test and cams.registered[i] and np.any(depth[i] > 0)]
     if not frames:
         raise ReconError("fuse: no training view has valid aligned depth (check the depth and align stages)")
     min_views = cfg.min_views
     if len(frames) < min_views:
-        warn(f"fuse: only {len(frames)} view(s) with depth; multi-view check needs {min_views}, keeping single-view points")
+        warn(
+            f"fuse: only {len(frames)} view(s) with depth; multi-view check needs {min_views}, keeping single-view points"
+        )
         min_views = len(frames)
 
     # Pass 1 (cheap): the scene extent from a coarse back-projection fixes the voxel grid.
     coarse = np.zeros((H, W), dtype=bool)
     coarse[:: 8 * cfg.stride, :: 8 * cfg.stride] = True
-    sample = np.concatenate([backproject(depth[i], cams.K[i], cams.c2w[i], coarse) for i in frames] + [np.zeros((0, 3))])
+    sample = np.concatenate(
+        [backproject(depth[i], cams.K[i], cams.c2w[i], coarse) for i in frames] + [np.zeros((0, 3))]
+    )
     if len(sample) < 2:
         sample = np.concatenate([backproject(depth[i], cams.K[i], cams.c2w[i]) for i in frames])
     extent = max(robust_extent(sample), 1e-9)
@@ -400,7 +412,10 @@ def read_ply_points(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     v = PlyData.read(str(path))["vertex"].data
     names = v.dtype.names
     pts = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float32)
-    cols = np.stack([v["red"], v["green"], v["blue"]], axis=1).astype(np.uint8) if "red" in names else np.full((len(v), 3), 128, np.uint8)
+    cols = (
+        np.stack([v["red"], v["green"], v["blue"]], axis=1).astype(np.uint8)
+        if "red" in names
+        else np.full((len(v), 3), 128, np.uint8)
+    )
     nrm = np.stack([v["nx"], v["ny"], v["nz"]], axis=1).astype(np.float32) if "nx" in names else None
     return pts, cols, nrm
-

@@ -24,7 +24,9 @@ def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> t
     return w.expand(channels, 1, size, size).contiguous()
 
 
-def ssim_map(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5, padding: str = "same") -> torch.Tensor:
+def ssim_map(
+    pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5, padding: str = "same"
+) -> torch.Tensor:
     """Per-pixel structural similarity of two image batches (Gaussian window, constants of Wang et al. 2004).
 
     Args:
@@ -48,12 +50,16 @@ def ssim_map(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: floa
     return ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
 
 
-def ssim(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5, padding: str = "same") -> torch.Tensor:
+def ssim(
+    pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5, padding: str = "same"
+) -> torch.Tensor:
     """Mean structural similarity (the mean of `ssim_map`); scalar tensor, 1 for identical images."""
     return ssim_map(pred, gt, window, sigma, padding).mean()
 
 
-def photometric_loss(pred: torch.Tensor, gt: torch.Tensor, ssim_lambda: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:
+def photometric_loss(
+    pred: torch.Tensor, gt: torch.Tensor, ssim_lambda: float = 0.2
+) -> tuple[torch.Tensor, dict[str, float]]:
     """3DGS image loss (1 - lambda) * L1 + lambda * (1 - SSIM); returns (loss, {"l1", "dssim"})."""
     l1 = l1_loss(pred, gt)
     dssim = 1.0 - ssim(pred, gt)

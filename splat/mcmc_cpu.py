@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -46,7 +46,9 @@ def relocation_coefficients(binoms: Tensor) -> Tensor:
     return B.cumsum(dim=0) * (sign / torch.sqrt(k + 1.0))
 
 
-def compute_relocation_torch(opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: Tensor) -> tuple[Tensor, Tensor]:
+def compute_relocation_torch(
+    opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: Tensor
+) -> tuple[Tensor, Tensor]:
     """Opacity and scale for each of n Gaussians that replace one (3DGS-MCMC eq. 9), in pure torch.
 
     Same arguments and results as `gsplat.relocation.compute_relocation` (which is CUDA-only).
@@ -67,8 +69,10 @@ def compute_relocation_torch(opacities: Tensor, scales: Tensor, ratios: Tensor, 
     n_max = binoms.shape[0]
     N = opacities.shape[0]
     if opacities.shape != (N,) or scales.shape != (N, 3) or ratios.shape != (N,):
-        raise ValueError(f"expected opacities [N], scales [N,3], ratios [N]; got {tuple(opacities.shape)}, "
-                         f"{tuple(scales.shape)}, {tuple(ratios.shape)}")
+        raise ValueError(
+            f"expected opacities [N], scales [N,3], ratios [N]; got {tuple(opacities.shape)}, "
+            f"{tuple(scales.shape)}, {tuple(ratios.shape)}"
+        )
     n = ratios.clamp(min=1, max=n_max).long()
     o = opacities.to(torch.float64)
     o_new = 1.0 - torch.pow(1.0 - o, 1.0 / n.to(torch.float64))
@@ -84,7 +88,9 @@ def compute_relocation_torch(opacities: Tensor, scales: Tensor, ratios: Tensor, 
     return o_new.to(opacities.dtype), new_scales
 
 
-def quat_scale_to_covar_preci_torch(quats: Tensor, scales: Tensor, compute_covar: bool = True, compute_preci: bool = True, triu: bool = False):
+def quat_scale_to_covar_preci_torch(
+    quats: Tensor, scales: Tensor, compute_covar: bool = True, compute_preci: bool = True, triu: bool = False
+):
     """gsplat's PyTorch reference of `quat_scale_to_covar_preci` (quats [N,4] wxyz, scales [N,3])."""
     from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
 

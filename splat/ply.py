@@ -118,7 +118,7 @@ def read_gaussian_ply(path: str | Path) -> dict[str, np.ndarray]:
 
     n = len(vertex)
     f_rest = cols([f"f_rest_{i}" for i in range(n_rest)])
-    shN = (f_rest.reshape(n, 3, rest).transpose(0, 2, 1) if rest else np.zeros((n, 0, 3), np.float32))
+    shN = f_rest.reshape(n, 3, rest).transpose(0, 2, 1) if rest else np.zeros((n, 0, 3), np.float32)
     return {
         "means": cols(["x", "y", "z"]),
         "scales": cols(["scale_0", "scale_1", "scale_2"]),

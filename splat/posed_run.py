@@ -71,7 +71,9 @@ def build_nerf_synthetic_run(
             # Resize in premultiplied alpha space (no dark fringes), as the dataset was staged.
             arr = np.asarray(img, np.float32)
             arr[..., :3] *= arr[..., 3:4] / 255.0
-            small = np.stack([np.asarray(Image.fromarray(arr[..., c]).resize((size, size), Image.BOX)) for c in range(4)], -1)
+            small = np.stack(
+                [np.asarray(Image.fromarray(arr[..., c]).resize((size, size), Image.BOX)) for c in range(4)], -1
+            )
             a = np.maximum(small[..., 3:4], 1e-6)
             small[..., :3] = np.where(small[..., 3:4] > 0, small[..., :3] * 255.0 / a, 0.0)
             rgba = np.clip(small + 0.5, 0, 255).astype(np.uint8)
@@ -94,19 +96,36 @@ def build_nerf_synthetic_run(
     )
     cams.save(paths.cameras_json)
     # As the frames stage writes it for transparent inputs: training renders on the composite colour.
-    write_json(paths.frames_json, {
-        "source": str(src), "source_type": "images", "fps": None, "size": [size, size],
-        "frames": [{"file": n, "source_index": int(i), "timestamp": None,
-                    "source_name": Path(frames[i]["file_path"]).name + ".png"} for n, i in zip(files, chosen)],
-        "dropped_duplicates": 0, "composited_on": [float(c) for c in background],
-    })
+    write_json(
+        paths.frames_json,
+        {
+            "source": str(src),
+            "source_type": "images",
+            "fps": None,
+            "size": [size, size],
+            "frames": [
+                {
+                    "file": n,
+                    "source_index": int(i),
+                    "timestamp": None,
+                    "source_name": Path(frames[i]["file_path"]).name + ".png",
+                }
+                for n, i in zip(files, chosen)
+            ],
+            "dropped_duplicates": 0,
+            "composited_on": [float(c) for c in background],
+        },
+    )
     pos = {idx: j for j, idx in enumerate(chosen)}
-    save_split(paths.split_json, {
-        "protocol": "given",
-        "train": [pos[i] for i in train],
-        "test": [pos[i] for i in test],
-        "prior": [pos[i] for i in train],
-    })
+    save_split(
+        paths.split_json,
+        {
+            "protocol": "given",
+            "train": [pos[i] for i in train],
+            "test": [pos[i] for i in test],
+            "prior": [pos[i] for i in train],
+        },
+    )
     return paths
 
 
@@ -138,7 +157,7 @@ def build_rgbd_run(
         img = Image.open(img_path).convert("RGB")
         W0, H0 = img.size
         W, H = size or (W0, H0)
-        if (W, H) != img.size:
+        if img.size != (W, H):
             img = img.resize((W, H), Image.BOX)
         name = f"frames/{j:06d}.png"
         _save_frame(paths.root / name, np.asarray(img))
@@ -157,8 +176,16 @@ def build_rgbd_run(
     Ks = np.repeat(np.asarray(K, np.float64)[None], len(files), axis=0)
     Ks[:, 0, :] *= W / W0
     Ks[:, 1, :] *= H / H0
-    cams = CameraSet(width=W, height=H, files=files, source_index=list(range(len(files))), K=Ks,
-                     c2w=np.array(c2ws), registered=np.ones(len(files), bool), sfm={"source": "given poses"})
+    cams = CameraSet(
+        width=W,
+        height=H,
+        files=files,
+        source_index=list(range(len(files))),
+        K=Ks,
+        c2w=np.array(c2ws),
+        registered=np.ones(len(files), bool),
+        sfm={"source": "given poses"},
+    )
     cams.save(paths.cameras_json)
     save_split(paths.split_json, {"protocol": "given", "train": list(train), "test": list(test), "prior": list(train)})
     gt = None

@@ -10,7 +10,6 @@ box). Autograd gives the reference gradients. O(C * N * H * W): tiny scenes only
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +42,12 @@ def render_reference(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
-    sh_degree: Optional[int] = None,
-    backgrounds: Optional[Tensor] = None,
+    sh_degree: int | None = None,
+    backgrounds: Tensor | None = None,
     render_mode: str = "RGB",
     tile_size: int = 8,
     rasterize_mode: str = "classic",
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Render like `splat.render.rasterization` (same argument meanings), slowly and plainly.
 
     Returns:
@@ -56,13 +55,11 @@ def render_reference(
     """
     from gsplat.cuda._torch_impl import _spherical_harmonics
 
-    C, N = viewmats.shape[0], means.shape[0]
+    C, _N = viewmats.shape[0], means.shape[0]
     dtype, device = means.dtype, means.device
     rot = _rotmat(quats)
     sigma3 = rot @ torch.diag_embed(scales**2) @ rot.transpose(-1, -2)  # [N, 3, 3]
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
-    )
+    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
     px, py = xs.reshape(-1).to(dtype) + 0.5, ys.reshape(-1).to(dtype) + 0.5  # [HW]
     tile_x, tile_y = xs.reshape(-1) // tile_size, ys.reshape(-1) // tile_size
     tiles_w, tiles_h = math.ceil(width / tile_size), math.ceil(height / tile_size)
@@ -120,9 +117,12 @@ def render_reference(
             b = 0.5 * (cov2[:, 0, 0] + cov2[:, 1, 1])
             radius = torch.ceil(3 * torch.sqrt(b + torch.sqrt((b * b - det).clamp(min=0.01))))
             visible = (
-                ok_depth & (det > 0)
-                & (mean2[:, 0] + radius > 0) & (mean2[:, 0] - radius < width)
-                & (mean2[:, 1] + radius > 0) & (mean2[:, 1] - radius < height)
+                ok_depth
+                & (det > 0)
+                & (mean2[:, 0] + radius > 0)
+                & (mean2[:, 0] - radius < width)
+                & (mean2[:, 1] + radius > 0)
+                & (mean2[:, 1] - radius < height)
             )
             tmin = torch.floor((mean2 - radius[:, None]) / tile_size)
             tmax = torch.ceil((mean2 + radius[:, None]) / tile_size)
@@ -135,8 +135,12 @@ def render_reference(
             if not visible[g]:
                 continue
             in_box = (
-                (tile_x >= tmin[g, 0]) & (tile_x < tmax[g, 0]) & (tile_x < tiles_w)
-                & (tile_y >= tmin[g, 1]) & (tile_y < tmax[g, 1]) & (tile_y < tiles_h)
+                (tile_x >= tmin[g, 0])
+                & (tile_x < tmax[g, 0])
+                & (tile_x < tiles_w)
+                & (tile_y >= tmin[g, 1])
+                & (tile_y < tmax[g, 1])
+                & (tile_y < tiles_h)
             )
             d = torch.stack([px - mean2[g, 0], py - mean2[g, 1]], -1)  # [HW, 2]
             power = 0.5 * torch.einsum("pi,ij,pj->p", d, conic[g], d)

@@ -7,8 +7,6 @@ The call shape and output semantics are those of gsplat 1.4.0's `gsplat.renderin
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
-
 import torch
 from torch import Tensor
 
@@ -39,16 +37,16 @@ def rasterization(
     far_plane: float = 1e10,
     radius_clip: float = 0.0,
     eps2d: float = 0.3,
-    sh_degree: Optional[int] = None,
+    sh_degree: int | None = None,
     packed: bool = False,
-    tile_size: Optional[int] = None,
-    backgrounds: Optional[Tensor] = None,
+    tile_size: int | None = None,
+    backgrounds: Tensor | None = None,
     render_mode: str = "RGB",
     absgrad: bool = False,
     rasterize_mode: str = "classic",
     backend: str = "auto",
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
-) -> Tuple[Tensor, Tensor, Dict]:
+) -> tuple[Tensor, Tensor, dict]:
     """Rasterize N 3D Gaussians into C pinhole cameras (OpenCV axes).
 
     Args:
@@ -106,20 +104,67 @@ def rasterization(
         from gsplat.rendering import rasterization as gsplat_rasterization
 
         return gsplat_rasterization(
-            means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-            near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d,
-            sh_degree=sh_degree, packed=packed, tile_size=tile_size or 16, backgrounds=backgrounds,
-            render_mode=render_mode, absgrad=absgrad, rasterize_mode=rasterize_mode,
+            means,
+            quats,
+            scales,
+            opacities,
+            colors,
+            viewmats,
+            Ks,
+            width,
+            height,
+            near_plane=near_plane,
+            far_plane=far_plane,
+            radius_clip=radius_clip,
+            eps2d=eps2d,
+            sh_degree=sh_degree,
+            packed=packed,
+            tile_size=tile_size or 16,
+            backgrounds=backgrounds,
+            render_mode=render_mode,
+            absgrad=absgrad,
+            rasterize_mode=rasterize_mode,
         )
     return _rasterization_torch(
-        means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height),
-        near_plane, far_plane, radius_clip, eps2d, sh_degree, packed, tile_size or 8,
-        backgrounds, render_mode, absgrad, rasterize_mode, chunk_elems,
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        int(width),
+        int(height),
+        near_plane,
+        far_plane,
+        radius_clip,
+        eps2d,
+        sh_degree,
+        packed,
+        tile_size or 8,
+        backgrounds,
+        render_mode,
+        absgrad,
+        rasterize_mode,
+        chunk_elems,
     )
 
 
-def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-                  sh_degree, backgrounds, render_mode, rasterize_mode) -> None:
+def _check_inputs(
+    means,
+    quats,
+    scales,
+    opacities,
+    colors,
+    viewmats,
+    Ks,
+    width,
+    height,
+    sh_degree,
+    backgrounds,
+    render_mode,
+    rasterize_mode,
+) -> None:
     N, C = means.shape[0], viewmats.shape[0]
 
     def need(ok: bool, what: str) -> None:
@@ -134,7 +179,10 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
     need(tuple(Ks.shape) == (C, 3, 3), f"Ks must be [{C}, 3, 3], got {list(Ks.shape)}")
     need(width > 0 and height > 0, f"image size must be positive, got {width}x{height}")
     need(render_mode in RENDER_MODES, f"render_mode must be one of {', '.join(RENDER_MODES)}, got {render_mode!r}")
-    need(rasterize_mode in ("classic", "antialiased"), f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
+    need(
+        rasterize_mode in ("classic", "antialiased"),
+        f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}",
+    )
     if sh_degree is None:
         need(
             (colors.ndim == 2 and colors.shape[0] == N) or (colors.ndim == 3 and colors.shape[:2] == (C, N)),
@@ -147,23 +195,68 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
             or (colors.ndim == 4 and colors.shape[:2] == (C, N) and colors.shape[3] == 3),
             f"SH colors must be [{N}, K, 3] or [{C}, {N}, K, 3], got {list(colors.shape)}",
         )
-        need((sh_degree + 1) ** 2 <= colors.shape[-2],
-             f"sh_degree {sh_degree} needs {(sh_degree + 1) ** 2} SH coefficients, colors has {colors.shape[-2]}")
+        need(
+            (sh_degree + 1) ** 2 <= colors.shape[-2],
+            f"sh_degree {sh_degree} needs {(sh_degree + 1) ** 2} SH coefficients, colors has {colors.shape[-2]}",
+        )
     if backgrounds is not None:
-        need(backgrounds.ndim == 2 and backgrounds.shape[0] == C, f"backgrounds must be [{C}, D], got {list(backgrounds.shape)}")
+        need(
+            backgrounds.ndim == 2 and backgrounds.shape[0] == C,
+            f"backgrounds must be [{C}, D], got {list(backgrounds.shape)}",
+        )
 
 
 def _rasterization_torch(
-    means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
-    radius_clip, eps2d, sh_degree, packed, tile_size, backgrounds, render_mode, absgrad,
-    rasterize_mode, chunk_elems,
-) -> Tuple[Tensor, Tensor, Dict]:
-    _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-                  sh_degree, backgrounds, render_mode, rasterize_mode)
+    means,
+    quats,
+    scales,
+    opacities,
+    colors,
+    viewmats,
+    Ks,
+    width,
+    height,
+    near_plane,
+    far_plane,
+    radius_clip,
+    eps2d,
+    sh_degree,
+    packed,
+    tile_size,
+    backgrounds,
+    render_mode,
+    absgrad,
+    rasterize_mode,
+    chunk_elems,
+) -> tuple[Tensor, Tensor, dict]:
+    _check_inputs(
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        sh_degree,
+        backgrounds,
+        render_mode,
+        rasterize_mode,
+    )
     N, C = means.shape[0], viewmats.shape[0]
     radii, means2d, depths, conics, comp = project_gaussians(
-        means, quats, scales, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
-        far_plane=far_plane, radius_clip=radius_clip,
+        means,
+        quats,
+        scales,
+        viewmats,
+        Ks,
+        width,
+        height,
+        eps2d=eps2d,
+        near_plane=near_plane,
+        far_plane=far_plane,
+        radius_clip=radius_clip,
         calc_compensations=rasterize_mode == "antialiased",
     )
     opacities = opacities.repeat(C, 1)  # [C, N]
@@ -186,9 +279,7 @@ def _rasterization_torch(
         if backgrounds is not None:
             backgrounds = backgrounds.new_zeros(C, 1)
     if backgrounds is not None and backgrounds.shape[-1] != feats.shape[-1]:
-        raise ReconError(
-            f"rasterization: backgrounds have {backgrounds.shape[-1]} channels, colors {feats.shape[-1]}"
-        )
+        raise ReconError(f"rasterization: backgrounds have {backgrounds.shape[-1]} channels, colors {feats.shape[-1]}")
 
     if packed:
         camera_ids, gaussian_ids = torch.nonzero(radii > 0, as_tuple=True)
@@ -204,13 +295,28 @@ def _rasterization_torch(
         splat_cams = torch.arange(C, device=means.device).repeat_interleave(N)
 
     bins = bin_tiles(
-        means2d.detach().reshape(-1, 2), radii.reshape(-1), depths.detach().reshape(-1),
-        splat_cams, C, width, height, tile_size,
-        conics=conics.detach().reshape(-1, 3), opacities=opacities.detach().reshape(-1),
+        means2d.detach().reshape(-1, 2),
+        radii.reshape(-1),
+        depths.detach().reshape(-1),
+        splat_cams,
+        C,
+        width,
+        height,
+        tile_size,
+        conics=conics.detach().reshape(-1, 3),
+        opacities=opacities.detach().reshape(-1),
     )
     render_colors, render_alphas = rasterize_to_pixels(
-        means2d, conics, feats, opacities, bins, width, height,
-        backgrounds=backgrounds, absgrad=absgrad, chunk_elems=chunk_elems,
+        means2d,
+        conics,
+        feats,
+        opacities,
+        bins,
+        width,
+        height,
+        backgrounds=backgrounds,
+        absgrad=absgrad,
+        chunk_elems=chunk_elems,
     )
     if render_mode in ("ED", "RGB+ED"):
         render_colors = torch.cat(

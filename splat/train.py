@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -137,7 +138,7 @@ class TrainConfig:
     video_fps: float = 30.0
 
     @classmethod
-    def preset(cls, name: Literal["cpu", "cuda"], /, **overrides: Any) -> "TrainConfig":
+    def preset(cls, name: Literal["cpu", "cuda"], /, **overrides: Any) -> TrainConfig:
         """Device-aware defaults: "cuda" = full quality; "cpu" = small images, minutes of training.
 
         `overrides` replace preset fields (e.g. `TrainConfig.preset("cpu", iterations=200)`).
@@ -269,7 +270,9 @@ def _resize_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return depth[ys][:, xs]
 
 
-def load_views(paths: RunPaths, cams: CameraSet, views: list[int], cfg: TrainConfig, device: torch.device, prior: np.ndarray | None) -> _Views:
+def load_views(
+    paths: RunPaths, cams: CameraSet, views: list[int], cfg: TrainConfig, device: torch.device, prior: np.ndarray | None
+) -> _Views:
     W, H = _target_size(cams.width, cams.height, cfg)
     K = cams.K.copy()
     K[:, 0, :] *= W / cams.width
@@ -290,7 +293,9 @@ def load_views(paths: RunPaths, cams: CameraSet, views: list[int], cfg: TrainCon
     return out
 
 
-def resolve_background(background: tuple[float, float, float] | None, paths: RunPaths, views: "_Views", train: list[int]) -> tuple[torch.Tensor, str]:
+def resolve_background(
+    background: tuple[float, float, float] | None, paths: RunPaths, views: _Views, train: list[int]
+) -> tuple[torch.Tensor, str]:
     """The training / rendering background (see TrainConfig.background): ([3] RGB in [0,1] on the views'
     device, where it came from: "config" | "composite" | "train-mean")."""
     device = views.viewmats.device
@@ -327,7 +332,15 @@ def _rasterization():
     return rasterization
 
 
-def render(params: torch.nn.ParameterDict | dict[str, torch.Tensor], viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int, sh_degree: int, background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+def render(
+    params: torch.nn.ParameterDict | dict[str, torch.Tensor],
+    viewmat: torch.Tensor,
+    K: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int,
+    background: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Render one view.
 
     Args:
@@ -357,7 +370,9 @@ def render(params: torch.nn.ParameterDict | dict[str, torch.Tensor], viewmat: to
 # optimisation
 
 
-def _make_optimizers(params: torch.nn.ParameterDict, cfg: TrainConfig, extent: float) -> dict[str, torch.optim.Optimizer]:
+def _make_optimizers(
+    params: torch.nn.ParameterDict, cfg: TrainConfig, extent: float
+) -> dict[str, torch.optim.Optimizer]:
     lrs = {
         "means": cfg.lr_means * extent,
         "scales": cfg.lr_scales,
@@ -400,16 +415,31 @@ def _config_json(cfg: TrainConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
-def _save_checkpoint(path: Path, step: int, params, optimizers, strategy_state, rng: np.random.Generator, log: list, elapsed: float, cfg: TrainConfig, extent: float) -> None:
+def _save_checkpoint(
+    path: Path,
+    step: int,
+    params,
+    optimizers,
+    strategy_state,
+    rng: np.random.Generator,
+    log: list,
+    elapsed: float,
+    cfg: TrainConfig,
+    extent: float,
+) -> None:
     state = {
         "step": step,
         "params": {k: v.detach().cpu() for k, v in params.items()},
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-        "strategy_state": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in strategy_state.items()},
+        "strategy_state": {
+            k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in strategy_state.items()
+        },
         "rng_numpy": rng.bit_generator.state,
         "rng_torch": torch.get_rng_state(),
         # MCMC's relocation and noise draw on the device's generator: keep it so a CUDA resume repeats them too
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        "rng_cuda": torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else None,
         "log": log,
         "elapsed_s": elapsed,
         "extent": float(extent),
@@ -478,7 +508,9 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
     eval_masks = _load_eval_masks(cfg, cams, test, (views.width, views.height))
     background, background_source = resolve_background(cfg.background, paths, views, train)
     train_background = training_background(cfg.train_background, background_source)
-    debug(f"background {[round(float(c), 3) for c in background]} ({background_source}), training on {train_background}")
+    debug(
+        f"background {[round(float(c), 3) for c in background]} ({background_source}), training on {train_background}"
+    )
     info(
         f"train: {len(train)} train / {len(test)} test views at {views.width}x{views.height} on {device}, "
         f"init={cfg.init}, depth_loss={cfg.depth_loss if use_depth else 'none'}"
@@ -498,7 +530,9 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
         optimizers = _make_optimizers(params, cfg, extent)
         for k, o in optimizers.items():
             o.load_state_dict(ck["optimizers"][k])
-        strategy_state = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in ck["strategy_state"].items()}
+        strategy_state = {
+            k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in ck["strategy_state"].items()
+        }
         rng.bit_generator.state = ck["rng_numpy"]
         torch.set_rng_state(ck["rng_torch"])
         if ck.get("rng_cuda") is not None and device.type == "cuda":
@@ -506,13 +540,20 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
         start_step, log, elapsed = int(ck["step"]), list(ck["log"]), float(ck["elapsed_s"])
         info(f"resuming from step {start_step} of {cfg.iterations}")
     else:
-        icfg = InitConfig(init=cfg.init, num_random=cfg.num_random, max_points=cfg.max_init_points,
-                          sfm_min_train_views=cfg.sfm_min_train_views, random_fill=cfg.init_random_fill)
+        icfg = InitConfig(
+            init=cfg.init,
+            num_random=cfg.num_random,
+            max_points=cfg.max_init_points,
+            sfm_min_train_views=cfg.sfm_min_train_views,
+            random_fill=cfg.init_random_fill,
+        )
         xyz, rgb = initial_points(paths, icfg, cams, train, rng)
         extent = scene_extent(cams.c2w[train], xyz)
         params = to_parameters(gaussians_from_points(xyz, rgb, cfg.sh_degree, cfg.init_opacity, cfg.init_scale), device)
         optimizers = _make_optimizers(params, cfg, extent)
-        strategy_state = strategy.initialize_state(scene_scale=extent) if cfg.strategy == "default" else strategy.initialize_state()
+        strategy_state = (
+            strategy.initialize_state(scene_scale=extent) if cfg.strategy == "default" else strategy.initialize_state()
+        )
         info(f"initial Gaussians: {len(xyz)} from {cfg.init}, scene extent {extent:.3g}")
 
     if optimizers is not None:
@@ -531,22 +572,44 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
         info(f"initial test PSNR {init_eval['psnr']:.2f} dB")
 
     if not cfg.eval_only:
-        elapsed = _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views, train, rng, log, start_step, elapsed, extent, background, train_background == "random", use_depth, callback)
+        elapsed = _optimise(
+            paths,
+            cfg,
+            params,
+            optimizers,
+            strategy,
+            strategy_state,
+            views,
+            train,
+            rng,
+            log,
+            start_step,
+            elapsed,
+            extent,
+            background,
+            train_background == "random",
+            use_depth,
+            callback,
+        )
         write_gaussian_ply(paths.gaussians_ply, to_numpy(params))
 
     # evaluation
     lp = ev.maybe_lpips(device)
     with torch.no_grad():
-        metrics = ev.evaluate_views(
-            render_view,
-            {i: views.images[i] for i in test},
-            names=views.names,
-            out_dir=paths.test_renders_dir if cfg.test_renders else None,
-            gt_depth=gt_depth,
-            lpips=lp,
-            depth_align=cfg.gt_depth_align,
-            masks=eval_masks,
-        ) if test else {"num_views": 0}
+        metrics = (
+            ev.evaluate_views(
+                render_view,
+                {i: views.images[i] for i in test},
+                names=views.names,
+                out_dir=paths.test_renders_dir if cfg.test_renders else None,
+                gt_depth=gt_depth,
+                lpips=lp,
+                depth_align=cfg.gt_depth_align,
+                masks=eval_masks,
+            )
+            if test
+            else {"num_views": 0}
+        )
     if not test:
         warn("split has no test views: no held-out metrics")
     if cfg.video_frames > 0:
@@ -580,7 +643,25 @@ def _run_train(paths: RunPaths, cfg: TrainConfig, device: torch.device, callback
     return summary
 
 
-def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _Views, train, rng, log, start_step, elapsed, extent, background, random_bg: bool, use_depth, callback) -> float:
+def _optimise(
+    paths,
+    cfg,
+    params,
+    optimizers,
+    strategy,
+    strategy_state,
+    views: _Views,
+    train,
+    rng,
+    log,
+    start_step,
+    elapsed,
+    extent,
+    background,
+    random_bg: bool,
+    use_depth,
+    callback,
+) -> float:
     """The training loop from `start_step` to cfg.iterations; returns the accumulated training seconds."""
     depth_fn = DEPTH_LOSSES.get(cfg.depth_loss)
     order: list[int] = []
@@ -596,7 +677,9 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
             i = order.pop()
             sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
             bg = torch.rand(3, device=background.device) if random_bg else background
-            rgb, depth, alpha, meta = render(params, views.viewmats[i], views.K[i], views.width, views.height, sh_degree, bg)
+            rgb, depth, alpha, meta = render(
+                params, views.viewmats[i], views.K[i], views.width, views.height, sh_degree, bg
+            )
             gt = views.images[i]
             loss, terms = photometric_loss(rgb, gt, cfg.ssim_lambda)
             row: dict[str, Any] = {"step": step + 1, **terms}
@@ -608,7 +691,9 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
                 row["depth"], row["depth_weight"] = float(dl.detach()), w
             if cfg.strategy == "mcmc":
                 # MCMC's opacity and scale regularisers (its paper's defaults).
-                loss = loss + 0.01 * torch.sigmoid(params["opacities"]).mean() + 0.01 * torch.exp(params["scales"]).mean()
+                loss = (
+                    loss + 0.01 * torch.sigmoid(params["opacities"]).mean() + 0.01 * torch.exp(params["scales"]).mean()
+                )
             else:
                 strategy.step_pre_backward(params, optimizers, strategy_state, step, meta)
             loss.backward()
@@ -627,7 +712,9 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
                     capped = True
                     warn(f"reached max_gaussians={cfg.max_gaussians} at step {step + 1}: densification stopped")
             if len(params["means"]) == 0:
-                raise ReconError(f"training collapsed: every Gaussian was pruned by step {step + 1} (try another --init or fewer iterations)")
+                raise ReconError(
+                    f"training collapsed: every Gaussian was pruned by step {step + 1} (try another --init or fewer iterations)"
+                )
             if not np.isfinite(float(loss.detach())):
                 raise ReconError(f"training diverged: the loss became {float(loss.detach())} at step {step + 1}")
             row["loss"] = float(loss.detach())
@@ -636,17 +723,32 @@ def _optimise(paths, cfg, params, optimizers, strategy, strategy_state, views: _
             if (step + 1) % max(cfg.log_every, 1) == 0 or step + 1 == cfg.iterations:
                 row["elapsed_s"] = time.perf_counter() - t0
                 log.append(row)
-            bar.update(task, advance=1, status=f"loss {row['loss']:.4f}  PSNR {row['psnr']:.2f}  N {row['num_gaussians']}")
+            bar.update(
+                task, advance=1, status=f"loss {row['loss']:.4f}  PSNR {row['psnr']:.2f}  N {row['num_gaussians']}"
+            )
             if cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.iterations:
                 # Unconsumed views of the current epoch go back by re-seeding the order at checkpoint
                 # boundaries: an epoch always restarts after a checkpoint, resumed or not.
                 order = []
-                _save_checkpoint(paths.checkpoint, step + 1, params, optimizers, strategy_state, rng, log, time.perf_counter() - t0, cfg, extent)
+                _save_checkpoint(
+                    paths.checkpoint,
+                    step + 1,
+                    params,
+                    optimizers,
+                    strategy_state,
+                    rng,
+                    log,
+                    time.perf_counter() - t0,
+                    cfg,
+                    extent,
+                )
                 _write_log(paths.splat_dir / "train_log.jsonl", log)
             if callback is not None:
                 callback(step + 1, row)
     elapsed = time.perf_counter() - t0
-    _save_checkpoint(paths.checkpoint, cfg.iterations, params, optimizers, strategy_state, rng, log, elapsed, cfg, extent)
+    _save_checkpoint(
+        paths.checkpoint, cfg.iterations, params, optimizers, strategy_state, rng, log, elapsed, cfg, extent
+    )
     _write_log(paths.splat_dir / "train_log.jsonl", log)
     return elapsed
 
@@ -664,14 +766,18 @@ def _load_trained(paths: RunPaths, device: torch.device) -> torch.nn.ParameterDi
     raise ReconError(f"--eval-only: neither {paths.checkpoint} nor {paths.gaussians_ply} exists (train first)")
 
 
-def _load_gt_depth(cfg: TrainConfig, cams: CameraSet, test: list[int], size: tuple[int, int]) -> dict[int, np.ndarray] | None:
+def _load_gt_depth(
+    cfg: TrainConfig, cams: CameraSet, test: list[int], size: tuple[int, int]
+) -> dict[int, np.ndarray] | None:
     if cfg.gt_depth is None:
         return None
     depth = _load_frame_stack(Path(cfg.gt_depth), "depth", "ground-truth depth", cams)
     return {i: _resize_depth(np.nan_to_num(depth[i].astype(np.float32), nan=0.0), size) for i in test}
 
 
-def _load_eval_masks(cfg: TrainConfig, cams: CameraSet, test: list[int], size: tuple[int, int]) -> dict[int, np.ndarray] | None:
+def _load_eval_masks(
+    cfg: TrainConfig, cams: CameraSet, test: list[int], size: tuple[int, int]
+) -> dict[int, np.ndarray] | None:
     if cfg.eval_mask is None:
         return None
     mask = _load_frame_stack(Path(cfg.eval_mask), "mask", "evaluation mask", cams)
@@ -715,7 +821,7 @@ def _merge_metrics(path: Path, summary: dict, per_view: list, cfg: TrainConfig) 
             data = json.loads(path.read_text())
         except ValueError:
             data = {}
-    data.update({k: v for k, v in summary.items()})
+    data.update(dict(summary.items()))
     data["splat_per_view"] = per_view
     data["splat_config"] = _config_json(cfg)
     write_json(path, data)

@@ -157,7 +157,9 @@ def lego_sparse_run(tmp_path_factory):
         if (n_train, size) not in built:
             sp = json.loads((LEGO / "sparse_view_splits.json").read_text())
             root = tmp_path_factory.mktemp(f"lego{n_train}_{size}px")
-            built[n_train, size] = build_nerf_synthetic_run(LEGO, root, sp[f"train_{n_train}"], sp["test"][::3], size=size)
+            built[n_train, size] = build_nerf_synthetic_run(
+                LEGO, root, sp[f"train_{n_train}"], sp["test"][::3], size=size
+            )
         return built[n_train, size]
 
     return make

@@ -126,7 +126,9 @@ def _gt_split(paths, gt) -> list[int]:
     split = load_split(paths.split_json)
     test = set(split["test"])
     frames = [i for i in split["train"] if i not in test and gt.depth_file(cams.source_index[i]) is not None]
-    write_json(paths.split_json, {"protocol": "gt-depth frames", "train": frames, "test": sorted(test), "prior": frames})
+    write_json(
+        paths.split_json, {"protocol": "gt-depth frames", "train": frames, "test": sorted(test), "prior": frames}
+    )
     return frames
 
 
@@ -182,7 +184,7 @@ def test_alignment_recovers_affine_distorted_gt_depth(redkitchen_run_copy, redki
     frames = _gt_split(paths, redkitchen_gt)
     depth = _gt_on_frames(paths, redkitchen_gt, frames)
     a, b = 0.37, 0.21
-    _write_disparity_files(tmp_path / "disp", paths, depth, {i: (a, b) for i in frames})
+    _write_disparity_files(tmp_path / "disp", paths, depth, dict.fromkeys(frames, (a, b)))
     _run_file_depth(paths, tmp_path / "disp")
     summary = run_align(paths, AlignConfig())
     report = json.loads(paths.alignment_json.read_text())
@@ -226,7 +228,7 @@ def test_per_window_and_per_frame_modes_recover_their_own_maps(redkitchen_run_co
         maps = {}
         for w in windows:
             ab = (rng.uniform(0.2, 1.0), rng.uniform(0.0, 0.5))
-            maps.update({i: ab for i in w})
+            maps.update(dict.fromkeys(w, ab))
     else:
         maps = {i: (rng.uniform(0.2, 1.0), rng.uniform(0.0, 0.5)) for i in frames}
     _write_disparity_files(tmp_path / "disp", paths, depth, maps)
@@ -253,8 +255,14 @@ def test_per_window_and_per_frame_modes_recover_their_own_maps(redkitchen_run_co
 
 
 def _write_disp(paths, disp, kind="relative_disparity"):
-    save_npz(paths.disparity_npz, disparity=disp, computed=np.any(disp > 0, axis=(1, 2)),
-             confidence=np.ones_like(disp), kind=np.array(kind), backend=np.array("file"))
+    save_npz(
+        paths.disparity_npz,
+        disparity=disp,
+        computed=np.any(disp > 0, axis=(1, 2)),
+        confidence=np.ones_like(disp),
+        kind=np.array(kind),
+        backend=np.array("file"),
+    )
 
 
 def test_bad_input_gives_clear_errors(redkitchen_run_copy, redkitchen_gt):

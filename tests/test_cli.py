@@ -66,8 +66,9 @@ def test_bad_config_file_is_clear(tmp_path):
 def test_killed_during_poses_resumes_without_redoing_frames(tmp_path):
     run = tmp_path / "run"
     args = ["poses", str(VIDEO), "--out", str(run), "--max-frames", "40", "--max-size", "240"]
-    proc = subprocess.Popen([*RECON, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [*RECON, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     manifest = run / "manifest.json"
     t0 = time.time()
     while time.time() - t0 < 300:

@@ -35,7 +35,9 @@ def _small_prior(paths, n: int, start: int = 10) -> list[int]:
 
 def test_auto_backend_choice(monkeypatch):
     calls = []
-    monkeypatch.setattr(stage, "dvd_weights_available", lambda cfg: (calls.append("local") or local[0], "no checkpoint"))
+    monkeypatch.setattr(
+        stage, "dvd_weights_available", lambda cfg: (calls.append("local") or local[0], "no checkpoint")
+    )
     monkeypatch.setattr(stage, "_dvd_downloadable", lambda cfg: (calls.append("hub") or hub[0], "hub down"))
     local, hub = [True], [True]
 

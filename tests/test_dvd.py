@@ -113,7 +113,9 @@ def test_lora_merge_matches_formula():
 def test_ignoring_lora_breaks_parity():
     from depth.dvd import DVDRegressor
 
-    base = DVDRegressor.from_checkpoints(dit=DIT, vae=VAE, config=CONFIG, device="cpu", dtype=torch.float32, lora_alpha=0.0)
+    base = DVDRegressor.from_checkpoints(
+        dit=DIT, vae=VAE, config=CONFIG, device="cpu", dtype=torch.float32, lora_alpha=0.0
+    )
     err = np.abs(base.predict_window(np.load(FIX / "window_in.npy")) - np.load(FIX / "window_out.npy")).max()
     assert err > 0.1  # README sensitivity table: LoRA ignored moves window_out by 0.43
 
@@ -123,7 +125,9 @@ def test_vae_from_diffusers_folder(reg, tmp_path):
     from depth.dvd import DVDRegressor
 
     reg.vae.save_pretrained(tmp_path / "vae")
-    other = DVDRegressor.from_checkpoints(dit=DIT, vae=tmp_path / "vae", config=CONFIG, device="cpu", dtype=torch.float32)
+    other = DVDRegressor.from_checkpoints(
+        dit=DIT, vae=tmp_path / "vae", config=CONFIG, device="cpu", dtype=torch.float32
+    )
     out = other.predict_window(np.load(FIX / "window_in.npy"))
     assert np.abs(out - np.load(FIX / "window_out.npy")).max() <= 1e-4
 
@@ -151,7 +155,10 @@ def _write_variant(tmp_path: Path, kind: str) -> Path:
     if kind == "base_prefixed":  # a Wan DiT in DVD layout but without the adapters
         save_file({k.replace(".base_layer", ""): v for k, v in raw.items() if "lora_" not in k}, str(path))
     elif kind == "base_wan":  # the base Wan2.1 DiT as released (no prefix, no LoRA)
-        save_file({k.replace(".base_layer", "").removeprefix("pipe.dit."): v for k, v in raw.items() if "lora_" not in k}, str(path))
+        save_file(
+            {k.replace(".base_layer", "").removeprefix("pipe.dit."): v for k, v in raw.items() if "lora_" not in k},
+            str(path),
+        )
     elif kind == "unrelated":
         save_file({"model.embed.weight": torch.zeros(4, 4), "model.head.bias": torch.zeros(4)}, str(path))
     elif kind == "truncated":
@@ -212,10 +219,16 @@ def _original_vae_keys(cfg) -> list[str]:
         return keys + ([f"{prefix}.time_conv.weight", f"{prefix}.time_conv.bias"] if temporal else [])
 
     def middle(part, d):
-        attn = [f"{part}.middle.1.norm.gamma"] + [f"{part}.middle.1.{n}.{p}" for n in ("to_qkv", "proj") for p in ("weight", "bias")]
+        attn = [f"{part}.middle.1.norm.gamma"] + [
+            f"{part}.middle.1.{n}.{p}" for n in ("to_qkv", "proj") for p in ("weight", "bias")
+        ]
         return res(f"{part}.middle.0", d, d) + attn + res(f"{part}.middle.2", d, d)
 
-    keys = [f"{n}.{p}" for n in ("conv1", "conv2", "encoder.conv1", "encoder.head.2", "decoder.conv1", "decoder.head.2") for p in ("weight", "bias")]
+    keys = [
+        f"{n}.{p}"
+        for n in ("conv1", "conv2", "encoder.conv1", "encoder.head.2", "decoder.conv1", "decoder.head.2")
+        for p in ("weight", "bias")
+    ]
     keys += ["encoder.head.0.gamma", "decoder.head.0.gamma"]
     dims = [dim * m for m in [1] + list(mult)]
     idx = 0
@@ -294,15 +307,22 @@ def no_hub(monkeypatch):
 
 
 def test_weights_offline_gives_one_clear_message(tmp_path, no_hub):
-    from depth.dvd.weights import dvd_weights_available, resolve_weights
     from depth.dvd.backend import DVDConfig
+    from depth.dvd.weights import dvd_weights_available, resolve_weights
 
     cache = tmp_path / "cache"
     with pytest.raises(ReconError) as e:
         resolve_weights(cache_dir=cache)
     msg = str(e.value)
     assert "\n" not in msg
-    for needle in ("model.safetensors", "Wan2.1_VAE.pth", "CC-BY-NC-4.0", str(cache), "FayeHongfeiZhang/DVD", "download failed"):
+    for needle in (
+        "model.safetensors",
+        "Wan2.1_VAE.pth",
+        "CC-BY-NC-4.0",
+        str(cache),
+        "FayeHongfeiZhang/DVD",
+        "download failed",
+    ):
         assert needle in msg, needle
     assert re.search(r"~[\d.]+(-\d+)? GB", msg)
     assert no_hub == [("FayeHongfeiZhang/DVD", "model.safetensors")]
@@ -332,7 +352,9 @@ def test_weights_found_in_cache_and_explicit(tmp_path, no_hub, monkeypatch):
     assert (paths.dit, paths.vae) == (cache / "model.safetensors", cache / "Wan2.1_VAE.pth")
     assert dvd_weights_available(DVDConfig()) == (True, f"DVD weights found: {paths.dit}, {paths.vae}")
     assert resolve_weights(dvd_weights=DIT, vae_weights=VAE, cache_dir=tmp_path / "empty").dit == DIT
-    folder = resolve_weights(dvd_weights=cache, vae_weights=cache, cache_dir=tmp_path / "empty")  # official ckpt/ layout
+    folder = resolve_weights(
+        dvd_weights=cache, vae_weights=cache, cache_dir=tmp_path / "empty"
+    )  # official ckpt/ layout
     assert (folder.dit, folder.vae) == (cache / "model.safetensors", cache / "Wan2.1_VAE.pth")
     with pytest.raises(ReconError, match="--dvd-weights .* does not exist"):
         resolve_weights(dvd_weights=tmp_path / "nope.safetensors")
@@ -353,8 +375,18 @@ def test_run_dvd_on_png_frames(tmp_path, no_hub):
         paths.append(tmp_path / f"{i:06d}.png")
         Image.fromarray(f).save(paths[-1])
     cfg = DVDConfig(
-        dvd_weights=DIT, vae_weights=VAE, dvd_config=CONFIG, cache_dir=tmp_path / "cache", allow_download=False,
-        window=9, overlap=4, height=64, width=96, stitch="chain", device="cpu", dtype="fp32",
+        dvd_weights=DIT,
+        vae_weights=VAE,
+        dvd_config=CONFIG,
+        cache_dir=tmp_path / "cache",
+        allow_download=False,
+        window=9,
+        overlap=4,
+        height=64,
+        width=96,
+        stitch="chain",
+        device="cpu",
+        dtype="fp32",
     )
     disparity, report = run_dvd(paths, cfg)
     assert disparity.shape == frames.shape[:3] and disparity.dtype == np.float32

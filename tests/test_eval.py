@@ -33,8 +33,21 @@ def test_eval_scores_poses_and_depth_against_gt(redkitchen_run_copy, redkitchen_
     depth[bad] *= 1.2
     save_npz(paths.aligned_npz, depth=depth, mask=depth > 0)
 
-    r = subprocess.run([sys.executable, "-m", "recon.cli", "eval", str(paths.root), "--gt-depth", PATTERN,
-                        "--gt-poses", str(KITCHEN / "poses_c2w_all_frames.txt")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recon.cli",
+            "eval",
+            str(paths.root),
+            "--gt-depth",
+            PATTERN,
+            "--gt-poses",
+            str(KITCHEN / "poses_c2w_all_frames.txt"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads((paths.root / "eval.json").read_text())
     assert res["poses"]["ate_rmse"] == np.float64(rmse).item() and res["poses"]["ate_rmse"] < 0.05
@@ -47,5 +60,7 @@ def test_eval_scores_poses_and_depth_against_gt(redkitchen_run_copy, redkitchen_
 
 
 def test_eval_without_gt_is_a_clear_error(redkitchen_run_copy):
-    r = subprocess.run([sys.executable, "-m", "recon.cli", "eval", str(redkitchen_run_copy.root)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "recon.cli", "eval", str(redkitchen_run_copy.root)], capture_output=True, text=True
+    )
     assert r.returncode == 2 and r.stderr.strip() == "error: nothing to evaluate: give --gt-depth and/or --gt-poses"

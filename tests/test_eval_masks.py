@@ -65,14 +65,23 @@ def test_covisibility_on_7scenes_ground_truth(redkitchen_gt):
 
     def frac(train_ids, occlusion=True):
         views = [_gt_view(redkitchen_gt, k) for k in train_ids]
-        m = covisibility_mask(d0, K0, c0, np.stack([v[1] for v in views]), np.stack([v[2] for v in views]),
-                              [v[0] for v in views] if occlusion else None, rel_tol=0.05)
+        m = covisibility_mask(
+            d0,
+            K0,
+            c0,
+            np.stack([v[1] for v in views]),
+            np.stack([v[2] for v in views]),
+            [v[0] for v in views] if occlusion else None,
+            rel_tol=0.05,
+        )
         assert not (m & ~valid).any()
         return m[valid].mean()
 
     itself, near, far = frac([0]), frac([9]), frac([447])
-    print(f"\nco-visible share of frame 0's valid pixels: itself {itself:.3f}, frame 9 {near:.3f}, frame 447 {far:.3f}, "
-          f"447 without occlusion test {frac([447], occlusion=False):.3f}, 9+447 {frac([9, 447]):.3f}")
+    print(
+        f"\nco-visible share of frame 0's valid pixels: itself {itself:.3f}, frame 9 {near:.3f}, frame 447 {far:.3f}, "
+        f"447 without occlusion test {frac([447], occlusion=False):.3f}, 9+447 {frac([9, 447]):.3f}"
+    )
     assert itself > 0.99
     assert 0.7 < near < itself
     assert far < 0.5 * near

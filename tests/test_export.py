@@ -19,8 +19,14 @@ def _parse(run, load_points: bool = False):
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
     # no re-orientation / centring / scaling, so nerfstudio's poses are directly comparable with ours
-    cfg = NerfstudioDataParserConfig(data=run.root, orientation_method="none", center_method="none",
-                                     auto_scale_poses=False, eval_mode="all", load_3D_points=load_points)
+    cfg = NerfstudioDataParserConfig(
+        data=run.root,
+        orientation_method="none",
+        center_method="none",
+        auto_scale_poses=False,
+        eval_mode="all",
+        load_3D_points=load_points,
+    )
     return cfg.setup().get_dataparser_outputs("train")
 
 

@@ -122,11 +122,16 @@ def _gt_depth_run(paths, gt, tmp_path, first: int = 0, count: int | None = None)
     test = set(split["test"])
     frames = [i for i in split["train"] if i not in test and gt.depth_file(cams.source_index[i]) is not None]
     frames = frames[first : None if count is None else first + count]
-    write_json(paths.split_json, {"protocol": "gt-depth frames", "train": frames, "test": sorted(test), "prior": frames})
+    write_json(
+        paths.split_json, {"protocol": "gt-depth frames", "train": frames, "test": sorted(test), "prior": frames}
+    )
     folder = tmp_path / "gt_depth"
     folder.mkdir()
     for i in frames:
-        np.save(folder / (cams.files[i].split("/")[-1].split(".")[0] + ".npy"), gt.read_depth(cams.source_index[i])[1::2, 1::2])
+        np.save(
+            folder / (cams.files[i].split("/")[-1].split(".")[0] + ".npy"),
+            gt.read_depth(cams.source_index[i])[1::2, 1::2],
+        )
     return frames, folder
 
 
@@ -209,7 +214,10 @@ def test_multi_view_check_drops_inconsistent_depth(redkitchen_run_copy, redkitch
     bad = run_fuse(paths, cfg)["consistent"]
     print(f"\nconsistent points: {good} with GT depth, {bad} with every other frame scaled by 1.2")
     assert bad < 0.75 * good
-    assert run_fuse(paths, FuseConfig(min_views=1, sor_neighbors=0, estimate_normals=False, voxel_size=1e-6))["consistent"] > good
+    assert (
+        run_fuse(paths, FuseConfig(min_views=1, sor_neighbors=0, estimate_normals=False, voxel_size=1e-6))["consistent"]
+        > good
+    )
 
 
 def test_fuse_errors(redkitchen_run_copy):

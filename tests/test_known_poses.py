@@ -126,8 +126,15 @@ def test_colmap_model_import_by_order(redkitchen_sfm_run, tmp_path):
 def test_gt_poses_as_transforms_json_by_order(redkitchen_gt, tmp_path):
     """A transforms.json holding the 7-Scenes GT pose of every video frame, matched to a video run by order."""
     gl = opencv_to_opengl(redkitchen_gt.c2w(range(450)))
-    tj = {"fl_x": 530.0, "fl_y": 530.0, "cx": 320.0, "cy": 240.0, "w": 640, "h": 480,
-          "frames": [{"file_path": f"rgb/{i:06d}.png", "transform_matrix": m.tolist()} for i, m in enumerate(gl)]}
+    tj = {
+        "fl_x": 530.0,
+        "fl_y": 530.0,
+        "cx": 320.0,
+        "cy": 240.0,
+        "w": 640,
+        "h": 480,
+        "frames": [{"file_path": f"rgb/{i:06d}.png", "transform_matrix": m.tolist()} for i, m in enumerate(gl)],
+    }
     (tmp_path / "gt.json").write_text(json.dumps(tj))
     run = RunPaths(tmp_path / "run")
     extract_frames(DATA / "7scenes_redkitchen_rgbd" / "video_30fps.mp4", run, FramesConfig(max_frames=12, max_size=320))
@@ -145,7 +152,9 @@ def test_camera_from_transforms_variants():
     assert c.model_name == "OPENCV" and np.allclose(c.params, [500, 500, 320, 240, 0.1, 0, 0, 0])
     c = camera_from_transforms({"fl_x": 500, "fl_y": 501, "w": 640, "h": 480, "k1": 0.1, "k3": 0.01}, (1, 1), "t")
     assert c.model_name == "FULL_OPENCV" and c.params[1] == 501 and c.params[8] == pytest.approx(0.01)
-    c = camera_from_transforms({"fl_x": 500, "w": 640, "h": 480, "k1": 0.1, "camera_model": "OPENCV_FISHEYE"}, (1, 1), "t")
+    c = camera_from_transforms(
+        {"fl_x": 500, "w": 640, "h": 480, "k1": 0.1, "camera_model": "OPENCV_FISHEYE"}, (1, 1), "t"
+    )
     assert c.model_name == "OPENCV_FISHEYE"
     with pytest.raises(ReconError, match="focal"):
         camera_from_transforms({"w": 10, "h": 10}, (10, 10), "t")
@@ -192,8 +201,12 @@ def test_known_poses_errors(tmp_path):
     (tmp_path / "one.json").write_text(json.dumps(one))
     with pytest.raises(ReconError, match="only 1 of the 3 frames"):
         run_poses(run, PosesConfig(poses=tmp_path / "one.json"))
-    wide = {"fl_x": 100, "w": 800, "h": 400,
-            "frames": [{"file_path": f"r_{i}", "transform_matrix": np.eye(4).tolist()} for i in range(100)]}
+    wide = {
+        "fl_x": 100,
+        "w": 800,
+        "h": 400,
+        "frames": [{"file_path": f"r_{i}", "transform_matrix": np.eye(4).tolist()} for i in range(100)],
+    }
     (tmp_path / "wide.json").write_text(json.dumps(wide))
     with pytest.raises(ReconError, match="aspect"):
         run_poses(run, PosesConfig(poses=tmp_path / "wide.json"))

@@ -12,15 +12,15 @@ from __future__ import annotations
 import math
 import shutil
 
-import numpy as np
-import pytest
-import torch
-
 import gsplat
 import gsplat.relocation
 import gsplat.strategy.mcmc as gs_mcmc
 import gsplat.strategy.ops as gs_ops
+import numpy as np
+import pytest
+import torch
 from gsplat.strategy import MCMCStrategy
+
 from recon.layout import RunPaths
 from splat.mcmc_cpu import (
     compute_relocation_torch,
@@ -81,8 +81,11 @@ def test_composited_profile_keeps_the_integral_of_the_old_one():
         assert composite[len(x) // 2] == pytest.approx(oj, abs=1e-9)  # centre opacity
         if nj > 1 and oj > 0.2:
             assert np.abs(composite - old).max() > 1e-3 * oj  # same integral, not the same profile
-            vol_ratio = (s_new / sj) ** 3 * sum(
-                math.comb(nj, m) * (-1) ** (m - 1) * aj**m / m**1.5 for m in range(1, nj + 1)) / oj
+            vol_ratio = (
+                (s_new / sj) ** 3
+                * sum(math.comb(nj, m) * (-1) ** (m - 1) * aj**m / m**1.5 for m in range(1, nj + 1))
+                / oj
+            )
             assert abs(vol_ratio - 1.0) > 1e-3  # the 3-D integral is not what eq. 9 keeps
 
 
@@ -92,8 +95,11 @@ def test_matches_a_literal_transcription_of_eq9():
     for j in range(len(o)):
         oj, nj = float(o[j]), int(n[j])
         a = 1.0 - (1.0 - oj) ** (1.0 / nj)
-        denom = sum(math.comb(i - 1, k) * (-1) ** k * a ** (k + 1) / math.sqrt(k + 1)
-                    for i in range(1, nj + 1) for k in range(i))
+        denom = sum(
+            math.comb(i - 1, k) * (-1) ** k * a ** (k + 1) / math.sqrt(k + 1)
+            for i in range(1, nj + 1)
+            for k in range(i)
+        )
         assert float(new_o[j]) == pytest.approx(a, rel=1e-6, abs=1e-7)
         np.testing.assert_allclose(new_s[j].numpy(), s[j].numpy() * oj / denom, rtol=1e-5)
 
@@ -155,23 +161,35 @@ def test_install_is_idempotent_and_cuda_keeps_gsplats_functions(monkeypatch):
         def launch(*args, **kwargs):
             kernels.append((name, args[0].device.type))
             return "sentinel-" + name, None
+
         return launch
 
     monkeypatch.setattr(gsplat.relocation, "_make_lazy_cuda_func", fake_kernel)
     monkeypatch.setattr(gsplat.cuda._wrapper, "_make_lazy_cuda_func", fake_kernel)
     meta = torch.device("meta")
-    out = gs_ops.compute_relocation(opacities=torch.rand(4, device=meta), scales=torch.rand(4, 3, device=meta),
-                                    ratios=torch.ones(4, dtype=torch.int32, device=meta), binoms=_binoms().to(meta))
+    out = gs_ops.compute_relocation(
+        opacities=torch.rand(4, device=meta),
+        scales=torch.rand(4, 3, device=meta),
+        ratios=torch.ones(4, dtype=torch.int32, device=meta),
+        binoms=_binoms().to(meta),
+    )
     assert out[0] == "sentinel-compute_relocation"
-    out = gs_ops.quat_scale_to_covar_preci(torch.rand(4, 4, device=meta), torch.rand(4, 3, device=meta),
-                                           compute_covar=True, compute_preci=False, triu=False)
+    out = gs_ops.quat_scale_to_covar_preci(
+        torch.rand(4, 4, device=meta),
+        torch.rand(4, 3, device=meta),
+        compute_covar=True,
+        compute_preci=False,
+        triu=False,
+    )
     assert out[0] == "sentinel-quat_scale_to_covar_preci_fwd"
     assert kernels == [("compute_relocation", "meta"), ("quat_scale_to_covar_preci_fwd", "meta")]
 
 
 def test_dispatch_routes_by_device_and_context_manager_restores(monkeypatch):
     calls = []
-    d = device_dispatch(lambda x, **kw: calls.append("cpu") or "ours", lambda x, **kw: calls.append("orig") or "orig", "x")
+    d = device_dispatch(
+        lambda x, **kw: calls.append("cpu") or "ours", lambda x, **kw: calls.append("orig") or "orig", "x"
+    )
     assert d(torch.zeros(1)) == "ours" and d(x=torch.zeros(1, device="meta")) == "orig"
     assert calls == ["cpu", "orig"]
 
@@ -229,18 +247,22 @@ def test_mcmc_training_on_cpu_fills_cap_relocates_and_learns(lego_sparse_run, tm
         dead = mask.nonzero(as_tuple=True)[0]
         before = {k: params[k].detach().clone() for k in ("means", "opacities")}
         assert bool((torch.sigmoid(before["opacities"][dead]) <= min_opacity).all())
-        real_relocate(params=params, optimizers=optimizers, state=state, mask=mask, binoms=binoms, min_opacity=min_opacity)
+        real_relocate(
+            params=params, optimizers=optimizers, state=state, mask=mask, binoms=binoms, min_opacity=min_opacity
+        )
         means = params["means"].detach()
         alive = torch.ones(len(means), dtype=torch.bool)
         alive[dead] = False
         # Every dead Gaussian now sits exactly on a live one (its sampled source) and is visible again.
         same = (means[dead][:, None, :] == means[alive][None, :, :]).all(-1).any(-1)
-        relocations.append({
-            "n": len(dead),
-            "moved": int((means[dead] != before["means"][dead]).any(-1).sum()),
-            "on_live": int(same.sum()),
-            "min_opacity_after": float(torch.sigmoid(params["opacities"].detach()[dead]).min()),
-        })
+        relocations.append(
+            {
+                "n": len(dead),
+                "moved": int((means[dead] != before["means"][dead]).any(-1).sum()),
+                "on_live": int(same.sum()),
+                "min_opacity_after": float(torch.sigmoid(params["opacities"].detach()[dead]).min()),
+            }
+        )
 
     def spy_sample_add(params, optimizers, state, n, binoms, min_opacity):
         count = len(params["means"])
@@ -255,7 +277,9 @@ def test_mcmc_training_on_cpu_fills_cap_relocates_and_learns(lego_sparse_run, tm
     # The Gaussian count grows by sample_add up to cap_max, never above, never down.
     assert counts[-1] == s["num_gaussians"] == CAP and max(counts) == CAP
     assert all(a <= b for a, b in zip(counts, counts[1:]))
-    assert [added for n, added in additions] == [n for n, added in additions] and sum(n for n, _ in additions) == CAP - N_INIT
+    assert [added for n, added in additions] == [n for n, added in additions] and sum(
+        n for n, _ in additions
+    ) == CAP - N_INIT
     # Dead Gaussians were relocated (measured: at each refine of steps 50-110, 36 Gaussians in all).
     assert len(relocations) >= 2 and sum(r["n"] for r in relocations) >= 10, relocations
     for r in relocations:
@@ -269,8 +293,16 @@ def test_mcmc_training_on_cpu_fills_cap_relocates_and_learns(lego_sparse_run, tm
 
 def test_mcmc_resume_after_interruption_matches_uninterrupted(lego_sparse_run, tmp_path, interrupt_and_resume):
     """The checkpoint keeps MCMC's state (its binomial table) and the RNGs its sampling and noise use."""
-    cfg = _mcmc_cfg(iterations=40, checkpoint_every=20, refine_start=5, refine_every=5, refine_stop=40,
-                    num_random=300, max_gaussians=360, eval_initial=False)
+    cfg = _mcmc_cfg(
+        iterations=40,
+        checkpoint_every=20,
+        refine_start=5,
+        refine_every=5,
+        refine_stop=40,
+        num_random=300,
+        max_gaussians=360,
+        eval_initial=False,
+    )
     full = _copy(lego_sparse_run(6, 64), tmp_path / "full")
     cut = _copy(lego_sparse_run(6, 64), tmp_path / "cut")
     ck, resumed, a, b = interrupt_and_resume(full, cut, cfg, kill_at=30)

@@ -199,8 +199,20 @@ def test_ns_train_dvd_splat_on_cpu_then_ns_export(run: RunPaths, tmp_path: Path)
     env.pop("NERFSTUDIO_METHOD_CONFIGS", None)  # found through the pyproject entry point, as users get it
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     ns_train = Path(sys.executable).with_name("ns-train")
-    cmd = [str(ns_train), "dvd-splat", "--data", str(run.root), "--max-num-iterations", "30",
-           "--machine.device-type", "cpu", "--vis", "tensorboard", "--output-dir", str(tmp_path / "outputs")]
+    cmd = [
+        str(ns_train),
+        "dvd-splat",
+        "--data",
+        str(run.root),
+        "--max-num-iterations",
+        "30",
+        "--machine.device-type",
+        "cpu",
+        "--vis",
+        "tensorboard",
+        "--output-dir",
+        str(tmp_path / "outputs"),
+    ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     config = next((tmp_path / "outputs").glob("*/dvd-splat/*/config.yml"))
@@ -212,7 +224,9 @@ def test_ns_train_dvd_splat_on_cpu_then_ns_export(run: RunPaths, tmp_path: Path)
     main = scalars["Train Loss Dict/main_loss"]
     assert main[-1] < main[0]  # 30 steps from the fused cloud already fit the training views better
 
-    tyro.cli(Commands, args=["gaussian-splat", "--load-config", str(config), "--output-dir", str(tmp_path / "export")]).main()
+    tyro.cli(
+        Commands, args=["gaussian-splat", "--load-config", str(config), "--output-dir", str(tmp_path / "export")]
+    ).main()
     g = read_gaussian_ply(tmp_path / "export" / "splat.ply")
     assert len(g["means"]) == SEED_POINTS  # no densification before step 500 and no Gaussian lost
     assert np.isfinite(g["means"]).all() and g["shN"].shape[1] == 15  # splatfacto's SH degree 3

@@ -15,10 +15,27 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 SMALL = {
-    "quickstart": {"MAX_FRAMES": 10, "MAX_SIZE": 160, "ITERATIONS": 5, "MAX_INIT_POINTS": 2000, "VIDEO_FRAMES": 0,
-                   "DEPTH_BACKEND": "stereo", "STEREO_PLANES": 16, "TEST_EVERY": 5},
-    "sparse_view": {"VIEWS": [9], "NUM_TEST": 13, "INITS": ["depth", "random"], "DEPTH_LOSSES": ["l1-inverse"],
-                    "ITERATIONS": 5, "MAX_INIT_POINTS": 2000, "SIZE": 200, "DEPTH_BACKEND": "stereo", "STEREO_PLANES": 16},
+    "quickstart": {
+        "MAX_FRAMES": 10,
+        "MAX_SIZE": 160,
+        "ITERATIONS": 5,
+        "MAX_INIT_POINTS": 2000,
+        "VIDEO_FRAMES": 0,
+        "DEPTH_BACKEND": "stereo",
+        "STEREO_PLANES": 16,
+        "TEST_EVERY": 5,
+    },
+    "sparse_view": {
+        "VIEWS": [9],
+        "NUM_TEST": 13,
+        "INITS": ["depth", "random"],
+        "DEPTH_LOSSES": ["l1-inverse"],
+        "ITERATIONS": 5,
+        "MAX_INIT_POINTS": 2000,
+        "SIZE": 200,
+        "DEPTH_BACKEND": "stereo",
+        "STEREO_PLANES": 16,
+    },
     "depth_alignment": {"MAX_SIZE": 160, "DEPTH_BACKEND": "stereo", "STEREO_PLANES": 16},
 }
 

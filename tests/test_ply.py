@@ -38,8 +38,8 @@ def test_round_trip_is_exact(tmp_path, sh_degree):
 
 
 def test_standard_3dgs_layout_plyfile_and_open3d(tmp_path):
-    from plyfile import PlyData
     import open3d as o3d
+    from plyfile import PlyData
 
     g = _random_gaussians(100, 3, seed=1)
     path = tmp_path / "g.ply"

@@ -18,8 +18,8 @@ from recon.layout import RunPaths
 from recon.poses import (
     PosesConfig,
     initial_focal_px,
-    resolve_matcher,
     pinhole_target,
+    resolve_matcher,
     run_poses,
     undistort_points,
     undistortion_maps,
@@ -41,9 +41,11 @@ def test_redkitchen_sfm_registers_and_matches_gt(redkitchen_sfm_run, redkitchen_
     assert len(cs) == 60 and (cs.width, cs.height) == (320, 240)
     frac = cs.registered.mean()
     rmse, n = _ate(cs, redkitchen_gt)
-    print(f"\nredkitchen 60 frames @320x240: registered {cs.registered.sum()}/{len(cs)} ({100 * frac:.1f}%), "
-          f"ATE RMSE after Sim(3) {100 * rmse:.2f} cm, reprojection {cs.sfm['mean_reprojection_error_px']} px, "
-          f"f = {cs.K[0, 0, 0]:.1f} px")
+    print(
+        f"\nredkitchen 60 frames @320x240: registered {cs.registered.sum()}/{len(cs)} ({100 * frac:.1f}%), "
+        f"ATE RMSE after Sim(3) {100 * rmse:.2f} cm, reprojection {cs.sfm['mean_reprojection_error_px']} px, "
+        f"f = {cs.K[0, 0, 0]:.1f} px"
+    )
     assert frac >= 0.9
     assert rmse <= 0.05
     # the colour camera's focal length is ~265 px at 320x240 (PROVENANCE: SfM f ~ 530 at 640x480), not 292.5
@@ -183,7 +185,9 @@ def test_bad_inputs(tmp_path):
         run_poses(RunPaths(tmp_path / "empty"), PosesConfig())
     run = RunPaths(tmp_path / "broken")
     run.root.mkdir()
-    run.frames_json.write_text(json.dumps({"size": [4, 4], "frames": [{"file": "frames/000000.png", "source_index": 0}] * 3}))
+    run.frames_json.write_text(
+        json.dumps({"size": [4, 4], "frames": [{"file": "frames/000000.png", "source_index": 0}] * 3})
+    )
     with pytest.raises(ReconError, match="missing"):
         run_poses(run, PosesConfig())
 
@@ -206,8 +210,13 @@ def test_umeyama_recovers_similarity():
 
 
 def test_focal_prior_and_matcher_choice():
-    meta = {"size": [1000, 750], "original_size": [4000, 3000], "exif_focal_px": 3200.0, "source_type": "images",
-            "frames": [{}] * 40}
+    meta = {
+        "size": [1000, 750],
+        "original_size": [4000, 3000],
+        "exif_focal_px": 3200.0,
+        "source_type": "images",
+        "frames": [{}] * 40,
+    }
     assert initial_focal_px(meta, PosesConfig()) == (800.0, "exif")
     assert initial_focal_px({**meta, "exif_focal_px": None}, PosesConfig()) == (1200.0, "heuristic")
     assert initial_focal_px(meta, PosesConfig(focal_px=900.0)) == (900.0, "config")

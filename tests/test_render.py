@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from recon.errors import ReconError
-from splat.render import rasterization
 from splat.reference import render_reference
+from splat.render import rasterization
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ICL = DATA / "icl_nuim_livingroom_5frames"
@@ -23,8 +23,16 @@ def _rot_y(angle: float) -> torch.Tensor:
     return torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=torch.float64)
 
 
-def make_scene(seed: int, n: int = 40, n_cams: int = 2, width: int = 36, height: int = 28,
-               dtype=torch.float64, opacity=(0.05, 0.95), sh_degree: int | None = 3):
+def make_scene(
+    seed: int,
+    n: int = 40,
+    n_cams: int = 2,
+    width: int = 36,
+    height: int = 28,
+    dtype=torch.float64,
+    opacity=(0.05, 0.95),
+    sh_degree: int | None = 3,
+):
     """Random Gaussians 1.5-4 m in front of C cameras that look roughly the same way (OpenCV axes)."""
     g = torch.Generator().manual_seed(seed)
     means = torch.randn(n, 3, generator=g, dtype=dtype) * 0.7 + torch.tensor([0.0, 0.0, 2.6], dtype=dtype)
@@ -41,8 +49,18 @@ def make_scene(seed: int, n: int = 40, n_cams: int = 2, width: int = 36, height:
         viewmats[c, :3, :3] = _rot_y(0.15 * c)
         viewmats[c, :3, 3] = torch.tensor([0.1 * c, -0.05, 0.2], dtype=dtype)
     Ks = torch.tensor([[36.0, 0, width / 2], [0, 33.0, height / 2], [0, 0, 1]], dtype=dtype).repeat(n_cams, 1, 1)
-    return dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors,
-                viewmats=viewmats, Ks=Ks, width=width, height=height, sh_degree=sh_degree)
+    return dict(
+        means=means,
+        quats=quats,
+        scales=scales,
+        opacities=opacities,
+        colors=colors,
+        viewmats=viewmats,
+        Ks=Ks,
+        width=width,
+        height=height,
+        sh_degree=sh_degree,
+    )
 
 
 def _leaves(scene, names):
@@ -137,12 +155,14 @@ def test_backward_recompute_when_nothing_stored():
         s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"], 36, 28
     )
     assert torch.equal(radii, radii2) and torch.allclose(conics, conics2, rtol=1e-10, atol=0)
-    bins = bin_tiles(means2d.reshape(-1, 2), radii.reshape(-1), depths.reshape(-1),
-                     torch.zeros(40, dtype=torch.long), 1, 36, 28, 8)
+    bins = bin_tiles(
+        means2d.reshape(-1, 2), radii.reshape(-1), depths.reshape(-1), torch.zeros(40, dtype=torch.long), 1, 36, 28, 8
+    )
     grads = []
     for store in (1 << 30, 0):
-        inputs = [t.detach().clone().requires_grad_(True)
-                  for t in (means2d, conics, s["colors"][None], s["opacities"][None])]
+        inputs = [
+            t.detach().clone().requires_grad_(True) for t in (means2d, conics, s["colors"][None], s["opacities"][None])
+        ]
         rgb, alpha = rasterize_to_pixels(*inputs, bins, 36, 28, chunk_elems=256, store_bytes=store)
         (rgb.sum() + 2 * alpha.sum()).backward()
         grads.append([t.grad for t in inputs])
@@ -158,8 +178,20 @@ def test_gradcheck_float64_tiny_scene():
     inputs = tuple(s[k].clone().requires_grad_(True) for k in PARAMS) + (bg,)
 
     def fn(means, quats, scales, opacities, colors, backgrounds):
-        rgb, alpha, _ = rasterization(means, quats, scales, opacities, colors, s["viewmats"], s["Ks"],
-                                      14, 12, sh_degree=1, backgrounds=backgrounds, render_mode="RGB+ED")
+        rgb, alpha, _ = rasterization(
+            means,
+            quats,
+            scales,
+            opacities,
+            colors,
+            s["viewmats"],
+            s["Ks"],
+            14,
+            12,
+            sh_degree=1,
+            backgrounds=backgrounds,
+            render_mode="RGB+ED",
+        )
         return rgb, alpha
 
     rgb, alpha = fn(*inputs)
@@ -170,11 +202,13 @@ def test_gradcheck_float64_tiny_scene():
 def test_culled_gaussians_behind_outside_and_beyond_far():
     s = make_scene(8, n=30, n_cams=1, sh_degree=None)
     extra = torch.tensor(
-        [[0.0, 0.0, -1.0],  # behind the camera
-         [0.0, 0.0, 0.005],  # in front of the near plane
-         [40.0, 0.0, 2.0],  # far outside the image to the right
-         [0.0, -30.0, 2.0],  # far above the image
-         [0.0, 0.0, 500.0]],  # beyond far_plane=100
+        [
+            [0.0, 0.0, -1.0],  # behind the camera
+            [0.0, 0.0, 0.005],  # in front of the near plane
+            [40.0, 0.0, 2.0],  # far outside the image to the right
+            [0.0, -30.0, 2.0],  # far above the image
+            [0.0, 0.0, 500.0],
+        ],  # beyond far_plane=100
         dtype=torch.float64,
     )
     full = dict(s)
@@ -268,21 +302,33 @@ def test_default_strategy_densifies_on_cpu_meta():
     from gsplat.strategy import DefaultStrategy
 
     s = make_scene(12, n=50, n_cams=1, sh_degree=1, dtype=torch.float32)
-    params = torch.nn.ParameterDict({
-        "means": s["means"], "scales": torch.log(s["scales"]), "quats": s["quats"],
-        "opacities": torch.logit(s["opacities"]), "sh0": s["colors"][:, :1], "shN": s["colors"][:, 1:],
-    })
+    params = torch.nn.ParameterDict(
+        {
+            "means": s["means"],
+            "scales": torch.log(s["scales"]),
+            "quats": s["quats"],
+            "opacities": torch.logit(s["opacities"]),
+            "sh0": s["colors"][:, :1],
+            "shN": s["colors"][:, 1:],
+        }
+    )
     optimizers = {k: torch.optim.Adam([params[k]], lr=1e-3) for k in params}
-    strategy = DefaultStrategy(refine_start_iter=0, refine_every=3, reset_every=1000, grow_grad2d=1e-6,
-                               prune_opa=0.001)
+    strategy = DefaultStrategy(refine_start_iter=0, refine_every=3, reset_every=1000, grow_grad2d=1e-6, prune_opa=0.001)
     strategy.check_sanity(params, optimizers)
     state = strategy.initialize_state(scene_scale=1.0)
     target = torch.full((1, 28, 36, 3), 0.5)
     counts = []
     for step in range(4):
         rgb, alpha, info = rasterization(
-            params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
-            torch.cat([params["sh0"], params["shN"]], 1), s["viewmats"].float(), s["Ks"].float(), 36, 28,
+            params["means"],
+            params["quats"],
+            torch.exp(params["scales"]),
+            torch.sigmoid(params["opacities"]),
+            torch.cat([params["sh0"], params["shN"]], 1),
+            s["viewmats"].float(),
+            s["Ks"].float(),
+            36,
+            28,
             sh_degree=1,
         )
         strategy.step_pre_backward(params, optimizers, state, step, info)
@@ -342,8 +388,9 @@ def test_real_rgbd_frame_reprojects_into_its_neighbour():
     colors = torch.tensor(rgb0[v, u])
     K = torch.tensor([[[f / factor, 0, (c + 0.5) / factor], [0, f / factor, (239.5 + 0.5) / factor], [0, 0, 1]]])
     viewmats = torch.tensor(np.linalg.inv(np.stack([c2w0, c2w4])), dtype=torch.float32)
-    out, alpha, _ = rasterization(means, quats, scale, torch.full((n,), 0.95), colors, viewmats,
-                                  K.repeat(2, 1, 1), W, H, render_mode="RGB+ED")
+    out, alpha, _ = rasterization(
+        means, quats, scale, torch.full((n,), 0.95), colors, viewmats, K.repeat(2, 1, 1), W, H, render_mode="RGB+ED"
+    )
 
     def psnr(a, b, mask):
         return -10 * math.log10(float(((a - b) ** 2)[mask].mean()))
@@ -366,8 +413,10 @@ def test_real_rgbd_frame_reprojects_into_its_neighbour():
 def test_parity_with_gsplat_on_cuda():
     s = make_scene(14, n=200, n_cams=2, width=64, height=48, dtype=torch.float32)
     cpu = _leaves(s, PARAMS)
-    gpu = {k: (v.detach().cuda().requires_grad_(True) if k in PARAMS else (v.cuda() if torch.is_tensor(v) else v))
-           for k, v in cpu.items()}
+    gpu = {
+        k: (v.detach().cuda().requires_grad_(True) if k in PARAMS else (v.cuda() if torch.is_tensor(v) else v))
+        for k, v in cpu.items()
+    }
     rgb_c, a_c, m_c = rasterization(**cpu, tile_size=16, render_mode="RGB+ED", backend="torch")
     rgb_g, a_g, m_g = rasterization(**gpu, tile_size=16, render_mode="RGB+ED", backend="gsplat", packed=False)
     torch.testing.assert_close(rgb_g.cpu(), rgb_c, atol=2e-4, rtol=1e-3)

@@ -39,16 +39,33 @@ def full_run(tmp_path_factory) -> RunPaths:
 
     tmp = tmp_path_factory.mktemp("report")
     poses = tmp / "icl_transforms.json"
-    poses.write_text(json.dumps({
-        "fl_x": 525.0, "fl_y": 525.0, "cx": 319.5, "cy": 239.5, "w": 640, "h": 480,
-        "frames": [{"file_path": f"color/{i:05d}.jpg", "transform_matrix": opencv_to_opengl(c).tolist()}
-                   for i, c in enumerate(icl_c2w())],
-    }))
+    poses.write_text(
+        json.dumps(
+            {
+                "fl_x": 525.0,
+                "fl_y": 525.0,
+                "cx": 319.5,
+                "cy": 239.5,
+                "w": 640,
+                "h": 480,
+                "frames": [
+                    {"file_path": f"color/{i:05d}.jpg", "transform_matrix": opencv_to_opengl(c).tolist()}
+                    for i, c in enumerate(icl_c2w())
+                ],
+            }
+        )
+    )
     run = api.run(
-        ICL / "color", tmp / "icl", preset="cpu",
+        ICL / "color",
+        tmp / "icl",
+        preset="cpu",
         frames={"max_size": 160},
         poses={"poses": str(poses)},
-        depth={"backend": "file", "preview": False, "file": {"path": str(ICL / "depth"), "kind": "depth", "scale": 1000.0}},
+        depth={
+            "backend": "file",
+            "preview": False,
+            "file": {"path": str(ICL / "depth"), "kind": "depth", "scale": 1000.0},
+        },
         train={"iterations": 4, "max_init_points": 500, "max_size": 96, "video_frames": 0},
         until="export",  # the report is written by the tests
     )
@@ -147,10 +164,23 @@ def load_in_chromium(page: Path, timeout: float = 60.0) -> dict:
 
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--disable-background-networking", "--disable-extensions", "--no-first-run", "--mute-audio",
-             "--remote-allow-origins=*", "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-extensions",
+                "--no-first-run",
+                "--mute-audio",
+                "--remote-allow-origins=*",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             port_file = Path(profile) / "DevToolsActivePort"
@@ -181,15 +211,23 @@ def load_in_chromium(page: Path, timeout: float = 60.0) -> dict:
             while not any(e.get("method") == "Page.loadEventFired" for e in events):
                 assert time.monotonic() < deadline, "the page did not finish loading"
                 events.append(json.loads(ws.recv()))
-            js = ("JSON.stringify(Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]))")
+            js = "JSON.stringify(Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]))"
             images = json.loads(call("Runtime.evaluate", expression=js, returnByValue=True)["result"]["value"])
             ws.close()
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     errors = [e["params"] for e in events if e.get("method") == "Runtime.exceptionThrown"]
-    errors += [e["params"] for e in events if e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert")]
-    errors += [e["params"]["entry"] for e in events if e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"]
+    errors += [
+        e["params"]
+        for e in events
+        if e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert")
+    ]
+    errors += [
+        e["params"]["entry"]
+        for e in events
+        if e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"
+    ]
     requests = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
     return {"errors": errors, "images": images, "requests": requests}
 
@@ -213,8 +251,10 @@ def test_report_renders_in_headless_chromium(full_report: Path, tmp_path: Path):
 def test_the_browser_check_sees_a_broken_image(tmp_path: Path):
     """The check itself can fail: a page with an undecodable image and a script error is caught."""
     page = tmp_path / "bad.html"
-    page.write_text("<!DOCTYPE html><html><body><img alt=bad src='data:image/png;base64,AAAA'>"
-                    "<script>undefined_function()</script></body></html>")
+    page.write_text(
+        "<!DOCTYPE html><html><body><img alt=bad src='data:image/png;base64,AAAA'>"
+        "<script>undefined_function()</script></body></html>"
+    )
     result = load_in_chromium(page)
     assert result["errors"]
     assert [w for _, _, w, _ in result["images"]] == [0]

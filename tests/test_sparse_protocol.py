@@ -47,7 +47,9 @@ def test_sfm_init_keeps_points_the_training_views_triangulate(redkitchen_sfm_run
     names = {Path(cams.files[i]).name for i in train}
     ids = {im.image_id for im in rec.images.values() if im.name in names}
     assert len(ids) == 3
-    expect = np.array([p.xyz for p in rec.points3D.values() if len({e.image_id for e in p.track.elements} & ids) >= 2], np.float32)
+    expect = np.array(
+        [p.xyz for p in rec.points3D.values() if len({e.image_id for e in p.track.elements} & ids) >= 2], np.float32
+    )
     xyz, rgb = read_sfm_points(sfm, names, min_views=2)
     print(f"\nSfM init: {len(xyz)} of {len(all_xyz)} points are seen by >= 2 of training frames {train}")
     assert 50 < len(xyz) < 0.5 * len(all_xyz)
@@ -67,13 +69,15 @@ def test_random_fill_adds_points_inside_the_training_cameras_view(redkitchen_sfm
     cams = CameraSet.load(redkitchen_sfm_run.cameras_json)
     train = [10, 13, 16]
     base, _ = initial_points(redkitchen_sfm_run, InitConfig(init="sfm"), cams, train, np.random.default_rng(0))
-    xyz, rgb = initial_points(redkitchen_sfm_run, InitConfig(init="sfm", random_fill=500), cams, train, np.random.default_rng(0))
+    xyz, rgb = initial_points(
+        redkitchen_sfm_run, InitConfig(init="sfm", random_fill=500), cams, train, np.random.default_rng(0)
+    )
     assert len(xyz) == len(rgb) == len(base) + 500
     np.testing.assert_array_equal(xyz[: len(base)], base)  # the SfM points come first, unchanged
     # three nearby views barely converge: the box falls back to the SfM points' box
     box = camera_lookat_bounds(cams.c2w[train], cams.K[train], cams.width, cams.height)
     lo, hi = box if box is not None else points_bounds(read_sfm_points(redkitchen_sfm_run.sfm_dir)[0])
-    fill = xyz[len(base):]
+    fill = xyz[len(base) :]
     assert (fill >= lo - 1e-5).all() and (fill <= hi + 1e-5).all()
     assert fill.std(0).min() > 0.2 * (hi - lo).min()  # spread over the box, not a clump
 

@@ -42,7 +42,9 @@ def _look(center, target=(0.0, 0.0, 2.0)) -> np.ndarray:
 @pytest.fixture(scope="module")
 def plane_scene():
     """Five 160x120 views of a slanted textured plane n.X = d (world = reference camera 0)."""
-    tex = np.asarray(Image.open(KITCHEN / "rgb" / "frame-000090.color.jpg").convert("RGB").resize((160, 120), Image.BILINEAR))
+    tex = np.asarray(
+        Image.open(KITCHEN / "rgb" / "frame-000090.color.jpg").convert("RGB").resize((160, 120), Image.BILINEAR)
+    )
     W, H = 160, 120
     K = np.array([[130.0, 0, 79.5], [0, 130.0, 59.5], [0, 0, 1]])
     n = np.array([0.0, 0.25, 1.0])
@@ -59,7 +61,9 @@ def plane_scene():
         X = T[:3, 3:4] + lam * rays  # on the plane, world = reference camera
         q = K @ X
         u, v = q[0] / q[2], q[1] / q[2]
-        grid = torch.from_numpy(np.stack([(u + 0.5) / W * 2 - 1, (v + 0.5) / H * 2 - 1], -1).reshape(1, H, W, 2)).float()
+        grid = torch.from_numpy(
+            np.stack([(u + 0.5) / W * 2 - 1, (v + 0.5) / H * 2 - 1], -1).reshape(1, H, W, 2)
+        ).float()
         img = torch.from_numpy(tex.copy()).permute(2, 0, 1)[None].float()
         out = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
         frames.append(out[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy())
@@ -71,7 +75,9 @@ def plane_scene():
 @pytest.mark.parametrize("cost", ["census", "ncc"])
 def test_plane_sweep_recovers_known_plane(plane_scene, cost):
     frames, K, c2w, gt0 = plane_scene
-    cfg = S.StereoConfig(cost=cost, scale=1.0, num_planes=48, num_views=4, best_k=3, geo_views=0, device="cpu", cpu_threads=1)
+    cfg = S.StereoConfig(
+        cost=cost, scale=1.0, num_planes=48, num_views=4, best_k=3, geo_views=0, device="cpu", cpu_threads=1
+    )
     threads = torch.get_num_threads()
     depth, conf = S.stereo_depth(frames, K, c2w, [0], (1.4, 3.0), cfg)
     assert torch.get_num_threads() == threads  # restored
@@ -103,14 +109,16 @@ def test_geometric_consistency_on_all_views(plane_scene):
 
 def test_select_neighbours_prefers_overlap_and_angle():
     K = np.repeat(np.array([[200.0, 0, 160], [0, 200, 120], [0, 0, 1]])[None], 6, 0)
-    c2w = np.stack([
-        _look((0, 0, 0)),
-        _look((0.005, 0, 0)),  # ~0.1 deg: too short a baseline
-        _look((0.17, 0, 0)),  # ~5 deg: ideal
-        _look((0.35, 0, 0)),  # ~10 deg
-        _look((0.1, 0, 0), target=(5.0, 0.0, 2.0)),  # looks away: no overlap
-        _look((-0.17, 0, 0.02)),  # ~5 deg on the other side
-    ])
+    c2w = np.stack(
+        [
+            _look((0, 0, 0)),
+            _look((0.005, 0, 0)),  # ~0.1 deg: too short a baseline
+            _look((0.17, 0, 0)),  # ~5 deg: ideal
+            _look((0.35, 0, 0)),  # ~10 deg
+            _look((0.1, 0, 0), target=(5.0, 0.0, 2.0)),  # looks away: no overlap
+            _look((-0.17, 0, 0.02)),  # ~5 deg on the other side
+        ]
+    )
     nb = S.select_neighbours(0, range(6), K, c2w, (320, 240), depth=2.0, num=3)
     assert set(nb[:2]) == {2, 5} and 4 not in nb and 0 not in nb
     assert S.select_neighbours(0, range(6), K, c2w, (320, 240), depth=2.0, num=5)[-1] == 1
@@ -182,8 +190,15 @@ def kitchen_stereo(redkitchen_sfm_run, redkitchen_gt):
         f"vs GT registered to colour: AbsRel {m_reg['abs_rel']:.4f} delta1 {m_reg['delta1']:.4f} coverage {m_reg['coverage']:.3f}"
     )
     return {
-        "s": s, "near": near, "far": far, "depth": depth, "conf": conf,
-        "metrics": m, "median": med, "registered": m_reg, "sfm_ratio": sfm_ratio,
+        "s": s,
+        "near": near,
+        "far": far,
+        "depth": depth,
+        "conf": conf,
+        "metrics": m,
+        "median": med,
+        "registered": m_reg,
+        "sfm_ratio": sfm_ratio,
     }
 
 
@@ -284,6 +299,9 @@ def test_run_stereo_uses_only_given_frames(redkitchen_sfm_run, monkeypatch):
     near, far = S.sfm_depth_range(paths, ids)
     valid = depth[depth > 0]
     # depths lie in the (widened) SfM range
-    assert valid.min() >= near.min() / (1 + cfg.range_margin) * 0.99 and valid.max() <= far.max() * (1 + cfg.range_margin) * 1.01
+    assert (
+        valid.min() >= near.min() / (1 + cfg.range_margin) * 0.99
+        and valid.max() <= far.max() * (1 + cfg.range_margin) * 1.01
+    )
     with pytest.raises(ReconError, match="at least 2"):
         S.run_stereo(paths, ids[:1], cfg)

@@ -88,7 +88,11 @@ def test_training_raises_test_psnr_and_writes_outputs(trained):
     # Measured here: 7.55 dB initial (random init) -> 15.94 dB after 150 steps on the 5 held-out views.
     assert s["num_test_views"] == 5 and s["num_train_views"] == 6
     # background=None: the frames were composited on white, so training rendered on white.
-    assert s["background"] == [1.0, 1.0, 1.0] and s["background_source"] == "composite" and s["train_background"] == "fixed"
+    assert (
+        s["background"] == [1.0, 1.0, 1.0]
+        and s["background_source"] == "composite"
+        and s["train_background"] == "fixed"
+    )
     assert s["psnr"] > s["initial_psnr"] + 4.0, s
     assert s["ssim"] > s["initial_ssim"] + 0.1, s
     metrics = json.loads(paths.metrics_json.read_text())
@@ -109,7 +113,7 @@ def test_training_raises_test_psnr_and_writes_outputs(trained):
     import av
 
     with av.open(str(paths.renders_mp4)) as c:
-        frames = [f for f in c.decode(video=0)]
+        frames = list(c.decode(video=0))
     assert len(frames) == 8 and frames[0].width == SIZE
 
     log = [json.loads(line) for line in (paths.splat_dir / "train_log.jsonl").read_text().splitlines()]
@@ -123,8 +127,17 @@ def test_training_raises_test_psnr_and_writes_outputs(trained):
 
 
 def test_resume_after_interruption_matches_uninterrupted(lego_run, tmp_path, interrupt_and_resume):
-    cfg = _cfg(iterations=40, checkpoint_every=20, refine_start=5, refine_every=10, refine_stop=35,
-               num_random=400, video_frames=0, test_renders=False, eval_initial=False)
+    cfg = _cfg(
+        iterations=40,
+        checkpoint_every=20,
+        refine_start=5,
+        refine_every=10,
+        refine_stop=35,
+        num_random=400,
+        video_frames=0,
+        test_renders=False,
+        eval_initial=False,
+    )
 
     def fresh(name: str) -> RunPaths:
         root = tmp_path / name
@@ -164,8 +177,19 @@ def test_background_resolution(lego_run, redkitchen_run_copy):
     cfg = _cfg(max_size=80)
     views = load_views(run, cams, train, cfg, cpu, None)
     bg, src = resolve_background(None, run, views, train)
-    want = np.mean([np.asarray(Image.open(run.root / cams.files[i]).convert("RGB").resize((views.width, views.height), Image.BOX),
-                               np.float64).reshape(-1, 3).mean(0) / 255.0 for i in train], axis=0)
+    want = np.mean(
+        [
+            np.asarray(
+                Image.open(run.root / cams.files[i]).convert("RGB").resize((views.width, views.height), Image.BOX),
+                np.float64,
+            )
+            .reshape(-1, 3)
+            .mean(0)
+            / 255.0
+            for i in train
+        ],
+        axis=0,
+    )
     assert src == "train-mean"
     np.testing.assert_allclose(bg.numpy(), want, atol=3e-3)
     assert bg[0] > bg[2] + 0.05  # the red kitchen: the mean is reddish, far from black or white
@@ -174,7 +198,9 @@ def test_background_resolution(lego_run, redkitchen_run_copy):
 
     assert training_background("auto", "train-mean") == "random"
     assert training_background("auto", "composite") == training_background("auto", "config") == "fixed"
-    assert training_background("random", "composite") == "random" and training_background("fixed", "train-mean") == "fixed"
+    assert (
+        training_background("random", "composite") == "random" and training_background("fixed", "train-mean") == "fixed"
+    )
     with pytest.raises(ReconError, match="auto, random or fixed"):
         training_background("black", "config")
 
@@ -189,18 +215,34 @@ def test_random_training_background_covers_observed_pixels(redkitchen_run_copy):
     run = redkitchen_run_copy
     cams = CameraSet.load(run.cameras_json)
     train = [i for i in range(0, len(cams), 6) if cams.registered[i]][:6]
-    run.split_json.write_text(json.dumps({"protocol": "custom", "train": train, "test": [train[0] + 3], "prior": train}))
+    run.split_json.write_text(
+        json.dumps({"protocol": "custom", "train": train, "test": [train[0] + 3], "prior": train})
+    )
     coverage = {}
     for mode, bg in (("fixed", (0.0, 0.0, 0.0)), ("random", None)):
-        cfg = _cfg(init="sfm", init_random_fill=3000, background=bg, train_background=mode, iterations=150, max_size=64,
-                   refine_start=20, refine_every=20, refine_stop=120, checkpoint_every=0, video_frames=0,
-                   eval_initial=False, test_renders=False)
+        cfg = _cfg(
+            init="sfm",
+            init_random_fill=3000,
+            background=bg,
+            train_background=mode,
+            iterations=150,
+            max_size=64,
+            refine_start=20,
+            refine_every=20,
+            refine_stop=120,
+            checkpoint_every=0,
+            video_frames=0,
+            eval_initial=False,
+            test_renders=False,
+        )
         s = run_train(run, cfg)
         assert s["train_background"] == mode
         g = {k: torch.as_tensor(v) for k, v in read_gaussian_ply(run.gaussians_ply).items()}
         views = load_views(run, cams, train, cfg, torch.device("cpu"), None)
         with torch.no_grad():
-            alphas = [render(g, views.viewmats[i], views.K[i], views.width, views.height, 1, torch.zeros(3))[2] for i in train]
+            alphas = [
+                render(g, views.viewmats[i], views.K[i], views.width, views.height, 1, torch.zeros(3))[2] for i in train
+            ]
         coverage[mode] = float(torch.stack(alphas).mean())
     # Measured: fixed black 0.785, random 0.974.
     assert coverage["random"] > coverage["fixed"] + 0.02 and coverage["random"] > 0.95, coverage
@@ -277,8 +319,9 @@ def test_ssim_and_psnr_against_skimage():
     rng = np.random.default_rng(0)
     a = rng.random((40, 50, 3)).astype(np.float32)
     b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
-    want = structural_similarity(a, b, channel_axis=2, gaussian_weights=True, sigma=1.5,
-                                 use_sample_covariance=False, data_range=1.0)
+    want = structural_similarity(
+        a, b, channel_axis=2, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+    )
     got = float(ssim(torch.from_numpy(a)[None], torch.from_numpy(b)[None], padding="valid"))
     assert got == pytest.approx(want, abs=2e-3)
     assert float(ssim(torch.from_numpy(a)[None], torch.from_numpy(a)[None])) == pytest.approx(1.0, abs=1e-5)
@@ -364,8 +407,18 @@ def test_depth_loss_fixes_geometry_on_icl_nuim(tmp_path):
     save_npz(paths.aligned_npz, depth=depth)
     run_fuse(paths, FuseConfig())  # init.ply only bounds the random init here (cameras do not converge)
 
-    common = dict(init="random", num_random=800, iterations=60, refine_start=1000, checkpoint_every=0,
-                  video_frames=0, test_renders=False, eval_initial=False, gt_depth=gt, gt_depth_align="none")
+    common = dict(
+        init="random",
+        num_random=800,
+        iterations=60,
+        refine_start=1000,
+        checkpoint_every=0,
+        video_frames=0,
+        test_renders=False,
+        eval_initial=False,
+        gt_depth=gt,
+        gt_depth_align="none",
+    )
     without = run_train(paths, _cfg(depth_loss="none", **common))
     with_depth = run_train(paths, _cfg(depth_loss="l1-inverse", depth_weight=1.0, **common))
     # Measured here: AbsRel 0.210 without the prior, 0.127 with it (metric GT poses: no scale alignment).

@@ -5,4 +5,12 @@ from depth.dvd.config import DEFAULT_CONFIG, DVDModelConfig
 from depth.dvd.model import DVDRegressor
 from depth.dvd.weights import dvd_weights_available, resolve_weights
 
-__all__ = ["DVDRegressor", "DVDModelConfig", "DEFAULT_CONFIG", "DVDConfig", "run_dvd", "dvd_weights_available", "resolve_weights"]
+__all__ = [
+    "DVDRegressor",
+    "DVDModelConfig",
+    "DEFAULT_CONFIG",
+    "DVDConfig",
+    "run_dvd",
+    "dvd_weights_available",
+    "resolve_weights",
+]

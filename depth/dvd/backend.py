@@ -35,7 +35,9 @@ class DVDConfig:
     dvd_config: Path | None = None  # fixture-style config.json; None = shipped Wan2.1-T2V-1.3B config
     cache_dir: Path | None = None  # None = $DVD_SPLAT_CACHE or ~/.cache/dvd-splat
     allow_download: bool = True
-    dvd_file: str = DVD_DEFAULT_FILE  # release file to look for / download: model.safetensors (v1.0) or dvd_1.1.safetensors
+    dvd_file: str = (
+        DVD_DEFAULT_FILE  # release file to look for / download: model.safetensors (v1.0) or dvd_1.1.safetensors
+    )
     window: int = 81  # frames per window (official openworld.sh)
     overlap: int = 21
     height: int = 480  # processing size target (each side rounded up to a multiple of 16)
@@ -138,7 +140,9 @@ def run_dvd(frame_paths: list[Path], cfg: DVDConfig) -> tuple[np.ndarray, dict[s
         backend="dvd",
         config=cfg.to_dict(),
         weights={"dit": str(paths.dit), "vae": str(paths.vae), "model_config": reg.config.source},
-        lora=None if reg.lora_info is None else {
+        lora=None
+        if reg.lora_info is None
+        else {
             "rank": reg.lora_info.rank,
             "alpha": reg.lora_info.alpha,
             "factor": reg.lora_info.factor,
@@ -147,7 +151,9 @@ def run_dvd(frame_paths: list[Path], cfg: DVDConfig) -> tuple[np.ndarray, dict[s
         },
         load_seconds=t_load,
         seconds_per_frame=report["seconds"] / max(len(frames), 1),
-        peak_device_memory_bytes=int(torch.cuda.max_memory_allocated(reg.device)) if reg.device.type == "cuda" else None,
+        peak_device_memory_bytes=int(torch.cuda.max_memory_allocated(reg.device))
+        if reg.device.type == "cuda"
+        else None,
     )
     return disparity, report
 

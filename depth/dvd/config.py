@@ -46,7 +46,7 @@ class DVDModelConfig:
         return int(self.dit["text_dim"])
 
     @classmethod
-    def from_json(cls, path: str | Path | None = None) -> "DVDModelConfig":
+    def from_json(cls, path: str | Path | None = None) -> DVDModelConfig:
         """Read a fixture-style config.json; `None` means the shipped Wan2.1-T2V-1.3B config."""
         path = Path(path) if path is not None else DEFAULT_CONFIG
         if not path.is_file():
@@ -58,7 +58,7 @@ class DVDModelConfig:
         return cls.from_dict(raw, source=str(path))
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> "DVDModelConfig":
+    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> DVDModelConfig:
         try:
             dit, vae = dict(raw["dit"]), dict(raw["vae"])
             lora = dict(raw.get("lora") or {})

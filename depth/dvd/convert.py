@@ -188,7 +188,9 @@ def _check_dit_shapes(sd: dict[str, torch.Tensor], config: DVDModelConfig, path:
             )
     n_layers = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     if n_layers != d["num_layers"]:
-        raise ReconError(f"DVD checkpoint {path} has {n_layers} DiT blocks, config {config.source} says {d['num_layers']}")
+        raise ReconError(
+            f"DVD checkpoint {path} has {n_layers} DiT blocks, config {config.source} says {d['num_layers']}"
+        )
 
 
 def dit_to_diffusers(wan_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -292,7 +294,9 @@ def read_wan_vae(path: str | Path) -> dict[str, torch.Tensor]:
         state = {k.removeprefix("model."): v for k, v in state.items()}
     if not (("encoder.conv1.weight" in state and "decoder.head.2.weight" in state) or is_diffusers_vae_state(state)):
         first = next(iter(state), "none")
-        raise ReconError(f"{path} is not a Wan 2.1 VAE checkpoint (no encoder.conv1 / decoder.head tensors; first key {first})")
+        raise ReconError(
+            f"{path} is not a Wan 2.1 VAE checkpoint (no encoder.conv1 / decoder.head tensors; first key {first})"
+        )
     return state
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from depth.dvd import windows as W
 from depth.dvd.config import DVDModelConfig
 from depth.dvd.convert import (
     LoraMergeInfo,
@@ -31,7 +33,6 @@ from depth.dvd.convert import (
     read_wan_vae,
     wan_vae_to_diffusers,
 )
-from depth.dvd import windows as W
 from recon.console import debug
 from recon.errors import ReconError
 
@@ -102,7 +103,11 @@ def _load_assign(model: torch.nn.Module, state: dict[str, torch.Tensor], what: s
 
 
 def build_transformer(
-    config: DVDModelConfig, state: dict[str, torch.Tensor] | None, device: torch.device, dtype: torch.dtype, source: Any = ""
+    config: DVDModelConfig,
+    state: dict[str, torch.Tensor] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    source: Any = "",
 ) -> torch.nn.Module:
     """WanTransformer3DModel from `config`, loaded from a diffusers-named `state` (None: random weights, for benchmarks)."""
     from diffusers import WanTransformer3DModel
@@ -115,7 +120,9 @@ def build_transformer(
     else:
         _load_assign(model, state, "DiT", source)
     # RoPE tables are non-persistent buffers: rebuild them for real (float64 math, kept in float32).
-    model.rope = WanRotaryPosEmbed(kwargs["attention_head_dim"], kwargs["patch_size"], kwargs["rope_max_seq_len"]).to(device)
+    model.rope = WanRotaryPosEmbed(kwargs["attention_head_dim"], kwargs["patch_size"], kwargs["rope_max_seq_len"]).to(
+        device
+    )
     model.condition_embedder.timesteps_proj = Float64Timesteps(kwargs["freq_dim"])
     _assert_materialised(model, "DiT")
     return model.eval().requires_grad_(False)
@@ -217,7 +224,7 @@ class DVDRegressor:
         dtype: str | torch.dtype | None = None,
         lora_alpha: float | None = None,
         vae_tiling: bool = False,
-    ) -> "DVDRegressor":
+    ) -> DVDRegressor:
         """Load a DVD DiT checkpoint (LoRA merged at load) and a Wan 2.1 VAE.
 
         dit: DVD safetensors (`pipe.dit.*` keys). vae: `Wan2.1_VAE.pth`, safetensors or a diffusers folder.
@@ -242,8 +249,12 @@ class DVDRegressor:
 
     @classmethod
     def random(
-        cls, config: str | Path | DVDModelConfig | None = None, device: str | torch.device = "cpu", dtype: Any = None, seed: int = 0
-    ) -> "DVDRegressor":
+        cls,
+        config: str | Path | DVDModelConfig | None = None,
+        device: str | torch.device = "cpu",
+        dtype: Any = None,
+        seed: int = 0,
+    ) -> DVDRegressor:
         """Randomly initialised model of the configured architecture (benchmarks; outputs are meaningless)."""
         cfg = config if isinstance(config, DVDModelConfig) else DVDModelConfig.from_json(config)
         dev = resolve_device(device)
@@ -254,7 +265,9 @@ class DVDRegressor:
     # ------------------------------------------------------------------ one window
     def _text_context(self, batch: int) -> torch.Tensor:
         if self._context is None or self._context.shape[0] != batch:
-            self._context = torch.zeros(batch, self.config.text_len, self.config.text_dim, device=self.device, dtype=self.dtype)
+            self._context = torch.zeros(
+                batch, self.config.text_len, self.config.text_dim, device=self.device, dtype=self.dtype
+            )
         return self._context
 
     @torch.inference_mode()
@@ -336,7 +349,9 @@ class DVDRegressor:
         if first.ndim != 4 or first.shape[-1] != 3:
             raise ReconError(f"DVD expects RGB frames [T, H, W, 3], got {first.shape[1:]} per frame")
         if first.dtype != np.uint8:
-            raise ReconError(f"DVD predict expects uint8 frames (0-255), got {first.dtype}; use predict_window for floats")
+            raise ReconError(
+                f"DVD predict expects uint8 frames (0-255), got {first.dtype}; use predict_window for floats"
+            )
         h0, w0 = int(first.shape[1]), int(first.shape[2])
         h, w = W.processing_size(h0, w0, height, width)
         spans = W.plan_windows(num_frames, window, overlap)
@@ -381,4 +396,3 @@ class DVDRegressor:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-

@@ -104,9 +104,13 @@ def resolve_weights(
         return WeightPaths(dit, vae)
     missing = [name for name, p in ((dvd_file, dit), (VAE_FILE, vae)) if p is None]
     if not allow_download:
-        raise ReconError(_missing_message(cache, dvd_file, f"{' and '.join(missing)} not found and downloads are disabled"))
+        raise ReconError(
+            _missing_message(cache, dvd_file, f"{' and '.join(missing)} not found and downloads are disabled")
+        )
     if _hub_offline():
-        raise ReconError(_missing_message(cache, dvd_file, f"{' and '.join(missing)} not found and HF_HUB_OFFLINE is set"))
+        raise ReconError(
+            _missing_message(cache, dvd_file, f"{' and '.join(missing)} not found and HF_HUB_OFFLINE is set")
+        )
     try:
         cache.mkdir(parents=True, exist_ok=True)
         if dit is None:
@@ -119,7 +123,9 @@ def resolve_weights(
         raise
     except Exception as e:  # offline, gated, disk full, interrupted: one clear message
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ReconError(_missing_message(cache, dvd_file, f"download failed: {type(e).__name__}: {first[:200]}")) from None
+        raise ReconError(
+            _missing_message(cache, dvd_file, f"download failed: {type(e).__name__}: {first[:200]}")
+        ) from None
     return WeightPaths(dit, vae)
 
 

@@ -187,9 +187,7 @@ def pairwise_overlaps(spans: list[tuple[int, int]]) -> list[tuple[int, int, int,
     return pairs
 
 
-def solve_global_scale_shift(
-    windows: list[np.ndarray], spans: list[tuple[int, int]]
-) -> tuple[np.ndarray, np.ndarray]:
+def solve_global_scale_shift(windows: list[np.ndarray], spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
     """Per-window (scale, shift) making all windows agree, solved jointly over every pairwise overlap.
 
     Window 0 is fixed (scale 1, shift 0); aligned window i is `scale_i * x_i + shift_i`.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 from unittest import mock
 
 import torch

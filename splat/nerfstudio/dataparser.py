@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Type
 
-from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, NerfstudioDataParserConfig
+from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.utils.data_utils import get_depth_image_from_path
 
 from recon.errors import ReconError
@@ -22,10 +21,10 @@ from recon.errors import ReconError
 class DVDSplatDataParserConfig(NerfstudioDataParserConfig):
     """nerfstudio's transforms.json parser, with the run's fused cloud and depth scale on by default."""
 
-    _target: Type = field(default_factory=lambda: DVDSplatDataParser)
+    _target: type = field(default_factory=lambda: DVDSplatDataParser)
     load_3D_points: bool = True
     """Initialise the Gaussians from transforms.json's `ply_file_path` (the run's points/init.ply)."""
-    depth_unit_scale_factor: Optional[float] = None  # type: ignore[assignment]
+    depth_unit_scale_factor: float | None = None  # type: ignore[assignment]
     """Depth PNG value x this = scene units. None: read it from transforms.json (1e-3 if absent)."""
 
 
@@ -63,7 +62,7 @@ class DVDSplatDataset(InputDataset):
         self.depth_filenames = self.metadata.get("depth_filenames")
         self.depth_unit_scale_factor = float(self.metadata.get("depth_unit_scale_factor", 1e-3))
 
-    def get_metadata(self, data: Dict) -> Dict:
+    def get_metadata(self, data: dict) -> dict:
         if not self.depth_filenames:
             return {}
         idx = data["image_idx"]

@@ -7,7 +7,6 @@ as values: a plugin must not import nerfstudio's method_configs, which discovers
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Type
 
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
@@ -42,7 +41,7 @@ class PlainFloatExponentialDecayScheduler(ExponentialDecayScheduler):
 
 @dataclass
 class PlainFloatExponentialDecaySchedulerConfig(ExponentialDecaySchedulerConfig):
-    _target: Type = field(default_factory=lambda: PlainFloatExponentialDecayScheduler)
+    _target: type = field(default_factory=lambda: PlainFloatExponentialDecayScheduler)
 
 
 def _adam(lr: float, final: float | None = None, warmup: int = 0) -> dict:

@@ -12,7 +12,7 @@ Differences from `SplatfactoModel`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Literal, Type, Union
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,7 @@ def downscale_depth(depth: torch.Tensor, factor: int) -> torch.Tensor:
 class DVDSplatModelConfig(SplatfactoModelConfig):
     """splatfacto's settings plus the DVD-Splat depth prior (defaults as in `splat.train.TrainConfig`)."""
 
-    _target: Type = field(default_factory=lambda: DVDSplatModel)
+    _target: type = field(default_factory=lambda: DVDSplatModel)
     depth_loss: Literal["none", "l1-inverse", "pearson"] = _TRAIN_DEFAULTS.depth_loss
     """Depth-prior loss against the run's aligned depth: 'l1-inverse' (L1 on inverse depth),
     'pearson' (1 - correlation of inverse depth, scale-free) or 'none' (see splat.losses)."""
@@ -90,7 +90,7 @@ class DVDSplatModel(SplatfactoModel):
         self.max_num_iterations = getattr(trainer_config, "max_num_iterations", None)
         return super().get_training_callbacks(training_callback_attributes)
 
-    def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, list]]:
+    def get_outputs(self, camera: Cameras) -> dict[str, torch.Tensor | list]:
         """Render one camera: rgb [H, W, 3], depth [H, W, 1] (nerfstudio world units), accumulation [H, W, 1]."""
         if not isinstance(camera, Cameras):
             return {}
@@ -100,11 +100,15 @@ class DVDSplatModel(SplatfactoModel):
         else:
             c2w = camera.camera_to_worlds
 
-        params = {k: self.gauss_params[k] for k in ("means", "scales", "quats", "features_dc", "features_rest", "opacities")}
+        params = {
+            k: self.gauss_params[k] for k in ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
+        }
         if self.crop_box is not None and not self.training:
             inside = self.crop_box.within(params["means"]).squeeze()
             if inside.sum() == 0:
-                return self.get_empty_outputs(int(camera.width.item()), int(camera.height.item()), self.background_color)
+                return self.get_empty_outputs(
+                    int(camera.width.item()), int(camera.height.item()), self.background_color
+                )
             params = {k: v[inside] for k, v in params.items()}
 
         scale = self._get_downscale_factor()
@@ -139,7 +143,9 @@ class DVDSplatModel(SplatfactoModel):
             rasterize_mode=self.config.rasterize_mode,
         )
         if self.training:
-            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info)
+            self.strategy.step_pre_backward(
+                self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info
+            )
 
         background = self._get_background_color()
         rgb = torch.clamp(render[..., :3] + (1 - alpha) * background, 0.0, 1.0)
@@ -158,7 +164,7 @@ class DVDSplatModel(SplatfactoModel):
         total = self.max_num_iterations or self.config.stop_split_at
         return losses.depth_weight_at(self.step, self.config.depth_weight, self.config.depth_weight_final, total)
 
-    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, torch.Tensor]:
         loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
         use_depth = self.config.depth_loss != "none" and self.config.depth_weight > 0
         if self.training and use_depth and "depth_image" in batch and outputs["depth"] is not None:
