@@ -20,11 +20,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recon.cameras import CameraSet  # noqa: E402
+from recon.artifacts.cameras import CameraSet  # noqa: E402
 from recon.console import set_verbosity  # noqa: E402
-from recon.layout import RunPaths  # noqa: E402
+from recon.artifacts.layout import RunPaths  # noqa: E402
 from recon.poses import PosesConfig, run_poses  # noqa: E402
-from recon.sim3 import ate_rmse  # noqa: E402
+from depth.geometry import ate_rmse  # noqa: E402
 from recon.video import FramesConfig, extract_frames  # noqa: E402
 
 KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_rgbd"

@@ -46,10 +46,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recon.cameras import CameraSet, opencv_to_opengl  # noqa: E402
+from recon.artifacts.cameras import CameraSet  # noqa: E402
+from depth.geometry import opencv_to_opengl
 from recon.console import set_verbosity  # noqa: E402
 from recon.errors import ReconError  # noqa: E402
-from recon.layout import RunPaths  # noqa: E402
+from recon.artifacts.layout import RunPaths  # noqa: E402
 
 DATA = Path("/work/shared/data")
 LEGO = DATA / "nerf_synthetic_lego_train100_400px"

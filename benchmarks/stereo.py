@@ -34,7 +34,7 @@ KITCHEN = ROOT.parent / "shared" / "data" / "7scenes_redkitchen_rgbd"
 
 def build_run(root: Path) -> Path:
     """The conftest recipe: 60 frames of the redkitchen video at 320x240, default SfM."""
-    from recon.layout import RunPaths
+    from recon.artifacts.layout import RunPaths
     from recon.poses import PosesConfig, run_poses
     from recon.video import FramesConfig, extract_frames
 
@@ -55,9 +55,9 @@ def worker(run: Path, planes: int, cost: str, frames_limit: int, device: str, th
 
     from depth.metrics import depth_metrics
     from depth.stereo import StereoConfig, sfm_depth_range, stereo_depth
-    from recon.cameras import CameraSet
-    from recon.layout import RunPaths
-    from recon.sim3 import umeyama
+    from recon.artifacts.cameras import CameraSet
+    from recon.artifacts.layout import RunPaths
+    from depth.geometry import umeyama
 
     paths = RunPaths(run)
     cams = CameraSet.load(paths.cameras_json)

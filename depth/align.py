@@ -34,16 +34,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from recon.artifacts.cameras import CameraSet
+from recon.artifacts.layout import RunPaths
 from recon.atomic import save_npz, write_json
-from recon.cameras import CameraSet
 from recon.console import debug, info, warn
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.sfm import SparseDepth, load_reconstruction, sfm_observations  # noqa: F401  (moving to recon/stages/align.py)
 from recon.split import load_split
 
 KIND_RELATIVE = "relative_disparity"
@@ -318,80 +318,6 @@ def window_blend_weights(windows: list[list[int]], num_frames: int) -> np.ndarra
 
 # --------------------------------------------------------------------------------------------
 # SfM observations
-
-
-@dataclass
-class SparseDepth:
-    """SfM observations of one frame: keypoints `xy` [M, 2] (pixels, centres at +0.5), z-depth `depth`
-    [M] in scene units (from cameras.json c2w), and `point_ids` [M] of the observed 3D points."""
-
-    xy: np.ndarray
-    depth: np.ndarray
-    point_ids: np.ndarray
-
-
-def load_reconstruction(sfm_dir: Path):
-    """pycolmap.Reconstruction from RUN/sfm, with a clear error when it is missing or unreadable."""
-    import pycolmap
-
-    sfm_dir = Path(sfm_dir)
-    if not sfm_dir.is_dir() or not any((sfm_dir / f"images.{e}").exists() for e in ("bin", "txt")):
-        raise ReconError(f"{sfm_dir} has no COLMAP model: run the pose stage first (recon poses)")
-    try:
-        return pycolmap.Reconstruction(sfm_dir)
-    except Exception as e:  # pycolmap raises plain RuntimeError/ValueError on corrupt models
-        raise ReconError(f"cannot read the SfM model in {sfm_dir} ({e})") from e
-
-
-def sfm_observations(
-    rec, cams: CameraSet, frame_ids: list[int], max_reproj_error: float = 2.0, min_track_length: int = 2
-) -> dict[int, SparseDepth]:
-    """Per frame index (into cameras.json), the SfM points that frame observes, with their z-depth.
-
-    Images of the SfM model are matched to frames by file name (then by stem). Keypoints are rescaled
-    if the SfM camera size differs from the cameras.json size. Points behind the camera, with a large
-    reprojection error or a short track are dropped.
-    """
-    by_name: dict[str, int] = {}
-    for i, f in enumerate(cams.files):
-        by_name.setdefault(Path(f).name, i)
-        by_name.setdefault(Path(f).stem, i)
-    wanted = {int(i) for i in frame_ids}
-    w2c_all = cams.w2c
-    points = rec.points3D
-    out: dict[int, SparseDepth] = {}
-    matched = 0
-    for image in rec.images.values():
-        i = by_name.get(Path(image.name).name, by_name.get(Path(image.name).stem))
-        if i is None:
-            continue
-        matched += 1
-        if i not in wanted:
-            continue
-        cam = rec.cameras[image.camera_id]
-        sx, sy = cams.width / cam.width, cams.height / cam.height
-        xy, pids = [], []
-        for p2d in image.points2D:
-            if p2d.has_point3D():
-                xy.append(p2d.xy)
-                pids.append(p2d.point3D_id)
-        if not pids:
-            out[i] = SparseDepth(np.zeros((0, 2)), np.zeros(0), np.zeros(0, dtype=np.int64))
-            continue
-        xy = np.asarray(xy, dtype=np.float64) * np.array([sx, sy])
-        pids = np.asarray(pids, dtype=np.int64)
-        xyz = np.array([points[int(p)].xyz for p in pids], dtype=np.float64)
-        err = np.array([points[int(p)].error for p in pids], dtype=np.float64)
-        tlen = np.array([points[int(p)].track.length() for p in pids], dtype=np.int64)
-        w2c = w2c_all[i]
-        z = xyz @ w2c[2, :3] + w2c[2, 3]
-        keep = (z > 0) & (tlen >= min_track_length) & ((err <= max_reproj_error) | ~np.isfinite(err) | (err < 0))
-        out[i] = SparseDepth(xy[keep], z[keep], pids[keep])
-    if matched == 0:
-        raise ReconError(
-            "no image of the SfM model matches a frame of cameras.json (names differ): re-run the pose stage"
-        )
-    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,10 +38,10 @@ from depth.file import FileDepthConfig, load_depth_files
 from depth.preview import write_depth_preview
 from depth.stereo import StereoConfig, depth_to_disparity, run_stereo
 from recon.atomic import save_npz, write_json
-from recon.cameras import CameraSet
+from recon.artifacts.cameras import CameraSet
 from recon.console import info, warn
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 from recon.split import load_split
 
 Backend = Literal["auto", "dvd", "stereo", "file"]

@@ -37,10 +37,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recon.cameras import CameraSet, invert_pose
+from recon.artifacts.cameras import CameraSet
+from depth.geometry import invert_pose
 from recon.console import debug, info, track
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 
 
 @dataclass

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from recon.cameras import CameraSet
+from recon.artifacts.cameras import CameraSet
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 
 
 def make_config(preset: str = "auto", config: str | Path | None = None, **sections: dict[str, Any]):

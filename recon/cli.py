@@ -190,7 +190,7 @@ def _apply_saved(cfg, out: Path):
     `recon fuse --out RUN` without repeating `--max-frames` etc. keeps (and does not redo) earlier stages.
     Explicit --config files, flags and --set still override them."""
     from recon.config import apply_mapping
-    from recon.layout import RunPaths
+    from recon.artifacts.layout import RunPaths
     from recon.manifest import Manifest
 
     paths = RunPaths(out)
@@ -306,7 +306,7 @@ class ExportCommand:
 
 
 def _existing_run(run: Path):
-    from recon.layout import RunPaths
+    from recon.artifacts.layout import RunPaths
 
     paths = RunPaths(run)
     if not paths.root.is_dir():
@@ -316,7 +316,7 @@ def _existing_run(run: Path):
 
 def _dispatch(argv: list[str]) -> int:
     from recon import console as con
-    from recon.layout import RunPaths
+    from recon.artifacts.layout import RunPaths
 
     commands = _make_commands()
     all_cmds: dict[str, type] = {**commands, "export": ExportCommand, "report": ReportCommand, "eval": EvalCommand}

@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 
 from recon.atomic import write_json
-from recon.cameras import CameraSet
+from recon.artifacts.cameras import CameraSet
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 
 
 @dataclass
@@ -73,7 +73,7 @@ def _read_gt_depth(path: Path, size: tuple[int, int], scale: float, invalid: tup
 def evaluate_run(paths: RunPaths, cfg: EvalConfig) -> dict[str, Any]:
     """Compute pose and depth scores for a run; writes RUN/eval.json and returns the dict."""
     from depth.metrics import depth_metrics
-    from recon.sim3 import ate_rmse
+    from depth.geometry import ate_rmse
 
     cams = CameraSet.load(paths.cameras_json)
     result: dict[str, Any] = {}

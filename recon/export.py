@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from recon.atomic import write_json
-from recon.cameras import CameraSet, opencv_to_opengl
+from recon.artifacts.cameras import CameraSet
+from depth.geometry import opencv_to_opengl
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 
 
 def _rel(paths: RunPaths, p: str | Path) -> str:

@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 
 from recon.atomic import atomic_dir
-from recon.cameras import CameraSet, invert_pose, opengl_to_opencv
+from recon.artifacts.cameras import CameraSet
+from depth.geometry import invert_pose, opengl_to_opencv
 from recon.console import info, progress, warn
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from recon.atomic import write_json
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 
 _VERSIONED = ("dvd-splat", "torch", "numpy", "pycolmap", "gsplat", "diffusers", "open3d", "nerfstudio", "av")
 

@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 
 from recon.atomic import atomic_dir, write_json
-from recon.cameras import CameraSet
+from recon.artifacts.cameras import CameraSet
 from recon.console import info
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 
 PNG_MAX = 65535
 

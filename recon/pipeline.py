@@ -8,74 +8,68 @@ so changing a config or re-running (`--force`) an upstream stage re-runs everyth
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from recon.artifacts.layout import RunPaths
 from recon.console import info
 from recon.errors import ReconError
-from recon.layout import RunPaths
 from recon.manifest import Manifest, fingerprint, input_fingerprint
-from recon.split import SplitConfig
-from recon.video import FramesConfig
-
-STAGES = ("frames", "poses", "split", "depth", "align", "fuse", "train", "export", "report")
-DEPENDS: dict[str, tuple[str, ...]] = {
-    "frames": (),
-    "poses": ("frames",),
-    "split": ("poses",),
-    "depth": ("split",),
-    "align": ("depth",),
-    "fuse": ("align",),
-    "train": ("fuse",),
-    "export": ("align", "fuse"),
-    "report": ("train", "export"),
-}
+from recon.stages import StageContext
+from recon.stages.align import Config as AlignConfig
+from recon.stages.depth import Config as DepthConfig
+from recon.stages.frames import Config as FramesConfig
+from recon.stages.fuse import Config as FuseConfig
+from recon.stages.poses import Config as PosesConfig
+from recon.stages.split import Config as SplitConfig
+from recon.stages.train import Config as TrainConfig
 
 
-def _default_poses():
-    from recon.poses import PosesConfig
+@dataclass(frozen=True)
+class Stage:
+    """One row of the pipeline: a stage's name, the stages it reads from, and its module in recon.stages."""
 
-    return PosesConfig()
+    name: str
+    depends: tuple[str, ...]
+    module: str
 
-
-def _default_depth():
-    from depth.stage import DepthConfig
-
-    return DepthConfig()
-
-
-def _default_align():
-    from depth.align import AlignConfig
-
-    return AlignConfig()
+    def runner(self) -> ModuleType:
+        """The stage module (it defines `Config` and `run(ctx, cfg)`)."""
+        return importlib.import_module(self.module)
 
 
-def _default_fuse():
-    from splat.init import FuseConfig
-
-    return FuseConfig()
-
-
-def _default_train():
-    from splat.train import TrainConfig
-
-    return TrainConfig()
+TABLE: tuple[Stage, ...] = (
+    Stage("frames", (), "recon.stages.frames"),
+    Stage("poses", ("frames",), "recon.stages.poses"),
+    Stage("split", ("poses",), "recon.stages.split"),
+    Stage("depth", ("split",), "recon.stages.depth"),
+    Stage("align", ("depth",), "recon.stages.align"),
+    Stage("fuse", ("align",), "recon.stages.fuse"),
+    Stage("train", ("fuse",), "recon.stages.train"),
+    Stage("export", ("align", "fuse"), "recon.stages.export"),
+    Stage("report", ("train", "export"), "recon.stages.report"),
+)
+BY_NAME = {s.name: s for s in TABLE}
+STAGES = tuple(s.name for s in TABLE)
+DEPENDS: dict[str, tuple[str, ...]] = {s.name: s.depends for s in TABLE}
 
 
 @dataclass
 class RunConfig:
-    """Every stage's config; saved per stage into RUN/manifest.json."""
+    """Every stage's config (the `Config` class of its module in recon.stages); saved per stage into the manifest."""
 
     frames: FramesConfig = field(default_factory=FramesConfig)
-    poses: Any = field(default_factory=_default_poses)
+    poses: PosesConfig = field(default_factory=PosesConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
-    depth: Any = field(default_factory=_default_depth)
-    align: Any = field(default_factory=_default_align)
-    fuse: Any = field(default_factory=_default_fuse)
-    train: Any = field(default_factory=_default_train)
+    depth: DepthConfig = field(default_factory=DepthConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    fuse: FuseConfig = field(default_factory=FuseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 @dataclass
@@ -87,71 +81,7 @@ class StageResult:
 
 
 def _run_stage(name: str, input_path: Path | None, paths: RunPaths, cfg: RunConfig) -> dict[str, Any]:
-    if name == "frames":
-        from recon.video import extract_frames
-
-        if input_path is None:
-            raise ReconError("no INPUT given and the run has no frames yet: pass a video file or an image folder")
-        return extract_frames(input_path, paths, cfg.frames)
-    if name == "poses":
-        from recon.poses import run_poses
-
-        return run_poses(paths, cfg.poses)
-    if name == "split":
-        from recon.cameras import CameraSet
-        from recon.split import make_split, save_split
-
-        cams = CameraSet.load(paths.cameras_json)
-        aliases = _source_names(paths, cams)
-        split = make_split(len(cams), cams.files, cfg.split, cams.registered, aliases=aliases)
-        save_split(paths.split_json, split)
-        return {
-            "train views": len(split["train"]),
-            "test views": len(split["test"]),
-            "prior frames": len(split["prior"]),
-            "protocol": split["protocol"],
-        }
-    if name == "depth":
-        from depth.stage import run_depth
-
-        return run_depth(paths, cfg.depth)
-    if name == "align":
-        from depth.align import run_align
-
-        return run_align(paths, cfg.align)
-    if name == "fuse":
-        from splat.init import run_fuse
-
-        return run_fuse(paths, cfg.fuse)
-    if name == "train":
-        from splat.train import run_train
-
-        return run_train(paths, cfg.train)
-    if name == "export":
-        from recon.ns_export import export_nerfstudio
-
-        out = export_nerfstudio(paths)
-        return {"transforms.json": str(out)}
-    if name == "report":
-        from recon.report import write_report
-
-        return {"report": str(write_report(paths))}
-    raise ValueError(f"unknown stage {name}")
-
-
-def _source_names(paths: RunPaths, cams) -> list[list[str]]:
-    """Other names a split file may use for each frame: the source image name and the frames/ file."""
-    import json
-
-    out: list[list[str]] = [[] for _ in range(len(cams))]
-    if paths.frames_json.exists():
-        frames = json.loads(paths.frames_json.read_text()).get("frames", [])
-        by_src = {int(f["source_index"]): f for f in frames}
-        for i, s in enumerate(cams.source_index):
-            f = by_src.get(int(s))
-            if f:
-                out[i] = [n for n in (f.get("source_name"), f.get("file")) if n]
-    return out
+    return BY_NAME[name].runner().run(StageContext(paths, input_path), stage_config(name, cfg))
 
 
 def stage_config(name: str, cfg: RunConfig) -> Any:

@@ -45,10 +45,11 @@ from typing import Any, Literal
 import numpy as np
 
 from recon.atomic import atomic_dir, write_json
-from recon.cameras import CameraSet, invert_pose
+from recon.artifacts.cameras import CameraSet
+from depth.geometry import invert_pose
 from recon.console import debug, info, progress, verbosity, warn
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 
 EXHAUSTIVE_MAX_IMAGES = 100
 

@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 
 from recon.atomic import write_text
-from recon.cameras import CameraSet
+from recon.artifacts.cameras import CameraSet
 from recon.console import warn
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 
 STRIP_FRAMES = 8
 THUMB_HEIGHT = 120

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from recon.atomic import atomic_dir, write_json
 from recon.console import debug, progress
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 

@@ -16,10 +16,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from recon.cameras import CameraSet
+from recon.artifacts.cameras import CameraSet
+from recon.artifacts.layout import RunPaths
 from recon.console import debug
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.sfm import read_sfm_points
 
 SH_C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi))
 
@@ -136,40 +137,6 @@ def read_point_cloud(path: Path) -> tuple[np.ndarray, np.ndarray]:
         rgb = np.full((len(xyz), 3), 128, np.uint8)
     if not np.isfinite(xyz).all():
         raise ReconError(f"{path} contains NaN or infinite point coordinates")
-    return xyz, rgb
-
-
-def read_sfm_points(
-    sfm_dir: Path, image_names: set[str] | None = None, min_views: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """COLMAP model (pycolmap) -> (xyz float32 [N,3], rgb uint8 [N,3]); raises ReconError if none.
-
-    With `image_names` (the training views' image file names) and `min_views` > 0, only points whose
-    track holds at least `min_views` observations in those images are kept: the points the training
-    views alone would triangulate. The pose stage runs SfM on every frame, test views included, so
-    without this filter an SfM init would carry geometry that only the held-out views saw.
-    """
-    import pycolmap
-
-    if not sfm_dir.exists():
-        raise ReconError(f"{sfm_dir} not found: run the pose stage first, or train with --init depth|random")
-    try:
-        rec = pycolmap.Reconstruction(str(sfm_dir))
-    except Exception as e:  # pycolmap raises RuntimeError/ValueError variants for unreadable models
-        raise ReconError(f"{sfm_dir} is not a readable COLMAP model ({e})") from e
-    pts = list(rec.points3D.values())
-    if not pts:
-        raise ReconError(f"{sfm_dir} has no 3D points: SfM triangulated nothing (try --init random)")
-    if image_names is not None and min_views > 0:
-        ids = {img.image_id for img in rec.images.values() if img.name in image_names}
-        pts = [p for p in pts if len({e.image_id for e in p.track.elements} & ids) >= min_views]
-        if not pts:
-            raise ReconError(
-                f"no SfM point of {sfm_dir} is observed by {min_views}+ of the {len(ids)} training views "
-                "(too few or too far apart to triangulate): train with --init depth|random"
-            )
-    xyz = np.array([p.xyz for p in pts], np.float32)
-    rgb = np.array([p.color for p in pts], np.uint8)
     return xyz, rgb
 
 

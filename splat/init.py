@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 
 from recon.atomic import atomic_path
-from recon.cameras import CameraSet, invert_pose
+from recon.artifacts.cameras import CameraSet
+from depth.geometry import invert_pose
 from recon.console import info, track, warn
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 from recon.split import load_split
 
 

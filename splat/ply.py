@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData, PlyElement
 
-from recon.atomic import atomic_path
-from recon.errors import ReconError
+from splat.errors import SplatError
 
 GAUSSIAN_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
@@ -30,14 +29,14 @@ def sh_degree_from_bases(num_bases: int) -> int:
     """Number of SH coefficients per channel K = (d+1)^2 -> degree d."""
     d = int(round(np.sqrt(num_bases))) - 1
     if (d + 1) ** 2 != num_bases:
-        raise ReconError(f"{num_bases} SH coefficients per channel is not a square number (d+1)^2")
+        raise SplatError(f"{num_bases} SH coefficients per channel is not a square number (d+1)^2")
     return d
 
 
 def _check(gaussians: dict[str, np.ndarray]) -> int:
     missing = [k for k in GAUSSIAN_KEYS if k not in gaussians]
     if missing:
-        raise ReconError(f"Gaussian set is missing {missing}")
+        raise SplatError(f"Gaussian set is missing {missing}")
     n = len(gaussians["means"])
     shapes = {
         "means": (n, 3),
@@ -48,10 +47,10 @@ def _check(gaussians: dict[str, np.ndarray]) -> int:
     }
     for k, shape in shapes.items():
         if tuple(np.shape(gaussians[k])) != shape:
-            raise ReconError(f"Gaussian '{k}' has shape {np.shape(gaussians[k])}, expected {shape}")
+            raise SplatError(f"Gaussian '{k}' has shape {np.shape(gaussians[k])}, expected {shape}")
     shN = np.asarray(gaussians["shN"])
     if shN.ndim != 3 or shN.shape[0] != n or shN.shape[2] != 3:
-        raise ReconError(f"Gaussian 'shN' has shape {shN.shape}, expected ({n}, K-1, 3)")
+        raise SplatError(f"Gaussian 'shN' has shape {shN.shape}, expected ({n}, K-1, 3)")
     sh_degree_from_bases(shN.shape[1] + 1)
     return n
 
@@ -65,7 +64,7 @@ def property_names(num_rest_bases: int) -> list[str]:
 
 
 def write_gaussian_ply(path: str | Path, gaussians: dict[str, np.ndarray]) -> None:
-    """Write a Gaussian set (dict of arrays, see module docstring) as a binary 3DGS PLY, atomically."""
+    """Write a Gaussian set (dict of arrays, see module docstring) as a binary 3DGS PLY at `path`."""
     n = _check(gaussians)
     g = {k: np.asarray(gaussians[k], dtype=np.float32) for k in GAUSSIAN_KEYS}
     rest = g["shN"].shape[1]
@@ -87,29 +86,31 @@ def write_gaussian_ply(path: str | Path, gaussians: dict[str, np.ndarray]) -> No
     vertex = np.empty(n, dtype=[(name, "f4") for name in names])
     for i, name in enumerate(names):
         vertex[name] = columns[:, i]
-    with atomic_path(path) as tmp:
-        PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<").write(str(tmp))
+    PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<").write(str(path))
 
 
 def read_gaussian_ply(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a 3DGS PLY into the dict layout of `write_gaussian_ply` (float32 arrays, pre-activation)."""
+    """Read a 3DGS PLY into the dict layout of `write_gaussian_ply` (float32 arrays, pre-activation).
+
+    Raises SplatError for a missing or malformed file and for non-finite values.
+    """
     path = Path(path)
     if not path.exists():
-        raise ReconError(f"{path} not found")
+        raise SplatError(f"{path} not found")
     try:
         ply = PlyData.read(str(path))
         vertex = ply["vertex"].data
     except Exception as e:  # plyfile raises several unrelated types on a malformed file
-        raise ReconError(f"{path} is not a readable PLY file ({e})") from e
+        raise SplatError(f"{path} is not a readable PLY file ({e})") from e
     have = set(vertex.dtype.names or ())
     base = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2"]
     base += ["rot_0", "rot_1", "rot_2", "rot_3"]
     missing = [p for p in base if p not in have]
     if missing:
-        raise ReconError(f"{path} is not a 3D Gaussian Splatting PLY (missing properties {missing})")
+        raise SplatError(f"{path} is not a 3D Gaussian Splatting PLY (missing properties {missing})")
     n_rest = sum(1 for p in have if p.startswith("f_rest_"))
     if n_rest % 3:
-        raise ReconError(f"{path} has {n_rest} f_rest_* properties, not a multiple of 3")
+        raise SplatError(f"{path} has {n_rest} f_rest_* properties, not a multiple of 3")
     rest = n_rest // 3
     sh_degree_from_bases(rest + 1)
 
@@ -119,7 +120,7 @@ def read_gaussian_ply(path: str | Path) -> dict[str, np.ndarray]:
     n = len(vertex)
     f_rest = cols([f"f_rest_{i}" for i in range(n_rest)])
     shN = f_rest.reshape(n, 3, rest).transpose(0, 2, 1) if rest else np.zeros((n, 0, 3), np.float32)
-    return {
+    out = {
         "means": cols(["x", "y", "z"]),
         "scales": cols(["scale_0", "scale_1", "scale_2"]),
         "quats": cols(["rot_0", "rot_1", "rot_2", "rot_3"]),
@@ -127,3 +128,58 @@ def read_gaussian_ply(path: str | Path) -> dict[str, np.ndarray]:
         "sh0": cols(["f_dc_0", "f_dc_1", "f_dc_2"]).reshape(n, 1, 3),
         "shN": np.ascontiguousarray(shN, dtype=np.float32),
     }
+    bad = [k for k, v in out.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise SplatError(f"{path} has NaN or infinite Gaussian parameters ({', '.join(bad)})")
+    return out
+
+
+def write_point_ply(
+    path: str | Path, points: np.ndarray, colors: np.ndarray, normals: np.ndarray | None = None
+) -> None:
+    """Binary little-endian point-cloud PLY: x y z float32, [nx ny nz float32], red green blue uint8.
+
+    points [N, 3] (scene units), colors [N, 3] uint8, normals [N, 3] or None. Readable by open3d, trimesh,
+    plyfile and splat viewers.
+    """
+    fields = [("x", "f4"), ("y", "f4"), ("z", "f4")]
+    if normals is not None:
+        fields += [("nx", "f4"), ("ny", "f4"), ("nz", "f4")]
+    fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    v = np.empty(len(points), dtype=fields)
+    v["x"], v["y"], v["z"] = (np.asarray(points, np.float32)[:, k] for k in range(3))
+    if normals is not None:
+        v["nx"], v["ny"], v["nz"] = (np.asarray(normals, np.float32)[:, k] for k in range(3))
+    v["red"], v["green"], v["blue"] = (np.asarray(colors, np.uint8)[:, k] for k in range(3))
+    PlyData([PlyElement.describe(v, "vertex")], text=False, byte_order="<").write(str(path))
+
+
+def read_point_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(points [N, 3] float32, colors [N, 3] uint8 (grey 128 when absent), normals [N, 3] float32 or None).
+
+    Raises SplatError for a missing or malformed file, a cloud without points, or non-finite coordinates.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SplatError(f"point cloud {path} not found")
+    try:
+        v = PlyData.read(str(path))["vertex"].data
+    except Exception as e:  # plyfile raises several unrelated types on a malformed file
+        raise SplatError(f"{path} is not a readable PLY point cloud ({e})") from e
+    names = set(v.dtype.names or ())
+    if not {"x", "y", "z"} <= names:
+        raise SplatError(f"{path} has no x/y/z vertex properties")
+    pts = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float32)
+    if len(pts) == 0:
+        raise SplatError(f"{path} has no points")
+    if not np.isfinite(pts).all():
+        raise SplatError(f"{path} contains NaN or infinite point coordinates")
+    if {"red", "green", "blue"} <= names:
+        cols = np.stack([v["red"], v["green"], v["blue"]], axis=1)
+        if cols.dtype.kind == "f":  # float colours in [0, 1] (some writers)
+            cols = np.clip(np.round(cols * 255.0), 0, 255)
+        cols = cols.astype(np.uint8)
+    else:
+        cols = np.full((len(pts), 3), 128, np.uint8)
+    nrm = np.stack([v["nx"], v["ny"], v["nz"]], axis=1).astype(np.float32) if {"nx", "ny", "nz"} <= names else None
+    return pts, cols, nrm

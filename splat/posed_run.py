@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from recon.atomic import atomic_path, save_npz, write_json
-from recon.cameras import CameraSet, opengl_to_opencv
+from recon.artifacts.cameras import CameraSet
+from depth.geometry import opengl_to_opencv
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 from recon.split import save_split
 
 

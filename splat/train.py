@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from recon.atomic import atomic_path, write_json, write_text
-from recon.cameras import CameraSet
+from recon.artifacts.cameras import CameraSet
 from recon.console import debug, info, progress, warn
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 from recon.split import load_split
 from splat import evaluate as ev
 from splat.camera_path import render_path_video
@@ -798,7 +798,7 @@ def _load_frame_stack(path: Path, key: str, what: str, cams: CameraSet) -> np.nd
 
 
 def _render_video(paths: RunPaths, cfg: TrainConfig, params, views: _Views, cams: CameraSet, background) -> None:
-    from recon.cameras import invert_pose
+    from depth.geometry import invert_pose
 
     keys = cams.c2w[cams.registered]
     K = views.K[int(np.flatnonzero(cams.registered)[0])]

@@ -100,8 +100,8 @@ def redkitchen_gt() -> RedkitchenGT:
 @pytest.fixture(scope="session")
 def redkitchen_sfm_run(tmp_path_factory):
     """Frames + poses + split on 60 frames (320x240) of the redkitchen video, once per session."""
-    from recon.cameras import CameraSet
-    from recon.layout import RunPaths
+    from recon.artifacts.cameras import CameraSet
+    from recon.artifacts.layout import RunPaths
     from recon.poses import PosesConfig, run_poses
     from recon.split import SplitConfig, make_split, save_split
     from recon.video import FramesConfig, extract_frames
@@ -120,7 +120,7 @@ RUN_ITEMS = ("frames", "frames.json", "images", "sfm", "cameras.json", "split.js
 @pytest.fixture
 def redkitchen_run_copy(redkitchen_sfm_run, tmp_path):
     """A writable copy of redkitchen_sfm_run (frames, images, sfm, cameras.json, split.json) in tmp_path/run."""
-    from recon.layout import RunPaths
+    from recon.artifacts.layout import RunPaths
 
     dst = tmp_path / "run"
     dst.mkdir()

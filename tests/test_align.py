@@ -16,9 +16,9 @@ from depth.align import (
     window_blend_weights,
 )
 from recon.atomic import save_npz, write_json
-from recon.cameras import CameraSet
+from recon.artifacts.cameras import CameraSet
 from recon.errors import ReconError
-from recon.sim3 import umeyama
+from depth.geometry import umeyama
 from recon.split import load_split
 
 # --------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from depth.dvd import DVDRegressor
-from recon.cameras import CameraSet
-from recon.layout import RunPaths
+from recon.artifacts.cameras import CameraSet
+from recon.artifacts.layout import RunPaths
 from recon.split import load_split
 from recon.video import read_frames
 

@@ -13,7 +13,7 @@ from depth.preview import colorize, write_depth_preview
 from depth.stage import DepthConfig, run_depth, select_backend
 from depth.stereo import StereoConfig
 from recon.atomic import write_json
-from recon.cameras import CameraSet
+from recon.artifacts.cameras import CameraSet
 from recon.errors import ReconError
 from recon.split import load_split
 
@@ -166,7 +166,7 @@ def test_file_backend_kinds_and_errors(redkitchen_run_copy, redkitchen_gt, tmp_p
 
 
 def test_missing_inputs_give_clear_errors(tmp_path):
-    from recon.layout import RunPaths
+    from recon.artifacts.layout import RunPaths
 
     with pytest.raises(ReconError, match="run the pose stage first"):
         run_depth(RunPaths(tmp_path), DepthConfig(backend="stereo"))

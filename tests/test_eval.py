@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image
 
 from recon.atomic import save_npz
-from recon.cameras import CameraSet
-from recon.sim3 import ate_rmse
+from recon.artifacts.cameras import CameraSet
+from depth.geometry import ate_rmse
 
 KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_rgbd"
 PATTERN = str(KITCHEN / "depth" / "frame-{source_index:06d}.depth.png")

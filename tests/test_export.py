@@ -10,7 +10,8 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from recon.cameras import CameraSet, opencv_to_opengl
+from recon.artifacts.cameras import CameraSet
+from depth.geometry import opencv_to_opengl
 from recon.errors import ReconError
 from recon.export import export_transforms, transforms_dict
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 from recon.video import FramesConfig, extract_frames, select_indices, target_size
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -12,9 +12,10 @@ from depth.file import FileDepthConfig
 from depth.stage import DepthConfig, run_depth
 from depth.stereo import StereoConfig
 from recon.atomic import save_npz, write_json
-from recon.cameras import CameraSet, invert_pose
+from recon.artifacts.cameras import CameraSet
+from depth.geometry import invert_pose
 from recon.errors import ReconError
-from recon.sim3 import umeyama
+from depth.geometry import umeyama
 from recon.split import load_split
 from splat.init import (
     FuseConfig,

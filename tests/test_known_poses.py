@@ -11,10 +11,11 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from recon.cameras import CameraSet, opencv_to_opengl, opengl_to_opencv
+from recon.artifacts.cameras import CameraSet
+from depth.geometry import opencv_to_opengl, opengl_to_opencv
 from recon.errors import ReconError
 from recon.known_poses import camera_from_transforms, load_pose_source, match_frames
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 from recon.poses import PosesConfig, run_poses
 from recon.video import FramesConfig, extract_frames
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from gsplat.strategy import MCMCStrategy
 
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 from splat.mcmc_cpu import (
     compute_relocation_torch,
     cpu_mcmc_ops,

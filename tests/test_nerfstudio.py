@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from recon.atomic import save_npz
-from recon.cameras import CameraSet, invert_pose, opengl_to_opencv
-from recon.layout import RunPaths
+from recon.artifacts.cameras import CameraSet
+from depth.geometry import invert_pose, opengl_to_opencv
+from recon.artifacts.layout import RunPaths
 
 REPO = Path(__file__).resolve().parents[1]
 ICL = REPO.parent / "shared" / "data" / "icl_nuim_livingroom_5frames"

@@ -12,9 +12,9 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from recon.cameras import CameraSet
+from recon.artifacts.cameras import CameraSet
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 from recon.poses import (
     PosesConfig,
     initial_focal_px,
@@ -24,7 +24,7 @@ from recon.poses import (
     undistort_points,
     undistortion_maps,
 )
-from recon.sim3 import ate_rmse, umeyama
+from depth.geometry import ate_rmse, umeyama
 from recon.video import FramesConfig, extract_frames
 
 KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_rgbd"

@@ -19,8 +19,9 @@ from urllib.request import urlopen
 import numpy as np
 import pytest
 
-from recon.cameras import CameraSet, opencv_to_opengl
-from recon.layout import RunPaths
+from recon.artifacts.cameras import CameraSet
+from depth.geometry import opencv_to_opengl
+from recon.artifacts.layout import RunPaths
 from recon.report import SECTIONS, render_points, write_report
 
 ICL = Path(__file__).resolve().parents[2] / "shared" / "data" / "icl_nuim_livingroom_5frames"

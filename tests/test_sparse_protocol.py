@@ -9,10 +9,10 @@ import numpy as np
 import pycolmap
 import pytest
 
-from recon.cameras import CameraSet
+from recon.artifacts.cameras import CameraSet
 from recon.errors import ReconError
 from recon.split import SplitConfig, make_split
-from splat.gaussians import read_sfm_points
+from recon.sfm import read_sfm_points
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,8 @@ from PIL import Image
 
 from depth import stereo as S
 from depth.metrics import depth_metrics
-from recon.cameras import CameraSet, invert_pose
+from recon.artifacts.cameras import CameraSet
+from depth.geometry import invert_pose
 from recon.errors import ReconError
 
 KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_rgbd"
@@ -159,7 +160,7 @@ def _frames(paths, cams: CameraSet) -> np.ndarray:
 def kitchen_stereo(redkitchen_sfm_run, redkitchen_gt):
     """Stereo depth (SfM units) for the redkitchen frames that have GT, all registered frames as
     neighbours, with default settings; GT resized (nearest) to the frame size; the Sim(3) scale."""
-    from recon.sim3 import umeyama
+    from depth.geometry import umeyama
 
     paths = redkitchen_sfm_run
     cams = CameraSet.load(paths.cameras_json)

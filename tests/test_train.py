@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from recon.cameras import CameraSet
+from recon.artifacts.cameras import CameraSet
 from recon.errors import ReconError
-from recon.layout import RunPaths
+from recon.artifacts.layout import RunPaths
 from splat.camera_path import interpolate_path
 from splat.evaluate import depth_metrics, psnr
 from splat.losses import depth_l1_inverse, depth_pearson, depth_weight_at, exp_decay, ssim

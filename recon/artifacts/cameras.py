@@ -1,9 +1,7 @@
-"""Camera sets: intrinsics K and camera-to-world poses for every frame of a run.
+"""RUN/cameras.json: intrinsics K and camera-to-world poses for every frame of a run.
 
-Conventions (one set everywhere): OpenCV camera axes (x right, y down, z forward); `c2w` is a 4x4
-float64 camera-to-world matrix; `K` is 3x3 in pixels of the stored frame resolution. OpenGL /
-nerfstudio / Blender axes appear only at file boundaries, converted by `opengl_to_opencv` /
-`opencv_to_opengl`.
+Conventions (depth.geometry): OpenCV camera axes; `c2w` 4x4 float64 camera-to-world; `K` 3x3 in pixels of the
+stored frame resolution.
 """
 
 from __future__ import annotations
@@ -15,34 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from depth.geometry import invert_pose
 from recon.atomic import write_json
 from recon.errors import ReconError
-
-# Flipping y and z turns OpenGL camera axes (x right, y up, looking along -z) into OpenCV ones.
-_FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])
-
-
-def opengl_to_opencv(c2w: np.ndarray) -> np.ndarray:
-    """c2w [..., 4, 4] with OpenGL camera axes -> c2w with OpenCV camera axes (same world frame)."""
-    return np.asarray(c2w, dtype=np.float64) @ _FLIP_YZ
-
-
-def opencv_to_opengl(c2w: np.ndarray) -> np.ndarray:
-    """c2w [..., 4, 4] with OpenCV camera axes -> OpenGL camera axes (the flip is its own inverse)."""
-    return np.asarray(c2w, dtype=np.float64) @ _FLIP_YZ
-
-
-def invert_pose(T: np.ndarray) -> np.ndarray:
-    """Invert rigid transforms [..., 4, 4] (c2w <-> w2c) without a general matrix inverse."""
-    T = np.asarray(T, dtype=np.float64)
-    R = T[..., :3, :3]
-    t = T[..., :3, 3]
-    out = np.zeros_like(T)
-    Rt = np.swapaxes(R, -1, -2)
-    out[..., :3, :3] = Rt
-    out[..., :3, 3] = -(Rt @ t[..., None])[..., 0]
-    out[..., 3, 3] = 1.0
-    return out
 
 
 @dataclass
@@ -108,7 +81,7 @@ class CameraSet:
         try:
             d = json.loads(path.read_text())
             frames = d["frames"]
-            return cls(
+            cams = cls(
                 width=int(d["width"]),
                 height=int(d["height"]),
                 files=[f["file"] for f in frames],
@@ -118,5 +91,19 @@ class CameraSet:
                 registered=np.array([bool(f.get("registered", True)) for f in frames], dtype=bool),
                 sfm=dict(d.get("sfm", {})),
             )
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise ReconError(f"{path} is not a valid cameras.json ({e})") from e
+        return cams.validate(path)
+
+    def validate(self, where: str | Path = "cameras.json") -> CameraSet:
+        """Shapes, finite values and positive sizes; ReconError naming `where` otherwise."""
+        T = len(self.files)
+        if self.width <= 0 or self.height <= 0:
+            raise ReconError(f"{where}: image size {self.width}x{self.height} is not positive")
+        if self.K.shape != (T, 3, 3) or self.c2w.shape != (T, 4, 4) or len(self.source_index) != T:
+            raise ReconError(f"{where}: {T} frames but K {self.K.shape}, c2w {self.c2w.shape}")
+        if not (np.isfinite(self.K).all() and np.isfinite(self.c2w).all()):
+            raise ReconError(f"{where} has NaN or infinite camera values")
+        if T and not ((self.K[:, 0, 0] > 0).all() and (self.K[:, 1, 1] > 0).all()):
+            raise ReconError(f"{where} has non-positive focal lengths")
+        return self

@@ -1,0 +1,96 @@
+"""What every depth backend takes and returns: `DepthFrames` in, `DepthResult` out.
+
+Disparity kinds tell the alignment what to fit (see depth.align):
+  - KIND_RELATIVE "relative_disparity": affine-invariant disparity (DVD, user disparity maps): scale AND shift.
+  - KIND_METRIC "metric_disparity": proportional to the true inverse depth (stereo in scene units, user depth
+    e.g. in metres): scale only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from depth.errors import DepthError
+
+KIND_RELATIVE = "relative_disparity"
+KIND_METRIC = "metric_disparity"
+DISPARITY_KINDS = (KIND_RELATIVE, KIND_METRIC)
+DisparityKind = Literal["relative_disparity", "metric_disparity"]
+
+
+@dataclass
+class DepthFrames:
+    """The frames a depth backend works on, in sequence order, with what each backend may need.
+
+    Attributes:
+        images: uint8 [T, H, W, 3] RGB frames.
+        names: [T] frame names (file names in the run; the `file` backend matches its maps by them).
+        K: [T, 3, 3] float64 intrinsics in pixels of `images`, or None (stereo needs them; DVD does not).
+        c2w: [T, 4, 4] float64 camera-to-world (OpenCV), or None.
+        points: [N, 3] float64 SfM points in world units (stereo bounds its depth range with them), or None.
+    """
+
+    images: np.ndarray
+    names: list[str]
+    K: np.ndarray | None = None
+    c2w: np.ndarray | None = None
+    points: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise DepthError(f"depth frames must be uint8 [T, H, W, 3], got {self.images.dtype} {self.images.shape}")
+        if len(self.names) != len(self.images):
+            raise DepthError(f"{len(self.names)} frame names for {len(self.images)} frames")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return int(self.images.shape[2]), int(self.images.shape[1])
+
+
+@dataclass
+class DepthResult:
+    """A backend's output for the frames it was given (same order).
+
+    Attributes:
+        disparity: float32 [T, H, W]; 0 = invalid. Relative or proportional to 1/depth (see `kind`).
+        kind: KIND_RELATIVE or KIND_METRIC.
+        backend: the backend's name ("dvd", "stereo", "file").
+        confidence: float32 [T, H, W] in [0, 1], or None (= 1 everywhere).
+        windows: DVD windows (start/end into the frames, scale/shift, overlap residuals); [] for other backends.
+        report: backend-specific figures for the run's records (JSON-compatible after conversion).
+    """
+
+    disparity: np.ndarray
+    kind: str
+    backend: str
+    confidence: np.ndarray | None = None
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, num_frames: int, size: tuple[int, int]) -> DepthResult:
+        """Check shapes and values against the request ((width, height)); clean invalid values to 0."""
+        W, H = size
+        disp = np.asarray(self.disparity, dtype=np.float32)
+        if disp.shape != (num_frames, H, W):
+            got = "x".join(map(str, disp.shape))
+            raise DepthError(
+                f"depth backend {self.backend} returned maps of shape {got}; expected {num_frames}x{H}x{W}"
+            )
+        if not np.all(np.isfinite(disp)):
+            raise DepthError(f"depth backend {self.backend} returned NaN/inf disparity")
+        if self.kind not in DISPARITY_KINDS:
+            raise DepthError(f"depth backend {self.backend} returned unknown kind {self.kind!r}")
+        self.disparity = np.where(disp > 0, disp, 0).astype(np.float32)
+        if self.confidence is not None:
+            conf = np.asarray(self.confidence, dtype=np.float32)
+            if conf.shape != disp.shape:
+                raise DepthError(f"depth backend {self.backend} returned confidence of shape {conf.shape}")
+            self.confidence = np.clip(np.nan_to_num(conf, nan=0.0), 0.0, 1.0)
+        return self
