@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     n_vae = sum(p.numel() for p in reg.vae.parameters())
     weights_bytes = sum(p.numel() * p.element_size() for m in (reg.transformer, reg.vae) for p in m.parameters())
     print(
-        f"# DVD real-size architecture, random weights: DiT {n_dit / 1e9:.3f} B params, VAE {n_vae / 1e6:.1f} M params, "
-        f"weights {weights_bytes / 2**30:.2f} GiB in {str(dtype).removeprefix('torch.')} on {device}; built in {build_s:.1f}s; "
+        f"# DVD real-size architecture, random weights: DiT {n_dit / 1e9:.3f} B params, "
+        f"VAE {n_vae / 1e6:.1f} M params, weights {weights_bytes / 2**30:.2f} GiB in "
+        f"{str(dtype).removeprefix('torch.')} on {device}; built in {build_s:.1f}s; "
         f"torch threads {torch.get_num_threads()}"
     )
     rng = np.random.default_rng(0)

@@ -20,12 +20,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recon.artifacts.cameras import CameraSet  # noqa: E402
-from recon.console import set_verbosity  # noqa: E402
-from recon.artifacts.layout import RunPaths  # noqa: E402
-from recon.poses import PosesConfig, run_poses  # noqa: E402
 from depth.geometry import ate_rmse  # noqa: E402
-from recon.video import FramesConfig, extract_frames  # noqa: E402
+from recon.artifacts import CameraSet, RunPaths  # noqa: E402
+from recon.console import set_verbosity  # noqa: E402
+from recon.stages import StageContext  # noqa: E402
+from recon.stages import frames as frames_stage  # noqa: E402
+from recon.stages import poses as poses_stage  # noqa: E402
+from recon.stages.frames import Config as FramesConfig  # noqa: E402
+from recon.stages.poses import Config as PosesConfig  # noqa: E402
 
 KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_rgbd"
 
@@ -44,10 +46,13 @@ def bench(n: int, root: Path, args: argparse.Namespace, gt: dict[int, np.ndarray
     paths = RunPaths(root / f"redkitchen_{n}")
     shutil.rmtree(paths.root, ignore_errors=True)
     t0 = time.perf_counter()
-    extract_frames(KITCHEN / "video_30fps.mp4", paths, FramesConfig(max_frames=n, max_size=args.max_size, dedup=False))
+    frames_stage.run(
+        StageContext(paths, KITCHEN / "video_30fps.mp4"),
+        FramesConfig(max_frames=n, max_size=args.max_size, dedup=False),
+    )
     t_frames = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run_poses(paths, PosesConfig(mapper=args.mapper, num_threads=args.threads))
+    poses_stage.run(StageContext(paths), PosesConfig(mapper=args.mapper, num_threads=args.threads))
     t_poses = time.perf_counter() - t0
     cs = CameraSet.load(paths.cameras_json)
     idx = [s for s, r in zip(cs.source_index, cs.registered) if r]

@@ -73,7 +73,10 @@ def run_one(
     for i in range(repeats + 1):
         t0, c0 = time.perf_counter(), time.process_time()
         img, alpha, meta = rasterization(
-            *params[:4],
+            params[0],
+            params[1],
+            params[2],
+            params[3],
             params[4],
             viewmats,
             Ks,
@@ -157,8 +160,8 @@ def main() -> None:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(r)
             print(
-                f"{r['n']:>9} {r['size']:>8} {r['isects']:>8} {r['fwd_s']:>7.3f} {r['fwd_bwd_s']:>9.3f} {r['cpu_s']:>7.3f} "
-                f"{r['peak_rss_mb']:>11.0f} {r['base_rss_mb']:>8.0f}"
+                f"{r['n']:>9} {r['size']:>8} {r['isects']:>8} {r['fwd_s']:>7.3f} {r['fwd_bwd_s']:>9.3f} "
+                f"{r['cpu_s']:>7.3f} {r['peak_rss_mb']:>11.0f} {r['base_rss_mb']:>8.0f}"
             )
     load = os.getloadavg()[0]
     print(

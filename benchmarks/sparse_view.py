@@ -41,16 +41,17 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recon.artifacts.cameras import CameraSet  # noqa: E402
-from depth.geometry import opencv_to_opengl
+from depth.geometry import opencv_to_opengl  # noqa: E402
+from recon.artifacts import CameraSet, RunPaths, Split  # noqa: E402
 from recon.console import set_verbosity  # noqa: E402
 from recon.errors import ReconError  # noqa: E402
-from recon.artifacts.layout import RunPaths  # noqa: E402
+from recon.stages import StageContext  # noqa: E402
 
 DATA = Path("/work/shared/data")
 LEGO = DATA / "nerf_synthetic_lego_train100_400px"
@@ -105,8 +106,8 @@ def lego_input(work: Path, n: int) -> tuple[Path, Path, Path, None]:
     tj = work / "transforms.json"
     tj.write_text(json.dumps({"camera_angle_x": meta["camera_angle_x"], "frames": frames}))
     split = work / "split_file.json"
-    name = lambda i: Path(meta["frames"][i]["file_path"]).name + ".png"  # noqa: E731
-    _write_split(split, folder, [name(i) for i in train], [name(i) for i in test])
+    png_name = lambda i: Path(meta["frames"][i]["file_path"]).name + ".png"  # noqa: E731
+    _write_split(split, folder, [png_name(i) for i in train], [png_name(i) for i in test])
     return folder, tj, split, None
 
 
@@ -127,7 +128,7 @@ def seven_scenes_input(
     last video frame of the clip the frames are taken from (the staged files are every 3rd frame)."""
     from PIL import Image
 
-    from recon.split import evenly_spaced
+    from recon.stages.split import evenly_spaced
 
     ids = sorted(p.name.split(".")[0] for p in (SCENES / "rgb").glob("frame-*.color.jpg"))
     ids = [i for i in ids if span[0] <= int(i.split("-")[1]) <= span[1]]
@@ -196,13 +197,14 @@ def prepare(
         + (f"_{seven_span[0]}-{seven_span[1]}" if dataset == "7scenes" and tuple(seven_span) != (0, 449) else "")
     )
     work.mkdir(parents=True, exist_ok=True)
+    tj: Path | None
     if dataset == "lego":
         folder, tj, split, gt = lego_input(work, n)
     else:
         folder, tj, split, gt = seven_scenes_input(work, n, num_frames, seven_poses, seven_span)
     run_dir = work / "base"
     t0 = time.perf_counter()
-    sections = dict(
+    sections: dict[str, Any] = dict(
         frames={"max_size": frame_size, "dedup": False, "max_frames": 0},
         poses={"poses": str(tj)} if tj is not None else {},
         split={"split_file": str(split), "prior_frames": prior_frames},
@@ -219,18 +221,18 @@ def prepare(
     paths = RunPaths(run_dir)
     gt_npz = None
     if gt is not None:
-        gt, gt_c2w = gt
+        gt_depths, gt_c2w = gt
         cams = CameraSet.load(paths.cameras_json)
         frames_meta = json.loads(paths.frames_json.read_text())["frames"]
         stems = [Path(f.get("source_name", f.get("file", ""))).stem for f in frames_meta]
         depth = np.zeros((len(cams), cams.height, cams.width), np.float32)
-        from splat.train import _resize_depth
+        from splat.views import resize_nearest
 
         f_colour = float(cams.K[0][0, 0]) * 640.0 / cams.width  # the run's (SfM or given) colour focal at 640 px
         for i, stem in enumerate(stems):
-            if stem in gt:
-                depth[i] = _resize_depth(
-                    register_depth_to_colour(gt[stem], f_colour=f_colour), (cams.width, cams.height)
+            if stem in gt_depths:
+                depth[i] = resize_nearest(
+                    register_depth_to_colour(gt_depths[stem], f_colour=f_colour), (cams.width, cams.height)
                 )
         gt_npz = work / "gt_depth.npz"
         save_npz(gt_npz, depth=depth)
@@ -242,16 +244,17 @@ def seven_scenes_covisibility(paths: RunPaths, depth: np.ndarray, c2w: list[np.n
     """[T,H,W] bool: pixels of each test view that a training view observes (GT depth in metres on the
     colour grid, GT poses in metres, the run's colour K; occlusion-checked against the training views'
     GT depth with 5 % tolerance). Non-test frames are all False."""
-    from recon.split import load_split
     from splat.evaluate import covisibility_mask
 
     cams = CameraSet.load(paths.cameras_json)
-    split = load_split(paths.split_json)
-    train = split["train"]
-    c2w = np.stack(c2w)
+    split = Split.load(paths.split_json)
+    train = split.train
+    c2w_all = np.stack(c2w)
     mask = np.zeros(depth.shape, bool)
-    for t in split["test"]:
-        mask[t] = covisibility_mask(depth[t], cams.K[t], c2w[t], cams.K[train], c2w[train], [depth[j] for j in train])
+    for t in split.test:
+        mask[t] = covisibility_mask(
+            depth[t], cams.K[t], c2w_all[t], cams.K[train], c2w_all[train], [depth[j] for j in train]
+        )
     return mask
 
 
@@ -259,36 +262,29 @@ def oracle_variant(base: RunPaths, gt_npz: Path, dst: Path, fuse_min_views: int)
     """Copy of `base` whose depth prior is the GT depth (metres) of the training views, run through the
     project's own stages: file backend (kind depth) -> align (scale fitted to the training views' SfM
     points, so metres become scene units; scale 1 with GT poses) -> fuse."""
-    from depth.align import AlignConfig, run_align
+    from dataclasses import replace
+
     from depth.file import FileDepthConfig
-    from depth.stage import DepthConfig, run_depth
-    from recon.atomic import save_npz, write_json
-    from recon.split import load_split
-    from splat.init import FuseConfig, run_fuse
+    from recon.atomic import save_npz
+    from recon.stages import align, fuse
+    from recon.stages import depth as depth_stage
 
     paths = copy_run(base, dst, keep_points=False)
-    split = load_split(paths.split_json)
+    split = Split.load(paths.split_json)
     with np.load(gt_npz) as z:
         depth = z["depth"].copy()
     keep = np.zeros(len(depth), bool)
-    keep[split["train"]] = True
+    keep[split.train] = True
     depth[~keep] = 0.0  # test views never contribute
     for f in (paths.disparity_npz, paths.aligned_npz):
         f.unlink(missing_ok=True)
-    write_json(
-        paths.split_json, {**split, "prior": sorted(split["train"])}
-    )  # the oracle covers the training views only
+    replace(split, prior=sorted(split.train)).save(paths.split_json)  # the oracle covers the training views only
     save_npz(dst.parent / "oracle_depth.npz", depth=depth)
-    run_depth(
-        paths,
-        DepthConfig(
-            backend="file",
-            file=FileDepthConfig(path=dst.parent / "oracle_depth.npz", kind="depth", match="order"),
-            preview=False,
-        ),
-    )
-    run_align(paths, AlignConfig())
-    run_fuse(paths, FuseConfig(min_views=fuse_min_views))
+    ctx = StageContext(paths)
+    oracle = FileDepthConfig(path=dst.parent / "oracle_depth.npz", kind="depth", match="order")
+    depth_stage.run(ctx, depth_stage.Config(backend="file", file=oracle, preview=False))
+    align.run(ctx, align.Config())
+    fuse.run(ctx, fuse.Config(min_views=fuse_min_views))
     return paths
 
 
@@ -302,8 +298,8 @@ def copy_run(base: RunPaths, dst: Path, keep_points: bool = True) -> RunPaths:
 # ------------------------------------------------------------------------------------- main
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _add_variant_args(ap: argparse.ArgumentParser) -> None:
+    """What is compared: datasets, view counts, inits, depth losses and their settings."""
     ap.add_argument("--datasets", nargs="+", default=["lego", "7scenes"], choices=["lego", "7scenes"])
     ap.add_argument("--views", nargs="+", type=int, default=[3])
     ap.add_argument("--inits", nargs="+", default=["random", "sfm", "depth"], choices=["random", "sfm", "depth"])
@@ -325,6 +321,10 @@ def main() -> None:
         help="TrainConfig.background: auto (default) = white for lego (frames composited on white), the "
         "training images' mean colour for 7-Scenes",
     )
+
+
+def _add_run_args(ap: argparse.ArgumentParser) -> None:
+    """How each variant is prepared and trained."""
     ap.add_argument("--no-oracle", action="store_true", help="skip the 7-Scenes GT-depth prior rows")
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--size", type=int, default=100, help="training / evaluation image long side in pixels")
@@ -372,96 +372,119 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/sparse_view_bench"))
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args()
+
+
+def _parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_variant_args(ap)
+    _add_run_args(ap)
+    return ap.parse_args()
+
+
+def _variants(args: argparse.Namespace, dataset: str, gt_npz: Path | None, depth_error: str | None) -> list:
+    """(init, depth loss, prior) of every training of one prepared (dataset, N)."""
+    variants = [
+        (init, dl, args.depth_backend)
+        for init in args.inits
+        for dl in args.depth_losses
+        if not (depth_error and (init == "depth" or dl != "none"))
+    ]
+    if dataset == "7scenes" and gt_npz is not None and not args.no_oracle:
+        variants += [("depth", dl, "oracle") for dl in args.depth_losses]
+    return variants
+
+
+def _train_config(args: argparse.Namespace, init: str, dl: str, gt_npz: Path | None):
+    from recon.stages.train import Config as TrainConfig
+
+    over = dict(
+        init=init,
+        depth_loss=dl,
+        iterations=args.iterations,
+        device=args.device,
+        cpu_threads=args.threads,
+        max_size=args.size,
+        video_frames=0,
+        gt_depth=gt_npz,
+        seed=args.seed,
+        eval_mask=(gt_npz.parent / "eval_mask.npz") if gt_npz is not None else None,
+        background={"auto": None, "black": (0.0, 0.0, 0.0), "white": (1.0, 1.0, 1.0)}[args.background],
+    )
+    if args.depth_weight is not None:
+        over["depth_weight"] = args.depth_weight
+    if args.random_fill is not None:
+        over["init_random_fill"] = args.random_fill
+    return TrainConfig.preset("cuda" if args.device.startswith("cuda") else "cpu", **over)
+
+
+def _row(dataset: str, n: int, init: str, dl: str, prior: str, s: dict, wall_s: float) -> dict:
+    return {
+        "dataset": dataset,
+        "views": n,
+        "init": init,
+        "depth_loss": dl,
+        "prior": prior if (dl != "none" or init == "depth") else "-",
+        "psnr": s.get("psnr"),
+        "ssim": s.get("ssim"),
+        "mpsnr": s.get("psnr_masked"),
+        "mssim": s.get("ssim_masked"),
+        "covis": s.get("mask_fraction"),
+        "abs_rel": s.get("depth_abs_rel"),
+        "delta1": s.get("depth_delta1"),
+        "gaussians": s["num_gaussians"],
+        "train_s": s["train_time_s"],
+        "wall_s": wall_s,
+    }
+
+
+def _bench_views(args: argparse.Namespace, dataset: str, n: int) -> list[dict]:
+    """Prepare (dataset, n) once, then train and score every variant on a copy of the run."""
+    from recon.stages.train import run as run_train
+
+    try:
+        base, gt_npz, prep_s, depth_error = prepare(
+            dataset,
+            n,
+            args.out,
+            args.frame_size,
+            args.num_frames,
+            args.depth_backend,
+            args.fuse_min_views,
+            args.prior_frames,
+            args.seven_poses,
+            tuple(args.seven_span),
+        )
+    except ReconError as e:
+        print(f"[{dataset} N={n}] preparation failed: {e}", flush=True)
+        return []
+    print(
+        f"[{dataset} N={n}] prepared in {prep_s:.0f}s" + (f"; no depth prior: {depth_error}" if depth_error else ""),
+        flush=True,
+    )
+    rows, oracle = [], None
+    for init, dl, prior in _variants(args, dataset, gt_npz, depth_error):
+        dst = base.root.parent / f"{init}_{dl}_{prior}"
+        if prior == "oracle":
+            assert gt_npz is not None, "_variants adds oracle rows only when there is GT depth"
+            oracle = oracle or oracle_variant(base, gt_npz, base.root.parent / "oracle_base", args.fuse_min_views)
+            paths = copy_run(oracle, dst)
+        else:
+            paths = copy_run(base, dst)
+        t0 = time.perf_counter()
+        try:
+            s = run_train(StageContext(paths), _train_config(args, init, dl, gt_npz))
+        except ReconError as e:
+            print(f"[{dataset} N={n}] {init}/{dl}/{prior}: {e}", flush=True)
+            continue
+        rows.append(_row(dataset, n, init, dl, prior, s, time.perf_counter() - t0))
+        print(_fmt(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    args = _parse_args()
     set_verbosity(1 if args.verbose else 0)
-
-    from splat.train import TrainConfig, run_train
-
-    rows = []
-    for dataset in args.datasets:
-        for n in args.views:
-            try:
-                base, gt_npz, prep_s, depth_error = prepare(
-                    dataset,
-                    n,
-                    args.out,
-                    args.frame_size,
-                    args.num_frames,
-                    args.depth_backend,
-                    args.fuse_min_views,
-                    args.prior_frames,
-                    args.seven_poses,
-                    tuple(args.seven_span),
-                )
-            except ReconError as e:
-                print(f"[{dataset} N={n}] preparation failed: {e}", flush=True)
-                continue
-            print(
-                f"[{dataset} N={n}] prepared in {prep_s:.0f}s"
-                + (f"; no depth prior: {depth_error}" if depth_error else ""),
-                flush=True,
-            )
-            variants = [
-                (init, dl, args.depth_backend)
-                for init in args.inits
-                for dl in args.depth_losses
-                if not (depth_error and (init == "depth" or dl != "none"))
-            ]
-            if dataset == "7scenes" and gt_npz is not None and not args.no_oracle:
-                variants += [("depth", dl, "oracle") for dl in args.depth_losses]
-            oracle = None
-            for init, dl, prior in variants:
-                dst = base.root.parent / f"{init}_{dl}_{prior}"
-                if prior == "oracle":
-                    oracle = oracle or oracle_variant(
-                        base, gt_npz, base.root.parent / "oracle_base", args.fuse_min_views
-                    )
-                    paths = copy_run(oracle, dst)
-                else:
-                    paths = copy_run(base, dst)
-                over = dict(
-                    init=init,
-                    depth_loss=dl,
-                    iterations=args.iterations,
-                    device=args.device,
-                    cpu_threads=args.threads,
-                    max_size=args.size,
-                    video_frames=0,
-                    gt_depth=gt_npz,
-                    seed=args.seed,
-                    eval_mask=(gt_npz.parent / "eval_mask.npz") if gt_npz is not None else None,
-                    background={"auto": None, "black": (0.0, 0.0, 0.0), "white": (1.0, 1.0, 1.0)}[args.background],
-                )
-                if args.depth_weight is not None:
-                    over["depth_weight"] = args.depth_weight
-                if args.random_fill is not None:
-                    over["init_random_fill"] = args.random_fill
-                cfg = TrainConfig.preset("cuda" if args.device.startswith("cuda") else "cpu", **over)
-                t0 = time.perf_counter()
-                try:
-                    s = run_train(paths, cfg)
-                except ReconError as e:
-                    print(f"[{dataset} N={n}] {init}/{dl}/{prior}: {e}", flush=True)
-                    continue
-                row = {
-                    "dataset": dataset,
-                    "views": n,
-                    "init": init,
-                    "depth_loss": dl,
-                    "prior": prior if (dl != "none" or init == "depth") else "-",
-                    "psnr": s.get("psnr"),
-                    "ssim": s.get("ssim"),
-                    "mpsnr": s.get("psnr_masked"),
-                    "mssim": s.get("ssim_masked"),
-                    "covis": s.get("mask_fraction"),
-                    "abs_rel": s.get("depth_abs_rel"),
-                    "delta1": s.get("depth_delta1"),
-                    "gaussians": s["num_gaussians"],
-                    "train_s": s["train_time_s"],
-                    "wall_s": time.perf_counter() - t0,
-                }
-                rows.append(row)
-                print(_fmt(row), flush=True)
+    rows = [row for dataset in args.datasets for n in args.views for row in _bench_views(args, dataset, n)]
     print()
     print(_table(rows))
     if args.json:
@@ -480,8 +503,10 @@ def _fmt(r: dict) -> str:
 
 def _table(rows: list[dict]) -> str:
     head = (
-        "| dataset  |  N | init   | depth loss | prior  |   PSNR |  SSIM |  mPSNR | mSSIM | covis | AbsRel |   δ1  |     #G | train s |\n"
-        "|----------|----|--------|------------|--------|--------|-------|--------|-------|-------|--------|-------|--------|--------|"
+        "| dataset  |  N | init   | depth loss | prior  |   PSNR |  SSIM |  mPSNR | mSSIM | covis | AbsRel "
+        "|   δ1  |     #G | train s |\n"
+        "|----------|----|--------|------------|--------|--------|-------|--------|-------|-------|--------"
+        "|-------|--------|--------|"
     )
     return "\n".join([head] + [_fmt(r) for r in rows])
 

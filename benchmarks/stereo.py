@@ -22,27 +22,62 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal, cast
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 KITCHEN = ROOT.parent / "shared" / "data" / "7scenes_redkitchen_rgbd"
 
 
 def build_run(root: Path) -> Path:
-    """The conftest recipe: 60 frames of the redkitchen video at 320x240, default SfM."""
-    from recon.artifacts.layout import RunPaths
-    from recon.poses import PosesConfig, run_poses
-    from recon.video import FramesConfig, extract_frames
+    """The test suite's recipe: 60 frames of the redkitchen video at 320x240, default SfM."""
+    from recon.artifacts import RunPaths
+    from recon.stages import StageContext, frames, poses
 
     paths = RunPaths(root)
     if not paths.cameras_json.exists():
-        extract_frames(KITCHEN / "video_30fps.mp4", paths, FramesConfig(max_frames=60, max_size=320))
-        run_poses(paths, PosesConfig())
+        frames.run(StageContext(paths, KITCHEN / "video_30fps.mp4"), frames.Config(max_frames=60, max_size=320))
+        poses.run(StageContext(paths), poses.Config())
     return root
+
+
+def gt_depth(source_index: int) -> np.ndarray | None:
+    """7-Scenes GT z-depth [480, 640] in metres (0 = invalid) of a video frame, or None (every 3rd has one)."""
+    from PIL import Image
+
+    p = KITCHEN / "depth" / f"frame-{int(source_index):06d}.depth.png"
+    if not p.exists():
+        return None
+    raw = np.asarray(Image.open(p)).astype(np.uint16)
+    depth = raw.astype(np.float32) / 1000.0
+    depth[(raw == 0) | (raw == 65535)] = 0.0
+    return depth
+
+
+def gt_centres(source_indices: list[int]) -> np.ndarray:
+    """[N, 3] GT camera centres (metres) of video frames."""
+    poses = {}
+    for line in (KITCHEN / "poses_c2w_all_frames.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            v = line.split()
+            poses[int(v[1])] = np.array(v[2:18], dtype=np.float64).reshape(4, 4)
+    return np.stack([poses[int(i)][:3, 3] for i in source_indices])
+
+
+def registered_gt(full: np.ndarray, W: int, H: int) -> np.ndarray:
+    """7-Scenes GT depth [480,640] sampled at the colour pixels of a WxH frame, using the registration
+    PROVENANCE.md measured: depth pixel = 1.10 x (colour pixel - centre) + centre + (9, 5) at 640x480."""
+    Hd, Wd = full.shape
+    v, u = np.mgrid[0:H, 0:W]
+    ud = np.round(1.10 * ((u + 0.5) * Wd / W - Wd / 2) + Wd / 2 + 9 - 0.5).astype(int)
+    vd = np.round(1.10 * ((v + 0.5) * Hd / H - Hd / 2) + Hd / 2 + 5 - 0.5).astype(int)
+    ok = (ud >= 0) & (ud < Wd) & (vd >= 0) & (vd < Hd)
+    out = np.zeros((H, W), np.float32)
+    out[ok] = full[vd[ok], ud[ok]]
+    return out
 
 
 def worker(run: Path, planes: int, cost: str, frames_limit: int, device: str, threads: int) -> dict:
@@ -50,31 +85,34 @@ def worker(run: Path, planes: int, cost: str, frames_limit: int, device: str, th
 
     if threads > 0:
         torch.set_num_threads(threads)
-    from conftest import RedkitchenGT
-    from PIL import Image
-
-    from depth.metrics import depth_metrics
-    from depth.stereo import StereoConfig, sfm_depth_range, stereo_depth
-    from recon.artifacts.cameras import CameraSet
-    from recon.artifacts.layout import RunPaths
     from depth.geometry import umeyama
+    from depth.metrics import depth_metrics
+    from depth.stereo import StereoConfig, depth_range, stereo_depth
+    from recon.artifacts import CameraSet, RunPaths
+    from recon.stages.depth import depth_frames
 
     paths = RunPaths(run)
     cams = CameraSet.load(paths.cameras_json)
-    gtd = RedkitchenGT()
     reg = [i for i in range(len(cams)) if cams.registered[i]]
-    ids = [i for i in reg if gtd.depth_file(cams.source_index[i]) is not None][:frames_limit]
-    s, _, _ = umeyama(cams.centers[reg], gtd.centers([cams.source_index[i] for i in reg]))
-    frames = np.stack([np.asarray(Image.open(paths.root / f).convert("RGB")) for f in cams.files])
-    cfg = StereoConfig(num_planes=planes, cost=cost, device=device)
-    near, far = sfm_depth_range(paths, ids, cfg.range_percentiles)
-    gt = np.stack([gtd.read_depth(cams.source_index[i])[1::2, 1::2] for i in ids])  # nearest 640x480 -> 320x240
+    gt_all = {i: gt_depth(cams.source_index[i]) for i in reg}
+    gt_full = {i: d for i, d in gt_all.items() if d is not None}
+    ids = [i for i in reg if i in gt_full][:frames_limit]
+    s, _, _ = umeyama(cams.centers[reg], gt_centres([cams.source_index[i] for i in reg]))
+    frames = depth_frames(paths, cams, reg, sfm=True)  # every registered frame may serve as a neighbour
+    assert frames.K is not None and frames.c2w is not None, "depth_frames always fills K and c2w"
+    assert frames.points is not None and frames.observed is not None, "depth_frames(sfm=True) fills the SfM points"
+    pos = {i: n for n, i in enumerate(reg)}
+    # an unknown name reaches the stereo module, which rejects it with a DepthError
+    cfg = StereoConfig(num_planes=planes, cost=cast(Literal["census", "ncc"], cost), device=device)
+    rows = [pos[i] for i in ids]
+    near, far = depth_range(frames.c2w[rows], frames.points, [frames.observed[r] for r in rows], cfg.range_percentiles)
+    gt = np.stack([gt_full[i][1::2, 1::2] for i in ids])  # nearest 640x480 -> 320x240
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cuda = torch.cuda.is_available() and device != "cpu"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    depth, _ = stereo_depth(frames, cams.K, cams.c2w, ids, (near, far), cfg, neighbour_ids=reg)
+    depth, _ = stereo_depth(frames.images, frames.K, frames.c2w, rows, (near, far), cfg)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -85,9 +123,7 @@ def worker(run: Path, planes: int, cost: str, frames_limit: int, device: str, th
     )
     m = depth_metrics(depth * s, gt)
     med = depth_metrics(depth * s, gt, align="median")
-    from test_stereo import _registered_gt  # GT registered onto the colour image (PROVENANCE.md)
-
-    reg_gt = np.stack([_registered_gt(gtd.read_depth(cams.source_index[i]), cams.width, cams.height) for i in ids])
+    reg_gt = np.stack([registered_gt(gt_full[i], cams.width, cams.height) for i in ids])
     m_reg = depth_metrics(depth * s, reg_gt)
     return {
         "planes": planes,
@@ -152,15 +188,17 @@ def main() -> None:
                 print(out.stderr[-2000:], file=sys.stderr)
                 raise SystemExit(f"worker failed for planes={planes} cost={cost}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    r0 = rows[0]
+    print(f"\nplane-sweep stereo, 7-Scenes redkitchen, {r0['size']}, {r0['frames']} GT frames, threads {r0['threads']}")
     print(
-        f"\nplane-sweep stereo, 7-Scenes redkitchen, {rows[0]['size']}, {rows[0]['frames']} GT frames, torch threads {rows[0]['threads']}"
-    )
-    print(
-        f"{'cost':<7} {'planes':>6} {'s/frame':>8} {'peak MB':>8} {'AbsRel':>7} {'delta1':>7} {'coverage':>8} {'AbsRel(med)':>11} {'AbsRel(reg)':>11} {'d1(reg)':>7}"
+        f"{'cost':<7} {'planes':>6} {'s/frame':>8} {'peak MB':>8} {'AbsRel':>7} {'delta1':>7} {'coverage':>8} "
+        f"{'AbsRel(med)':>11} {'AbsRel(reg)':>11} {'d1(reg)':>7}"
     )
     for r in rows:
         print(
-            f"{r['cost']:<7} {r['planes']:>6} {r['s_per_frame']:>8.2f} {r['peak_mb']:>8.0f} {r['abs_rel']:>7.4f} {r['delta1']:>7.4f} {r['coverage']:>8.3f} {r['abs_rel_median_aligned']:>11.4f} {r['abs_rel_registered']:>11.4f} {r['delta1_registered']:>7.4f}"
+            f"{r['cost']:<7} {r['planes']:>6} {r['s_per_frame']:>8.2f} {r['peak_mb']:>8.0f} {r['abs_rel']:>7.4f} "
+            f"{r['delta1']:>7.4f} {r['coverage']:>8.3f} {r['abs_rel_median_aligned']:>11.4f} "
+            f"{r['abs_rel_registered']:>11.4f} {r['delta1_registered']:>7.4f}"
         )
     print(f"(memory: {rows[0]['memory']}; AbsRel(med): after a median scale, which removes the SfM-vs-GT scale bias;")
     print(" (reg): against GT depth registered onto the colour image, zoom 1.10 + shift (9, 5) px at 640x480)")

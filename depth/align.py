@@ -1,7 +1,8 @@
-"""Align the depth prior to the SfM reconstruction: disparity -> z-depth in scene (SfM) units.
+"""Align a depth prior to an SfM reconstruction: disparity -> z-depth in scene (SfM) units.
 
-Reads RUN/depth/disparity.npz (depth stage), RUN/cameras.json and RUN/sfm (pose stage) and
-RUN/split.json, and writes RUN/depth/aligned.npz and RUN/depth/alignment.json.
+Arrays in, arrays out: `align_disparity` takes the disparity maps, the SfM observations of each frame and
+the frames to fit on, and returns the aligned depth with its per-frame scale/shift and a report (the
+recon align stage reads and writes the run's files around it).
 
 Sparse targets. For every prior frame the SfM points that frame OBSERVES (its 2D-3D track entries,
 not a blind projection of all points) give a sparse z-depth `z` at the keypoint location. The
@@ -19,7 +20,7 @@ is, to first order, the same relative error of depth). What is fitted depends on
     metres the scale converts metres to SfM units.
 `AlignConfig.fit` overrides this ("affine" or "scale").
 
-Modes: one global fit (default); "per-window" (one fit per DVD window from windows.json, blended
+Modes: one global fit (default); "per-window" (one fit per DVD window, blended
 linearly across window overlaps); "per-frame". Windows/frames with fewer than `min_points` samples
 fall back to the global fit, so frames without SfM points still get depth.
 
@@ -32,23 +33,16 @@ Pixel convention: COLMAP keypoints (and K) put the centre of pixel (col c, row r
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from recon.artifacts.cameras import CameraSet
-from recon.artifacts.layout import RunPaths
-from recon.atomic import save_npz, write_json
-from recon.console import debug, info, warn
-from recon.errors import ReconError
-from recon.sfm import SparseDepth, load_reconstruction, sfm_observations  # noqa: F401  (moving to recon/stages/align.py)
-from recon.split import load_split
+from depth.errors import DepthError
+from depth.result import KIND_METRIC, KIND_RELATIVE
 
-KIND_RELATIVE = "relative_disparity"
-KIND_METRIC = "metric_disparity"
-DISPARITY_KINDS = (KIND_RELATIVE, KIND_METRIC)
+log = logging.getLogger(__name__)
 
 Estimator = Literal["irls-huber", "irls-cauchy", "ransac"]
 
@@ -83,7 +77,7 @@ class AlignConfig:
     far_factor: float = 5.0
     """Invalidate aligned depth beyond far_factor x the 99th percentile of the SfM depths used."""
     max_samples: int = 2000
-    """(disparity, SfM inverse depth) pairs kept in alignment.json for the report's scatter plot."""
+    """(disparity, SfM inverse depth) pairs kept in the report for its scatter plot."""
     seed: int = 0
 
 
@@ -122,23 +116,23 @@ def fit_affine_robust(
         (scale, shift, inlier_mask [N] bool).
 
     Raises:
-        ReconError: too few samples, non-positive targets, or a degenerate (constant) predictor.
+        DepthError: too few samples, non-positive targets, or a degenerate (constant) predictor.
     """
     x = np.asarray(x, dtype=np.float64).ravel()
     y = np.asarray(y, dtype=np.float64).ravel()
     w0 = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
     if x.shape != y.shape or x.shape != w0.shape:
-        raise ReconError(f"alignment fit: x, y and weights differ in length ({x.size}, {y.size}, {w0.size})")
+        raise DepthError(f"alignment fit: x, y and weights differ in length ({x.size}, {y.size}, {w0.size})")
     keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(w0) & (w0 > 0)
     if np.any(y[keep] <= 0):
-        raise ReconError("alignment fit: target inverse depths must be positive")
+        raise DepthError("alignment fit: target inverse depths must be positive")
     need = 2 if fit_shift else 1
     if keep.sum() < need:
-        raise ReconError(f"alignment fit needs at least {need} valid samples, got {int(keep.sum())}")
+        raise DepthError(f"alignment fit needs at least {need} valid samples, got {int(keep.sum())}")
     if fit_shift and np.ptp(x[keep]) <= 1e-12 * max(1.0, float(np.abs(x[keep]).max())):
-        raise ReconError("alignment fit: the disparity is constant at every SfM point, cannot fit scale and shift")
+        raise DepthError("alignment fit: the disparity is constant at every SfM point, cannot fit scale and shift")
     if not fit_shift and not np.any(x[keep] != 0):
-        raise ReconError("alignment fit: the disparity is zero at every SfM point")
+        raise DepthError("alignment fit: the disparity is zero at every SfM point")
 
     xs, ys, ws = x[keep], y[keep], w0[keep]
     if estimator == "ransac":
@@ -147,7 +141,7 @@ def fit_affine_robust(
         k = robust_k if robust_k is not None else (_HUBER_K if estimator == "irls-huber" else _CAUCHY_K)
         scale, shift = _irls(xs, ys, ws, fit_shift, estimator, k, iters, rng or np.random.default_rng(0))
     else:
-        raise ReconError(f"unknown alignment estimator {estimator!r} (irls-huber, irls-cauchy or ransac)")
+        raise DepthError(f"unknown alignment estimator {estimator!r} (irls-huber, irls-cauchy or ransac)")
 
     inliers = np.zeros(x.shape, dtype=bool)
     inliers[keep] = np.abs(relative_residuals(xs, ys, scale, shift)) <= inlier_threshold
@@ -170,7 +164,7 @@ def _weighted_lstsq(x: np.ndarray, y: np.ndarray, w: np.ndarray, fit_shift: bool
     sa1, sb1 = np.sum(w * a), np.sum(w * b)
     det = saa * sbb - sab * sab
     if not np.isfinite(det) or abs(det) <= 1e-14 * max(saa * sbb, 1e-300):
-        raise ReconError("alignment fit is degenerate (the disparity does not vary over the inlier SfM points)")
+        raise DepthError("alignment fit is degenerate (the disparity does not vary over the inlier SfM points)")
     return float((sa1 * sbb - sb1 * sab) / det), float((saa * sb1 - sab * sa1) / det)
 
 
@@ -317,250 +311,250 @@ def window_blend_weights(windows: list[list[int]], num_frames: int) -> np.ndarra
 
 
 # --------------------------------------------------------------------------------------------
-# SfM observations
+# Whole-sequence alignment (arrays in, arrays out)
+
+Samples = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+"""frame -> (disparity x [M], SfM inverse depth y [M], confidence [M], SfM z-depth [M]) at its valid keypoints."""
 
 
-# --------------------------------------------------------------------------------------------
-# Stage
+@dataclass
+class Alignment:
+    """Aligned depth of a sequence.
 
-
-def _load_disparity(paths: RunPaths, cams: CameraSet) -> dict[str, Any]:
-    if not paths.disparity_npz.exists():
-        raise ReconError(f"{paths.disparity_npz} not found: run the depth stage first (recon depth)")
-    try:
-        with np.load(paths.disparity_npz, allow_pickle=False) as z:
-            d = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise ReconError(f"cannot read {paths.disparity_npz} ({e})") from e
-    if "disparity" not in d:
-        raise ReconError(f"{paths.disparity_npz} has no 'disparity' array")
-    disp = d["disparity"]
-    T = len(cams)
-    if disp.ndim != 3 or disp.shape[0] != T or disp.shape[1:] != (cams.height, cams.width):
-        got = "x".join(str(s) for s in disp.shape)
-        raise ReconError(
-            f"depth maps in {paths.disparity_npz} are {got} but the run has {T} frames of "
-            f"{cams.width}x{cams.height} (expected {T}x{cams.height}x{cams.width}): re-run the depth stage"
-        )
-    if not np.all(np.isfinite(disp)):
-        raise ReconError(f"{paths.disparity_npz} contains NaN or infinite disparity values")
-    computed = d.get("computed")
-    computed = np.asarray(computed, dtype=bool) if computed is not None else np.any(disp > 0, axis=(1, 2))
-    kind = str(d["kind"]) if "kind" in d else KIND_RELATIVE
-    if kind not in DISPARITY_KINDS:
-        raise ReconError(f"{paths.disparity_npz}: unknown disparity kind {kind!r} (expected one of {DISPARITY_KINDS})")
-    conf = d.get("confidence")
-    if conf is None or conf.shape != disp.shape:
-        conf = np.ones_like(disp, dtype=np.float32)
-    return {
-        "disparity": disp.astype(np.float32, copy=False),
-        "computed": computed,
-        "kind": kind,
-        "backend": str(d.get("backend", "unknown")),
-        "confidence": conf,
-    }
-
-
-def _load_windows(paths: RunPaths, frames_with_depth: list[int]) -> list[list[int]]:
-    """DVD windows as lists of cameras.json frame indices (from RUN/depth/windows.json)."""
-    if not paths.windows_json.exists():
-        raise ReconError(f"per-window alignment needs {paths.windows_json}; use --align-mode global or per-frame")
-    d = json.loads(paths.windows_json.read_text())
-    frames = d.get("frames", frames_with_depth)
-    out = []
-    for w in d.get("windows", []):
-        if "frames" in w:
-            out.append([int(f) for f in w["frames"]])
-        else:
-            out.append([int(f) for f in frames[int(w["start"]) : int(w["end"])]])
-    if not out:
-        raise ReconError(
-            f"per-window alignment needs DVD windows, but {paths.windows_json} lists none "
-            f"(backend {d.get('backend', '?')}); use --align-mode global or per-frame"
-        )
-    return out
-
-
-def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
-    """Align RUN/depth/disparity.npz to the SfM model; write aligned.npz and alignment.json.
-
-    Returns a summary dict (mode, fit, scale, shift, points, inlier ratio, median AbsRel vs SfM).
+    Attributes:
+        depth: float32 [T, H, W] z-depth in scene units, 0 = invalid (and on frames without depth).
+        mask: bool [T, H, W], depth > 0.
+        scale, shift: float64 [T] per frame (aligned disparity = scale * disparity + shift; 0 without depth).
+        report: JSON-compatible figures (fit, points, inliers, per-frame AbsRel vs SfM, plot samples).
     """
-    cams = CameraSet.load(paths.cameras_json)
-    split = load_split(paths.split_json)
-    T = len(cams)
-    dd = _load_disparity(paths, cams)
-    disp, computed, kind = dd["disparity"], dd["computed"], dd["kind"]
 
-    prior = sorted(int(i) for i in split.get("prior", split.get("train", [])))
-    test = {int(i) for i in split.get("test", [])}
-    bad = [i for i in prior if not 0 <= i < T]
-    if bad:
-        raise ReconError(f"split.json names prior frames {bad[:5]} but the run has {T} frames")
-    with_depth = [i for i in prior if computed[i] and np.any(disp[i] > 0)]
-    if not with_depth:
-        raise ReconError(f"{paths.disparity_npz} has no valid depth on any prior frame (all invalid)")
-    fit_frames = [i for i in with_depth if i not in test and cams.registered[i]]
-    if not fit_frames:
-        raise ReconError("no registered, non-test prior frame has depth to align")
+    depth: np.ndarray
+    mask: np.ndarray
+    scale: np.ndarray
+    shift: np.ndarray
+    report: dict[str, Any] = field(default_factory=dict)
 
-    rec = load_reconstruction(paths.sfm_dir)
-    if rec.num_points3D() == 0:
-        raise ReconError(f"the SfM model in {paths.sfm_dir} has no 3D points: cannot align depth to it")
-    obs = sfm_observations(rec, cams, with_depth, cfg.max_reproj_error, cfg.min_track_length)
 
-    # Samples: disparity at each observed keypoint vs SfM inverse depth.
-    samples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-    for i in with_depth:
-        o = obs.get(i)
-        if o is None or o.depth.size == 0:
+def sample_observations(
+    disparity: np.ndarray,
+    confidence: np.ndarray,
+    frames: list[int],
+    observations: dict[int, tuple[np.ndarray, np.ndarray]],
+) -> Samples:
+    """Disparity and confidence sampled at each frame's SfM keypoints, paired with the SfM depths.
+
+    Args:
+        disparity, confidence: [T, H, W] (0 = invalid).
+        frames: the frames to sample (indices into T).
+        observations: frame -> (keypoints xy [M, 2] in pixels, centres at +0.5; z-depth [M] in scene units).
+    Returns:
+        frame -> (x, 1 / z, confidence, z) over the keypoints where disparity and confidence are valid;
+        frames without observations are left out.
+    """
+    samples: Samples = {}
+    for i in frames:
+        o = observations.get(i)
+        if o is None or np.asarray(o[1]).size == 0:
             continue
-        x, ok = sample_bilinear(disp[i], o.xy)
-        c, _ = sample_bilinear(dd["confidence"][i], o.xy)
+        xy, z = np.asarray(o[0], np.float64), np.asarray(o[1], np.float64)
+        x, ok = sample_bilinear(disparity[i], xy)
+        c, _ = sample_bilinear(confidence[i], xy)
         ok &= c > 0
-        samples[i] = (x[ok], 1.0 / o.depth[ok], c[ok], o.depth[ok])
-    fit_ids = [i for i in fit_frames if i in samples]
+        samples[i] = (x[ok], 1.0 / z[ok], c[ok], z[ok])
+    return samples
+
+
+def _fit(samples: Samples, ids: list[int], cfg: AlignConfig, fit_shift: bool, rng) -> tuple[float, float, np.ndarray]:
+    """One robust fit over the samples of frames `ids` -> (scale, shift, inlier mask)."""
+    x = np.concatenate([samples[i][0] for i in ids])
+    y = np.concatenate([samples[i][1] for i in ids])
+    w = np.concatenate([samples[i][2] for i in ids])
+    return fit_affine_robust(
+        x,
+        y,
+        w,
+        estimator=cfg.estimator,
+        fit_shift=fit_shift,
+        robust_k=cfg.robust_k,
+        iters=cfg.irls_iters,
+        inlier_threshold=cfg.inlier_threshold,
+        ransac_iters=cfg.ransac_iters,
+        rng=rng,
+    )
+
+
+def _global_fit(
+    samples: Samples, fit_ids: list[int], kind: str, cfg: AlignConfig, fit_shift: bool, rng
+) -> tuple[float, float, np.ndarray, bool]:
+    """(scale, shift, inliers, too_few) of the one fit over all fit frames.
+
+    Scene-scale input (kind metric) with too few SfM samples is kept as it is (scale 1, shift 0)."""
     n_total = int(sum(samples[i][0].size for i in fit_ids))
     too_few = n_total < max(cfg.min_points, 2)
     if too_few and kind != KIND_METRIC:
-        raise ReconError(
+        raise DepthError(
             f"only {n_total} SfM points are observed where the prior frames have valid depth "
             f"(need >= {cfg.min_points}): the SfM model is too sparse or does not belong to these frames"
         )
     if too_few:
-        # Scene-scale input (stereo on the SfM poses, or metric depth files) is usable as it is: keep scale 1.
-        warn(
+        log.warning(
             f"align: only {n_total} SfM points overlap valid depth (need >= {cfg.min_points}); "
             "the depth is already in scene units, so it is kept unscaled (scale 1, shift 0)"
         )
-    fit_shift = {"auto": kind == KIND_RELATIVE, "affine": True, "scale": False}[cfg.fit]
-    rng = np.random.default_rng(cfg.seed)
-
-    def fit(ids: list[int]) -> tuple[float, float, np.ndarray]:
-        x = np.concatenate([samples[i][0] for i in ids])
-        y = np.concatenate([samples[i][1] for i in ids])
-        w = np.concatenate([samples[i][2] for i in ids])
-        s, t, inl = fit_affine_robust(
-            x,
-            y,
-            w,
-            estimator=cfg.estimator,
-            fit_shift=fit_shift,
-            robust_k=cfg.robust_k,
-            iters=cfg.irls_iters,
-            inlier_threshold=cfg.inlier_threshold,
-            ransac_iters=cfg.ransac_iters,
-            rng=rng,
-        )
-        return s, t, inl
-
-    if too_few:
-        g_scale, g_shift, g_inl = 1.0, 0.0, np.ones(n_total, dtype=bool)
-    else:
-        g_scale, g_shift, g_inl = fit(fit_ids)
-    if g_scale <= 0:
-        raise ReconError(
-            f"alignment found a non-positive scale ({g_scale:.3g}): the depth input behaves like depth, not "
+        return 1.0, 0.0, np.ones(n_total, dtype=bool), True
+    scale, shift, inliers = _fit(samples, fit_ids, cfg, fit_shift, rng)
+    if scale <= 0:
+        raise DepthError(
+            f"alignment found a non-positive scale ({scale:.3g}): the depth input behaves like depth, not "
             "disparity (for the file backend check --set depth.file.kind=depth|disparity)"
         )
-    scale = np.zeros(T)
-    shift = np.zeros(T)
-    scale[with_depth], shift[with_depth] = g_scale, g_shift
-    units: list[dict[str, Any]] = []
-    if cfg.mode == "per-frame":
-        for i in with_depth:
-            n = samples[i][0].size if i in samples else 0
-            entry = {"frame": i, "points": n, "fallback": True, "scale": g_scale, "shift": g_shift}
-            if i in fit_ids and n >= cfg.min_points:
-                s, t, inl = fit([i])
-                if s > 0:
-                    scale[i], shift[i] = s, t
-                    entry.update(fallback=False, scale=s, shift=t, inliers=int(inl.sum()))
-            units.append(entry)
-    elif cfg.mode == "per-window":
-        windows = _load_windows(paths, with_depth)
-        params = []
-        for k, wf in enumerate(windows):
-            ids = [i for i in wf if i in fit_ids]
-            n = int(sum(samples[i][0].size for i in ids))
-            entry = {
-                "window": k,
-                "frames": [wf[0], wf[-1]],
-                "points": n,
-                "fallback": True,
-                "scale": g_scale,
-                "shift": g_shift,
-            }
-            if n >= cfg.min_points:
-                s, t, inl = fit(ids)
-                if s > 0:
-                    entry.update(fallback=False, scale=s, shift=t, inliers=int(inl.sum()))
-            params.append((entry["scale"], entry["shift"]))
-            units.append(entry)
-        bw = window_blend_weights(windows, T)
-        ps = np.array(params)
-        covered = bw.sum(axis=0) > 0
-        blend_s, blend_t = bw.T @ ps[:, 0], bw.T @ ps[:, 1]
-        for i in with_depth:
-            if covered[i]:
-                scale[i], shift[i] = blend_s[i], blend_t[i]
-    elif cfg.mode != "global":
-        raise ReconError(f"unknown alignment mode {cfg.mode!r} (global, per-window or per-frame)")
+    return scale, shift, inliers, False
 
-    sfm_depths = np.concatenate([samples[i][3] for i in fit_ids] + [np.zeros(0)])
-    if sfm_depths.size == 0:  # no SfM point at all: bound by the input's own depth range
-        valid = disp[with_depth][disp[with_depth] > 0]
-        sfm_depths = 1.0 / valid
-    max_depth = cfg.far_factor * float(np.percentile(sfm_depths, 99))
-    depth = np.zeros_like(disp, dtype=np.float32)
-    for i in with_depth:
-        depth[i] = apply_alignment(disp[i], scale[i], shift[i], max_depth=max_depth)
-    mask = depth > 0
 
-    # Per-frame scores against the SfM points (fit frames: in-sample; test frames in the prior: held out).
-    per_frame = []
-    all_res = []
+def _per_frame_fits(samples, with_depth, fit_ids, glob, scale, shift, cfg, fit_shift, rng) -> list[dict[str, Any]]:
+    """One fit per frame with enough samples (in place into scale/shift [T]); the others keep the global
+    fit `glob` (scale, shift)."""
+    g_scale, g_shift = glob
+    units = []
     for i in with_depth:
-        entry: dict[str, Any] = {
-            "frame": i,
-            "used_in_fit": i in fit_ids,
-            "scale": float(scale[i]),
-            "shift": float(shift[i]),
-        }
+        n = samples[i][0].size if i in samples else 0
+        entry = {"frame": i, "points": n, "fallback": True, "scale": g_scale, "shift": g_shift}
+        if i in fit_ids and n >= cfg.min_points:
+            s, t, inl = _fit(samples, [i], cfg, fit_shift, rng)
+            if s > 0:
+                scale[i], shift[i] = s, t
+                entry.update(fallback=False, scale=s, shift=t, inliers=int(inl.sum()))
+        units.append(entry)
+    return units
+
+
+def _per_window_fits(samples, windows, with_depth, fit_ids, glob, scale, shift, cfg, fit_shift, rng) -> list[dict]:
+    """One fit per window (frame lists), blended linearly across overlaps (in place into scale/shift [T]);
+    windows with too few samples keep the global fit `glob` (scale, shift)."""
+    g_scale, g_shift = glob
+    units, params = [], []
+    for k, wf in enumerate(windows):
+        ids = [i for i in wf if i in fit_ids]
+        n = int(sum(samples[i][0].size for i in ids))
+        entry = {"window": k, "frames": [wf[0], wf[-1]], "points": n, "fallback": True, "scale": g_scale}
+        entry["shift"] = g_shift
+        if n >= cfg.min_points:
+            s, t, inl = _fit(samples, ids, cfg, fit_shift, rng)
+            if s > 0:
+                entry.update(fallback=False, scale=s, shift=t, inliers=int(inl.sum()))
+        params.append((entry["scale"], entry["shift"]))
+        units.append(entry)
+    bw = window_blend_weights(windows, len(scale))
+    ps = np.array(params)
+    covered = bw.sum(axis=0) > 0
+    blend_s, blend_t = bw.T @ ps[:, 0], bw.T @ ps[:, 1]
+    for i in with_depth:
+        if covered[i]:
+            scale[i], shift[i] = blend_s[i], blend_t[i]
+    return units
+
+
+def _score_frames(samples, with_depth, fit_ids, scale, shift, mask) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Per-frame AbsRel of the aligned depth against the SfM depths (fit frames: in-sample; others: held
+    out) and the relative errors of all fit frames' samples."""
+    per_frame, all_res = [], []
+    for i in with_depth:
+        entry: dict[str, Any] = {"frame": i, "used_in_fit": i in fit_ids, "scale": float(scale[i])}
+        entry["shift"] = float(shift[i])
         if i in samples and samples[i][0].size:
             x, _, _, z = samples[i]
             a = scale[i] * x + shift[i]
             good = a > 0
             pred = np.where(good, 1.0 / np.where(good, a, 1.0), np.inf)
             rel = np.abs(pred - z) / z
-            entry.update(
-                points=int(x.size),
-                abs_rel=float(np.mean(rel[good])) if good.any() else None,
-                invalid=int((~good).sum()),
-            )
+            abs_rel = float(np.mean(rel[good])) if good.any() else None
+            entry.update(points=int(x.size), abs_rel=abs_rel, invalid=int((~good).sum()))
             if i in fit_ids:
                 all_res.append(rel)
         else:
             entry.update(points=0, abs_rel=None)
         entry["valid_fraction"] = float(mask[i].mean())
         per_frame.append(entry)
+    return per_frame, (np.concatenate(all_res) if all_res else np.zeros(0))
 
+
+def _plot_samples(samples: Samples, fit_ids: list[int], inliers: np.ndarray, max_samples: int, rng) -> dict:
+    """At most `max_samples` (disparity, SfM inverse depth, frame, inlier) fit samples, for the report's plot."""
     xs = np.concatenate([samples[i][0] for i in fit_ids] + [np.zeros(0)])
     ys = np.concatenate([samples[i][1] for i in fit_ids] + [np.zeros(0)])
     fr = np.concatenate([np.full(samples[i][0].size, i) for i in fit_ids] + [np.zeros(0, dtype=np.int64)])
-    pick = np.sort(rng.choice(xs.size, size=min(cfg.max_samples, xs.size), replace=False))
-    rel_all = np.concatenate(all_res) if all_res else np.zeros(0)
-    abs_rels = [e["abs_rel"] for e in per_frame if e.get("abs_rel") is not None and e["used_in_fit"]]
+    pick = np.sort(rng.choice(xs.size, size=min(max_samples, xs.size), replace=False))
+    return {
+        "disparity": xs[pick].astype(np.float32),
+        "sfm_inverse_depth": ys[pick].astype(np.float32),
+        "frame": fr[pick].astype(np.int64),
+        "inlier": inliers[pick],
+    }
 
+
+def _max_depth(samples: Samples, fit_ids: list[int], disparity: np.ndarray, with_depth: list[int], far_factor):
+    """far_factor x the 99th percentile of the SfM depths used (of the input's own depths without any)."""
+    sfm_depths = np.concatenate([samples[i][3] for i in fit_ids] + [np.zeros(0)])
+    if sfm_depths.size == 0:
+        valid = disparity[with_depth][disparity[with_depth] > 0]
+        sfm_depths = 1.0 / valid
+    return far_factor * float(np.percentile(sfm_depths, 99))
+
+
+def align_disparity(
+    disparity: np.ndarray,
+    confidence: np.ndarray,
+    kind: str,
+    observations: dict[int, tuple[np.ndarray, np.ndarray]],
+    with_depth: list[int],
+    fit_frames: list[int],
+    cfg: AlignConfig,
+    windows: list[list[int]] | None = None,
+) -> Alignment:
+    """Fit the disparity of a sequence to the SfM depths and turn it into z-depth in scene units.
+
+    Args:
+        disparity, confidence: float32 [T, H, W] (0 = invalid); `kind` KIND_RELATIVE or KIND_METRIC.
+        observations: frame -> (keypoints xy [M, 2], pixels with centres at +0.5; z-depth [M], scene units).
+        with_depth: frames whose depth is aligned (others stay 0); fit_frames: those the fit may use.
+        cfg: AlignConfig (mode, estimator, fit, thresholds, seed).
+        windows: frame lists of the DVD windows (needed by mode "per-window").
+    Raises:
+        DepthError: too few SfM samples for relative disparity, a non-positive scale, a bad mode.
+    """
+    if cfg.mode not in ("global", "per-window", "per-frame"):
+        raise DepthError(f"unknown alignment mode {cfg.mode!r} (global, per-window or per-frame)")
+    if cfg.mode == "per-window" and not windows:
+        raise DepthError("per-window alignment needs DVD windows; use --align-mode global or per-frame")
+    samples = sample_observations(disparity, confidence, with_depth, observations)
+    fit_ids = [i for i in fit_frames if i in samples]
+    fit_shift = {"auto": kind == KIND_RELATIVE, "affine": True, "scale": False}[cfg.fit]
+    rng = np.random.default_rng(cfg.seed)
+    g_scale, g_shift, g_inl, too_few = _global_fit(samples, fit_ids, kind, cfg, fit_shift, rng)
+    T = disparity.shape[0]
+    scale, shift = np.zeros(T), np.zeros(T)
+    scale[with_depth], shift[with_depth] = g_scale, g_shift
+    units: list[dict[str, Any]] = []
+    if cfg.mode == "per-frame":
+        units = _per_frame_fits(samples, with_depth, fit_ids, (g_scale, g_shift), scale, shift, cfg, fit_shift, rng)
+    elif cfg.mode == "per-window":
+        glob = (g_scale, g_shift)
+        units = _per_window_fits(samples, windows, with_depth, fit_ids, glob, scale, shift, cfg, fit_shift, rng)
+    max_depth = _max_depth(samples, fit_ids, disparity, with_depth, cfg.far_factor)
+    depth = np.zeros_like(disparity, dtype=np.float32)
+    for i in with_depth:
+        depth[i] = apply_alignment(disparity[i], scale[i], shift[i], max_depth=max_depth)
+    mask = depth > 0
+    per_frame, rel_all = _score_frames(samples, with_depth, fit_ids, scale, shift, mask)
+    abs_rels = [e["abs_rel"] for e in per_frame if e.get("abs_rel") is not None and e["used_in_fit"]]
     report = {
         "mode": cfg.mode,
         "estimator": cfg.estimator,
         "fit": "affine" if fit_shift else "scale",
         "kind": kind,
-        "backend": dd["backend"],
         "scale": g_scale,
         "shift": g_shift,
-        "points": n_total,
+        "points": int(sum(samples[i][0].size for i in fit_ids)),
         "inliers": int(g_inl.sum()),
         "inlier_ratio": float(g_inl.mean()) if g_inl.size else None,
         "fallback": "scene-scale input kept (too few SfM points)" if too_few else None,
@@ -572,22 +566,6 @@ def run_align(paths: RunPaths, cfg: AlignConfig) -> dict[str, Any]:
         "abs_rel_sfm_mean": float(np.mean(rel_all)) if rel_all.size else None,
         "units": units,
         "per_frame": per_frame,
-        "samples": {
-            "disparity": xs[pick].astype(np.float32),
-            "sfm_inverse_depth": ys[pick].astype(np.float32),
-            "frame": fr[pick].astype(np.int64),
-            "inlier": g_inl[pick],
-        },
+        "samples": _plot_samples(samples, fit_ids, g_inl, cfg.max_samples, rng),
     }
-    save_npz(paths.aligned_npz, depth=depth, mask=mask, scale=scale.astype(np.float32), shift=shift.astype(np.float32))
-    write_json(paths.alignment_json, report)
-    info(
-        f"align: {cfg.mode} {report['fit']} fit on {n_total} SfM points in {len(fit_ids)} frames: "
-        f"scale {g_scale:.4g}, shift {g_shift:.4g}, inliers {report['inlier_ratio'] or 0:.0%}, "
-        f"AbsRel vs SfM {report['abs_rel_sfm_median'] if report['abs_rel_sfm_median'] is not None else float('nan'):.3f}"
-    )
-    debug(f"align: max depth {max_depth:.3g}, valid pixels {mask[with_depth].mean():.1%}")
-    return {
-        k: report[k]
-        for k in ("mode", "fit", "scale", "shift", "points", "inliers", "inlier_ratio", "abs_rel_sfm_median")
-    } | {"valid_fraction": float(mask[with_depth].mean())}
+    return Alignment(depth=depth, mask=mask, scale=scale, shift=shift, report=report)

@@ -17,19 +17,23 @@ Matching files to frames (`match`):
   * "order": the sorted files are taken in frame order; the counts must be equal.
 
 Output: float32 [T,H,W] at the frame size, resized with nearest neighbour for depth (no invented
-depths across edges) and validity-weighted area / bilinear for disparity.
+depths across edges) and validity-weighted area / bilinear for disparity. `FileBackend` returns depth as
+metric disparity 1/depth ("metric_disparity": the alignment fits a scale only) and disparity as relative
+disparity ("relative_disparity": scale and shift).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from recon.errors import ReconError
+from depth.errors import DepthError
+from depth.result import KIND_METRIC, KIND_RELATIVE, DepthFrames, DepthResult, depth_to_disparity
 
 Kind = Literal["depth", "disparity"]
 
@@ -69,7 +73,7 @@ def _read_array(path: Path) -> np.ndarray:
                     (k for k in ("depth", "disparity", "arr_0") if k in keys), keys[0] if len(keys) == 1 else None
                 )
                 if key is None:
-                    raise ReconError(
+                    raise DepthError(
                         f"depth file {path} holds several arrays {keys}; name the map 'depth' or 'disparity'"
                     )
                 arr = z[key]
@@ -78,17 +82,17 @@ def _read_array(path: Path) -> np.ndarray:
 
             with Image.open(path) as im:
                 if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA"):
-                    raise ReconError(
+                    raise DepthError(
                         f"depth file {path} is a {im.mode} colour image; expected a single-channel depth map"
                     )
                 arr = np.array(im)
-    except ReconError:
+    except DepthError:
         raise
     except Exception as e:  # unreadable / truncated / not an image
-        raise ReconError(f"cannot read depth file {path} ({type(e).__name__}: {e})") from e
+        raise DepthError(f"cannot read depth file {path} ({type(e).__name__}: {e})") from e
     arr = np.squeeze(arr)
     if arr.ndim != 2:
-        raise ReconError(f"depth file {path} has shape {arr.shape}; expected one [H,W] map")
+        raise DepthError(f"depth file {path} has shape {arr.shape}; expected one [H,W] map")
     return arr
 
 
@@ -102,11 +106,11 @@ def _to_float(arr: np.ndarray, scale: float, kind: Kind, what: str) -> np.ndarra
     elif arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)):
             bad = int((~np.isfinite(arr)).sum())
-            raise ReconError(f"{what} has {bad} NaN/inf values; store invalid pixels as 0")
+            raise DepthError(f"{what} has {bad} NaN/inf values; store invalid pixels as 0")
         out = arr.astype(np.float64)
         invalid = out == 0
     else:
-        raise ReconError(f"{what} has unsupported dtype {arr.dtype}")
+        raise DepthError(f"{what} has unsupported dtype {arr.dtype}")
     if kind == "depth":
         invalid |= out < 0
     out[invalid] = 0.0
@@ -137,12 +141,13 @@ def _resize(arr: np.ndarray, size: tuple[int, int], kind: Kind) -> np.ndarray:
     return out[0, 0].numpy().astype(np.float32)
 
 
-def _check_aspect(shape: tuple[int, int], size: tuple[int, int], what: str) -> None:
+def _check_aspect(shape: tuple[int, ...], size: tuple[int, int], what: str) -> None:
     H0, W0 = shape
     W, H = size
     if abs(W0 / H0 - W / H) > 0.01 * (W / H):
-        raise ReconError(
-            f"{what} is {W0}x{H0} but the frames are {W}x{H} (a different aspect ratio); expected {W}x{H} or a multiple of it"
+        raise DepthError(
+            f"{what} is {W0}x{H0} but the frames are {W}x{H} (a different aspect ratio); "
+            f"expected {W}x{H} or a multiple of it"
         )
 
 
@@ -153,12 +158,12 @@ def _list_files(folder: Path) -> list[Path]:
         if p.is_file() and p.suffix.lower() in DEPTH_FILE_SUFFIXES and not p.name.startswith(".")
     )
     if not files:
-        raise ReconError(f"depth folder {folder} has no depth files ({', '.join(DEPTH_FILE_SUFFIXES)})")
+        raise DepthError(f"depth folder {folder} has no depth files ({', '.join(DEPTH_FILE_SUFFIXES)})")
     return files
 
 
 def _match_names(frame_files: list[str], names: list[str], where: str) -> list[int]:
-    """Index into `names` for each frame (exact key, then same number); ReconError if one is missing."""
+    """Index into `names` for each frame (exact key, then same number); DepthError if one is missing."""
     by_key: dict[str, int] = {}
     by_num: dict[int, list[int]] = {}
     for i, n in enumerate(names):
@@ -179,11 +184,72 @@ def _match_names(frame_files: list[str], names: list[str], where: str) -> list[i
         else:
             missing.append(Path(f).name)
     if missing:
-        raise ReconError(
+        raise DepthError(
             f"{where}: no depth file for {len(missing)} of {len(frame_files)} frames (first: {missing[0]}); "
             f"expected one file per frame named like the frame, or use match='order'"
         )
     return out
+
+
+def _check_cfg(cfg: FileDepthConfig) -> None:
+    if cfg.kind not in ("depth", "disparity"):
+        raise DepthError(f"file depth kind must be 'depth' or 'disparity', not {cfg.kind!r}")
+    if cfg.match not in ("name", "order"):
+        raise DepthError(f"file depth match must be 'name' or 'order', not {cfg.match!r}")
+    if not cfg.scale > 0:
+        raise DepthError(f"file depth scale must be positive, got {cfg.scale}")
+
+
+def _folder_maps(cfg: FileDepthConfig, path: Path, frame_files: list[str]) -> list[tuple[np.ndarray, str]]:
+    """One (stored 2-D array, description) per frame from a folder of per-frame files."""
+    files = _list_files(path)
+    T = len(frame_files)
+    if cfg.match == "order":
+        if len(files) != T:
+            raise DepthError(f"depth folder {path}: expected {T} depth files (one per frame), got {len(files)}")
+        chosen = files
+    else:
+        chosen = [files[i] for i in _match_names(frame_files, [f.name for f in files], f"depth folder {path}")]
+    return [(_read_array(f), f"depth file {f}") for f in chosen]
+
+
+def _read_stack(cfg: FileDepthConfig, path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """The [T,H,W] array of one .npy/.npz file and the frame names an .npz may carry ("files")."""
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False), None
+        with np.load(path, allow_pickle=False) as z:
+            keys = [k for k in z.keys() if k != "files"]
+            key = next(
+                (k for k in (cfg.kind, "depth", "disparity", "arr_0") if k in keys), keys[0] if len(keys) == 1 else None
+            )
+            if key is None:
+                raise DepthError(f"{path} holds several arrays {keys}; name the [T,H,W] map 'depth' or 'disparity'")
+            names = [str(n) for n in z["files"]] if "files" in z.keys() else None
+            return z[key], names
+    except DepthError:
+        raise
+    except Exception as e:
+        raise DepthError(f"cannot read depth file {path} ({type(e).__name__}: {e})") from e
+
+
+def _stack_maps(cfg: FileDepthConfig, path: Path, frame_files: list[str]) -> list[tuple[np.ndarray, str]]:
+    """One (stored 2-D array, description) per frame from one .npy/.npz holding a [T,H,W] array."""
+    T = len(frame_files)
+    stack, names = _read_stack(cfg, path)
+    if stack.ndim == 2 and T == 1:
+        stack = stack[None]
+    if stack.ndim == 4 and stack.shape[-1] == 1:
+        stack = stack[..., 0]
+    if stack.ndim != 3:
+        raise DepthError(f"{path} has shape {stack.shape}; expected [T,H,W] with T = {T} frames")
+    if cfg.match == "name" and names is not None:
+        idx = _match_names(frame_files, names, str(path))
+    else:
+        if stack.shape[0] != T:
+            raise DepthError(f"{path}: expected {T} depth maps (one per frame), got {stack.shape[0]}")
+        idx = list(range(T))
+    return [(stack[i], f"{path}[{i}]") for i in idx]
 
 
 def load_depth_files(
@@ -193,88 +259,73 @@ def load_depth_files(
 
     Args:
         cfg: where the maps are and how to read them.
-        frame_files: [T] frame paths (e.g. cameras.json "files"), used for name matching.
+        frame_files: [T] frame file names (e.g. the run's frame paths), used for name matching.
         size: (W, H) of the frames; the maps are resized to it.
         rows: return (and check) only these of the T frames, in this order (e.g. the prior frames when
             the files cover every frame in order); None = all T.
     Returns:
         (maps float32 [len(rows) or T, H, W] in scene/sensor units with 0 = invalid, kind "depth" | "disparity").
     Raises:
-        ReconError: missing path, count or size mismatch, unreadable file, NaN, all-invalid map.
+        DepthError: missing path, count or size mismatch, unreadable file, NaN, all-invalid map.
     """
-    if cfg.kind not in ("depth", "disparity"):
-        raise ReconError(f"file depth kind must be 'depth' or 'disparity', not {cfg.kind!r}")
-    if cfg.match not in ("name", "order"):
-        raise ReconError(f"file depth match must be 'name' or 'order', not {cfg.match!r}")
-    if not cfg.scale > 0:
-        raise ReconError(f"file depth scale must be positive, got {cfg.scale}")
+    _check_cfg(cfg)
     path = Path(cfg.path)
-    T = len(frame_files)
     W, H = int(size[0]), int(size[1])
     if not path.exists():
-        raise ReconError(f"depth path {path} not found")
-
-    maps: list[tuple[np.ndarray, str]] = []  # (stored 2-D array, description)
+        raise DepthError(f"depth path {path} not found")
     if path.is_dir():
-        files = _list_files(path)
-        if cfg.match == "order":
-            if len(files) != T:
-                raise ReconError(f"depth folder {path}: expected {T} depth files (one per frame), got {len(files)}")
-            chosen = files
-        else:
-            chosen = [files[i] for i in _match_names(frame_files, [f.name for f in files], f"depth folder {path}")]
-        maps = [(_read_array(f), f"depth file {f}") for f in chosen]
+        maps = _folder_maps(cfg, path, frame_files)
     elif path.suffix in (".npy", ".npz"):
-        names = None
-        try:
-            if path.suffix == ".npy":
-                stack = np.load(path, allow_pickle=False)
-            else:
-                with np.load(path, allow_pickle=False) as z:
-                    keys = [k for k in z.keys() if k != "files"]
-                    key = next(
-                        (k for k in (cfg.kind, "depth", "disparity", "arr_0") if k in keys),
-                        keys[0] if len(keys) == 1 else None,
-                    )
-                    if key is None:
-                        raise ReconError(
-                            f"{path} holds several arrays {keys}; name the [T,H,W] map 'depth' or 'disparity'"
-                        )
-                    stack = z[key]
-                    if "files" in z.keys():
-                        names = [str(n) for n in z["files"]]
-        except ReconError:
-            raise
-        except Exception as e:
-            raise ReconError(f"cannot read depth file {path} ({type(e).__name__}: {e})") from e
-        if stack.ndim == 2 and T == 1:
-            stack = stack[None]
-        if stack.ndim == 4 and stack.shape[-1] == 1:
-            stack = stack[..., 0]
-        if stack.ndim != 3:
-            raise ReconError(f"{path} has shape {stack.shape}; expected [T,H,W] with T = {T} frames")
-        if cfg.match == "name" and names is not None:
-            idx = _match_names(frame_files, names, str(path))
-        else:
-            if stack.shape[0] != T:
-                raise ReconError(f"{path}: expected {T} depth maps (one per frame), got {stack.shape[0]}")
-            idx = list(range(T))
-        maps = [(stack[i], f"{path}[{i}]") for i in idx]
+        maps = _stack_maps(cfg, path, frame_files)
     else:
-        raise ReconError(f"depth path {path} must be a folder of depth files or one .npy/.npz with [T,H,W] maps")
-
+        raise DepthError(f"depth path {path} must be a folder of depth files or one .npy/.npz with [T,H,W] maps")
     if rows is not None:
         maps = [maps[r] for r in rows]
     out = np.zeros((len(maps), H, W), np.float32)
-    shape0 = maps[0][0].shape if maps else None
+    shape0 = maps[0][0].shape if maps else ()  # only read inside the loop, when maps is non-empty
     for t, (arr, what) in enumerate(maps):
         if arr.shape != shape0:
-            raise ReconError(
-                f"{what} is {arr.shape[1]}x{arr.shape[0]} but the first map is {shape0[1]}x{shape0[0]}; all maps must share one size"
+            raise DepthError(
+                f"{what} is {arr.shape[1]}x{arr.shape[0]} but the first map is {shape0[1]}x{shape0[0]}; "
+                "all maps must share one size"
             )
         _check_aspect(arr.shape, (W, H), what)
         vals = _to_float(arr, cfg.scale, cfg.kind, what)
         if not np.any(vals != 0):
-            raise ReconError(f"{what} has no valid pixel (all 0 / invalid)")
+            raise DepthError(f"{what} has no valid pixel (all 0 / invalid)")
         out[t] = _resize(vals, (W, H), cfg.kind)
     return out, cfg.kind
+
+
+class FileBackend:
+    """Depth or disparity maps the user already has, paired with the frames by name (or by order)."""
+
+    name = "file"
+
+    def __init__(self, cfg: FileDepthConfig):
+        self.cfg = cfg
+
+    def _sequence(self, frames: DepthFrames) -> tuple[list[str], list[int] | None]:
+        """Names to pair the files with, and the rows wanted: with match "order" the files cover the whole
+        sequence the frames come from (frames.index / sequence_length), of which the frames are rows."""
+        if self.cfg.match != "order" or frames.index is None:
+            return list(frames.names), None
+        rows = [int(i) for i in frames.index]
+        total = frames.sequence_length if frames.sequence_length is not None else max(rows, default=-1) + 1
+        names = [""] * total  # only the count matters when pairing by order
+        for name, i in zip(frames.names, rows):
+            names[i] = name
+        return names, rows
+
+    def estimate(self, frames: DepthFrames, progress: Callable[[int, int], None] | None = None) -> DepthResult:
+        """The user's maps at the frames' size: depth -> 1/depth (metric), disparity as it is (relative)."""
+        names, rows = self._sequence(frames)
+        maps, file_kind = load_depth_files(self.cfg, names, frames.size, rows=rows)
+        if progress is not None:
+            progress(len(frames), len(frames))
+        if file_kind == "disparity":
+            disparity, kind = maps, KIND_RELATIVE
+        else:
+            disparity, kind = depth_to_disparity(maps), KIND_METRIC
+        report: dict[str, Any] = {"path": str(self.cfg.path), "file_kind": file_kind, "match": self.cfg.match}
+        return DepthResult(disparity, kind, self.name, report=report)

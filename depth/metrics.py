@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from recon.errors import ReconError
+from depth.errors import DepthError
 
 Align = Literal["none", "median", "scale", "lstsq"]
 Space = Literal["depth", "disparity"]
@@ -68,21 +68,21 @@ def fit_alignment(
     if align == "none":
         return 1.0, 0.0
     if space not in ("depth", "disparity"):
-        raise ReconError(f"unknown alignment space {space!r} (use 'depth' or 'disparity')")
+        raise DepthError(f"unknown alignment space {space!r} (use 'depth' or 'disparity')")
     x, y = (pred, gt) if space == "depth" else (1.0 / pred, 1.0 / gt)
     if x.size == 0:
-        raise ReconError("cannot align depth: no pixel where both prediction and ground truth are valid")
+        raise DepthError("cannot align depth: no pixel where both prediction and ground truth are valid")
     if align == "median":
         return float(np.median(y) / np.median(x)), 0.0
     if align == "scale":
         return float(np.dot(x, y) / max(np.dot(x, x), 1e-300)), 0.0
     if align == "lstsq":
         if x.size < 2 or np.ptp(x) == 0:
-            raise ReconError("cannot fit scale and shift: the prediction is constant on the valid pixels")
+            raise DepthError("cannot fit scale and shift: the prediction is constant on the valid pixels")
         A = np.stack([x, np.ones_like(x)], axis=1)
         (s, t), *_ = np.linalg.lstsq(A, y, rcond=None)
         return float(s), float(t)
-    raise ReconError(f"unknown depth alignment {align!r} (use none, median, scale or lstsq)")
+    raise DepthError(f"unknown depth alignment {align!r} (use none, median, scale or lstsq)")
 
 
 def apply_alignment(
@@ -144,29 +144,29 @@ def depth_metrics(
          "n": evaluated pixel count, "coverage": evaluated / GT-valid pixels,
          "scale", "shift": the alignment (per-frame mean when `per_frame`), "align", "space"}.
     Raises:
-        ReconError: on shape mismatch or when no pixel can be evaluated.
+        DepthError: on shape mismatch or when no pixel can be evaluated.
     """
     p = _as_numpy(pred)
     g = _as_numpy(gt)
     if p.shape != g.shape:
-        raise ReconError(f"depth metrics: prediction shape {p.shape} differs from ground truth shape {g.shape}")
+        raise DepthError(f"depth metrics: prediction shape {p.shape} differs from ground truth shape {g.shape}")
     m = None if mask is None else _as_numpy(mask).astype(bool)
     if m is not None and m.shape != g.shape:
-        raise ReconError(f"depth metrics: mask shape {m.shape} differs from ground truth shape {g.shape}")
+        raise DepthError(f"depth metrics: mask shape {m.shape} differs from ground truth shape {g.shape}")
     if pred_is_disparity:
         with np.errstate(divide="ignore"):
             p = np.where(p > 0, 1.0 / np.where(p > 0, p, 1.0), 0.0)
 
     if per_frame:
         if p.ndim != 3:
-            raise ReconError(f"depth metrics: per_frame needs [T,H,W] arrays, got shape {p.shape}")
+            raise DepthError(f"depth metrics: per_frame needs [T,H,W] arrays, got shape {p.shape}")
         rows = []
         for t in range(p.shape[0]):
             ev, gv = valid_mask(p[t], g[t], None if m is None else m[t], min_depth, max_depth)
             if ev.any():
                 rows.append(_evaluate(p[t], g[t], ev, gv, align, space, min_depth, max_depth))
         if not rows:
-            raise ReconError("depth metrics: no pixel has both a valid prediction and valid ground truth")
+            raise DepthError("depth metrics: no pixel has both a valid prediction and valid ground truth")
         out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS + ("scale", "shift")}
         n = sum(r["n"] for r in rows)
         ev_all, gv_all = valid_mask(p, g, m, min_depth, max_depth)
@@ -177,7 +177,7 @@ def depth_metrics(
 
     ev, gv = valid_mask(p, g, m, min_depth, max_depth)
     if not ev.any():
-        raise ReconError("depth metrics: no pixel has both a valid prediction and valid ground truth")
+        raise DepthError("depth metrics: no pixel has both a valid prediction and valid ground truth")
     out = _evaluate(p, g, ev, gv, align, space, min_depth, max_depth)
     out.update(align=align, space=space)
     return out

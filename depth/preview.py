@@ -1,4 +1,4 @@
-"""Colour-mapped depth preview video (RUN/depth/depth.mp4).
+"""Colour-mapped depth preview frames (the application writes them as a video).
 
 One normalisation for the whole video (robust percentiles of all valid values), never per frame, so
 temporal flicker of the depth prior stays visible instead of being normalised away. Invalid pixels
@@ -7,12 +7,9 @@ temporal flicker of the depth prior stays visible instead of being normalised aw
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from recon.atomic import atomic_path
-from recon.errors import ReconError
+from depth.errors import DepthError
 
 
 def robust_range(
@@ -27,7 +24,7 @@ def robust_range(
     v = flat[::step]
     v = v[np.isfinite(v) & (v > 0)]
     if v.size == 0:
-        raise ReconError("depth preview: no valid depth value to display")
+        raise DepthError("depth preview: no valid depth value to display")
     lo, hi = np.percentile(v, [lo_pct, hi_pct])
     if hi <= lo:
         hi = lo + max(abs(lo) * 1e-6, 1e-12)
@@ -46,7 +43,7 @@ def colorize(disparity: np.ndarray, value_range: tuple[float, float] | None = No
     if d.ndim == 2:
         d = d[None]
     if d.ndim != 3:
-        raise ReconError(f"depth preview expects [T,H,W] maps, got shape {d.shape}")
+        raise DepthError(f"depth preview expects [T,H,W] maps, got shape {d.shape}")
     lo, hi = value_range if value_range is not None else robust_range(d)
     lut = (matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
     valid = np.isfinite(d) & (d > 0)
@@ -57,41 +54,10 @@ def colorize(disparity: np.ndarray, value_range: tuple[float, float] | None = No
     return rgb
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0, crf: int = 18) -> None:
-    """Write RGB uint8 frames [T, H, W, 3] to an H.264 mp4 with PyAV, atomically.
+def preview_frames(disparity: np.ndarray, cmap: str = "turbo") -> tuple[np.ndarray, tuple[float, float]]:
+    """Colour-map disparity [T, H, W] with one robust normalisation for the whole sequence.
 
-    Odd sizes are padded by one black row/column (yuv420p needs even sizes).
-    """
-    import av
-
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
-        raise ReconError(f"video writer expects [T,H,W,3] frames with T > 0, got shape {frames.shape}")
-    T, H, W, _ = frames.shape
-    H2, W2 = H + H % 2, W + W % 2
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=max(1, int(round(fps))))
-            stream.width, stream.height, stream.pix_fmt = W2, H2, "yuv420p"
-            if codec == "libx264":
-                stream.options = {"crf": str(crf), "preset": "veryfast"}
-            buf = np.zeros((H2, W2, 3), dtype=np.uint8)
-            for f in frames:
-                buf[:H, :W] = f
-                for packet in stream.encode(av.VideoFrame.from_ndarray(buf, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-
-
-def write_depth_preview(
-    path: str | Path, disparity: np.ndarray, fps: float = 10.0, cmap: str = "turbo"
-) -> tuple[float, float]:
-    """Colour-map disparity [T, H, W] with one robust normalisation and write it as an mp4.
-
-    Returns the (lo, hi) disparity range that was mapped to the ends of the colour map.
+    Returns (RGB uint8 [T, H, W, 3], the (lo, hi) disparity range mapped to the ends of the colour map).
     """
     value_range = robust_range(disparity)
-    write_video(path, colorize(disparity, value_range, cmap), fps=fps)
-    return value_range
+    return colorize(disparity, value_range, cmap), value_range

@@ -31,6 +31,11 @@ class DepthFrames:
         K: [T, 3, 3] float64 intrinsics in pixels of `images`, or None (stereo needs them; DVD does not).
         c2w: [T, 4, 4] float64 camera-to-world (OpenCV), or None.
         points: [N, 3] float64 SfM points in world units (stereo bounds its depth range with them), or None.
+        observed: [T] int arrays of indices into `points`: the points each frame observes (its SfM track
+            entries), or None (stereo then bounds each frame by every point in front of it).
+        index: [T] position of each frame in the whole sequence its names come from (e.g. the run's frames),
+            or None (= 0..T-1); the `file` backend with match "order" uses it.
+        sequence_length: frames in that whole sequence, or None (= T).
     """
 
     images: np.ndarray
@@ -38,12 +43,18 @@ class DepthFrames:
     K: np.ndarray | None = None
     c2w: np.ndarray | None = None
     points: np.ndarray | None = None
+    observed: list[np.ndarray] | None = None
+    index: list[int] | None = None
+    sequence_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
             raise DepthError(f"depth frames must be uint8 [T, H, W, 3], got {self.images.dtype} {self.images.shape}")
         if len(self.names) != len(self.images):
             raise DepthError(f"{len(self.names)} frame names for {len(self.images)} frames")
+        for what, items in (("observed", self.observed), ("index", self.index)):
+            if items is not None and len(items) != len(self.images):
+                raise DepthError(f"{len(items)} {what} entries for {len(self.images)} frames")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -52,6 +63,20 @@ class DepthFrames:
     def size(self) -> tuple[int, int]:
         """(width, height) in pixels."""
         return int(self.images.shape[2]), int(self.images.shape[1])
+
+
+def depth_to_disparity(depth: np.ndarray) -> np.ndarray:
+    """float [..] z-depth (0 / non-finite / negative = invalid) -> float32 disparity 1/depth, 0 invalid."""
+    depth = np.asarray(depth, dtype=np.float32)
+    ok = np.isfinite(depth) & (depth > 0)
+    out = np.zeros_like(depth)
+    out[ok] = 1.0 / depth[ok]
+    return out
+
+
+def disparity_to_depth(disparity: np.ndarray) -> np.ndarray:
+    """float [..] disparity (0 / non-finite / negative = invalid) -> float32 z-depth 1/disparity, 0 invalid."""
+    return depth_to_disparity(disparity)
 
 
 @dataclass

@@ -14,10 +14,10 @@ For each reference frame:
      views agree within `geo_px` pixels and `geo_rel_depth` relative depth (their depths are averaged).
 
 The output is z-depth in SCENE (SfM) units — the units of `c2w` — with 0 where no reliable depth was
-found, and a confidence in [0, 1]. It is metric geometry, not relative depth: the align stage needs no
-affine fit for it (depth.align fits a pure scale, expected ~1, shift 0, for robustness). In
-RUN/depth/disparity.npz the depth stage stores it as disparity = 1/depth (0 invalid, see
-`depth_to_disparity`) with kind "metric_disparity", so every backend shares one file layout.
+found, and a confidence in [0, 1]. It is metric geometry, not relative depth: the alignment needs no
+affine fit for it (depth.align fits a pure scale, expected ~1, shift 0, for robustness). `StereoBackend`
+returns it as disparity = 1/depth (0 invalid, see depth.result.depth_to_disparity) with kind
+"metric_disparity", like every backend's DepthResult.
 
 Everything is vectorised torch and runs on CPU (or CUDA with `device`); memory is bounded by
 processing the planes in chunks: about (num_planes + num_views * plane_chunk * 3) * H' * W' floats per
@@ -26,22 +26,23 @@ frame at the processing resolution H' x W'.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recon.artifacts.cameras import CameraSet
+from depth.device import resolve_device
+from depth.errors import DepthError
 from depth.geometry import invert_pose
-from recon.console import debug, info, track
-from recon.errors import ReconError
-from recon.artifacts.layout import RunPaths
+from depth.result import KIND_METRIC, DepthFrames, DepthResult, depth_to_disparity
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,36 +80,23 @@ class StereoConfig:
     geo_px: float = 1.0
     """Forward-backward reprojection error threshold (pixels at processing resolution)."""
     geo_rel_depth: float = 0.02
-    """Relative depth difference threshold of the consistency check (census matching noise is ~1 %)."""
+    """Relative depth difference threshold of the consistency check (about twice the matching noise)."""
     plane_chunk: int = 16
     """Planes warped at once (bounds memory)."""
     device: str = "auto"
     """"auto" (CUDA when available), "cpu" or "cuda"."""
     cpu_threads: int = 0
-    """torch CPU threads during the sweep (0 = leave torch's setting). On a busy machine 1 can be several
-    times faster than the default (the ops are small; see benchmarks/stereo.py --threads)."""
+    """torch CPU threads during the sweep (0 = leave torch's setting; the ops are small, so fewer threads can
+    be faster on a busy machine: measure with benchmarks/stereo.py --threads)."""
 
 
 # ----------------------------------------------------------------------------------------------------
 # small pure helpers
 
 
-def depth_to_disparity(depth: np.ndarray) -> np.ndarray:
-    """float [..] z-depth (0 / non-finite / negative = invalid) -> float32 disparity 1/depth, 0 invalid."""
-    depth = np.asarray(depth, dtype=np.float32)
-    ok = np.isfinite(depth) & (depth > 0)
-    out = np.zeros_like(depth)
-    out[ok] = 1.0 / depth[ok]
-    return out
-
-
-def disparity_to_depth(disparity: np.ndarray) -> np.ndarray:
-    """float [..] disparity (0 / non-finite / negative = invalid) -> float32 z-depth 1/disparity, 0 invalid."""
-    return depth_to_disparity(disparity)
-
-
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """K [...,3,3] for an image resized by (sx, sy) (pixel-centre convention: x' = sx (x + 0.5) - 0.5)."""
+    """K [...,3,3] for an image resized by (sx, sy), for the sweep's pixel grid (pixel centres at integer
+    coordinates: x' = sx (x + 0.5) - 0.5; depth.geometry.scale_intrinsics is the +0.5-centre form)."""
     K = np.array(K, dtype=np.float64, copy=True)
     K[..., 0, 0] *= sx
     K[..., 0, 1] *= sx
@@ -185,7 +173,7 @@ def _box(x: torch.Tensor, k: int) -> torch.Tensor:
         return x
     r = k // 2
 
-    def run(t: torch.Tensor, dim: int) -> torch.Tensor:
+    def run(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = t.shape[dim]
         c = F.pad(t.cumsum(dim).movedim(dim, -1), (1, 0)).movedim(-1, dim)  # c[i] = sum t[:i]
         hi = torch.arange(n, device=t.device).add(r + 1).clamp_max(n)
@@ -253,14 +241,6 @@ def _ncc_cost(
 # the plane sweep
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ReconError("stereo device 'cuda' requested but no CUDA GPU is available (use device='cpu' or 'auto')")
-    return torch.device(device)
-
-
 def _grey_small(frame: np.ndarray, size: tuple[int, int], device: torch.device) -> torch.Tensor:
     """uint8 [H,W,3] -> float32 grey [h,w] in [0,1] at processing size (w,h), antialiased."""
     f = torch.from_numpy(np.ascontiguousarray(frame)).to(device=device, dtype=torch.float32) / 255.0
@@ -269,6 +249,69 @@ def _grey_small(frame: np.ndarray, size: tuple[int, int], device: torch.device) 
     if grey.shape[-2:] != (h, w):
         grey = F.interpolate(grey, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
     return grey[0, 0]
+
+
+def _pixel_rays(K: np.ndarray, h: int, w: int, dev: torch.device) -> torch.Tensor:
+    """[3, h*w] rays K^-1 (x, y, 1) of every pixel (centres at integer coordinates), z = 1."""
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=dev, dtype=torch.float32),
+        torch.arange(w, device=dev, dtype=torch.float32),
+        indexing="ij",
+    )
+    pix = torch.stack([xs.ravel(), ys.ravel(), torch.ones(h * w, device=dev)], 0)
+    return torch.from_numpy(np.linalg.inv(K)).to(dev, torch.float32) @ pix
+
+
+def _reference_features(ref_b: torch.Tensor, cfg: StereoConfig) -> dict[str, torch.Tensor]:
+    """What the matching cost needs of the reference [1,h,w]: census bits, or NCC window mean and deviation."""
+    if cfg.cost == "census":
+        return {"bits": census_bits(ref_b, cfg.window)}
+    if cfg.cost == "ncc":
+        mu = _box(ref_b, cfg.window)
+        return {"img": ref_b, "mu": mu, "sd": (_box(ref_b * ref_b, cfg.window) - mu * mu).clamp_min(0).sqrt()}
+    raise DepthError(f"unknown stereo cost {cfg.cost!r} (use 'census' or 'ncc')")
+
+
+def _plane_costs(
+    img: torch.Tensor, A: torch.Tensor, b: torch.Tensor, d: torch.Tensor, ref: dict[str, torch.Tensor], cfg
+) -> torch.Tensor:
+    """Matching cost [P,h,w] in [0,1] of neighbour `img` [h,w] warped onto P planes at z-depths d [P,1,1]
+    (neighbour pixel q = d * A + b, homogeneous); 1 where the warp leaves the neighbour image."""
+    h, w = img.shape
+    P = d.shape[0]
+    q = d * A[None] + b[None]  # [P,3,N]
+    z = q[:, 2]
+    zs = torch.where(z > 1e-6, z, torch.ones_like(z))
+    u, vv = q[:, 0] / zs, q[:, 1] / zs
+    inside = (z > 1e-6) & (u > -0.5) & (u < w - 0.5) & (vv > -0.5) & (vv < h - 0.5)
+    grid = torch.stack([(u + 0.5) / w * 2 - 1, (vv + 0.5) / h * 2 - 1], -1)  # [P,N,2]
+    grid = torch.where(inside[..., None], grid, torch.full_like(grid, -2.0))
+    warped = F.grid_sample(
+        img[None, None], grid.reshape(1, P * h, w, 2), mode="bilinear", padding_mode="border", align_corners=False
+    ).reshape(P, h, w)
+    if cfg.cost == "census":
+        c = _census_cost(ref["bits"], warped, cfg.window)
+    else:
+        c = _ncc_cost(ref["img"], ref["mu"], ref["sd"], warped, cfg.window)
+    return torch.where(inside.reshape(P, h, w), c, torch.ones_like(c))
+
+
+def _winner_take_all(
+    volume: torch.Tensor, inv_depths: torch.Tensor, max_cost: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best hypothesis of a cost volume [D,h,w] with parabolic refinement in hypothesis index (uniform in
+    inverse depth) -> (depth [h,w], 0 invalid; cost [h,w], 1 invalid). Border hypotheses are invalid."""
+    D = volume.shape[0]
+    cost, idx = volume.min(0)
+    cm = volume.gather(0, (idx - 1).clamp(0, D - 1)[None])[0]
+    cp = volume.gather(0, (idx + 1).clamp(0, D - 1)[None])[0]
+    denom = cm - 2 * cost + cp
+    offset = torch.where(denom > 1e-9, (cm - cp) / (2 * denom.clamp_min(1e-9)), torch.zeros_like(cost)).clamp(-0.5, 0.5)
+    step = (inv_depths[-1] - inv_depths[0]) / max(D - 1, 1)
+    inv = inv_depths[0] + (idx.float() + offset) * step
+    ok = (idx > 0) & (idx < D - 1) & (cost <= max_cost) & (inv > 0)
+    depth = torch.where(ok, 1.0 / inv.clamp_min(1e-12), torch.zeros_like(inv))
+    return depth, torch.where(ok, cost, torch.ones_like(cost))
 
 
 def plane_sweep(
@@ -295,15 +338,7 @@ def plane_sweep(
     dev = ref_img.device
     h, w = ref_img.shape
     D = inv_depths.numel()
-    ys, xs = torch.meshgrid(
-        torch.arange(h, device=dev, dtype=torch.float32),
-        torch.arange(w, device=dev, dtype=torch.float32),
-        indexing="ij",
-    )
-    pix = torch.stack([xs.ravel(), ys.ravel(), torch.ones(h * w, device=dev)], 0)  # [3,N]
-    Kr_inv = torch.from_numpy(np.linalg.inv(K_ref)).to(dev, torch.float32)
-    rays = Kr_inv @ pix  # [3,N] z = 1
-
+    rays = _pixel_rays(K_ref, h, w, dev)  # [3,N] z = 1
     # per neighbour: q(d) = d * A + b in neighbour pixels (homogeneous)
     AB = []
     for Ks, T in zip(K_src, ref_from_src):
@@ -311,62 +346,18 @@ def plane_sweep(
         R = torch.from_numpy(T[:3, :3]).to(dev, torch.float32)
         t = torch.from_numpy(T[:3, 3]).to(dev, torch.float32)
         AB.append((Kt @ R @ rays, (Kt @ t)[:, None]))
-
-    ref_b = ref_img[None]
-    if cfg.cost == "census":
-        ref_bits = census_bits(ref_b, cfg.window)
-    elif cfg.cost == "ncc":
-        ref_mu = _box(ref_b, cfg.window)
-        ref_sd = (_box(ref_b * ref_b, cfg.window) - ref_mu * ref_mu).clamp_min(0).sqrt()
-    else:
-        raise ReconError(f"unknown stereo cost {cfg.cost!r} (use 'census' or 'ncc')")
-
+    ref = _reference_features(ref_img[None], cfg)
     V = len(src_imgs)
     k = max(1, min(cfg.best_k, V))
     volume = torch.empty(D, h, w, device=dev)
     for p0 in range(0, D, cfg.plane_chunk):
         inv = inv_depths[p0 : p0 + cfg.plane_chunk]
-        P = inv.numel()
         d = (1.0 / inv)[:, None, None]  # [P,1,1]
-        costs = torch.empty(V, P, h, w, device=dev)
+        costs = torch.empty(V, inv.numel(), h, w, device=dev)
         for v, (img, (A, b)) in enumerate(zip(src_imgs, AB)):
-            q = d * A[None] + b[None]  # [P,3,N]
-            z = q[:, 2]
-            zs = torch.where(z > 1e-6, z, torch.ones_like(z))
-            u, vv = q[:, 0] / zs, q[:, 1] / zs
-            inside = (z > 1e-6) & (u > -0.5) & (u < w - 0.5) & (vv > -0.5) & (vv < h - 0.5)
-            grid = torch.stack([(u + 0.5) / w * 2 - 1, (vv + 0.5) / h * 2 - 1], -1)  # [P,N,2]
-            grid = torch.where(inside[..., None], grid, torch.full_like(grid, -2.0))
-            warped = F.grid_sample(
-                img[None, None],
-                grid.reshape(1, P * h, w, 2),
-                mode="bilinear",
-                padding_mode="border",
-                align_corners=False,
-            )
-            warped = warped.reshape(P, h, w)
-            if cfg.cost == "census":
-                c = _census_cost(ref_bits, warped, cfg.window)
-            else:
-                c = _ncc_cost(ref_b, ref_mu, ref_sd, warped, cfg.window)
-            costs[v] = torch.where(inside.reshape(P, h, w), c, torch.ones_like(c))
-        volume[p0 : p0 + P] = _box(_mean_best_k(costs, k), cfg.aggregate)
-
-    cost, idx = volume.min(0)
-    # parabolic refinement in hypothesis index (uniform in inverse depth)
-    im1 = (idx - 1).clamp(0, D - 1)
-    ip1 = (idx + 1).clamp(0, D - 1)
-    cm = volume.gather(0, im1[None])[0]
-    cp = volume.gather(0, ip1[None])[0]
-    denom = cm - 2 * cost + cp
-    offset = torch.where(denom > 1e-9, (cm - cp) / (2 * denom.clamp_min(1e-9)), torch.zeros_like(cost)).clamp(-0.5, 0.5)
-    pos = idx.float() + offset
-    step = (inv_depths[-1] - inv_depths[0]) / max(D - 1, 1)
-    inv = inv_depths[0] + pos * step
-    interior = (idx > 0) & (idx < D - 1)
-    ok = interior & (cost <= cfg.max_cost) & (inv > 0)
-    depth = torch.where(ok, 1.0 / inv.clamp_min(1e-12), torch.zeros_like(inv))
-    return depth, torch.where(ok, cost, torch.ones_like(cost))
+            costs[v] = _plane_costs(img, A, b, d, ref, cfg)
+        volume[p0 : p0 + inv.numel()] = _box(_mean_best_k(costs, k), cfg.aggregate)
+    return _winner_take_all(volume, inv_depths, cfg.max_cost)
 
 
 def geometric_consistency(
@@ -456,32 +447,74 @@ def _as_range(x: Any, n: int, what: str) -> np.ndarray:
     if a.size == 1:
         a = np.full(n, float(a[0]))
     if a.size != n:
-        raise ReconError(f"stereo: {what} must be one value or one per computed frame ({n}), got {a.size}")
+        raise DepthError(f"stereo: {what} must be one value or one per computed frame ({n}), got {a.size}")
     return a
 
 
+def _check_cfg(cfg: StereoConfig) -> None:
+    if cfg.num_planes < 3:
+        raise DepthError(f"stereo: num_planes must be >= 3, got {cfg.num_planes}")
+    if cfg.num_views < 1 or cfg.best_k < 1:
+        raise DepthError(f"stereo: num_views and best_k must be >= 1, got {cfg.num_views} and {cfg.best_k}")
+    if cfg.window < 3 or cfg.window % 2 == 0 or cfg.aggregate < 1 or cfg.aggregate % 2 == 0:
+        raise DepthError(
+            f"stereo: window must be odd >= 3 and aggregate odd >= 1, got {cfg.window} and {cfg.aggregate}"
+        )
+    if not 0 < cfg.scale <= 1:
+        raise DepthError(f"stereo: scale must be in (0, 1], got {cfg.scale}")
+    if cfg.plane_chunk < 1:
+        raise DepthError(f"stereo: plane_chunk must be >= 1, got {cfg.plane_chunk}")
+
+
+def _check_inputs(
+    images: np.ndarray, K: np.ndarray, c2w: np.ndarray, frame_ids: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(K float64 [T,3,3], c2w float64 [T,4,4], frame ids) after checking shapes against the T images."""
+    K = np.asarray(K, dtype=np.float64)
+    c2w = np.asarray(c2w, dtype=np.float64)
+    T = K.shape[0]
+    if K.shape != (T, 3, 3) or c2w.shape != (T, 4, 4):
+        raise DepthError(f"stereo: K must be [T,3,3] and c2w [T,4,4], got {K.shape} and {c2w.shape}")
+    frame_ids = [int(i) for i in frame_ids]
+    if not frame_ids:
+        raise DepthError("stereo: no frames to compute depth for")
+    if any(not 0 <= i < T for i in frame_ids):
+        raise DepthError(f"stereo: frame ids must be in [0, {T}), got {frame_ids}")
+    return K, c2w, frame_ids
+
+
+def _widened_range(near_far: tuple[Any, Any], n: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame (near, far) [n] after checking 0 < near < far, widened by the margin."""
+    near = _as_range(near_far[0], n, "near")
+    far = _as_range(near_far[1], n, "far")
+    if np.any(~np.isfinite(near)) or np.any(~np.isfinite(far)) or np.any(near <= 0) or np.any(far <= near):
+        raise DepthError(f"stereo: invalid depth range near={near.min():.4g} far={far.max():.4g} (need 0 < near < far)")
+    return near / (1.0 + margin), far * (1.0 + margin)
+
+
 def stereo_depth(
-    frames: Any,
+    images: np.ndarray,
     K: np.ndarray,
     c2w: np.ndarray,
     frame_ids: Sequence[int],
     near_far: tuple[Any, Any],
     cfg: StereoConfig | None = None,
     neighbour_ids: Sequence[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plane-sweep multi-view stereo depth for the frames `frame_ids`.
 
     Args:
-        frames: uint8 [T,H,W,3] RGB, or a sequence / callable `frames(i) -> uint8 [H,W,3]` (loaded
-            lazily, each needed frame once).
+        images: uint8 [T,H,W,3] RGB frames (only the reference and neighbour frames are used).
         K: [T,3,3] intrinsics in pixels of the frame resolution (undistorted pinhole).
         c2w: [T,4,4] camera-to-world, OpenCV axes, scene units.
         frame_ids: frames to compute depth for (indices into T).
         near_far: (near, far) z-depth range in scene units, each a float or one value per frame of
-            `frame_ids`; widened by `cfg.range_margin` (e.g. from `sfm_depth_range`).
+            `frame_ids`; widened by `cfg.range_margin` (e.g. from `depth_range`).
         cfg: StereoConfig.
         neighbour_ids: frames that may serve as neighbours (default: all T). Geometric consistency
             uses the computed frames (`frame_ids`) only.
+        progress: called with (frames swept, len(frame_ids)) after each reference frame.
     Returns:
         (depth float32 [T',H,W] z-depth in scene units, 0 = invalid;
          confidence float32 [T',H,W] in [0,1], 0 where invalid), T' = len(frame_ids).
@@ -492,117 +525,106 @@ def stereo_depth(
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
     try:
-        return _stereo_depth(frames, K, c2w, frame_ids, near_far, cfg, neighbour_ids)
+        return _stereo_depth(images, K, c2w, frame_ids, near_far, cfg, neighbour_ids, progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _stereo_depth(
-    frames, K, c2w, frame_ids, near_far, cfg: StereoConfig, neighbour_ids
-) -> tuple[np.ndarray, np.ndarray]:
-    dev = _resolve_device(cfg.device)
-    K = np.asarray(K, dtype=np.float64)
-    c2w = np.asarray(c2w, dtype=np.float64)
-    T = K.shape[0]
-    if K.shape != (T, 3, 3) or c2w.shape != (T, 4, 4):
-        raise ReconError(f"stereo: K must be [T,3,3] and c2w [T,4,4], got {K.shape} and {c2w.shape}")
-    frame_ids = [int(i) for i in frame_ids]
-    if not frame_ids:
-        raise ReconError("stereo: no frames to compute depth for")
-    if any(not 0 <= i < T for i in frame_ids):
-        raise ReconError(f"stereo: frame ids must be in [0, {T}), got {frame_ids}")
-    pool = list(range(T)) if neighbour_ids is None else [int(i) for i in neighbour_ids]
-    near = _as_range(near_far[0], len(frame_ids), "near")
-    far = _as_range(near_far[1], len(frame_ids), "far")
-    if np.any(~np.isfinite(near)) or np.any(~np.isfinite(far)) or np.any(near <= 0) or np.any(far <= near):
-        raise ReconError(f"stereo: invalid depth range near={near.min():.4g} far={far.max():.4g} (need 0 < near < far)")
-    near = near / (1.0 + cfg.range_margin)
-    far = far * (1.0 + cfg.range_margin)
+class _GreyFrames:
+    """Grey processing-resolution tensors of the frames, made on first use (each needed frame once)."""
 
-    if isinstance(frames, np.ndarray):
-        if frames.ndim != 4 or frames.shape[0] != T or frames.shape[-1] != 3:
-            raise ReconError(f"stereo: frames must be uint8 [T,H,W,3] with T={T}, got {frames.shape}")
-        get = lambda i: frames[i]  # noqa: E731
-    elif callable(frames):
-        get = frames
-    else:
-        get = lambda i: frames[i]  # noqa: E731
+    def __init__(self, images: np.ndarray, scale: float, device: torch.device):
+        self.images = images
+        H, W = images.shape[1:3]
+        self.full = (W, H)
+        self.small = (max(8, int(round(W * scale))), max(8, int(round(H * scale))))
+        self.device = device
+        self.cache: dict[int, torch.Tensor] = {}
 
-    cache: dict[int, torch.Tensor] = {}
-    full_size: list[tuple[int, int]] = []
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i not in self.cache:
+            self.cache[i] = _grey_small(self.images[i], self.small, self.device)
+        return self.cache[i]
 
-    def image(i: int) -> torch.Tensor:
-        if i not in cache:
-            f = np.asarray(get(i))
-            if f.ndim != 3 or f.shape[-1] != 3:
-                raise ReconError(f"stereo: frame {i} has shape {f.shape}; expected [H,W,3]")
-            if not full_size:
-                full_size.append((f.shape[1], f.shape[0]))
-            elif (f.shape[1], f.shape[0]) != full_size[0]:
-                raise ReconError(
-                    f"stereo: frame {i} is {f.shape[1]}x{f.shape[0]}, others are {full_size[0][0]}x{full_size[0][1]}"
-                )
-            cache[i] = _grey_small(f, small_size(), dev)
-        return cache[i]
 
-    sizes: dict[str, tuple[int, int]] = {}
-
-    def small_size() -> tuple[int, int]:
-        if "small" not in sizes:
-            W, H = full_size[0]
-            sizes["small"] = (max(8, int(round(W * cfg.scale))), max(8, int(round(H * cfg.scale))))
-        return sizes["small"]
-
-    image(frame_ids[0])
-    W, H = full_size[0]
-    w, h = small_size()
-    sx, sy = w / W, h / H
-    Ks = scale_intrinsics(K, sx, sy)
-
+def _sweep_frames(grey: _GreyFrames, K, Ks, c2w, frame_ids, pool, near, far, cfg, progress):
+    """Plane sweep of every frame of `frame_ids` -> (raw depth, cost, mid depth), each a dict by frame."""
+    w, h = grey.small
+    dev = grey.device
     raw: dict[int, torch.Tensor] = {}
     cost: dict[int, torch.Tensor] = {}
-    mid_depth = {}
+    mid_depth: dict[int, float] = {}
     t0 = time.perf_counter()
-    for n, r in enumerate(track(frame_ids, "stereo depth")):
-        mid = float(math.sqrt(near[n] * far[n]))
-        mid_depth[r] = mid
+    for n, r in enumerate(frame_ids):
+        mid_depth[r] = float(math.sqrt(near[n] * far[n]))
         nb = select_neighbours(
-            r, pool, K, c2w, (W, H), mid, cfg.num_views, cfg.max_view_angle_deg, cfg.min_overlap, cfg.target_angle_deg
+            r,
+            pool,
+            K,
+            c2w,
+            grey.full,
+            mid_depth[r],
+            cfg.num_views,
+            cfg.max_view_angle_deg,
+            cfg.min_overlap,
+            cfg.target_angle_deg,
         )
         if not nb:
-            debug(f"stereo: frame {r} has no usable neighbour view; its depth is left empty")
-            raw[r] = torch.zeros(h, w, device=dev)
-            cost[r] = torch.ones(h, w, device=dev)
-            continue
-        inv_depths = torch.linspace(1.0 / far[n], 1.0 / near[n], cfg.num_planes, device=dev, dtype=torch.float32)
-        ref_from_src = [invert_pose(c2w[j]) @ c2w[r] for j in nb]
-        raw[r], cost[r] = plane_sweep(
-            image(r), [image(j) for j in nb], Ks[r], [Ks[j] for j in nb], ref_from_src, inv_depths, cfg
-        )
-    debug(f"stereo: plane sweep {(time.perf_counter() - t0) / len(frame_ids):.2f} s/frame at {w}x{h}")
-
-    if cfg.geo_views > 0 and len(frame_ids) > 1:
-        partners = {
-            r: select_neighbours(
-                r,
-                frame_ids,
-                K,
-                c2w,
-                (W, H),
-                mid_depth[r],
-                cfg.geo_views,
-                cfg.max_view_angle_deg,
-                cfg.min_overlap * 0.5,
-                cfg.target_angle_deg,
+            log.debug(f"stereo: frame {r} has no usable neighbour view; its depth is left empty")
+            raw[r], cost[r] = torch.zeros(h, w, device=dev), torch.ones(h, w, device=dev)
+        else:
+            inv_depths = torch.linspace(1.0 / far[n], 1.0 / near[n], cfg.num_planes, device=dev, dtype=torch.float32)
+            ref_from_src = [invert_pose(c2w[j]) @ c2w[r] for j in nb]
+            raw[r], cost[r] = plane_sweep(
+                grey[r], [grey[j] for j in nb], Ks[r], [Ks[j] for j in nb], ref_from_src, inv_depths, cfg
             )
-            for r in frame_ids
-        }
-        geo = geometric_consistency(raw, {i: Ks[i] for i in frame_ids}, c2w, partners, cfg.geo_px, cfg.geo_rel_depth)
-        need = {r: min(cfg.geo_min_views, len(partners[r])) for r in frame_ids}
-    else:
+        if progress is not None:
+            progress(n + 1, len(frame_ids))
+    log.debug(f"stereo: plane sweep {(time.perf_counter() - t0) / len(frame_ids):.2f} s/frame at {w}x{h}")
+    return raw, cost, mid_depth
+
+
+def _consistency(raw, K, Ks, c2w, frame_ids, mid_depth, size, cfg):
+    """Geometric consistency of the swept frames -> ({frame: (agreeing views, mean depth)}, partners, need)."""
+    if cfg.geo_views <= 0 or len(frame_ids) <= 1:
         geo = {r: (torch.zeros_like(raw[r]), raw[r]) for r in frame_ids}
-        partners = {r: [] for r in frame_ids}
-        need = dict.fromkeys(frame_ids, 0)
+        return geo, {r: [] for r in frame_ids}, dict.fromkeys(frame_ids, 0)
+    partners = {
+        r: select_neighbours(
+            r,
+            frame_ids,
+            K,
+            c2w,
+            size,
+            mid_depth[r],
+            cfg.geo_views,
+            cfg.max_view_angle_deg,
+            cfg.min_overlap * 0.5,
+            cfg.target_angle_deg,
+        )
+        for r in frame_ids
+    }
+    geo = geometric_consistency(raw, {i: Ks[i] for i in frame_ids}, c2w, partners, cfg.geo_px, cfg.geo_rel_depth)
+    need = {r: min(cfg.geo_min_views, len(partners[r])) for r in frame_ids}
+    return geo, partners, need
+
+
+def _stereo_depth(
+    images, K, c2w, frame_ids, near_far, cfg: StereoConfig, neighbour_ids, progress
+) -> tuple[np.ndarray, np.ndarray]:
+    dev = resolve_device(cfg.device)
+    K, c2w, frame_ids = _check_inputs(images, K, c2w, frame_ids)
+    T = K.shape[0]
+    pool = list(range(T)) if neighbour_ids is None else [int(i) for i in neighbour_ids]
+    near, far = _widened_range(near_far, len(frame_ids), cfg.range_margin)
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[0] != T or images.shape[-1] != 3:
+        raise DepthError(f"stereo: frames must be uint8 [T,H,W,3] with T={T}, got {images.shape}")
+    grey = _GreyFrames(images, cfg.scale, dev)
+    (W, H), (w, h) = grey.full, grey.small
+    Ks = scale_intrinsics(K, w / W, h / H)
+    raw, cost, mid_depth = _sweep_frames(grey, K, Ks, c2w, frame_ids, pool, near, far, cfg, progress)
+    geo, partners, need = _consistency(raw, K, Ks, c2w, frame_ids, mid_depth, (W, H), cfg)
 
     depth_out = np.zeros((len(frame_ids), H, W), np.float32)
     conf_out = np.zeros((len(frame_ids), H, W), np.float32)
@@ -618,157 +640,97 @@ def _stereo_depth(
     return depth_out, conf_out
 
 
-def _check_cfg(cfg: StereoConfig) -> None:
-    if cfg.num_planes < 3:
-        raise ReconError(f"stereo: num_planes must be >= 3, got {cfg.num_planes}")
-    if cfg.num_views < 1 or cfg.best_k < 1:
-        raise ReconError(f"stereo: num_views and best_k must be >= 1, got {cfg.num_views} and {cfg.best_k}")
-    if cfg.window < 3 or cfg.window % 2 == 0 or cfg.aggregate < 1 or cfg.aggregate % 2 == 0:
-        raise ReconError(
-            f"stereo: window must be odd >= 3 and aggregate odd >= 1, got {cfg.window} and {cfg.aggregate}"
-        )
-    if not 0 < cfg.scale <= 1:
-        raise ReconError(f"stereo: scale must be in (0, 1], got {cfg.scale}")
-    if cfg.plane_chunk < 1:
-        raise ReconError(f"stereo: plane_chunk must be >= 1, got {cfg.plane_chunk}")
-
-
 # ----------------------------------------------------------------------------------------------------
-# run-directory entry points
+# depth range and the backend
 
 
-def _load_sfm(paths: RunPaths):
-    import pycolmap
-
-    if not paths.sfm_dir.exists():
-        raise ReconError(f"{paths.sfm_dir} not found: run the pose stage first (recon poses)")
-    try:
-        return pycolmap.Reconstruction(str(paths.sfm_dir))
-    except Exception as e:
-        raise ReconError(f"cannot read the SfM model in {paths.sfm_dir} ({e})") from e
+def _point_depths(c2w: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """z-depth [N] of world points [N,3] in the camera c2w [4,4]; only the points in front (z > 0)."""
+    w2c = invert_pose(c2w)
+    z = points @ w2c[2, :3] + w2c[2, 3]
+    return z[z > 0]
 
 
-def sfm_depth_range(
-    paths: RunPaths, frame_ids: Sequence[int], percentiles: tuple[float, float] = (2.0, 98.0), min_points: int = 20
+def depth_range(
+    c2w: np.ndarray,
+    points: np.ndarray,
+    observed: Sequence[np.ndarray] | None = None,
+    percentiles: tuple[float, float] = (2.0, 98.0),
+    min_points: int = 20,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame (near, far) z-depth, scene units, from the SfM points each frame observes.
 
-    Reads RUN/sfm with pycolmap; frame i of RUN/cameras.json is matched to the SfM image of the same
-    file name. near/far are the given percentiles of the observed points' depths in that camera.
-    Frames with fewer than `min_points` observations take the percentiles over all frames' points.
-    Returns (near [len(frame_ids)], far [len(frame_ids)]) float64. No margin is added.
+    Args:
+        c2w: [T,4,4] camera-to-world (OpenCV), scene units.
+        points: [N,3] SfM points in world (scene) units.
+        observed: T int arrays of indices into `points` (the points each frame observes), or None.
+        percentiles: near/far are these percentiles of a frame's observed point depths.
+        min_points: frames with fewer observations take the percentiles over all frames' observations;
+            when all frames together have fewer, every point in front of each camera is used instead.
+    Returns:
+        (near [T], far [T]) float64. No margin is added.
     """
-    cams = CameraSet.load(paths.cameras_json)
-    rec = _load_sfm(paths)
-    by_name = {}
-    for img in rec.images.values():
-        by_name[Path(img.name).name] = img
-        by_name.setdefault(Path(img.name).stem, img)
-    xyz = {pid: p.xyz for pid, p in rec.points3D.items()}
-    per_frame: list[np.ndarray] = []
-    for i in frame_ids:
-        f = Path(cams.files[int(i)])
-        img = by_name.get(f.name, by_name.get(f.stem))
-        if img is None or not img.has_pose:
-            per_frame.append(np.zeros(0))
-            continue
-        ids = [p.point3D_id for p in img.points2D if p.has_point3D()]
-        if not ids:
-            per_frame.append(np.zeros(0))
-            continue
-        P = np.array([xyz[j] for j in ids if j in xyz], dtype=np.float64)
-        M = img.cam_from_world().matrix() if callable(img.cam_from_world) else img.cam_from_world.matrix()
-        z = P @ np.asarray(M)[:3, :3].T[:, 2] + np.asarray(M)[2, 3]
-        per_frame.append(z[z > 0])
-    all_z = np.concatenate([z for z in per_frame if z.size]) if any(z.size for z in per_frame) else np.zeros(0)
+    c2w = np.asarray(c2w, dtype=np.float64)
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    idx = observed if observed is not None else [np.zeros(0, np.int64)] * len(c2w)
+    per_frame = [_point_depths(c2w[t], points[np.asarray(ids, np.int64)]) for t, ids in enumerate(idx)]
+    all_z = np.concatenate(per_frame + [np.zeros(0)])
     if all_z.size < min_points:
-        if rec.num_points3D() < min_points:
-            raise ReconError(
-                f"the SfM model in {paths.sfm_dir} has too few 3D points ({rec.num_points3D()}) to bound the stereo depth range"
-            )
-        # frames not in the model: use the depth of all points seen from the registered cameras
-        all_z = np.concatenate([_all_point_depths(rec, cams, i) for i in frame_ids])
+        if len(points) < min_points:
+            raise DepthError(f"the SfM model has too few 3D points ({len(points)}) to bound the stereo depth range")
+        # frames without observations: use the depth of every point in front of their cameras
+        all_z = np.concatenate([_point_depths(T, points) for T in c2w])
         if all_z.size < min_points:
-            raise ReconError(
-                f"no SfM points in front of the cameras of frames {list(frame_ids)[:5]}...; cannot bound the stereo depth range"
-            )
+            raise DepthError("no SfM points in front of the cameras; cannot bound the stereo depth range")
     g_near, g_far = np.percentile(all_z, percentiles)
     near = np.array([np.percentile(z, percentiles[0]) if z.size >= min_points else g_near for z in per_frame])
     far = np.array([np.percentile(z, percentiles[1]) if z.size >= min_points else g_far for z in per_frame])
     return near, far
 
 
-def _all_point_depths(rec, cams: CameraSet, i: int) -> np.ndarray:
-    P = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64)
-    w2c = invert_pose(cams.c2w[int(i)])
-    z = P @ w2c[2, :3] + w2c[2, 3]
-    return z[z > 0]
+class StereoBackend:
+    """Plane-sweep stereo on known poses: metric disparity (1/depth in scene units) with a confidence."""
 
+    name = "stereo"
 
-def _read_frame(path: Path) -> np.ndarray:
-    from PIL import Image
+    def __init__(self, cfg: StereoConfig | None = None):
+        self.cfg = cfg or StereoConfig()
 
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except Exception as e:
-        raise ReconError(f"cannot read frame {path} ({e})") from e
+    def estimate(self, frames: DepthFrames, progress: Callable[[int, int], None] | None = None) -> DepthResult:
+        """Depth of every frame, each frame's neighbours chosen among the others; needs K, c2w and points.
 
-
-def run_stereo(
-    paths: RunPaths, frame_ids: Sequence[int], cfg: StereoConfig | None = None
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Stereo depth for the run's frames `frame_ids` (the prior frames), for the depth stage.
-
-    Only `frame_ids` serve as neighbour views (held-out test views are never looked at). Frames not
-    registered by SfM get an all-zero map.
-    Returns:
-        (disparity float32 [len(frame_ids),H,W] = 1/depth in 1/scene units, 0 invalid;
-         confidence float32 [len(frame_ids),H,W] in [0,1];
-         report dict: kind "metric_disparity", units "scene", config, depth range, coverage, timing).
-    """
-    cfg = cfg or StereoConfig()
-    cams = CameraSet.load(paths.cameras_json)
-    frame_ids = [int(i) for i in frame_ids]
-    if not frame_ids:
-        raise ReconError("stereo: no frames to compute depth for")
-    if any(not 0 <= i < len(cams) for i in frame_ids):
-        raise ReconError(f"stereo: frame ids must be in [0, {len(cams)}), got {frame_ids}")
-    reg = [i for i in frame_ids if cams.registered[i]]
-    if len(reg) < 2:
-        raise ReconError(
-            f"stereo needs at least 2 registered frames among the {len(frame_ids)} prior frames, got {len(reg)} "
-            "(with a sparse split, --prior-frames non-test computes the prior on every frame but the test views)"
+        The report holds the config, the per-frame depth range (near, far), coverage and timing.
+        """
+        cfg = self.cfg
+        if frames.K is None or frames.c2w is None:
+            raise DepthError("stereo needs the intrinsics and poses (K, c2w) of its frames")
+        if frames.points is None:
+            raise DepthError("stereo needs the SfM points to bound its depth range")
+        if len(frames) < 2:
+            raise DepthError(f"stereo needs at least 2 posed frames, got {len(frames)}")
+        near, far = depth_range(frames.c2w, frames.points, frames.observed, cfg.range_percentiles)
+        ids = list(range(len(frames)))
+        t0 = time.perf_counter()
+        depth, conf = stereo_depth(
+            frames.images, frames.K, frames.c2w, ids, (near, far), cfg, neighbour_ids=ids, progress=progress
         )
-    near, far = sfm_depth_range(paths, reg, cfg.range_percentiles)
-    t0 = time.perf_counter()
-    depth, conf = stereo_depth(
-        lambda i: _read_frame(paths.root / cams.files[i]), cams.K, cams.c2w, reg, (near, far), cfg, neighbour_ids=reg
-    )
-    seconds = time.perf_counter() - t0
-    H, W = depth.shape[1:]
-    if (cams.width, cams.height) != (W, H):
-        raise ReconError(f"frames are {W}x{H} but cameras.json says {cams.width}x{cams.height}")
-    disparity = np.zeros((len(frame_ids), H, W), np.float32)
-    confidence = np.zeros_like(disparity)
-    pos = {i: n for n, i in enumerate(frame_ids)}
-    for m, i in enumerate(reg):
-        disparity[pos[i]] = depth_to_disparity(depth[m])
-        confidence[pos[i]] = conf[m]
-    coverage = (depth > 0).mean(axis=(1, 2))
-    report = {
-        "backend": "stereo",
-        "kind": "metric_disparity",
-        "units": "scene",
-        "config": asdict(cfg),
-        "frames": len(frame_ids),
-        "unregistered_frames": [i for i in frame_ids if not cams.registered[i]],
-        "near": near.tolist(),
-        "far": far.tolist(),
-        "coverage_mean": float(coverage.mean()),
-        "coverage_min": float(coverage.min()),
-        "seconds": seconds,
-        "seconds_per_frame": seconds / len(reg),
-    }
-    info(f"stereo depth: {len(reg)} frames, mean coverage {coverage.mean():.0%}, {seconds / len(reg):.2f} s/frame")
-    return disparity, confidence, report
+        seconds = time.perf_counter() - t0
+        coverage = (depth > 0).mean(axis=(1, 2))
+        report = {
+            "backend": self.name,
+            "kind": KIND_METRIC,
+            "units": "scene",
+            "config": asdict(cfg),
+            "frames": len(frames),
+            "near": near.tolist(),
+            "far": far.tolist(),
+            "coverage_mean": float(coverage.mean()),
+            "coverage_min": float(coverage.min()),
+            "seconds": seconds,
+            "seconds_per_frame": seconds / len(frames),
+        }
+        log.info(
+            f"stereo depth: {len(frames)} frames, mean coverage {coverage.mean():.0%}, "
+            f"{seconds / len(frames):.2f} s/frame"
+        )
+        return DepthResult(depth_to_disparity(depth), KIND_METRIC, self.name, confidence=conf, report=report)

@@ -8,23 +8,35 @@
     run.points        # float32 [N, 3] fused cloud, run.point_colors uint8 [N, 3]
     run.render(i)     # the trained Gaussians seen from camera i: uint8 [H, W, 3]
 
-Everything is read lazily from the files the stages wrote (layout: recon.layout.RunPaths), so
+Everything is read lazily from the files the stages wrote, each through its reader in recon.artifacts, so
 `load_run` on a half-finished run works and raises ReconError only for what is missing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recon.artifacts.cameras import CameraSet
+from recon.artifacts import (
+    AlignedDepth,
+    CameraSet,
+    DisparityMaps,
+    FramesIndex,
+    GaussiansFile,
+    Metrics,
+    PointCloud,
+    RunPaths,
+    Split,
+    read_json_object,
+    read_jsonl,
+    read_rgb,
+    read_rgb_stack,
+)
 from recon.errors import ReconError
-from recon.artifacts.layout import RunPaths
 
 
 def make_config(preset: str = "auto", config: str | Path | None = None, **sections: dict[str, Any]):
@@ -35,18 +47,9 @@ def make_config(preset: str = "auto", config: str | Path | None = None, **sectio
         config: optional YAML with one mapping per stage (frames:, poses:, depth:, ...).
         sections: stage name -> {field: value}, e.g. train={"iterations": 500}.
     """
-    from recon.config import apply_mapping, load_yaml, preset_path
-    from recon.pipeline import RunConfig
+    from recon.config import apply_mapping, load_yaml, preset_config
 
-    if preset == "auto":
-        import torch
-
-        preset = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = RunConfig()
-    from splat.train import TrainConfig
-
-    cfg = dataclasses.replace(cfg, train=TrainConfig.preset(preset))
-    cfg = apply_mapping(cfg, load_yaml(preset_path(preset)))
+    cfg = preset_config(preset)
     if config is not None:
         cfg = apply_mapping(cfg, load_yaml(config))
     for name, values in sections.items():
@@ -72,8 +75,10 @@ def run(
     the CLI. `sections` override stage configs, e.g.
     `run("clip.mp4", "out", frames={"max_frames": 24}, train={"iterations": 300})`.
     """
+    from recon.console import configure_logging
     from recon.pipeline import STAGES, run_pipeline
 
+    configure_logging()  # the libraries' log records print like the stages' messages
     if until not in STAGES:
         raise ReconError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
     cfg = make_config(preset, config, **sections)
@@ -91,7 +96,8 @@ def load_run(out: str | Path) -> Run:
 
 @dataclasses.dataclass
 class Run:
-    """A run directory's outputs as arrays (lazy; see module docstring)."""
+    """A run directory's outputs as arrays (lazy; see module docstring). Every file is read through
+    recon.artifacts, so a damaged or missing file is one ReconError naming it."""
 
     paths: RunPaths
 
@@ -101,105 +107,97 @@ class Run:
 
     @cached_property
     def frame_files(self) -> list[str]:
+        """Frame files relative to the run: cameras.json's (undistorted) frames, else frames.json's."""
         if self.paths.cameras_json.exists():
             return self.cameras.files
-        files = sorted(p.relative_to(self.paths.root).as_posix() for p in self.paths.frames_dir.glob("*.png"))
-        if not files:
-            raise ReconError(f"{self.paths.frames_dir} has no frames: run the frames stage first")
-        return files
+        return FramesIndex.load(self.paths.frames_json).files
 
     def frame(self, i: int) -> np.ndarray:
         """Frame i as uint8 [H, W, 3] RGB."""
-        from PIL import Image
-
-        return np.asarray(Image.open(self.paths.root / self.frame_files[i]).convert("RGB"))
+        return read_rgb(self.paths.root / self.frame_files[i])
 
     @cached_property
     def frames(self) -> np.ndarray:
         """All frames, uint8 [T, H, W, 3] RGB."""
-        return np.stack([self.frame(i) for i in range(len(self.frame_files))])
+        return read_rgb_stack(self.paths.root, self.frame_files)
 
     @cached_property
     def split(self) -> dict[str, Any]:
         """{"train": [...], "test": [...], "prior": [...], "protocol": str} (frame indices)."""
-        return _read_json(self.paths.split_json, "split")
+        return Split.load(self.paths.split_json).to_json()
 
     @cached_property
+    def _disparity(self) -> DisparityMaps:
+        return DisparityMaps.load(self.paths.disparity_npz)
+
+    @property
     def disparity(self) -> np.ndarray:
         """Depth-stage output, float32 [T, H, W] (relative or metric disparity, see disparity_info)."""
-        return _read_npz(self.paths.disparity_npz, "depth", "disparity").astype(np.float32)
+        return self._disparity.disparity
 
-    @cached_property
+    @property
     def disparity_info(self) -> dict[str, Any]:
-        """kind, backend and the per-frame `computed` flags of the depth stage."""
-        if not self.paths.disparity_npz.exists():
-            raise ReconError(f"{self.paths.disparity_npz} not found: run the depth stage first")
-        with np.load(self.paths.disparity_npz) as z:
-            return {k: (z[k].item() if z[k].ndim == 0 else z[k]) for k in z.files if k != "disparity"}
+        """kind, backend, the per-frame `computed` flags, `confidence` [T, H, W] and the prior `frames`."""
+        d = self._disparity
+        return {
+            "computed": d.computed,
+            "confidence": d.confidence,
+            "kind": d.kind,
+            "backend": d.backend,
+            "frames": d.frames,
+        }
 
     @cached_property
     def depth(self) -> np.ndarray:
         """Aligned z-depth, float32 [T, H, W] in scene units, 0 = invalid."""
-        return _read_npz(self.paths.aligned_npz, "align", "depth").astype(np.float32)
+        return AlignedDepth.load(self.paths.aligned_npz).depth
 
     @cached_property
     def alignment(self) -> dict[str, Any]:
-        return _read_json(self.paths.alignment_json, "align")
+        return read_json_object(self.paths.alignment_json, "alignment report", "align")
 
     @cached_property
-    def _cloud(self) -> tuple[np.ndarray, np.ndarray]:
+    def _cloud(self) -> PointCloud:
         if not self.paths.init_ply.exists():
             raise ReconError(f"{self.paths.init_ply} not found: run the fuse stage first")
-        import open3d as o3d
-
-        pcd = o3d.io.read_point_cloud(str(self.paths.init_ply))
-        pts = np.asarray(pcd.points, np.float32)
-        cols = (
-            (np.asarray(pcd.colors) * 255 + 0.5).astype(np.uint8)
-            if pcd.has_colors()
-            else np.zeros((len(pts), 3), np.uint8)
-        )
-        return pts, cols
+        return PointCloud.load(self.paths.init_ply)
 
     @property
     def points(self) -> np.ndarray:
         """Fused point cloud, float32 [N, 3] in scene units."""
-        return self._cloud[0]
+        return self._cloud.xyz
 
     @property
     def point_colors(self) -> np.ndarray:
         """uint8 [N, 3] RGB of `points`."""
-        return self._cloud[1]
+        return self._cloud.rgb
 
     @cached_property
     def gaussians(self) -> dict[str, np.ndarray]:
         """Trained Gaussians (splat.ply layout: means, scales (log), quats, opacities (logit), sh0, shN)."""
-        if not self.paths.gaussians_ply.exists():
-            raise ReconError(f"{self.paths.gaussians_ply} not found: run the train stage first")
-        from splat.ply import read_gaussian_ply
-
-        return read_gaussian_ply(self.paths.gaussians_ply)
+        return GaussiansFile.load(self.paths.gaussians_ply).params
 
     @cached_property
     def metrics(self) -> dict[str, Any]:
-        return _read_json(self.paths.metrics_json, "train")
+        """metrics.json: summary figures (psnr, ssim, ...), `splat_per_view` and `splat_config`."""
+        return Metrics.load(self.paths.metrics_json).to_json()
 
     @cached_property
     def manifest(self) -> dict[str, Any]:
-        return _read_json(self.paths.manifest, "any")
+        return read_json_object(self.paths.manifest, "manifest", "any")
 
     @property
     def train_log(self) -> list[dict[str, Any]]:
         """splat/train_log.jsonl rows (step, loss terms, psnr, num_gaussians)."""
-        log = self.paths.splat_dir / "train_log.jsonl"
-        if not log.exists():
-            raise ReconError(f"{log} not found: run the train stage first")
-        return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        if not self.paths.train_log.exists():
+            raise ReconError(f"{self.paths.train_log} not found: run the train stage first")
+        return read_jsonl(self.paths.train_log, "training log")
 
     def render(self, i: int, width: int | None = None, height: int | None = None, device: str = "auto") -> np.ndarray:
         """The trained Gaussians seen from camera i of the run, uint8 [H, W, 3] (frame size by default)."""
         import torch
 
+        from depth.device import resolve_device
         from splat.render import rasterization
 
         cams = self.cameras
@@ -209,7 +207,7 @@ class Run:
         K = cams.K[i].copy()
         K[0] *= W / cams.width
         K[1] *= H / cams.height
-        dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        dev = resolve_device(device)
         g = {k: torch.as_tensor(v, dtype=torch.float32, device=dev) for k, v in self.gaussians.items()}
         colors = torch.cat([g["sh0"], g["shN"]], dim=1)
         sh_degree = int(round(colors.shape[1] ** 0.5)) - 1
@@ -230,21 +228,6 @@ class Run:
 
     def report(self) -> Path:
         """Write (or refresh) RUN/report.html and return its path."""
-        from recon.report import write_report
+        from recon.stages.report import write_report
 
         return write_report(self.paths)
-
-
-def _read_json(path: Path, stage: str) -> Any:
-    if not path.exists():
-        raise ReconError(f"{path} not found: run the {stage} stage first")
-    return json.loads(path.read_text())
-
-
-def _read_npz(path: Path, stage: str, key: str) -> np.ndarray:
-    if not path.exists():
-        raise ReconError(f"{path} not found: run the {stage} stage first")
-    with np.load(path) as z:
-        if key not in z.files:
-            raise ReconError(f"{path} has no '{key}' array")
-        return z[key]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -149,32 +150,11 @@ def _flag_overrides(cmd: StageCommand) -> dict:
     return o
 
 
-def _pick_preset(name: str) -> str:
-    if name != "auto":
-        return name
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except Exception:
-        return "cpu"
-
-
 def build_config(cmd: StageCommand):
-    """Merge preset, --config, flags and --set into a RunConfig."""
-    from recon.config import apply_mapping, load_yaml, nest, parse_set, preset_path
-    from recon.pipeline import RunConfig
+    """Merge preset, saved run configs, --config, flags and --set into a RunConfig."""
+    from recon.config import apply_mapping, load_yaml, nest, parse_set, preset_config
 
-    cfg = RunConfig()
-    preset = _pick_preset(cmd.preset)
-    try:
-        from splat.train import TrainConfig
-
-        if hasattr(TrainConfig, "preset"):
-            cfg = dataclasses.replace(cfg, train=TrainConfig.preset(preset))
-    except ImportError:
-        pass
-    cfg = apply_mapping(cfg, load_yaml(preset_path(preset)))
+    cfg = preset_config(cmd.preset)
     cfg = _apply_saved(cfg, cmd.out)
     if cmd.config is not None:
         cfg = apply_mapping(cfg, load_yaml(cmd.config))
@@ -189,8 +169,8 @@ def _apply_saved(cfg, out: Path):
     """Configs saved in RUN/manifest.json by earlier commands become the base, so that a later
     `recon fuse --out RUN` without repeating `--max-frames` etc. keeps (and does not redo) earlier stages.
     Explicit --config files, flags and --set still override them."""
+    from recon.artifacts import RunPaths
     from recon.config import apply_mapping
-    from recon.artifacts.layout import RunPaths
     from recon.manifest import Manifest
 
     paths = RunPaths(out)
@@ -210,6 +190,7 @@ def _apply_saved(cfg, out: Path):
 
 
 def _summary_table(results, paths) -> None:
+    """The command's result on stdout: one row per stage, then the output files that exist."""
     from rich.console import Console
     from rich.table import Table
 
@@ -225,7 +206,13 @@ def _summary_table(results, paths) -> None:
         )
     out = Console(highlight=False)  # stdout: the table is the command's result
     out.print(t)
-    files = [
+    present = [(k, p) for k, p in _output_files(paths) if p.exists()]
+    if present:
+        out.print("outputs: " + "  ".join(f"{k}: {p}" for k, p in present))
+
+
+def _output_files(paths) -> list[tuple[str, Path]]:
+    return [
         ("cameras", paths.cameras_json),
         ("depth", paths.disparity_npz),
         ("depth preview", paths.depth_preview_mp4),
@@ -237,9 +224,6 @@ def _summary_table(results, paths) -> None:
         ("nerfstudio", paths.transforms_json),
         ("report", paths.report_html),
     ]
-    present = [(k, p) for k, p in files if p.exists()]
-    if present:
-        out.print("outputs: " + "  ".join(f"{k}: {p}" for k, p in present))
 
 
 def _fmt(v) -> str:
@@ -306,7 +290,7 @@ class ExportCommand:
 
 
 def _existing_run(run: Path):
-    from recon.artifacts.layout import RunPaths
+    from recon.artifacts import RunPaths
 
     paths = RunPaths(run)
     if not paths.root.is_dir():
@@ -314,58 +298,86 @@ def _existing_run(run: Path):
     return paths
 
 
-def _dispatch(argv: list[str]) -> int:
-    from recon import console as con
-    from recon.artifacts.layout import RunPaths
+def _report(cmd: ReportCommand) -> int:
+    from recon.console import console
+    from recon.stages.report import write_report
 
-    commands = _make_commands()
-    all_cmds: dict[str, type] = {**commands, "export": ExportCommand, "report": ReportCommand, "eval": EvalCommand}
-    cmd = tyro.extras.subcommand_cli_from_dict(
-        all_cmds, args=argv, prog="recon", description="DVD-Splat: video -> poses -> video depth -> Gaussian Splatting."
-    )
-    if isinstance(cmd, ReportCommand):
-        from recon.report import write_report
-
-        paths = _existing_run(cmd.run)
-        out = write_report(paths)
-        con.console.print(f"report: {out}")
-        return 0
-    if isinstance(cmd, EvalCommand):
-        from recon.evaluate import EvalConfig, evaluate_run
-
-        paths = _existing_run(cmd.run)
-        res = evaluate_run(
-            paths, EvalConfig(gt_depth=cmd.gt_depth, gt_depth_scale=cmd.gt_depth_scale, gt_poses=cmd.gt_poses)
-        )
-        for section, vals in res.items():
-            con.console.print(f"[bold]{section}[/bold]: " + ", ".join(f"{k}={_fmt(v)}" for k, v in vals.items()))
-        return 0
-    if isinstance(cmd, ExportCommand):
-        from recon.ns_export import export_nerfstudio
-
-        paths = _existing_run(cmd.run)
-        out = export_nerfstudio(paths)
-        con.console.print(f"nerfstudio transforms: {out}  (ns-train dvd-splat --data {paths.root})")
-        return 0
-    assert isinstance(cmd, StageCommand)
-    con.set_verbosity(0 if cmd.quiet else (2 if cmd.verbose else 1))
-    name = next(k for k, v in commands.items() if isinstance(cmd, v))
-    from recon.pipeline import run_pipeline
-
-    cfg = build_config(cmd)
-    paths = RunPaths(cmd.out)
-    results = run_pipeline(cmd.input, cmd.out, cfg, until=UNTIL[name], force=tuple(cmd.force))
-    _summary_table(results, paths)
+    console.print(f"report: {write_report(_existing_run(cmd.run))}")
     return 0
 
 
+def _eval(cmd: EvalCommand) -> int:
+    from recon.console import console
+    from recon.evaluate import EvalConfig, evaluate_run
+
+    cfg = EvalConfig(gt_depth=cmd.gt_depth, gt_depth_scale=cmd.gt_depth_scale, gt_poses=cmd.gt_poses)
+    res = evaluate_run(_existing_run(cmd.run), cfg)
+    for section, vals in res.items():
+        console.print(f"[bold]{section}[/bold]: " + ", ".join(f"{k}={_fmt(v)}" for k, v in vals.items()))
+    return 0
+
+
+def _export(cmd: ExportCommand) -> int:
+    from recon.console import console
+    from recon.stages import StageContext
+    from recon.stages import export as export_stage
+
+    paths = _existing_run(cmd.run)
+    out = export_stage.run(StageContext(paths), export_stage.Config())["transforms.json"]
+    console.print(f"nerfstudio transforms: {out}  (ns-train dvd-splat --data {paths.root})")
+    return 0
+
+
+def _stages(cmd: StageCommand, name: str) -> int:
+    from recon import console as con
+    from recon.artifacts import RunPaths
+    from recon.pipeline import run_pipeline
+
+    con.configure_logging(0 if cmd.quiet else (2 if cmd.verbose else 1))
+    cfg = build_config(cmd)
+    results = run_pipeline(cmd.input, cmd.out, cfg, until=UNTIL[name], force=tuple(cmd.force))
+    _summary_table(results, RunPaths(cmd.out))
+    return 0
+
+
+def _dispatch(argv: list[str]) -> int:
+    from recon import console as con
+
+    commands = _make_commands()
+    all_cmds: dict[str, Callable[..., object]] = {
+        **commands,
+        "export": ExportCommand,
+        "report": ReportCommand,
+        "eval": EvalCommand,
+    }
+    cmd = tyro.extras.subcommand_cli_from_dict(
+        all_cmds, args=argv, prog="recon", description="DVD-Splat: video -> poses -> video depth -> Gaussian Splatting."
+    )
+    con.configure_logging()
+    if isinstance(cmd, ReportCommand):
+        return _report(cmd)
+    if isinstance(cmd, EvalCommand):
+        return _eval(cmd)
+    if isinstance(cmd, ExportCommand):
+        return _export(cmd)
+    assert isinstance(cmd, StageCommand)
+    return _stages(cmd, next(k for k, v in commands.items() if isinstance(cmd, v)))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The `recon` command; returns the exit status. Expected failures are one `error: ...` line on stderr."""
+    from depth.errors import DepthError
+    from splat.errors import SplatError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _dispatch(argv)
     except ReconError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except (DepthError, SplatError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
         return 130

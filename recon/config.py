@@ -15,7 +15,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import yaml
 
@@ -30,6 +30,26 @@ def preset_path(name: str) -> Path:
         avail = ", ".join(sorted(q.stem for q in PRESET_DIR.glob("*.yaml")))
         raise ReconError(f"unknown preset {name!r}; presets: {avail}")
     return p
+
+
+def resolve_preset(name: str) -> str:
+    """ "auto" -> "cuda" when torch sees a CUDA GPU, else "cpu"; other names unchanged."""
+    if name != "auto":
+        return name
+    from depth.device import cuda_available
+
+    return "cuda" if cuda_available() else "cpu"
+
+
+def preset_config(name: str) -> Any:
+    """The RunConfig of device preset `name` ("auto", "cpu", "cuda"): TrainConfig.preset, then configs/NAME.yaml."""
+    from recon.pipeline import RunConfig
+    from recon.stages.train import Config as TrainConfig
+
+    name = resolve_preset(name)
+    path = preset_path(name)  # raises for a name without a configs/NAME.yaml: "cpu" and "cuda" are left
+    cfg = dataclasses.replace(RunConfig(), train=TrainConfig.preset(cast(Literal["cpu", "cuda"], name)))
+    return apply_mapping(cfg, load_yaml(path))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -93,7 +113,7 @@ def apply_mapping(obj: Any, data: dict[str, Any], where: str = "", strict: bool 
 
     With strict=False unknown keys are ignored (used for configs saved by an older version of a run).
     """
-    if not dataclasses.is_dataclass(obj):
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         raise ReconError(f"{where or 'config'}: not a config section")
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
@@ -110,7 +130,7 @@ def apply_mapping(obj: Any, data: dict[str, Any], where: str = "", strict: bool 
             updates[k] = apply_mapping(current, value, loc, strict)
         elif isinstance(value, dict) and current is None:
             ann = hints.get(k)
-            cls = next((a for a in typing.get_args(ann) if dataclasses.is_dataclass(a)), None)
+            cls = next((a for a in typing.get_args(ann) if isinstance(a, type) and dataclasses.is_dataclass(a)), None)
             if cls is None:
                 raise ReconError(f"{loc}: a mapping is not valid here")
             updates[k] = apply_mapping(cls(**{}) if _all_defaults(cls) else _build(cls, value, loc), value, loc)

@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from recon.artifacts import AlignedDepth, CameraSet, RunPaths
 from recon.atomic import write_json
-from recon.artifacts.cameras import CameraSet
 from recon.errors import ReconError
-from recon.artifacts.layout import RunPaths
 
 
 @dataclass
@@ -66,14 +65,15 @@ def _read_gt_depth(path: Path, size: tuple[int, int], scale: float, invalid: tup
     valid = ~np.isin(raw, invalid)
     depth = np.where(valid, raw.astype(np.float64) / scale, 0.0)
     if (depth.shape[1], depth.shape[0]) != size:
-        depth = np.asarray(Image.fromarray(depth.astype(np.float32)).resize(size, Image.NEAREST), dtype=np.float64)
+        resized = Image.fromarray(depth.astype(np.float32)).resize(size, Image.Resampling.NEAREST)
+        depth = np.asarray(resized, dtype=np.float64)
     return depth
 
 
 def evaluate_run(paths: RunPaths, cfg: EvalConfig) -> dict[str, Any]:
     """Compute pose and depth scores for a run; writes RUN/eval.json and returns the dict."""
-    from depth.metrics import depth_metrics
     from depth.geometry import ate_rmse
+    from depth.metrics import depth_metrics
 
     cams = CameraSet.load(paths.cameras_json)
     result: dict[str, Any] = {}
@@ -96,7 +96,7 @@ def evaluate_run(paths: RunPaths, cfg: EvalConfig) -> dict[str, Any]:
     if cfg.gt_depth:
         if not paths.aligned_npz.exists():
             raise ReconError(f"{paths.aligned_npz} not found: run `recon align` first")
-        depth = np.load(paths.aligned_npz)["depth"]
+        depth = AlignedDepth.load(paths.aligned_npz, (len(cams), cams.height, cams.width)).depth
         preds, gts = [], []
         for i, s in enumerate(cams.source_index):
             p = Path(cfg.gt_depth.format(source_index=s))
@@ -117,5 +117,5 @@ def evaluate_run(paths: RunPaths, cfg: EvalConfig) -> dict[str, Any]:
         result["depth"] = m
     if not result:
         raise ReconError("nothing to evaluate: give --gt-depth and/or --gt-poses")
-    write_json(paths.root / "eval.json", result)
+    write_json(paths.eval_json, result)
     return result

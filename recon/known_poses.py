@@ -4,19 +4,21 @@ PATH is either
   * a COLMAP model folder (cameras/images/points3D as .bin or .txt; a project folder holding
     sparse/0 or sparse/ is accepted too), read with pycolmap, or
   * a transforms.json in the nerfstudio / instant-ngp / Blender (NeRF-synthetic) layout: c2w
-    `transform_matrix` with OpenGL camera axes (converted with recon.cameras.opengl_to_opencv),
+    `transform_matrix` with OpenGL camera axes (converted with depth.geometry.opengl_to_opencv),
     intrinsics from fl_x/fl_y/cx/cy/w/h (global or per frame) or from camera_angle_x/y, distortion
     k1 k2 (k3 k4) p1 p2 (OPENCV / FULL_OPENCV, or OPENCV_FISHEYE when camera_model says so). Missing
     w/h default to the source frames' original size; missing cx/cy to the image centre.
 
 Frames are matched to poses by file stem (frames.json `source_name` of an image set against the pose
 file's image names, e.g. "0001.jpg" <-> "images/0001.jpg", "r_0.png" <-> "./train/r_0"); else by the
-`source_index` the pose file records per frame (a transforms.json exported by recon.export, so a run's
-own export can be re-imported); else by order: the frame with source_index i (its index in the
-video) gets pose i of the file (transforms.json in listed order, COLMAP images sorted by name). Intrinsics are rescaled from the pose file's image
-size to the stored frame size, and frames are undistorted to PINHOLE exactly as the SfM path does
-(recon.poses.pinhole_target), so downstream always sees PINHOLE frames in RUN/images/.
+`source_index` the pose file records per frame (a transforms.json exported by recon.stages.export, so a
+run's own export can be re-imported); else by order: the frame with source_index i (its index in the
+video) gets pose i of the file (transforms.json in listed order, COLMAP images sorted by name).
+Intrinsics are rescaled from the pose file's image size to the stored frame size, and frames are
+undistorted to PINHOLE exactly as the SfM path does (recon.poses.pinhole_target), so downstream always
+sees PINHOLE frames in RUN/images/.
 
+This module reads the pose file and triangulates; recon.stages.poses writes the run's files.
 Frames without a pose stay in cameras.json with registered: false. RUN/sfm gets a COLMAP model with
 the given poses and, where features match, 3D points triangulated with those poses held fixed
 (pycolmap.triangulate_points), which the depth-alignment stage needs.
@@ -28,18 +30,17 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recon.atomic import atomic_dir
-from recon.artifacts.cameras import CameraSet
 from depth.geometry import invert_pose, opengl_to_opencv
-from recon.console import info, progress, warn
+from recon.atomic import atomic_dir
+from recon.console import warn
 from recon.errors import ReconError
-from recon.artifacts.layout import RunPaths
 
 
 @dataclass
@@ -227,184 +228,126 @@ def match_frames(
 
 
 # --------------------------------------------------------------------------------------------------
-# the stage with known poses
+# cameras and points for known poses
 
 
 def _rescaled(camera: Any, width: int, height: int) -> Any:
     import pycolmap
 
     cam = pycolmap.Camera.create_from_model_name(1, camera.model_name, 1.0, int(camera.width), int(camera.height))
-    cam.params = np.asarray(camera.params, dtype=np.float64).copy()
+    # pycolmap's stub types the params setter as a Sequence; it takes float64 arrays
+    cam.params = np.asarray(camera.params, dtype=np.float64).copy()  # type: ignore[assignment]
     if (cam.width, cam.height) != (width, height):
         if abs(cam.width / cam.height - width / height) > 0.01:
             raise ReconError(
-                f"--poses: the pose file's images are {camera.width}x{camera.height} but the frames are {width}x{height} "
-                "(different aspect ratio): are these the same images?"
+                f"--poses: the pose file's images are {camera.width}x{camera.height} but the frames are "
+                f"{width}x{height} (different aspect ratio): are these the same images?"
             )
         cam.rescale(int(width), int(height))
     return cam
 
 
-def import_known_poses(paths: RunPaths, cfg: Any, meta: dict) -> dict:
-    """Pose stage with known poses (cfg.poses): writes RUN/images, RUN/sfm, RUN/cameras.json like SfM does."""
-    import pycolmap
+@dataclass
+class KnownCameras:
+    """Per frame the pose file's camera (rescaled to the frames) and the id of the PINHOLE camera it is
+    undistorted to; `targets` maps those ids (1..) to the PINHOLE cameras (width x height of the frames)."""
 
-    from recon.poses import (
-        _key,
-        _quiet_colmap,
-        _State,
-        extract_sift,
-        match_features,
-        min_registered_frames,
-        pinhole_target,
-        resolve_matcher,
-        summary_from_sfm,
-        write_undistorted_frames,
-    )
+    source: list[Any]
+    ids: list[int]
+    targets: dict[int, Any]
 
-    _quiet_colmap()
-    t_start = time.perf_counter()
-    W, H = (int(v) for v in meta["size"])
-    W0, H0 = (int(v) for v in (meta.get("original_size") or [W, H]))
-    frames = meta["frames"]
-    frame_files = [f["file"] for f in frames]
-    T = len(frames)
-    src = load_pose_source(cfg.poses, (W0, H0))
-    match, method = match_frames(frames, src.names, src.source_index)
-    n_match = sum(m is not None for m in match)
-    if n_match < min_registered_frames(cfg, T):
-        raise ReconError(
-            f"--poses {src.path}: only {n_match} of the {T} frames have a pose (matched by {method}); "
-            "the pose file must list the same images (same file names, or one pose per frame in order)"
-        )
-    if n_match < T:
-        warn(f"--poses: {T - n_match} of {T} frames have no pose in {src.path.name}; they are kept as unregistered")
+    def settings(self) -> list[Any]:
+        """JSON-able description of the cameras (for the settings keys of resumable steps)."""
+        return [
+            [(c.model_name, list(c.params)) for c in self.source],
+            {k: list(t.params) for k, t in self.targets.items()},
+            self.ids,
+        ]
 
-    # distinct source cameras -> one PINHOLE camera id each (ids 1..)
-    cam_key_to_id: dict[tuple, int] = {}
-    frame_src_cam: list[Any] = []
-    frame_cam_id: list[int] = []
+
+def frame_cameras(src: PoseSource, match: list[int | None], width: int, height: int) -> KnownCameras:
+    """The cameras of the matched pose entries at the frame size; frames without a pose use the first match's."""
+    from recon.poses import pinhole_target
+
+    key_to_id: dict[tuple, int] = {}
+    source, ids = [], []
     first = next(m for m in match if m is not None)
     for m in match:
-        cam = _rescaled(src.cameras[first if m is None else m], W, H)
+        cam = _rescaled(src.cameras[first if m is None else m], width, height)
         key = (cam.model_name, tuple(np.round(cam.params, 9)))
-        cam_key_to_id.setdefault(key, len(cam_key_to_id) + 1)
-        frame_src_cam.append(cam)
-        frame_cam_id.append(cam_key_to_id[key])
+        key_to_id.setdefault(key, len(key_to_id) + 1)
+        source.append(cam)
+        ids.append(key_to_id[key])
     targets: dict[int, Any] = {}
-    for cam, cid in zip(frame_src_cam, frame_cam_id):
+    for cam, cid in zip(source, ids):
         if cid not in targets:
-            targets[cid] = pinhole_target(cam, W, H)
+            targets[cid] = pinhole_target(cam, width, height)
             targets[cid].camera_id = cid
+    return KnownCameras(source, ids, targets)
 
-    seconds: dict[str, float] = {}
-    work = paths.sfm_work_dir / "known"
+
+def triangulate_known(
+    work: Path,
+    image_dir: Path,
+    names: list[str],
+    match: list[int | None],
+    cams: KnownCameras,
+    c2w: np.ndarray,
+    base_key: list[Any],
+    cfg: Any,
+    matcher: str,
+    on_step: Callable[[str], None] = lambda status: None,
+) -> tuple[Any, dict[str, float]]:
+    """3D points for known poses: features of the posed images `image_dir/names[i]` (where match[i] is not
+    None), matched and triangulated with the poses c2w[match[i]] held fixed. Extraction and matching resume
+    from work/state.json when `base_key` (the frames) and the cameras are unchanged.
+
+    Returns the pycolmap.Reconstruction (poses, PINHOLE cameras, points; no points when triangulation
+    failed) and the seconds of each step.
+    """
+    import pycolmap
+
+    from recon.poses import StepState, extract_sift, match_features, settings_key
+
     work.mkdir(parents=True, exist_ok=True)
-    state = _State(work)
-    db_path = work / "database.db"
-    matcher = resolve_matcher(meta, cfg)
+    state, db_path = StepState(work), work / "database.db"
     # the undistorted frames depend only on the frames and the cameras: a new pose file with the same
     # cameras (e.g. the same model as .txt) reuses the features and matches of the last import
-    k_und = _key(
-        [(f["file"], f["source_index"]) for f in frames],
-        meta.get("source"),
-        [W, H],
-        [(c.model_name, list(c.params)) for c in frame_src_cam],
-        {k: list(t.params) for k, t in targets.items()},
-        frame_cam_id,
+    k_extract = settings_key(
+        settings_key(*base_key, *cams.settings()), cfg.max_num_features, [m is not None for m in match]
     )
-    k_extract = _key(k_und, cfg.max_num_features, [m is not None for m in match])
-    k_match = _key(k_extract, matcher, cfg.sequential_overlap, cfg.quadratic_overlap)
-
-    with progress() as bar:
-        # always rewritten (cheap, deterministic): RUN/images may have been replaced by an SfM run since
+    k_match = settings_key(k_extract, matcher, cfg.sequential_overlap, cfg.quadratic_overlap)
+    if not state.done("extract", k_extract):
+        state.forget("extract", "match")
+        db_path.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        with atomic_dir(paths.images_dir) as tmp:
-            out_names = write_undistorted_frames(
-                paths.root, frame_files, frame_src_cam, [targets[c] for c in frame_cam_id], tmp, bar
+        posed = [n for n, m in zip(names, match) if m is not None]
+        extract_sift(db_path, image_dir, posed, cfg, "PINHOLE", "", single_camera=False)
+        state.mark("extract", k_extract, time.perf_counter() - t0)
+    on_step(f"match ({matcher})")
+    if not state.done("match", k_match):
+        state.forget("match")
+        t0 = time.perf_counter()
+        match_features(db_path, matcher, cfg)
+        state.mark("match", k_match, time.perf_counter() - t0)
+    on_step("triangulate")
+    t0 = time.perf_counter()
+    rec = _posed_reconstruction(db_path, names, match, cams.ids, cams.targets, c2w)
+    opt = pycolmap.IncrementalPipelineOptions()
+    opt.num_threads = cfg.num_threads
+    opt.random_seed = cfg.seed
+    # poses are exact here, so points seen by only two views are kept too (sparse view sets need them)
+    opt.triangulation.ignore_two_view_tracks = False
+    with atomic_dir(work / "triangulated") as tmp:
+        try:
+            rec = pycolmap.triangulate_points(
+                rec, db_path, image_dir, tmp, clear_points=True, options=opt, refine_intrinsics=False
             )
-        seconds["undistort"] = round(time.perf_counter() - t0, 3)
-        reg_names = [n for n, m in zip(out_names, match) if m is not None]
-
-        task = bar.add_task("triangulate", total=3, status="extract")
-        if not state.done("extract", k_extract):
-            state.forget("extract", "match")
-            db_path.unlink(missing_ok=True)
-            t0 = time.perf_counter()
-            extract_sift(db_path, paths.images_dir, reg_names, cfg, "PINHOLE", "", single_camera=False)
-            state.mark("extract", k_extract, time.perf_counter() - t0)
-        seconds["extract"] = state.data["extract"]["seconds"]
-        bar.update(task, advance=1, status=f"match ({matcher})")
-        if not state.done("match", k_match):
-            state.forget("match")
-            t0 = time.perf_counter()
-            match_features(db_path, matcher, cfg)
-            state.mark("match", k_match, time.perf_counter() - t0)
-        seconds["match"] = state.data["match"]["seconds"]
-        bar.update(task, advance=1, status="triangulate")
-
-        t0 = time.perf_counter()
-        rec = _posed_reconstruction(db_path, out_names, match, frame_cam_id, targets, src.c2w)
-        opt = pycolmap.IncrementalPipelineOptions()
-        opt.num_threads = cfg.num_threads
-        opt.random_seed = cfg.seed
-        # poses are exact here, so points seen by only two views are kept too (sparse view sets need them)
-        opt.triangulation.ignore_two_view_tracks = False
-        with atomic_dir(work / "triangulated") as tmp:
-            try:
-                rec = pycolmap.triangulate_points(
-                    rec, db_path, paths.images_dir, tmp, clear_points=True, options=opt, refine_intrinsics=False
-                )
-            except Exception as e:  # keep the poses even if no point can be triangulated
-                warn(
-                    f"--poses: triangulating 3D points failed ({type(e).__name__}: {e}); RUN/sfm has poses but no points"
-                )
-        seconds["triangulate"] = round(time.perf_counter() - t0, 3)
-        bar.update(task, advance=1, status="done")
-    if rec.num_points3D() == 0:
-        warn("--poses: no 3D points could be triangulated; depth alignment will have no SfM points to use")
-    with atomic_dir(paths.sfm_dir) as tmp:
-        rec.write(tmp)
-
-    # cameras.json: the given poses (not re-read from the model, so they round-trip exactly)
-    K = np.stack([targets[c].calibration_matrix() for c in frame_cam_id]).astype(np.float64)
-    c2w = np.stack([src.c2w[m] if m is not None else np.eye(4) for m in match]).astype(np.float64)
-    registered = np.array([m is not None for m in match])
-    sfm = {
-        "source": f"known poses: {src.path}",
-        "registered": int(n_match),
-        "total": int(T),
-        "points": int(rec.num_points3D()),
-        "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 4)
-        if rec.num_points3D()
-        else None,
-        "mapper": f"known ({src.kind})",
-        "matched_by": method,
-        "matcher": matcher,
-        "distorted_camera": {
-            "model": frame_src_cam[0].model_name,
-            "width": W,
-            "height": H,
-            "params": [float(v) for v in frame_src_cam[0].params],
-        },
-        "seconds": {**seconds, "total": round(time.perf_counter() - t_start, 3)},
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-    }
-    cs = CameraSet(
-        width=W,
-        height=H,
-        files=[f"{paths.images_dir.name}/{n}" for n in out_names],
-        source_index=[int(f["source_index"]) for f in frames],
-        K=K,
-        c2w=c2w,
-        registered=registered,
-        sfm=sfm,
-    )
-    cs.save(paths.cameras_json)
-    info(
-        f"poses: {n_match}/{T} frames posed from {src.path} (matched by {method}), {sfm['points']} triangulated points"
-    )
-    return summary_from_sfm(sfm)
+        except Exception as e:  # keep the poses even if no point can be triangulated
+            warn(f"--poses: triangulating 3D points failed ({type(e).__name__}: {e}); RUN/sfm has poses but no points")
+    seconds = {"extract": state.seconds("extract"), "match": state.seconds("match")}
+    seconds["triangulate"] = round(time.perf_counter() - t0, 3)
+    return rec, seconds
 
 
 def _posed_reconstruction(
@@ -433,7 +376,8 @@ def _posed_reconstruction(
             cam.params = list(targets[cid].params)
             db_cam = db.read_camera(dbi.camera_id)
             db_cam.model = cam.model
-            db_cam.params = cam.params
+            # pycolmap's stub types the params setter as a Sequence; it takes float64 arrays
+            db_cam.params = cam.params  # type: ignore[assignment]
             db.update_camera(db_cam)
             rec.add_camera_with_trivial_rig(cam)
             w2c = invert_pose(c2w[m])

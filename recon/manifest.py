@@ -19,8 +19,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from recon.artifacts import RunPaths, read_json_object
 from recon.atomic import write_json
-from recon.artifacts.layout import RunPaths
+from recon.errors import ReconError
 
 _VERSIONED = ("dvd-splat", "torch", "numpy", "pycolmap", "gsplat", "diffusers", "open3d", "nerfstudio", "av")
 
@@ -80,9 +81,9 @@ class Manifest:
         self.data: dict[str, Any] = {"version": 1, "input": None, "stages": {}}
         if paths.manifest.exists():
             try:
-                self.data = json.loads(paths.manifest.read_text())
+                self.data = read_json_object(paths.manifest, "manifest")
                 self.data.setdefault("stages", {})
-            except ValueError:
+            except ReconError:
                 pass  # a manifest that does not parse is treated as a fresh run
 
     def save(self) -> None:

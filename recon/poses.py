@@ -12,13 +12,15 @@ Steps (COLMAP 4 on the CPU, through pycolmap):
               (square pixels; the distortion-free camera COLMAP's undistorter chooses, uniformly scaled
               and centre-cropped to W x H so that no blank border appears).
 
-Outputs (each written atomically; cameras.json last, so its presence means the stage finished):
+This module is the engine (pycolmap calls on folders and image names); recon.stages.poses runs it on a run
+directory. Outputs of the stage (each written atomically; cameras.json last, so its presence means the stage
+finished):
     RUN/images/NNNNNN.png  undistorted frames, same names and size as RUN/frames/. Every later stage
                            reads these, through the `file` field of cameras.json.
     RUN/sfm/               COLMAP binary model (cameras.bin, images.bin, points3D.bin, rigs.bin,
                            frames.bin) of the undistorted PINHOLE reconstruction: registered images
                            only, 2D observations mapped into the undistorted images.
-    RUN/cameras.json       recon.cameras.CameraSet: per frame `file` (images/NNNNNN.png),
+    RUN/cameras.json       recon.artifacts.CameraSet: per frame `file` (images/NNNNNN.png),
                            `source_index`, `registered`, PINHOLE `K` at W x H, OpenCV `c2w`; frames
                            SfM could not place keep `registered: false`, c2w = identity, the shared K.
 Pixel convention: COLMAP's (and nerfstudio's / gsplat's): the image origin is the top-left corner of
@@ -28,7 +30,7 @@ Resuming: RUN/sfm_work/state.json records each finished step with a key of the s
 re-run skips steps whose key is unchanged (COLMAP itself also skips images and pairs that are already
 in the database), so a run killed during mapping resumes after matching.
 
-Known poses (`cfg.poses`): recon.known_poses imports them instead of running SfM (same outputs).
+Known poses (`cfg.poses`): recon.known_poses reads them instead of running SfM (same outputs).
 """
 
 from __future__ import annotations
@@ -38,18 +40,18 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from recon.atomic import atomic_dir, write_json
-from recon.artifacts.cameras import CameraSet
 from depth.geometry import invert_pose
-from recon.console import debug, info, progress, verbosity, warn
+from recon.artifacts import CameraSet, FramesIndex, read_json_object, read_rgb
+from recon.atomic import atomic_dir, write_json
+from recon.console import progress, verbosity
 from recon.errors import ReconError
-from recon.artifacts.layout import RunPaths
 
 EXHAUSTIVE_MAX_IMAGES = 100
 
@@ -143,7 +145,8 @@ def _copy_camera(camera: Any) -> Any:
     cam = pycolmap.Camera.create_from_model_name(
         int(camera.camera_id), camera.model_name, 1.0, int(camera.width), int(camera.height)
     )
-    cam.params = np.asarray(camera.params, dtype=np.float64).copy()
+    # pycolmap's stub types the params setter as a Sequence; it takes float64 arrays
+    cam.params = np.asarray(camera.params, dtype=np.float64).copy()  # type: ignore[assignment]
     return cam
 
 
@@ -208,12 +211,13 @@ def write_undistorted_frames(
                 maps[key] = None if is_identity_warp(src, dst) else undistortion_maps(src, dst)
             name = Path(f).name
             names.append(name)
-            if maps[key] is None and Path(f).suffix.lower() == ".png":
+            warp = maps[key]
+            if warp is None and Path(f).suffix.lower() == ".png":
                 shutil.copyfile(root / f, out_dir / name)
             else:
-                img = np.asarray(Image.open(root / f).convert("RGB"))
-                if maps[key] is not None:
-                    mx, my = maps[key]
+                img = read_rgb(root / f)
+                if warp is not None:
+                    mx, my = warp
                     img = cv2.remap(img, mx, my, interpolation=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
                 Image.fromarray(img).save(out_dir / (Path(name).stem + ".png"), compress_level=1)
                 names[-1] = Path(name).stem + ".png"
@@ -285,59 +289,41 @@ def camera_set_from_reconstruction(
 
 
 # --------------------------------------------------------------------------------------------------
-# the stage
+# SfM settings and resumable steps
 
 
-def load_frames(paths: RunPaths) -> dict:
-    if not paths.frames_json.exists():
-        raise ReconError(f"{paths.frames_json} not found: run the frames stage first (recon frames)")
-    try:
-        meta = json.loads(paths.frames_json.read_text())
-        frames = meta["frames"]
-        W, H = meta["size"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ReconError(f"{paths.frames_json} is not a valid frames.json ({e}); re-run the frames stage") from e
-    missing = [f["file"] for f in frames if not (paths.root / f["file"]).exists()]
-    if missing:
-        raise ReconError(
-            f"{len(missing)} frame file(s) listed in frames.json are missing (first: {missing[0]}); re-run the frames stage"
-        )
-    if len(frames) < 2:
-        raise ReconError(f"{paths.frames_json} lists {len(frames)} frame(s); poses need at least 2")
-    return meta
-
-
-def initial_focal_px(meta: dict, cfg: PosesConfig) -> tuple[float, str]:
+def initial_focal_px(frames: FramesIndex, cfg: PosesConfig) -> tuple[float, str]:
     """Initial focal length (pixels at the stored size) and where it came from: "config", "exif" or
     "heuristic" (focal_factor * max(W, H)). Only "config" and "exif" are given to COLMAP as a known prior."""
-    W, H = meta["size"]
+    W, H = frames.size
     if cfg.focal_px and cfg.focal_px > 0:
         return float(cfg.focal_px), "config"
-    exif = meta.get("exif_focal_px")
-    if exif:
-        W0 = (meta.get("original_size") or [W, H])[0]
-        return float(exif) * W / W0, "exif"
+    if frames.exif_focal_px:
+        W0 = (frames.original_size or (W, H))[0]
+        return float(frames.exif_focal_px) * W / W0, "exif"
     return cfg.focal_factor * max(W, H), "heuristic"
 
 
-def resolve_matcher(meta: dict, cfg: PosesConfig) -> str:
+def resolve_matcher(frames: FramesIndex, cfg: PosesConfig) -> str:
+    """The matcher `cfg.matcher` asks for; "auto": exhaustive for image sets of <= 100 images, else sequential."""
     if cfg.matcher != "auto":
         return cfg.matcher
-    if meta.get("source_type") == "images" and len(meta["frames"]) <= EXHAUSTIVE_MAX_IMAGES:
+    if frames.source_type == "images" and len(frames) <= EXHAUSTIVE_MAX_IMAGES:
         return "exhaustive"
     return "sequential"
 
 
-def _key(*parts: Any) -> str:
+def settings_key(*parts: Any) -> str:
+    """A short hash of JSON-able settings: a step re-runs when the key of its settings changes."""
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class _State:
-    """RUN/sfm_work/state.json: finished steps with the key of their settings and their duration."""
+class StepState:
+    """WORK/state.json: finished steps with the key of their settings and their duration."""
 
     def __init__(self, work: Path):
         self.path = work / "state.json"
-        self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data: dict = read_json_object(self.path, "SfM state") if self.path.exists() else {}
 
     def done(self, step: str, key: str) -> bool:
         return self.data.get(step, {}).get("key") == key
@@ -351,158 +337,123 @@ class _State:
             self.data.pop(s, None)
         write_json(self.path, self.data)
 
+    def seconds(self, step: str) -> float:
+        return self.data[step]["seconds"]
 
-def _quiet_colmap() -> None:
+
+def quiet_colmap() -> None:
+    """COLMAP's own log only with -v."""
     import pycolmap
 
     pycolmap.logging.minloglevel = 0 if verbosity() >= 2 else 2
 
 
-def run_poses(paths: RunPaths, cfg: PosesConfig) -> dict:
-    """Run the pose stage (SfM, or known poses when cfg.poses is set). Returns the CLI summary dict."""
-    meta = load_frames(paths)
-    if cfg.poses is not None:
-        from recon.known_poses import import_known_poses
-
-        return import_known_poses(paths, cfg, meta)
-    return _run_sfm(paths, cfg, meta)
+def frames_key(frames: FramesIndex) -> list[Any]:
+    """What the stored frames are, for the settings keys of the steps that read them."""
+    return [[(f["file"], f["source_index"]) for f in frames.frames], frames.source, list(frames.size)]
 
 
-def _run_sfm(paths: RunPaths, cfg: PosesConfig, meta: dict) -> dict:
+@dataclass
+class SfmPlan:
+    """The settings of one SfM run, resolved from the frames and the config, with the key of each step."""
+
+    matcher: str
+    focal: float
+    focal_source: str
+    single_camera: bool
+    keys: dict[str, str]
+
+    @classmethod
+    def make(cls, frames: FramesIndex, cfg: PosesConfig) -> SfmPlan:
+        matcher = resolve_matcher(frames, cfg)
+        focal, focal_src = initial_focal_px(frames, cfg)
+        single = cfg.single_camera or frames.source_type == "video"
+        k_extract = settings_key(*frames_key(frames), cfg.camera_model, focal, focal_src, single, cfg.max_num_features)
+        k_match = settings_key(k_extract, matcher, cfg.sequential_overlap, cfg.quadratic_overlap)
+        k_map = settings_key(k_match, cfg.mapper, cfg.seed, cfg.min_registered)
+        return cls(matcher, focal, focal_src, single, {"extract": k_extract, "match": k_match, "map": k_map})
+
+
+def reconstruct(
+    work: Path,
+    image_dir: Path,
+    names: list[str],
+    size: tuple[int, int],
+    plan: SfmPlan,
+    cfg: PosesConfig,
+    on_step: Callable[[str], None] = lambda status: None,
+) -> tuple[Any, dict[str, float], dict[str, int]]:
+    """Extract, match and map `image_dir/names` (resuming finished steps recorded in work/state.json).
+
+    Returns the largest model (pycolmap.Reconstruction, distorted cameras, or None when mapping made none), the
+    seconds of each step, and the registered-image count of every model made. `on_step(status)` is called
+    after each step.
+    """
     import pycolmap
 
-    _quiet_colmap()
-    if cfg.seed >= 0:
-        pycolmap.set_random_seed(cfg.seed)
-    W, H = (int(v) for v in meta["size"])
-    frame_files = [f["file"] for f in meta["frames"]]
-    names = [Path(f).name for f in frame_files]
-    T = len(names)
-    matcher = resolve_matcher(meta, cfg)
-    focal, focal_src = initial_focal_px(meta, cfg)
-    single = cfg.single_camera or meta.get("source_type") == "video"
-
-    work = paths.sfm_work_dir
     work.mkdir(parents=True, exist_ok=True)
-    db_path = work / "database.db"
-    state = _State(work)
-    k_extract = _key(
-        [(f["file"], f["source_index"]) for f in meta["frames"]],
-        meta.get("source"),
-        [W, H],
-        cfg.camera_model,
-        focal,
-        focal_src,
-        single,
-        cfg.max_num_features,
-    )
-    k_match = _key(k_extract, matcher, cfg.sequential_overlap, cfg.quadratic_overlap)
-    k_map = _key(k_match, cfg.mapper, cfg.seed, cfg.min_registered)
-    seconds: dict[str, float] = {}
-
-    with progress() as bar:
-        task = bar.add_task("poses", total=4, status="extract")
-        # --- extract
-        if not state.done("extract", k_extract):
-            state.forget("extract", "match", "map")
-            db_path.unlink(missing_ok=True)
-            shutil.rmtree(work / "sparse", ignore_errors=True)
-            t0 = time.perf_counter()
-            params = ""
-            if focal_src != "heuristic":
-                params = pycolmap.Camera.create_from_model_name(1, cfg.camera_model, focal, W, H).params_to_string()
-            extract_sift(db_path, paths.frames_dir, names, cfg, cfg.camera_model, params, single)
-            state.mark("extract", k_extract, time.perf_counter() - t0)
-        seconds["extract"] = state.data["extract"]["seconds"]
-        bar.update(task, advance=1, status=f"match ({matcher})")
-        # --- match
-        if not state.done("match", k_match):
-            state.forget("match", "map")
-            shutil.rmtree(work / "sparse", ignore_errors=True)
-            t0 = time.perf_counter()
-            match_features(db_path, matcher, cfg)
-            state.mark("match", k_match, time.perf_counter() - t0)
-        seconds["match"] = state.data["match"]["seconds"]
-        bar.update(task, advance=1, status=f"map ({cfg.mapper})")
-        # --- map
-        if not state.done("map", k_map) or not (work / "sparse" / str(state.data["map"]["best"])).exists():
-            state.forget("map")
-            t0 = time.perf_counter()
-            with atomic_dir(work / "sparse") as tmp:
-                recs = _map(db_path, paths.frames_dir, tmp, cfg)
-                best = max(recs, key=lambda k: recs[k].num_reg_images()) if recs else None
-            state.mark(
-                "map",
-                k_map,
-                time.perf_counter() - t0,
-                best=best,
-                models={str(k): r.num_reg_images() for k, r in recs.items()},
-            )
-        seconds["map"] = state.data["map"]["seconds"]
-        best = state.data["map"]["best"]
-        rec = pycolmap.Reconstruction(work / "sparse" / str(best)) if best is not None else None
-        n_reg = rec.num_reg_images() if rec is not None else 0
-        if len(state.data["map"].get("models", {})) > 1:
-            debug(
-                f"SfM made {len(state.data['map']['models'])} models (registered images per model: {state.data['map']['models']}); keeping the largest"
-            )
-        if n_reg < min_registered_frames(cfg, T):
-            raise ReconError(
-                f"structure-from-motion placed only {n_reg} of {T} frames: the camera barely moves (or the views do not overlap). "
-                "Record with more camera motion (walk around the scene, don't just rotate), or pass known poses with --poses"
-            )
-        if n_reg < T:
-            warn(f"SfM registered {n_reg} of {T} frames; the other frames are kept as unregistered and not used")
-        bar.update(task, advance=1, status="undistort")
-        # --- undistort and write outputs
+    db_path, state, keys = work / "database.db", StepState(work), plan.keys
+    if not state.done("extract", keys["extract"]):
+        state.forget("extract", "match", "map")
+        db_path.unlink(missing_ok=True)
+        shutil.rmtree(work / "sparse", ignore_errors=True)
         t0 = time.perf_counter()
-        targets = {cid: pinhole_target(cam, W, H) for cid, cam in rec.cameras.items()}
-        und = undistort_reconstruction(rec, targets)
-        by_name = {rec.images[i].name: rec.images[i] for i in rec.images}
-        first_cid = rec.images[sorted(rec.reg_image_ids())[0]].camera_id
-        src_cams, dst_cams = [], []
-        for n in names:
-            im = by_name.get(n)
-            cid = im.camera_id if (im is not None and im.has_pose and im.camera_id in targets) else first_cid
-            src_cams.append(rec.cameras[cid])
-            dst_cams.append(targets[cid])
-        with atomic_dir(paths.images_dir) as tmp_img:
-            out_names = write_undistorted_frames(paths.root, frame_files, src_cams, dst_cams, tmp_img, bar)
-        with atomic_dir(paths.sfm_dir) as tmp_sfm:
-            und.write(tmp_sfm)
-        seconds["undistort"] = round(time.perf_counter() - t0, 3)
-        bar.update(task, advance=1, status="done")
+        params = ""
+        if plan.focal_source != "heuristic":
+            cam = pycolmap.Camera.create_from_model_name(1, cfg.camera_model, plan.focal, size[0], size[1])
+            params = cam.params_to_string()
+        extract_sift(db_path, image_dir, names, cfg, cfg.camera_model, params, plan.single_camera)
+        state.mark("extract", keys["extract"], time.perf_counter() - t0)
+    on_step(f"match ({plan.matcher})")
+    if not state.done("match", keys["match"]):
+        state.forget("match", "map")
+        shutil.rmtree(work / "sparse", ignore_errors=True)
+        t0 = time.perf_counter()
+        match_features(db_path, plan.matcher, cfg)
+        state.mark("match", keys["match"], time.perf_counter() - t0)
+    on_step(f"map ({cfg.mapper})")
+    if not state.done("map", keys["map"]) or not (work / "sparse" / str(state.data["map"]["best"])).exists():
+        state.forget("map")
+        t0 = time.perf_counter()
+        with atomic_dir(work / "sparse") as tmp:
+            recs = map_features(db_path, image_dir, tmp, cfg)
+            best = max(recs, key=lambda k: recs[k].num_reg_images()) if recs else None
+        models = {str(k): r.num_reg_images() for k, r in recs.items()}
+        state.mark("map", keys["map"], time.perf_counter() - t0, best=best, models=models)
+    seconds = {step: state.seconds(step) for step in ("extract", "match", "map")}
+    best = state.data["map"]["best"]
+    rec = pycolmap.Reconstruction(work / "sparse" / str(best)) if best is not None else None
+    return rec, seconds, dict(state.data["map"].get("models", {}))
 
-    cam0 = rec.cameras[first_cid]
-    sfm = {
-        "source": "sfm",
-        "registered": int(n_reg),
-        "total": int(T),
-        "points": int(und.num_points3D()),
-        "mean_reprojection_error_px": round(float(und.compute_mean_reprojection_error()), 4),
-        "mapper": cfg.mapper,
-        "matcher": matcher,
-        "camera_model": cfg.camera_model,
-        "initial_focal_px": round(focal, 3),
-        "initial_focal_source": focal_src,
-        "distorted_camera": {
-            "model": cam0.model_name,
-            "width": int(cam0.width),
-            "height": int(cam0.height),
-            "params": [float(v) for v in cam0.params],
-        },
-        "seconds": seconds,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+
+def undistortion_plan(rec: Any, names: list[str], width: int, height: int) -> tuple[Any, list[Any], list[Any]]:
+    """The undistorted (PINHOLE, width x height) model of `rec`, and per image name the source camera and the
+    PINHOLE camera it is warped to (images `rec` did not register use its first registered image's camera)."""
+    targets = {cid: pinhole_target(cam, width, height) for cid, cam in rec.cameras.items()}
+    und = undistort_reconstruction(rec, targets)
+    by_name = {rec.images[i].name: rec.images[i] for i in rec.images}
+    first_cid = rec.images[sorted(rec.reg_image_ids())[0]].camera_id
+    src_cams, dst_cams = [], []
+    for n in names:
+        im = by_name.get(n)
+        cid = im.camera_id if (im is not None and im.has_pose and im.camera_id in targets) else first_cid
+        src_cams.append(rec.cameras[cid])
+        dst_cams.append(targets[cid])
+    return und, src_cams, dst_cams
+
+
+def camera_record(camera: Any, width: int | None = None, height: int | None = None) -> dict[str, Any]:
+    """A pycolmap camera as the `distorted_camera` entry of cameras.json's `sfm` block."""
+    return {
+        "model": camera.model_name,
+        "width": int(camera.width if width is None else width),
+        "height": int(camera.height if height is None else height),
+        "params": [float(v) for v in camera.params],
     }
-    image_files = [f"{paths.images_dir.name}/{n}" for n in out_names]
-    cs = camera_set_from_reconstruction(
-        und, frame_files, image_files, [int(f["source_index"]) for f in meta["frames"]], W, H, sfm
-    )
-    cs.save(paths.cameras_json)
-    info(
-        f"poses: {n_reg}/{T} frames registered, {sfm['points']} points, reprojection error {sfm['mean_reprojection_error_px']:.3f} px"
-    )
-    return summary_from_sfm(sfm)
+
+
+def config_record(cfg: PosesConfig) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
 
 
 def extract_sift(
@@ -561,7 +512,8 @@ def match_features(db_path: Path, matcher: str, cfg: PosesConfig) -> None:
         raise ReconError(f"unknown matcher {matcher!r}: use 'auto', 'sequential' or 'exhaustive'")
 
 
-def _map(db_path: Path, image_dir: Path, out_dir: Path, cfg: PosesConfig) -> dict[int, Any]:
+def map_features(db_path: Path, image_dir: Path, out_dir: Path, cfg: PosesConfig) -> dict[int, Any]:
+    """Incremental or global mapping of the matched database into out_dir/N; returns {N: reconstruction}."""
     import pycolmap
 
     if cfg.mapper == "incremental":
@@ -571,10 +523,10 @@ def _map(db_path: Path, image_dir: Path, out_dir: Path, cfg: PosesConfig) -> dic
         opt.min_model_size = max(3, min(10, cfg.min_registered))
         return pycolmap.incremental_mapping(db_path, image_dir, out_dir, opt)
     if cfg.mapper == "global":
-        opt = pycolmap.GlobalPipelineOptions()
-        opt.num_threads = cfg.num_threads
-        opt.random_seed = cfg.seed
-        return pycolmap.global_mapping(db_path, image_dir, out_dir, opt)
+        global_opt = pycolmap.GlobalPipelineOptions()
+        global_opt.num_threads = cfg.num_threads
+        global_opt.random_seed = cfg.seed
+        return pycolmap.global_mapping(db_path, image_dir, out_dir, global_opt)
     raise ReconError(f"unknown mapper {cfg.mapper!r}: use 'incremental' or 'global'")
 
 

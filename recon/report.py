@@ -1,4 +1,7 @@
-"""RUN/report.html: one self-contained page that shows what every stage of a run produced.
+"""The HTML of RUN/report.html: one self-contained page that shows what every stage of a run produced.
+
+`build_report_html(paths)` reads every run file through recon.artifacts; the report stage
+(recon.stages.report) writes the page.
 
 Sections: stage times, frames, depth prior, cameras and SfM, depth alignment, fused point cloud,
 training curves, test renders with metrics. Every image is an inline base64 PNG (no external URL,
@@ -11,25 +14,35 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from recon.atomic import write_text
-from recon.artifacts.cameras import CameraSet
+from recon.artifacts import (
+    AlignedDepth,
+    CameraSet,
+    DisparityMaps,
+    FramesIndex,
+    Metrics,
+    PointCloud,
+    RunPaths,
+    Split,
+    read_json_object,
+    read_jsonl,
+    read_rgb,
+)
 from recon.console import warn
-from recon.artifacts.layout import RunPaths
 
 STRIP_FRAMES = 8
 THUMB_HEIGHT = 120
 MAX_TEST_RENDERS = 6
 RENDER_HEIGHT = 240
 LOG_NON_LOSS = ("step", "psnr", "num_gaussians", "lr")
+_T = TypeVar("_T")
 
 
 class Missing(Exception):
@@ -83,7 +96,8 @@ def strip(images: list[np.ndarray], height: int = THUMB_HEIGHT, gap: int = 4) ->
     thumbs = []
     for im in images:
         h, w = im.shape[:2]
-        thumbs.append(np.asarray(Image.fromarray(im).resize((max(1, round(w * height / h)), height), Image.BILINEAR)))
+        thumb = Image.fromarray(im).resize((max(1, round(w * height / h)), height), Image.Resampling.BILINEAR)
+        thumbs.append(np.asarray(thumb))
     width = sum(t.shape[1] for t in thumbs) + gap * (len(thumbs) - 1)
     out = np.full((height, width, 3), 255, np.uint8)
     x = 0
@@ -93,7 +107,7 @@ def strip(images: list[np.ndarray], height: int = THUMB_HEIGHT, gap: int = 4) ->
     return out
 
 
-def pick_evenly(indices: list[int], n: int) -> list[int]:
+def pick_evenly(indices: list[_T], n: int) -> list[_T]:
     if len(indices) <= n:
         return list(indices)
     return [indices[int(round(k))] for k in np.linspace(0, len(indices) - 1, n)]
@@ -102,19 +116,18 @@ def pick_evenly(indices: list[int], n: int) -> list[int]:
 # ---------------------------------------------------------------- run readers
 
 
-def _json(path: Path, stage: str) -> Any:
+def _need(path: Path, stage: str, what: str | None = None) -> None:
+    """Missing (the section says "not available yet") unless `path` exists."""
     if not path.exists():
-        raise Missing(f"the {stage} stage has not run ({path.name} not found)")
-    return json.loads(path.read_text())
+        raise Missing(f"the {stage} stage has not run ({what or path.name} not found)")
 
 
 def _frame_files(paths: RunPaths) -> list[str]:
     if paths.cameras_json.exists():
         return CameraSet.load(paths.cameras_json).files
     if paths.frames_json.exists():
-        frames = json.loads(paths.frames_json.read_text()).get("frames", [])
-        files = [f.get("file") if isinstance(f, dict) else None for f in frames]
-        if files and all(files):
+        files = FramesIndex.load(paths.frames_json).files
+        if files:
             return files
     files = (
         sorted(p.relative_to(paths.root).as_posix() for p in paths.frames_dir.glob("*.png"))
@@ -126,21 +139,19 @@ def _frame_files(paths: RunPaths) -> list[str]:
     return files
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
 # ---------------------------------------------------------------- sections
 
 
 def section_stages(paths: RunPaths) -> str:
-    manifest = _json(paths.manifest, "pipeline")
+    _need(paths.manifest, "pipeline")
+    manifest = read_json_object(paths.manifest, "manifest")
     stages = {k: v for k, v in manifest.get("stages", {}).items() if k != "report"}
     if not stages:
         raise Missing("no stage has run yet")
     rows = "".join(
         f"<tr><td>{_e(name)}</td><td class='{_e(st.get('status', ''))}'>{_e(st.get('status', '?'))}</td>"
-        f"<td class=num>{_fmt(st.get('seconds'))}</td><td>{_e(_summary_text(st.get('summary') or st.get('error')))}</td></tr>"
+        f"<td class=num>{_fmt(st.get('seconds'))}</td>"
+        f"<td>{_e(_summary_text(st.get('summary') or st.get('error')))}</td></tr>"
         for name, st in stages.items()
     )
     body = f"<table><tr><th>stage</th><th>status</th><th>seconds</th><th>summary</th></tr>{rows}</table>"
@@ -161,20 +172,16 @@ def section_stages(paths: RunPaths) -> str:
 def section_frames(paths: RunPaths) -> str:
     files = _frame_files(paths)
     pick = pick_evenly(list(range(len(files))), STRIP_FRAMES)
-    images = [_read_rgb(paths.root / files[i]) for i in pick]
+    images = [read_rgb(paths.root / files[i]) for i in pick]
     h, w = images[0].shape[:2]
     caption = f"{len(files)} frames at {w}x{h}; shown: " + ", ".join(str(i) for i in pick)
     return _img(png_data_uri(strip(images)), "frame strip", caption)
 
 
 def section_depth(paths: RunPaths) -> str:
-    if not paths.disparity_npz.exists():
-        raise Missing("the depth stage has not run (depth/disparity.npz not found)")
-    with np.load(paths.disparity_npz) as z:
-        disparity = np.asarray(z["disparity"], np.float32)
-        computed = np.asarray(z["computed"], bool) if "computed" in z.files else np.ones(len(disparity), bool)
-        kind = str(z["kind"]) if "kind" in z.files else "?"
-        backend = str(z["backend"]) if "backend" in z.files else "?"
+    _need(paths.disparity_npz, "depth", "depth/disparity.npz")
+    maps = DisparityMaps.load(paths.disparity_npz)
+    disparity, computed, kind, backend = maps.disparity, maps.computed, maps.kind, maps.backend
     have = [i for i in range(len(disparity)) if computed[i]]
     if not have:
         raise Missing("the depth stage computed no frame")
@@ -186,8 +193,7 @@ def section_depth(paths: RunPaths) -> str:
         "disparity (near = red), frames " + ", ".join(map(str, pick)),
     )
     if paths.aligned_npz.exists():
-        with np.load(paths.aligned_npz) as z:
-            depth = np.asarray(z["depth"], np.float32)
+        depth = AlignedDepth.load(paths.aligned_npz, disparity.shape).depth
         body += _img(
             png_data_uri(strip([colorize(depth[i], cmap="viridis") for i in pick])),
             "aligned depth strip",
@@ -200,8 +206,8 @@ def section_cameras(paths: RunPaths) -> str:
     cams = CameraSet.load(paths.cameras_json) if paths.cameras_json.exists() else None
     if cams is None:
         raise Missing("the pose stage has not run (cameras.json not found)")
-    split = json.loads(paths.split_json.read_text()) if paths.split_json.exists() else {}
-    train, test = set(split.get("train", [])), set(split.get("test", []))
+    split = Split.load(paths.split_json) if paths.split_json.exists() else None
+    train, test = set(split.train if split else []), set(split.test if split else [])
     centers = cams.centers
     fig = new_figure(9, 4.2)
     ax3 = fig.add_subplot(1, 2, 1, projection="3d")
@@ -239,13 +245,14 @@ def section_cameras(paths: RunPaths) -> str:
     stats["resolution"] = f"{cams.width}x{cams.height}"
     stats["focal (median, px)"] = float(np.median(cams.K[:, 0, 0]))
     if split:
-        stats["split"] = f"{split.get('protocol', '')}: {len(train)} train, {len(test)} test"
+        stats["split"] = f"{split.protocol}: {len(train)} train, {len(test)} test"
     body += _kv_table(stats)
     return body
 
 
 def section_alignment(paths: RunPaths) -> str:
-    report = _json(paths.alignment_json, "align")
+    _need(paths.alignment_json, "align")
+    report = read_json_object(paths.alignment_json, "alignment report")
     s = report.get("samples") or {}
     x = np.asarray(s.get("disparity", []), float)
     y = np.asarray(s.get("sfm_inverse_depth", []), float)
@@ -296,17 +303,9 @@ def section_alignment(paths: RunPaths) -> str:
 
 
 def section_points(paths: RunPaths) -> str:
-    if not paths.init_ply.exists():
-        raise Missing("the fuse stage has not run (points/init.ply not found)")
-    import open3d as o3d
-
-    pcd = o3d.io.read_point_cloud(str(paths.init_ply))
-    pts = np.asarray(pcd.points, np.float64)
-    if len(pts) == 0:
-        return "<p>points/init.ply holds no points.</p>"
-    cols = (
-        (np.asarray(pcd.colors) * 255).astype(np.uint8) if pcd.has_colors() else np.full((len(pts), 3), 128, np.uint8)
-    )
+    _need(paths.init_ply, "fuse", "points/init.ply")
+    cloud = PointCloud.load(paths.init_ply)
+    pts, cols = np.asarray(cloud.xyz, np.float64), np.asarray(cloud.rgb, np.uint8)
     views = []
     if paths.cameras_json.exists():
         cams = CameraSet.load(paths.cameras_json)
@@ -370,10 +369,8 @@ def render_points(
 
 
 def section_training(paths: RunPaths) -> str:
-    log = paths.splat_dir / "train_log.jsonl"
-    if not log.exists():
-        raise Missing("the train stage has not run (splat/train_log.jsonl not found)")
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    _need(paths.train_log, "train", "splat/train_log.jsonl")
+    rows = read_jsonl(paths.train_log, "training log")
     rows = [r for r in rows if "step" in r]
     if not rows:
         return "<p>splat/train_log.jsonl holds no steps yet.</p>"
@@ -406,9 +403,9 @@ def section_renders(paths: RunPaths) -> str:
         raise Missing("the train stage has not evaluated test views yet")
     body = ""
     if paths.metrics_json.exists():
-        metrics = json.loads(paths.metrics_json.read_text())
-        body += _kv_table({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
-        per_view = _find_per_view(metrics)
+        metrics = Metrics.load(paths.metrics_json)
+        body += _kv_table({k: v for k, v in metrics.summary.items() if not isinstance(v, (list, dict))})
+        per_view = [r for r in metrics.per_view if isinstance(r, dict)]
         if per_view:
             cols = [k for k in per_view[0] if isinstance(per_view[0][k], (int, float))]
             head = "".join(f"<th>{_e(c)}</th>" for c in cols)
@@ -419,8 +416,9 @@ def section_renders(paths: RunPaths) -> str:
     if have_renders:
         files = sorted(paths.test_renders_dir.glob("*.png"))
         for f in pick_evenly(files, MAX_TEST_RENDERS):
+            image = read_rgb(f)
             body += _img(
-                png_data_uri(strip([_read_rgb(f)], height=max(RENDER_HEIGHT, Image.open(f).height))),
+                png_data_uri(strip([image], height=max(RENDER_HEIGHT, image.shape[0]))),
                 f"test render {f.stem}",
                 f"{f.stem}: render | ground truth",
             )
@@ -459,18 +457,13 @@ def build_report_html(paths: RunPaths) -> str:
     )
 
 
-def write_report(paths: RunPaths) -> Path:
-    """Write RUN/report.html (atomically) and return its path."""
-    write_text(paths.report_html, build_report_html(paths))
-    return paths.report_html
-
-
 # ---------------------------------------------------------------- small HTML helpers
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
+td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums}figure{margin:.6em 0}img{max-width:100%;height:auto}
 figcaption{font-size:.85em;color:#555}.missing{color:#777;font-style:italic}.error{color:#b00}
 .done{color:#2a7}.failed{color:#b00}.running,.interrupted{color:#c80}nav{font-size:.9em}code{font-size:.9em}
@@ -510,17 +503,6 @@ def _summary_text(summary: Any) -> str:
 def _kv_table(d: dict[str, Any]) -> str:
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in d.items())
     return f"<table>{rows}</table>"
-
-
-def _find_per_view(metrics: dict) -> list[dict] | None:
-    if isinstance(metrics.get("per_view"), list) and metrics["per_view"]:
-        return metrics["per_view"]
-    for v in metrics.values():
-        if isinstance(v, dict):
-            found = _find_per_view(v)
-            if found:
-                return found
-    return None
 
 
 def _is_loss_term(key: str) -> bool:

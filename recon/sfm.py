@@ -49,9 +49,9 @@ def sfm_observations(
     reprojection error or a short track are dropped.
     """
     by_name: dict[str, int] = {}
-    for i, f in enumerate(cams.files):
-        by_name.setdefault(Path(f).name, i)
-        by_name.setdefault(Path(f).stem, i)
+    for j, f in enumerate(cams.files):
+        by_name.setdefault(Path(f).name, j)
+        by_name.setdefault(Path(f).stem, j)
     wanted = {int(i) for i in frame_ids}
     w2c_all = cams.w2c
     points = rec.points3D
@@ -74,15 +74,15 @@ def sfm_observations(
         if not pids:
             out[i] = SparseDepth(np.zeros((0, 2)), np.zeros(0), np.zeros(0, dtype=np.int64))
             continue
-        xy = np.asarray(xy, dtype=np.float64) * np.array([sx, sy])
-        pids = np.asarray(pids, dtype=np.int64)
-        xyz = np.array([points[int(p)].xyz for p in pids], dtype=np.float64)
-        err = np.array([points[int(p)].error for p in pids], dtype=np.float64)
-        tlen = np.array([points[int(p)].track.length() for p in pids], dtype=np.int64)
+        xy_px = np.asarray(xy, dtype=np.float64) * np.array([sx, sy])
+        pid_arr = np.asarray(pids, dtype=np.int64)
+        xyz = np.array([points[int(p)].xyz for p in pid_arr], dtype=np.float64)
+        err = np.array([points[int(p)].error for p in pid_arr], dtype=np.float64)
+        tlen = np.array([points[int(p)].track.length() for p in pid_arr], dtype=np.int64)
         w2c = w2c_all[i]
         z = xyz @ w2c[2, :3] + w2c[2, 3]
         keep = (z > 0) & (tlen >= min_track_length) & ((err <= max_reproj_error) | ~np.isfinite(err) | (err < 0))
-        out[i] = SparseDepth(xy[keep], z[keep], pids[keep])
+        out[i] = SparseDepth(xy_px[keep], z[keep], pid_arr[keep])
     if matched == 0:
         raise ReconError(
             "no image of the SfM model matches a frame of cameras.json (names differ): re-run the pose stage"

@@ -1,14 +1,12 @@
-"""A smooth camera path through the run's cameras and its rendering to RUN/splat/renders.mp4 (PyAV)."""
+"""A smooth camera path through a scene's cameras, and its frames rendered (arrays; writing a video is the caller's)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from recon.atomic import atomic_path
-from recon.errors import ReconError
+from splat.errors import SplatError
 
 
 def interpolate_path(c2w: np.ndarray, num_frames: int) -> np.ndarray:
@@ -24,7 +22,7 @@ def interpolate_path(c2w: np.ndarray, num_frames: int) -> np.ndarray:
 
     c2w = np.asarray(c2w, np.float64)
     if len(c2w) == 0:
-        raise ReconError("no cameras to build a camera path from")
+        raise SplatError("no cameras to build a camera path from")
     if len(c2w) == 1:
         return np.repeat(c2w, num_frames, axis=0)
     # Parametrise by travelled distance + rotation so speed is even along the path.
@@ -44,52 +42,15 @@ def interpolate_path(c2w: np.ndarray, num_frames: int) -> np.ndarray:
     return out
 
 
-def write_video(path: Path, frames: list[np.ndarray] | np.ndarray, fps: float = 30.0) -> None:
-    """Encode uint8 [T,H,W,3] frames as H.264 mp4 (MPEG-4 part 2 if libx264 is missing), atomically.
-
-    Odd sizes are padded by one pixel (yuv420p needs even dimensions).
-    """
-    from fractions import Fraction
-
-    import av
-
-    if len(frames) == 0:
-        raise ReconError("no frames to write")
-    h, w = frames[0].shape[:2]
-    H, W = h + h % 2, w + w % 2
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
-            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-            if codec == "libx264":
-                stream.options = {"crf": "20"}
-            for f in frames:
-                f = np.asarray(f, np.uint8)
-                if f.shape[:2] != (H, W):
-                    f = np.pad(f, ((0, H - h), (0, W - w), (0, 0)), mode="edge")
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-
-
-def render_path_video(
-    render_pose: Callable[[np.ndarray], np.ndarray],
-    key_c2w: np.ndarray,
-    path: Path,
-    num_frames: int = 120,
-    fps: float = 30.0,
-) -> int:
-    """Render `num_frames` poses along the path through `key_c2w` and write them to `path`.
+def render_path(
+    render_pose: Callable[[np.ndarray], np.ndarray], key_c2w: np.ndarray, num_frames: int = 120
+) -> np.ndarray:
+    """Render `num_frames` poses along the path through `key_c2w`.
 
     Args:
         render_pose: c2w [4,4] -> uint8 [H,W,3] image.
         key_c2w: [T,4,4] key poses in path order.
     Returns:
-        number of frames written.
+        uint8 [num_frames, H, W, 3].
     """
-    poses = interpolate_path(key_c2w, num_frames)
-    frames = [render_pose(p) for p in poses]
-    write_video(path, frames, fps)
-    return len(frames)
+    return np.stack([render_pose(p) for p in interpolate_path(key_c2w, num_frames)])

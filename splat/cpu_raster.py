@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -149,6 +150,8 @@ def _project_gaussians(
     mx, my, mz = means.unbind(-1)
     x, y, z = (W[i][0] * mx + W[i][1] * my + W[i][2] * mz + viewmats[:, i, 3, None] for i in range(3))
     if covars is None:
+        if quats is None or scales is None:
+            raise ValueError("project_gaussians needs quats and scales when covars is None")
         m = _quat_scale_factor(quats, scales)
         mc = [[W[i][0] * m[0][j] + W[i][1] * m[1][j] + W[i][2] * m[2][j] for j in range(3)] for i in range(3)]
 
@@ -259,7 +262,7 @@ def project_gaussians(
     calc_compensations: bool = False,
     covars: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-    kw = dict(
+    kw: dict[str, Any] = dict(
         eps2d=eps2d,
         near_plane=near_plane,
         far_plane=far_plane,
@@ -467,13 +470,16 @@ def _bin_tiles(
     tx = per_isect(tmin[:, 0].contiguous()) + local % nx
     ty = per_isect(tmin[:, 1].contiguous()) + local // nx
     if conics is not None and opacities is not None:
+        ca, cb, cc = (per_isect(conics[:, k].contiguous()) for k in range(3))
         keep = _reaches_tile(
             tx,
             ty,
             tile_size,
             per_isect(means2d[:, 0].contiguous()),
             per_isect(means2d[:, 1].contiguous()),
-            *(per_isect(conics[:, k].contiguous()) for k in range(3)),
+            ca,
+            cb,
+            cc,
             per_isect(opacities),
         )
     tile = per_isect(camera_ids) * (tile_width * tile_height) + ty * tile_width + tx
@@ -573,12 +579,12 @@ def _composite(coef: Tensor, feats: Tensor, for_grad: bool, may_clamp: bool):
     la = torch.matmul(feats, coef)  # log alpha
     free = la <= _LOG_ALPHA_MAX if (for_grad and may_clamp) else None
     alpha = la.clamp_(-_S_MAX, _LOG_ALPHA_MAX).exp_()
-    F.threshold_(alpha, _alpha_floor(alpha.dtype), 0.0)  # skip alpha < 1/255
+    torch.threshold_(alpha, _alpha_floor(alpha.dtype), 0.0)  # skip alpha < 1/255
     r = torch.rsub(alpha, 1.0)
     t_incl = torch.cumprod(r, dim=-1)
     stopped = bool((t_incl[..., -1] <= T_MIN).any())
     if stopped:
-        F.threshold_(t_incl, T_MIN, 0.0)  # the Gaussian that would take T to <= 1e-4 and all after
+        torch.threshold_(t_incl, T_MIN, 0.0)  # the Gaussian that would take T to <= 1e-4 and all after
     r = torch.div(alpha, r, out=r)
     w = r * t_incl
     if for_grad:

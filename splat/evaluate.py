@@ -1,11 +1,12 @@
 """Evaluation of a trained splat: image metrics (PSNR, SSIM, LPIPS if its weights are on disk), depth
-metrics against ground truth, and test renders written beside the ground truth.
+metrics against ground truth, co-visibility masks, and test renders beside the ground truth (as arrays).
 
 Images are float tensors [H,W,3] in [0,1]; depths are [H,W] z-depth with 0 = invalid.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon.atomic import atomic_path
-from recon.console import debug
+from depth.geometry import backproject, invert_pose, project
+from splat.fuse import depth_agreement
 from splat.losses import ssim, ssim_map
+
+log = logging.getLogger(__name__)
 
 SSIM_WINDOW = 11
 
@@ -80,14 +83,12 @@ def covisibility_mask(
     Returns:
         [H,W] bool.
     """
-    from splat.init import backproject, depth_agreement, project
-
     H, W = depth.shape
     valid = np.isfinite(depth) & (depth > 0)
     pts = backproject(depth, K, c2w)  # row-major order of the valid pixels
     seen = np.zeros(len(pts), bool)
     for j in range(len(train_c2w)):
-        w2c = np.linalg.inv(train_c2w[j])
+        w2c = invert_pose(train_c2w[j])
         if train_depth is not None:
             seen |= depth_agreement(pts, train_depth[j], train_K[j], w2c, rel_tol)
         else:
@@ -130,12 +131,12 @@ class LPIPS:
 
 def maybe_lpips(device: torch.device | str) -> LPIPS | None:
     if not lpips_weights_on_disk():
-        debug("LPIPS skipped: AlexNet weights are not in torch's hub cache (never downloaded)")
+        log.debug("LPIPS skipped: AlexNet weights are not in torch's hub cache (never downloaded)")
         return None
     try:
         return LPIPS(device)
     except Exception as e:  # a damaged local file must not stop the evaluation
-        debug(f"LPIPS skipped: {e}")
+        log.debug("LPIPS skipped: %s", e)
         return None
 
 
@@ -170,14 +171,6 @@ def to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
     return (np.clip(a, 0, 1) * 255.0 + 0.5).astype(np.uint8)
 
 
-def save_png(path: Path, image: np.ndarray) -> None:
-    """Write a uint8 [H,W,3] image as PNG, atomically."""
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-
-
 RenderFn = Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 """view index -> (rgb [H,W,3] in [0,1], expected depth [H,W], alpha [H,W])."""
 
@@ -186,26 +179,25 @@ RenderFn = Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 def evaluate_views(
     render: RenderFn,
     images: dict[int, torch.Tensor],
-    names: dict[int, str] | None = None,
-    out_dir: Path | None = None,
+    keep_renders: bool = False,
     gt_depth: dict[int, np.ndarray] | None = None,
     lpips: LPIPS | None = None,
     depth_align: str = "median",
     masks: dict[int, np.ndarray] | None = None,
 ) -> dict:
-    """Render each view in `images`, score it, and optionally write render|GT PNGs to `out_dir`.
+    """Render each view in `images` and score it.
 
     Args:
         images: view index -> GT image [H,W,3] float in [0,1].
-        names: view index -> file stem for the PNG (default the zero-padded index).
+        keep_renders: also return each render beside its ground truth ("renders").
         gt_depth: view index -> GT depth [H,W] at the render resolution (0 invalid).
         masks: view index -> [H,W] bool pixels to score for "psnr_masked" / "ssim_masked" (e.g. the
             co-visibility with the training views, `covisibility_mask`) and "mask_fraction".
     Returns:
         {"psnr", "ssim", ["lpips"], ["depth_abs_rel", "depth_delta1"], ["psnr_masked", "ssim_masked",
-        "mask_fraction"], "per_view": [...]}; means over views.
+        "mask_fraction"], "per_view": [...], ["renders": {view: uint8 [H, 2W, 3] render | GT}]}; means over views.
     """
-    per_view = []
+    per_view, renders = [], {}
     for i, gt in images.items():
         rgb, depth, _alpha = render(i)
         row = {"index": int(i), "psnr": psnr(rgb, gt), "ssim": ssim_metric(rgb, gt)}
@@ -222,9 +214,8 @@ def evaluate_views(
             dm = depth_metrics(depth.cpu().numpy(), gt_depth[i], align=depth_align)
             if dm is not None:
                 row["depth_abs_rel"], row["depth_delta1"] = dm["abs_rel"], dm["delta1"]
-        if out_dir is not None:
-            name = (names or {}).get(i, f"{i:06d}")
-            save_png(Path(out_dir) / f"{name}.png", np.concatenate([to_uint8(rgb), to_uint8(gt)], axis=1))
+        if keep_renders:
+            renders[int(i)] = np.concatenate([to_uint8(rgb), to_uint8(gt)], axis=1)
         per_view.append(row)
     out: dict = {"per_view": per_view, "num_views": len(per_view)}
     for key in (
@@ -240,4 +231,6 @@ def evaluate_views(
         vals = [r[key] for r in per_view if key in r]
         if vals:
             out[key] = float(np.mean(vals))
+    if keep_renders:
+        out["renders"] = renders
     return out

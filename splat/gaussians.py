@@ -1,4 +1,4 @@
-"""Gaussian parameters: initial points (depth-fused cloud, SfM points, random), kNN scales, containers.
+"""Gaussian parameters: initial points (given points, random fill), kNN scales, scene extent, containers.
 
 The trainer keeps the Gaussians as a `torch.nn.ParameterDict` with gsplat's strategy names, all
 stored before activation:
@@ -9,18 +9,17 @@ stored before activation:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from recon.artifacts.cameras import CameraSet
-from recon.artifacts.layout import RunPaths
-from recon.console import debug
-from recon.errors import ReconError
-from recon.sfm import read_sfm_points
+from splat.errors import SplatError
+
+log = logging.getLogger(__name__)
 
 SH_C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi))
 
@@ -30,10 +29,6 @@ InitKind = Literal["depth", "sfm", "random"]
 def rgb_to_sh0(rgb: np.ndarray) -> np.ndarray:
     """Colours in [0,1] [..., 3] -> degree-0 SH coefficients (0.5 offset as in 3DGS)."""
     return (np.asarray(rgb, np.float32) - 0.5) / SH_C0
-
-
-def sh0_to_rgb(sh0: np.ndarray) -> np.ndarray:
-    return np.asarray(sh0, np.float32) * SH_C0 + 0.5
 
 
 def num_sh_bases(sh_degree: int) -> int:
@@ -121,29 +116,10 @@ def points_bounds(xyz: np.ndarray, pad: float = 0.1) -> tuple[np.ndarray, np.nda
     return lo - pad * size, hi + pad * size
 
 
-def read_point_cloud(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """init.ply (open3d-readable) -> (xyz float32 [N,3], rgb uint8 [N,3]); raises ReconError if empty."""
-    import open3d as o3d
-
-    if not path.exists():
-        raise ReconError(f"{path} not found: run the fuse stage first, or train with --init sfm|random")
-    pcd = o3d.io.read_point_cloud(str(path))
-    xyz = np.asarray(pcd.points, np.float32)
-    if len(xyz) == 0:
-        raise ReconError(f"{path} has no points: the depth fusion produced an empty cloud (try --init sfm)")
-    if pcd.has_colors():
-        rgb = np.clip(np.asarray(pcd.colors) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    else:
-        rgb = np.full((len(xyz), 3), 128, np.uint8)
-    if not np.isfinite(xyz).all():
-        raise ReconError(f"{path} contains NaN or infinite point coordinates")
-    return xyz, rgb
-
-
 @dataclass
 class InitConfig:
     init: InitKind = "depth"
-    """Where the Gaussians start: depth-fused cloud (RUN/points/init.ply), SfM points, or random."""
+    """Where the Gaussians start: depth-fused cloud, SfM points, or random."""
     num_random: int = 50_000
     """Number of random points for --init random."""
     max_points: int = 0
@@ -157,50 +133,46 @@ class InitConfig:
 
 
 def random_points(
-    paths: RunPaths, cams: CameraSet, train: list[int], n: int, rng: np.random.Generator
+    bounds: tuple[np.ndarray, np.ndarray], n: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """n points uniform in the box the training cameras look at (else the SfM / fused points' box), with
-    random colours: xyz float32 [n,3] scene units, rgb uint8 [n,3]."""
-    bounds = camera_lookat_bounds(cams.c2w[train], cams.K[train], cams.width, cams.height)
-    if bounds is None:
-        for reader, where in ((read_sfm_points, paths.sfm_dir), (read_point_cloud, paths.init_ply)):
-            if where.exists():
-                bounds = points_bounds(reader(where)[0])
-                break
-    if bounds is None:
-        raise ReconError(
-            "random points need scene bounds: cameras do not converge and the run has no SfM or fused points"
-        )
+    """n points uniform in the box bounds = (lo [3], hi [3]) with random colours: xyz float32 [n,3], rgb uint8 [n,3]."""
     lo, hi = bounds
-    debug(f"random points in box {np.round(lo, 3).tolist()} .. {np.round(hi, 3).tolist()}")
     xyz = (lo + (hi - lo) * rng.random((n, 3))).astype(np.float32)
     rgb = (rng.random((n, 3)) * 255).astype(np.uint8)
     return xyz, rgb
 
 
 def initial_points(
-    paths: RunPaths, cfg: InitConfig, cams: CameraSet, train: list[int], rng: np.random.Generator
+    cfg: InitConfig,
+    points: tuple[np.ndarray, np.ndarray] | None,
+    bounds: Callable[[], tuple[np.ndarray, np.ndarray]],
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The initial point cloud for training (`cfg.random_fill` random points added to a depth or SfM init).
 
+    Args:
+        cfg: the init settings.
+        points: (xyz [N,3], rgb uint8 [N,3]) of the depth-fused cloud or the SfM points; None for --init random.
+        bounds: () -> (lo [3], hi [3]), the box random points are drawn in; called only when one is needed.
+        rng: draws the subset (max_points) and the random points, in that order.
     Returns:
         xyz float32 [N,3] scene units, rgb uint8 [N,3].
     """
-    if cfg.init == "depth":
-        xyz, rgb = read_point_cloud(paths.init_ply)
-    elif cfg.init == "sfm":
-        names = {Path(cams.files[i]).name for i in train}
-        xyz, rgb = read_sfm_points(paths.sfm_dir, names, cfg.sfm_min_train_views)
-        debug(f"sfm init: {len(xyz)} points seen by >= {cfg.sfm_min_train_views} of {len(train)} training views")
-    elif cfg.init == "random":
-        xyz, rgb = random_points(paths, cams, train, cfg.num_random, rng)
+    if cfg.init == "random":
+        xyz, rgb = random_points(bounds(), cfg.num_random, rng)
+    elif cfg.init in ("depth", "sfm"):
+        if points is None:
+            raise SplatError(f"--init {cfg.init} needs its points")
+        xyz, rgb = np.asarray(points[0], np.float32), np.asarray(points[1], np.uint8)
     else:
-        raise ReconError(f"unknown init '{cfg.init}' (choose depth, sfm or random)")
+        raise SplatError(f"unknown init '{cfg.init}' (choose depth, sfm or random)")
     if cfg.max_points and len(xyz) > cfg.max_points:
         keep = np.sort(rng.choice(len(xyz), cfg.max_points, replace=False))
         xyz, rgb = xyz[keep], rgb[keep]
     if cfg.random_fill > 0 and cfg.init != "random":
-        fx, frgb = random_points(paths, cams, train, cfg.random_fill, rng)
+        box = bounds()
+        log.debug("random fill in box %s .. %s", np.round(box[0], 3).tolist(), np.round(box[1], 3).tolist())
+        fx, frgb = random_points(box, cfg.random_fill, rng)
         xyz, rgb = np.concatenate([xyz, fx]), np.concatenate([rgb, frgb])
     return xyz, rgb
 
@@ -218,7 +190,7 @@ def gaussians_from_points(
     xyz = np.asarray(xyz, np.float32)
     n = len(xyz)
     if n == 0:
-        raise ReconError("no initial points to create Gaussians from")
+        raise SplatError("no initial points to create Gaussians from")
     colors = np.asarray(rgb, np.float32)
     if np.asarray(rgb).dtype == np.uint8:
         colors = colors / 255.0

@@ -67,7 +67,9 @@ def photometric_loss(
     return loss, {"l1": float(l1.detach()), "dssim": float(dssim.detach())}
 
 
-def depth_l1_inverse(pred_depth: torch.Tensor, prior_depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def depth_l1_inverse(
+    pred_depth: torch.Tensor, prior_depth: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """L1 between rendered and prior inverse depth, divided by the mean prior inverse depth.
 
     The normalisation makes the loss (and so its weight) independent of the scene's unit.
@@ -76,29 +78,46 @@ def depth_l1_inverse(pred_depth: torch.Tensor, prior_depth: torch.Tensor, mask: 
         pred_depth: [..., H, W] rendered expected z-depth (scene units).
         prior_depth: [..., H, W] prior z-depth (scene units), 0 = invalid.
         mask: [..., H, W] bool, pixels to use (prior valid and the render covers the pixel).
+        weight: [..., H, W] per-pixel weight in [0, 1] (the prior's confidence); None = 1 everywhere. Both
+            means (of the error and of the prior) are then weighted means.
     """
     m = mask & (prior_depth > 0)
+    if weight is not None:
+        m = m & (weight > 0)
     if not bool(m.any()):
         return pred_depth.sum() * 0.0
     inv_prior = 1.0 / prior_depth[m]
     inv_pred = 1.0 / pred_depth[m].clamp_min(1e-6)
-    return (inv_pred - inv_prior).abs().mean() / inv_prior.mean()
+    if weight is None:
+        return (inv_pred - inv_prior).abs().mean() / inv_prior.mean()
+    w = weight[m]
+    return ((inv_pred - inv_prior).abs() * w).sum() / (inv_prior * w).sum()
 
 
-def depth_pearson(pred_depth: torch.Tensor, prior_depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def depth_pearson(
+    pred_depth: torch.Tensor, prior_depth: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """1 - Pearson correlation of rendered and prior inverse depth over the masked pixels.
 
     Invariant to scale and shift of the prior, so it also works for a relative (unaligned) prior.
-    Shapes as in `depth_l1_inverse`.
+    Shapes as in `depth_l1_inverse`; with `weight` the correlation is the weighted one.
     """
     m = mask & (prior_depth > 0)
+    if weight is not None:
+        m = m & (weight > 0)
     if int(m.sum()) < 16:
         return pred_depth.sum() * 0.0
     a = 1.0 / pred_depth[m].clamp_min(1e-6)
     b = 1.0 / prior_depth[m]
-    a = a - a.mean()
-    b = b - b.mean()
-    corr = (a * b).sum() / (a.norm() * b.norm() + 1e-12)
+    if weight is None:
+        a = a - a.mean()
+        b = b - b.mean()
+        corr = (a * b).sum() / (a.norm() * b.norm() + 1e-12)
+        return 1.0 - corr
+    w = weight[m] / weight[m].sum()
+    a = a - (w * a).sum()
+    b = b - (w * b).sum()
+    corr = (w * a * b).sum() / (torch.sqrt((w * a * a).sum() * (w * b * b).sum()) + 1e-12)
     return 1.0 - corr
 
 

@@ -118,7 +118,7 @@ def device_dispatch(cpu_impl: Callable, original: Callable, tensor_arg: str) -> 
 
 
 # name in gsplat.strategy.ops -> (CPU implementation, name of its first tensor argument)
-_PATCHES = {
+_PATCHES: dict[str, tuple[Callable, str]] = {
     "compute_relocation": (compute_relocation_torch, "opacities"),
     "quat_scale_to_covar_preci": (quat_scale_to_covar_preci_torch, "quats"),
 }

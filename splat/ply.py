@@ -115,11 +115,13 @@ def read_gaussian_ply(path: str | Path) -> dict[str, np.ndarray]:
     sh_degree_from_bases(rest + 1)
 
     def cols(names: list[str]) -> np.ndarray:
-        return np.stack([np.asarray(vertex[p], dtype=np.float32) for p in names], axis=1) if names else None
+        return np.stack([np.asarray(vertex[p], dtype=np.float32) for p in names], axis=1)
 
     n = len(vertex)
-    f_rest = cols([f"f_rest_{i}" for i in range(n_rest)])
-    shN = f_rest.reshape(n, 3, rest).transpose(0, 2, 1) if rest else np.zeros((n, 0, 3), np.float32)
+    if rest:
+        shN = cols([f"f_rest_{i}" for i in range(n_rest)]).reshape(n, 3, rest).transpose(0, 2, 1)
+    else:
+        shN = np.zeros((n, 0, 3), np.float32)
     out = {
         "means": cols(["x", "y", "z"]),
         "scales": cols(["scale_0", "scale_1", "scale_2"]),

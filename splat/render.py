@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from recon.errors import ReconError
 from splat.cpu_raster import (
     DEFAULT_CHUNK_ELEMS,
     bin_tiles,
@@ -18,6 +17,7 @@ from splat.cpu_raster import (
     project_gaussians,
     rasterize_to_pixels,
 )
+from splat.errors import SplatError
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 BACKENDS = ("auto", "gsplat", "torch")
@@ -95,12 +95,12 @@ def rasterization(
     workers otherwise make every op wait for a descheduled thread.
     """
     if backend not in BACKENDS:
-        raise ReconError(f"unknown render backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        raise SplatError(f"unknown render backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "auto":
         backend = "gsplat" if means.is_cuda else "torch"
     if backend == "gsplat":
         if not means.is_cuda:
-            raise ReconError("render backend 'gsplat' needs CUDA tensors; use backend='torch' on the CPU")
+            raise SplatError("render backend 'gsplat' needs CUDA tensors; use backend='torch' on the CPU")
         from gsplat.rendering import rasterization as gsplat_rasterization
 
         return gsplat_rasterization(
@@ -169,7 +169,7 @@ def _check_inputs(
 
     def need(ok: bool, what: str) -> None:
         if not ok:
-            raise ReconError(f"rasterization: {what}")
+            raise SplatError(f"rasterization: {what}")
 
     need(means.ndim == 2 and means.shape[1] == 3, f"means must be [N, 3], got {list(means.shape)}")
     need(tuple(quats.shape) == (N, 4), f"quats must be [{N}, 4], got {list(quats.shape)}")
@@ -279,8 +279,10 @@ def _rasterization_torch(
         if backgrounds is not None:
             backgrounds = backgrounds.new_zeros(C, 1)
     if backgrounds is not None and backgrounds.shape[-1] != feats.shape[-1]:
-        raise ReconError(f"rasterization: backgrounds have {backgrounds.shape[-1]} channels, colors {feats.shape[-1]}")
+        raise SplatError(f"rasterization: backgrounds have {backgrounds.shape[-1]} channels, colors {feats.shape[-1]}")
 
+    camera_ids: Tensor | None
+    gaussian_ids: Tensor | None
     if packed:
         camera_ids, gaussian_ids = torch.nonzero(radii > 0, as_tuple=True)
         radii = radii[camera_ids, gaussian_ids]

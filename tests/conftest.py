@@ -100,17 +100,13 @@ def redkitchen_gt() -> RedkitchenGT:
 @pytest.fixture(scope="session")
 def redkitchen_sfm_run(tmp_path_factory):
     """Frames + poses + split on 60 frames (320x240) of the redkitchen video, once per session."""
-    from recon.artifacts.cameras import CameraSet
     from recon.artifacts.layout import RunPaths
-    from recon.poses import PosesConfig, run_poses
-    from recon.split import SplitConfig, make_split, save_split
-    from recon.video import FramesConfig, extract_frames
+    from recon.stages import StageContext, frames, poses, split
 
     paths = RunPaths(tmp_path_factory.mktemp("redkitchen_sfm"))
-    extract_frames(KITCHEN_VIDEO, paths, FramesConfig(max_frames=60, max_size=320))
-    run_poses(paths, PosesConfig())
-    cs = CameraSet.load(paths.cameras_json)
-    save_split(paths.split_json, make_split(len(cs), cs.files, SplitConfig(), cs.registered))
+    frames.run(StageContext(paths, KITCHEN_VIDEO), frames.Config(max_frames=60, max_size=320))
+    poses.run(StageContext(paths), poses.Config())
+    split.run(StageContext(paths), split.Config())
     return paths
 
 
@@ -141,13 +137,13 @@ def lego_sparse_run(tmp_path_factory):
     """Factory `lego_sparse_run(n_train=6, size=96)` -> RunPaths of a posed NeRF-synthetic lego run.
 
     Views: `train_{n_train}` of the dataset's sparse_view_splits.json, every 3rd of its test views (5);
-    frames size x size composited on white, given poses (splat.posed_run.build_nerf_synthetic_run).
+    frames size x size composited on white, given poses (support.posed_run.build_nerf_synthetic_run).
     Built once per session per (n_train, size); READ-ONLY (copy it to write into it). Skips the test
     when the data is not staged.
     """
     import json
 
-    from splat.posed_run import build_nerf_synthetic_run
+    from support.posed_run import build_nerf_synthetic_run
 
     built: dict = {}
 
@@ -170,26 +166,28 @@ def interrupt_and_resume():
     """`run(full, cut, cfg, kill_at)`: train `full` uninterrupted; train `cut` but stop it with an exception
     at step `kill_at` (after the last checkpoint), then resume it with --resume. Returns
     (checkpoint dict as it was when killed, resumed summary, full gaussians, resumed gaussians)."""
-    import torch
+    import dataclasses
 
+    from recon.artifacts import Checkpoint
+    from recon.stages import StageContext
+    from recon.stages.train import run as run_train
     from splat.ply import read_gaussian_ply
-    from splat.train import TrainConfig, run_train
 
     class Killed(Exception):
         pass
 
     def run(full, cut, cfg, kill_at: int):
-        run_train(full, cfg)
+        run_train(StageContext(full), cfg)
 
         def kill(step, row):
             if step == kill_at:
                 raise Killed()
 
         with pytest.raises(Killed):
-            run_train(cut, cfg, callback=kill)
-        ck = torch.load(cut.checkpoint, weights_only=False)
+            run_train(StageContext(cut), cfg, callback=kill)
+        ck = Checkpoint.load(cut.checkpoint).state  # torch.load(weights_only=True)
         assert not cut.gaussians_ply.exists()
-        resumed = run_train(cut, TrainConfig(**{**cfg.__dict__, "resume": True}))
+        resumed = run_train(StageContext(cut), dataclasses.replace(cfg, resume=True))
         a, b = read_gaussian_ply(full.gaussians_ply), read_gaussian_ply(cut.gaussians_ply)
         for k in a:
             np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5, err_msg=k)

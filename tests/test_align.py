@@ -11,15 +11,22 @@ from depth.align import (
     AlignConfig,
     apply_alignment,
     fit_affine_robust,
-    run_align,
     sample_bilinear,
     window_blend_weights,
 )
-from recon.atomic import save_npz, write_json
-from recon.artifacts.cameras import CameraSet
-from recon.errors import ReconError
+from depth.errors import DepthError
 from depth.geometry import umeyama
-from recon.split import load_split
+from recon.artifacts import AlignedDepth, CameraSet, RunPaths, Split
+from recon.atomic import save_npz, write_json
+from recon.errors import ReconError
+from recon.stages import StageContext
+from recon.stages import align as align_stage
+from recon.stages import depth as depth_stage
+
+
+def run_align(paths: RunPaths, cfg: AlignConfig) -> dict:
+    return align_stage.run(StageContext(paths), cfg)
+
 
 # --------------------------------------------------------------------------------------------
 # Pure functions
@@ -74,13 +81,13 @@ def test_scale_only_fit_and_weights():
 
 
 def test_fit_errors():
-    with pytest.raises(ReconError, match="constant"):
+    with pytest.raises(DepthError, match="constant"):
         fit_affine_robust(np.ones(50), np.linspace(0.2, 1, 50))
-    with pytest.raises(ReconError, match="at least 2"):
+    with pytest.raises(DepthError, match="at least 2"):
         fit_affine_robust(np.array([1.0]), np.array([0.5]))
-    with pytest.raises(ReconError, match="positive"):
+    with pytest.raises(DepthError, match="positive"):
         fit_affine_robust(np.linspace(0, 1, 10), -np.linspace(0.1, 1, 10))
-    with pytest.raises(ReconError, match="unknown alignment estimator"):
+    with pytest.raises(DepthError, match="unknown alignment estimator"):
         fit_affine_robust(np.linspace(0, 1, 10), np.linspace(0.1, 1, 10), estimator="lsq")
 
 
@@ -123,12 +130,10 @@ def test_window_blend_weights():
 def _gt_split(paths, gt) -> list[int]:
     """Rewrite split.json: prior = train = non-test frames that have GT depth (video index % 3 == 0)."""
     cams = CameraSet.load(paths.cameras_json)
-    split = load_split(paths.split_json)
-    test = set(split["test"])
-    frames = [i for i in split["train"] if i not in test and gt.depth_file(cams.source_index[i]) is not None]
-    write_json(
-        paths.split_json, {"protocol": "gt-depth frames", "train": frames, "test": sorted(test), "prior": frames}
-    )
+    split = Split.load(paths.split_json)
+    test = set(split.test)
+    frames = [i for i in split.train if i not in test and gt.depth_file(cams.source_index[i]) is not None]
+    Split(train=frames, test=sorted(test), prior=frames, protocol="gt-depth frames").save(paths.split_json)
     return frames
 
 
@@ -174,9 +179,9 @@ def _one_scale(aligned, depth) -> float:
 
 def _run_file_depth(paths, folder, kind="disparity"):
     from depth.file import FileDepthConfig
-    from depth.stage import DepthConfig, run_depth
 
-    return run_depth(paths, DepthConfig(backend="file", file=FileDepthConfig(path=folder, kind=kind), preview=False))
+    cfg = depth_stage.Config(backend="file", file=FileDepthConfig(path=folder, kind=kind), preview=False)
+    return depth_stage.run(StageContext(paths), cfg)
 
 
 def test_alignment_recovers_affine_distorted_gt_depth(redkitchen_run_copy, redkitchen_gt, tmp_path):
@@ -214,6 +219,10 @@ def test_alignment_recovers_affine_distorted_gt_depth(redkitchen_run_copy, redki
     assert len(report["samples"]["disparity"]) == min(2000, summary["points"])
     assert report["frames_fitted"] == frames and report["fit"] == "affine"
     assert np.load(paths.aligned_npz)["mask"].sum() == (aligned > 0).sum()
+    # The depth's confidence travels with it (the file backend has none: 1 everywhere).
+    out = AlignedDepth.load(paths.aligned_npz, aligned.shape)
+    with np.load(paths.disparity_npz) as z:
+        np.testing.assert_array_equal(out.confidence, z["confidence"])
 
 
 @pytest.mark.parametrize("mode", ["per-window", "per-frame"])
@@ -290,7 +299,7 @@ def test_bad_input_gives_clear_errors(redkitchen_run_copy, redkitchen_gt):
     for i, d in depth.items():
         disp[i] = d
     _write_disp(paths, disp)
-    with pytest.raises(ReconError, match="behaves like depth"):
+    with pytest.raises(DepthError, match="behaves like depth"):  # found by the fit (depth.align)
         run_align(paths, AlignConfig())
 
     # A model without 3D points.

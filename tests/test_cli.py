@@ -125,3 +125,38 @@ def test_ctrl_c_leaves_no_finished_looking_output_and_resumes(tmp_path):
     r = _recon(*args)
     assert r.returncode == 0, r.stderr
     assert len(json.loads((run / "frames.json").read_text())["frames"]) == 120
+
+
+@pytest.mark.parametrize("error", ["depth", "splat"])
+def test_library_errors_are_one_line(monkeypatch, capsys, error):
+    from depth.errors import DepthError
+    from recon import cli
+    from splat.errors import SplatError
+
+    exc = DepthError("no valid depth on the training views") if error == "depth" else SplatError("empty cloud")
+
+    def fail(argv):
+        raise exc
+
+    monkeypatch.setattr(cli, "_dispatch", fail)
+    assert cli.main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {exc}\n"
+
+
+def test_library_logging_follows_verbosity(capsys):
+    import logging
+
+    from recon import console
+
+    try:
+        for level, shown in ((1, {"info", "warning"}), (2, {"debug", "info", "warning"}), (0, {"warning"})):
+            console.configure_logging(level)
+            log = logging.getLogger("depth.some_backend")
+            log.debug("debug")
+            log.info("info")
+            logging.getLogger("splat.trainer").warning("warning")
+            err = capsys.readouterr().err
+            assert {w for w in ("debug", "info", "warning") if w in err.replace("warning:", "")} == shown, err
+    finally:
+        console.configure_logging(1)

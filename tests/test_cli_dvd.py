@@ -13,10 +13,7 @@ import numpy as np
 import torch
 
 from depth.dvd import DVDRegressor
-from recon.artifacts.cameras import CameraSet
-from recon.artifacts.layout import RunPaths
-from recon.split import load_split
-from recon.video import read_frames
+from recon.artifacts import CameraSet, Split, read_rgb_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -63,16 +60,16 @@ def test_recon_depth_dvd_backend_on_tiny_model(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
 
     cams = CameraSet.load(run / "cameras.json")
-    split = load_split(run / "split.json")
+    split = Split.load(run / "split.json")
     d = np.load(run / "depth" / "disparity.npz")
     assert str(d["backend"]) == "dvd" and str(d["kind"]) == "relative_disparity"
-    prior = split["prior"]
+    prior = split.prior
     assert d["computed"].nonzero()[0].tolist() == prior  # test views are held out of the prior
     # The stage's output is exactly the regressor's prediction on the prior frames (global stitching).
     reg = DVDRegressor.from_checkpoints(
         dit=FIX / "dit.safetensors", vae=FIX / "vae.pth", config=FIX / "config.json", device="cpu", dtype=torch.float32
     )
-    frames = read_frames(RunPaths(run), [cams.files[i] for i in prior])
+    frames = read_rgb_stack(run, [cams.files[i] for i in prior])
     expect = reg.predict(frames, height=64, width=96, window=9, overlap=4, stitch="global")
     assert np.abs(d["disparity"][prior] - expect).max() < 1e-4
     windows = json.loads((run / "depth" / "windows.json").read_text())

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from depth.errors import DepthError
 from depth.file import FileDepthConfig, load_depth_files
-from recon.errors import ReconError
 
 KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_rgbd"
 SOURCE = [0, 3, 6, 9]
@@ -85,14 +85,14 @@ def test_single_npz_stack_and_per_frame_npy(tmp_path):
 
 def test_count_and_size_mismatch(depth_dir, tmp_path):
     frames = [f"{i:06d}.png" for i in range(5)]
-    with pytest.raises(ReconError, match="expected 5 depth files.*got 4"):
+    with pytest.raises(DepthError, match="expected 5 depth files.*got 4"):
         load_depth_files(FileDepthConfig(depth_dir, match="order"), frames, (320, 240))
-    with pytest.raises(ReconError, match="no depth file for"):
+    with pytest.raises(DepthError, match="no depth file for"):
         load_depth_files(FileDepthConfig(depth_dir), ["images/000001.png"], (320, 240))
-    with pytest.raises(ReconError, match="640x480.*frames are 320x320"):
+    with pytest.raises(DepthError, match="640x480.*frames are 320x320"):
         load_depth_files(FileDepthConfig(depth_dir), ["000000.png"], (320, 320))
     np.save(tmp_path / "stack.npy", np.ones((2, 8, 8), np.float32))
-    with pytest.raises(ReconError, match="expected 3 depth maps.*got 2"):
+    with pytest.raises(DepthError, match="expected 3 depth maps.*got 2"):
         load_depth_files(FileDepthConfig(tmp_path / "stack.npy"), ["a", "b", "c"], (8, 8))
 
 
@@ -100,27 +100,27 @@ def test_bad_files(tmp_path):
     d = tmp_path / "bad"
     d.mkdir()
     (d / "000000.png").write_bytes(b"not a png at all")
-    with pytest.raises(ReconError, match="cannot read depth file"):
+    with pytest.raises(DepthError, match="cannot read depth file"):
         load_depth_files(FileDepthConfig(d), ["000000.png"], (8, 8))
     (d / "000000.png").unlink()
     Image.fromarray(np.zeros((8, 8), np.uint16)).save(d / "000000.png")
-    with pytest.raises(ReconError, match="no valid pixel"):
+    with pytest.raises(DepthError, match="no valid pixel"):
         load_depth_files(FileDepthConfig(d), ["000000.png"], (8, 8))
     (d / "000000.png").unlink()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "000000.png")
-    with pytest.raises(ReconError, match="colour image"):
+    with pytest.raises(DepthError, match="colour image"):
         load_depth_files(FileDepthConfig(d), ["000000.png"], (8, 8))
     (d / "000000.png").unlink()
     a = np.ones((8, 8), np.float32)
     a[3, 3] = np.nan
     np.save(d / "000000.npy", a)
-    with pytest.raises(ReconError, match="NaN"):
+    with pytest.raises(DepthError, match="NaN"):
         load_depth_files(FileDepthConfig(d), ["000000.png"], (8, 8))
-    with pytest.raises(ReconError, match="not found"):
+    with pytest.raises(DepthError, match="not found"):
         load_depth_files(FileDepthConfig(tmp_path / "missing"), ["000000.png"], (8, 8))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ReconError, match="no depth files"):
+    with pytest.raises(DepthError, match="no depth files"):
         load_depth_files(FileDepthConfig(empty), ["000000.png"], (8, 8))
 
 
@@ -134,5 +134,5 @@ def test_order_match_rows_checks_only_the_frames_asked_for(tmp_path):
     out, _ = load_depth_files(cfg, frames, (640, 480), rows=[0, 2, 3])
     assert out.shape == (3, 480, 640)
     np.testing.assert_array_equal(out[1], np.where(stack[2] == 65535, 0, stack[2]) / np.float32(1000.0))
-    with pytest.raises(ReconError, match=r"all.npz\[1\] has no valid pixel"):
+    with pytest.raises(DepthError, match=r"all.npz\[1\] has no valid pixel"):
         load_depth_files(cfg, frames, (640, 480))

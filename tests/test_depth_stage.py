@@ -1,4 +1,4 @@
-"""Depth stage orchestration: backend choice, disparity.npz / windows.json / depth.mp4, preview video."""
+"""Depth stage (recon.stages.depth): backend choice, disparity.npz / windows.json / depth.mp4, preview video."""
 
 from __future__ import annotations
 
@@ -7,15 +7,25 @@ import json
 import numpy as np
 import pytest
 
-import depth.stage as stage
+import depth.backend as backend
+from depth.errors import DepthError
 from depth.file import FileDepthConfig
-from depth.preview import colorize, write_depth_preview
-from depth.stage import DepthConfig, run_depth, select_backend
-from depth.stereo import StereoConfig
-from recon.atomic import write_json
-from recon.artifacts.cameras import CameraSet
+from depth.preview import colorize
+from depth.result import DepthResult
+from depth.stereo import StereoBackend, StereoConfig
+from recon.artifacts import CameraSet, RunPaths, Split
 from recon.errors import ReconError
-from recon.split import load_split
+from recon.stages import StageContext
+from recon.stages.depth import Config as DepthConfig
+from recon.stages.depth import run, write_depth_video
+
+
+def run_depth(paths: RunPaths, cfg: DepthConfig) -> dict:
+    return run(StageContext(paths), cfg)
+
+
+def select_backend(cfg: DepthConfig) -> tuple[str, str]:
+    return backend.select_backend(cfg.backend, cfg.dvd)
 
 
 def _video_frames(path) -> list[np.ndarray]:
@@ -27,26 +37,26 @@ def _video_frames(path) -> list[np.ndarray]:
 
 def _small_prior(paths, n: int, start: int = 10) -> list[int]:
     """Keep n consecutive training views as the prior (keeps the stereo run short)."""
-    split = load_split(paths.split_json)
-    prior = split["train"][start : start + n]
-    write_json(paths.split_json, {**split, "train": prior, "prior": prior})
+    split = Split.load(paths.split_json)
+    prior = split.train[start : start + n]
+    Split(train=prior, test=split.test, prior=prior, protocol=split.protocol).save(paths.split_json)
     return prior
 
 
 def test_auto_backend_choice(monkeypatch):
     calls = []
     monkeypatch.setattr(
-        stage, "dvd_weights_available", lambda cfg: (calls.append("local") or local[0], "no checkpoint")
+        backend, "dvd_weights_available", lambda cfg: (calls.append("local") or local[0], "no checkpoint")
     )
-    monkeypatch.setattr(stage, "_dvd_downloadable", lambda cfg: (calls.append("hub") or hub[0], "hub down"))
+    monkeypatch.setattr(backend, "dvd_downloadable", lambda cfg: (calls.append("hub") or hub[0], "hub down"))
     local, hub = [True], [True]
 
-    monkeypatch.setattr(stage, "_cuda_available", lambda: False)
+    monkeypatch.setattr(backend, "cuda_available", lambda: False)
     name, why = select_backend(DepthConfig())
     assert name == "stereo" and "CUDA" in why and "--backend dvd" in why
     assert calls == []  # no weight lookup or network access without CUDA
 
-    monkeypatch.setattr(stage, "_cuda_available", lambda: True)
+    monkeypatch.setattr(backend, "cuda_available", lambda: True)
     assert select_backend(DepthConfig())[0] == "dvd"
     local[0] = False
     assert select_backend(DepthConfig())[0] == "dvd"  # downloadable
@@ -59,23 +69,37 @@ def test_auto_backend_choice(monkeypatch):
     assert select_backend(cfg)[0] == "stereo"
     # Explicit backends are taken as they are.
     assert select_backend(DepthConfig(backend="file"))[0] == "file"
-    with pytest.raises(ReconError, match="unknown depth backend"):
+    with pytest.raises(DepthError, match="unknown depth backend"):
         select_backend(DepthConfig(backend="midas"))
 
 
 def test_dvd_download_check_respects_offline(monkeypatch):
     cfg = DepthConfig().dvd
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    ok, why = stage._dvd_downloadable(cfg)
+    ok, why = backend.dvd_downloadable(cfg)
     assert not ok and "HF_HUB_OFFLINE" in why
     cfg.allow_download = False
-    ok, why = stage._dvd_downloadable(cfg)
+    ok, why = backend.dvd_downloadable(cfg)
     assert not ok and "disabled" in why
+
+
+def test_dvd_download_check_gives_up_quickly(monkeypatch):
+    """An unreachable (or hanging) hub makes auto fall back within seconds, never minutes."""
+    import time
+
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *a, **k: time.sleep(60))
+    monkeypatch.setattr(backend, "HUB_TIMEOUT_S", 0.5)
+    t0 = time.perf_counter()
+    ok, why = backend.dvd_downloadable(DepthConfig().dvd)
+    assert not ok and "did not answer" in why and time.perf_counter() - t0 < 2
 
 
 def test_auto_on_cpu_runs_stereo_on_prior_frames(redkitchen_run_copy, monkeypatch, capsys):
     paths = redkitchen_run_copy
-    monkeypatch.setattr(stage, "_cuda_available", lambda: False)
+    monkeypatch.setattr(backend, "cuda_available", lambda: False)
     prior = _small_prior(paths, 4)
     summary = run_depth(paths, DepthConfig(stereo=StereoConfig(num_planes=16, scale=0.25)))
     err = capsys.readouterr().err
@@ -104,21 +128,24 @@ def test_auto_on_cpu_runs_stereo_on_prior_frames(redkitchen_run_copy, monkeypatc
 
 def test_dvd_backend_outputs(redkitchen_run_copy, monkeypatch):
     """The stage's DVD plumbing with the backend's contract (the model itself is tested in test_dvd*)."""
+    from depth.dvd.backend import DVDBackend
+
     paths = redkitchen_run_copy
     prior = _small_prior(paths, 7)
     cams = CameraSet.load(paths.cameras_json)
     seen = {}
 
-    def fake_run_dvd(frame_paths, cfg):
-        seen["paths"] = frame_paths
-        n = len(frame_paths)
+    def fake_estimate(self, frames, progress=None):
+        seen["names"], seen["images"] = frames.names, frames.images
+        n = len(frames)
         disp = np.linspace(0.2, 0.9, n * cams.height * cams.width, dtype=np.float32).reshape(n, cams.height, cams.width)
         windows = [{"index": 0, "start": 0, "end": 5}, {"index": 1, "start": 2, "end": 7, "scale": 0.9, "shift": 0.1}]
-        return disp, {"backend": "dvd", "windows": windows, "seconds": 1.0}
+        return DepthResult(disp, "relative_disparity", "dvd", windows=windows, report={"windows": windows})
 
-    monkeypatch.setattr(stage, "run_dvd", fake_run_dvd)
+    monkeypatch.setattr(DVDBackend, "estimate", fake_estimate)
     summary = run_depth(paths, DepthConfig(backend="dvd"))
-    assert [p.name for p in seen["paths"]] == [cams.files[i].split("/")[-1] for i in prior]
+    assert seen["names"] == [cams.files[i] for i in prior]  # only the prior frames are read
+    assert seen["images"].shape == (len(prior), cams.height, cams.width, 3)
     with np.load(paths.disparity_npz) as z:
         assert str(z["kind"]) == "relative_disparity" and str(z["backend"]) == "dvd"
         assert (z["confidence"] == 1).all()
@@ -152,22 +179,32 @@ def test_file_backend_kinds_and_errors(redkitchen_run_copy, redkitchen_gt, tmp_p
     with np.load(paths.disparity_npz) as z:
         assert str(z["kind"]) == "relative_disparity"
 
-    with pytest.raises(ReconError, match="--depth-files"):
+    with pytest.raises(DepthError, match="--depth-files"):
         run_depth(paths, DepthConfig(backend="file"))
     # "order" matching covers every frame of the run: a folder with only the prior frames is too short.
-    with pytest.raises(ReconError, match=f"expected {len(cams)} depth files"):
+    with pytest.raises(DepthError, match=f"expected {len(cams)} depth files"):
         run_depth(paths, DepthConfig(backend="file", file=FileDepthConfig(path=folder, match="order")))
     # A backend returning maps of the wrong size is caught before anything is written.
     paths.disparity_npz.unlink()
-    monkeypatch.setattr(stage, "run_stereo", lambda p, ids, cfg: (np.ones((len(ids), 10, 10), np.float32), None, {}))
-    with pytest.raises(ReconError, match="expected 4x240x320"):
+    monkeypatch.setattr(
+        StereoBackend,
+        "estimate",
+        lambda self, frames, progress=None: DepthResult(
+            np.ones((len(frames), 10, 10), np.float32), "metric_disparity", "stereo"
+        ),
+    )
+    with pytest.raises(DepthError, match="expected 4x240x320"):
         run_depth(paths, DepthConfig(backend="stereo"))
     assert not paths.disparity_npz.exists()
+    # Frames of different sizes are an error before any backend runs.
+    from PIL import Image
+
+    Image.open(paths.root / cams.files[prior[1]]).crop((0, 0, 100, 100)).save(paths.root / cams.files[prior[1]])
+    with pytest.raises(ReconError, match="100x100"):
+        run_depth(paths, DepthConfig(backend="file", file=FileDepthConfig(path=folder, kind="depth")))
 
 
 def test_missing_inputs_give_clear_errors(tmp_path):
-    from recon.artifacts.layout import RunPaths
-
     with pytest.raises(ReconError, match="run the pose stage first"):
         run_depth(RunPaths(tmp_path), DepthConfig(backend="stereo"))
 
@@ -184,10 +221,10 @@ def test_preview_uses_one_normalisation_for_the_whole_video(tmp_path):
     np.testing.assert_array_equal(rgb[0, 5:], rgb[2, 5:])
     assert np.abs(rgb[0].astype(int) - rgb[1].astype(int)).mean() > 20
     assert (rgb[2, :5, :5] == 0).all()
-    lo, hi = write_depth_preview(tmp_path / "d.mp4", disp, fps=5)
+    lo, hi = write_depth_video(tmp_path / "d.mp4", disp, fps=5)
     assert lo < hi
     frames = _video_frames(tmp_path / "d.mp4")
     assert len(frames) == 3 and frames[0].shape == (22, 34, 3)  # padded to even size for yuv420p
     assert not list(tmp_path.glob(".*tmp*"))  # written atomically, no temporary left behind
-    with pytest.raises(ReconError, match="no valid depth"):
+    with pytest.raises(DepthError, match="no valid depth"):
         colorize(np.zeros((2, 4, 4), np.float32))

@@ -1,5 +1,5 @@
 """DVD regressor: parity with the official code on the dvd-tiny fixture, LoRA merge, checkpoint
-validation, VAE key conversion, weight resolution (never touching the hub) and the run_dvd backend."""
+validation, VAE key conversion, weight resolution (never touching the hub) and the DVD backend."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon.errors import ReconError
+from depth.errors import DepthError
 
 FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "dvd-tiny"
 DIT, VAE, CONFIG = FIX / "dit.safetensors", FIX / "vae.pth", FIX / "config.json"
@@ -73,11 +73,11 @@ def test_predict_parity_and_window_report(reg, name):
 
 
 def test_predict_window_rejects_bad_shapes(reg):
-    with pytest.raises(ReconError, match="4n\\+1"):
+    with pytest.raises(DepthError, match="4n\\+1"):
         reg.predict_window(np.zeros((8, 64, 96, 3), np.float32))
-    with pytest.raises(ReconError, match="multiples of 16"):
+    with pytest.raises(DepthError, match="multiples of 16"):
         reg.predict_window(np.zeros((9, 60, 96, 3), np.float32))
-    with pytest.raises(ReconError, match="uint8"):
+    with pytest.raises(DepthError, match="uint8"):
         reg.predict(np.zeros((3, 64, 96, 3), np.float32), height=64, width=96, window=9, overlap=4)
 
 
@@ -180,7 +180,7 @@ def test_checkpoint_validation_errors(tmp_path, kind, message):
     from depth.dvd.config import DVDModelConfig
     from depth.dvd.convert import read_dvd_checkpoint
 
-    with pytest.raises(ReconError, match=message):
+    with pytest.raises(DepthError, match=message):
         read_dvd_checkpoint(_write_variant(tmp_path, kind), DVDModelConfig.from_json(CONFIG))
 
 
@@ -189,15 +189,15 @@ def test_checkpoint_config_mismatch_and_bad_vae(tmp_path):
     from depth.dvd.config import DVDModelConfig
     from depth.dvd.convert import read_dvd_checkpoint, read_wan_vae
 
-    with pytest.raises(ReconError, match="does not match the model config"):
+    with pytest.raises(DepthError, match="does not match the model config"):
         read_dvd_checkpoint(DIT, DVDModelConfig.from_json(None))  # tiny checkpoint, real 1.3B config
     trunc = tmp_path / "vae.pth"
     trunc.write_bytes(VAE.read_bytes()[:50_000])
-    with pytest.raises(ReconError, match="could not be read"):
+    with pytest.raises(DepthError, match="could not be read"):
         read_wan_vae(trunc)
-    with pytest.raises(ReconError, match="not a Wan 2.1 VAE"):
+    with pytest.raises(DepthError, match="not a Wan 2.1 VAE"):
         read_wan_vae(_write_variant(tmp_path, "unrelated"))
-    with pytest.raises(ReconError, match="not found"):
+    with pytest.raises(DepthError, match="not found"):
         DVDRegressor.from_checkpoints(dit=tmp_path / "missing.safetensors", vae=VAE, config=CONFIG)
 
 
@@ -311,7 +311,7 @@ def test_weights_offline_gives_one_clear_message(tmp_path, no_hub):
     from depth.dvd.weights import dvd_weights_available, resolve_weights
 
     cache = tmp_path / "cache"
-    with pytest.raises(ReconError) as e:
+    with pytest.raises(DepthError) as e:
         resolve_weights(cache_dir=cache)
     msg = str(e.value)
     assert "\n" not in msg
@@ -326,13 +326,13 @@ def test_weights_offline_gives_one_clear_message(tmp_path, no_hub):
         assert needle in msg, needle
     assert re.search(r"~[\d.]+(-\d+)? GB", msg)
     assert no_hub == [("FayeHongfeiZhang/DVD", "model.safetensors")]
-    with pytest.raises(ReconError, match="downloads are disabled"):
+    with pytest.raises(DepthError, match="downloads are disabled"):
         resolve_weights(cache_dir=cache, allow_download=False)
     from depth.dvd import weights
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(weights, "_hub_offline", lambda: True)
-        with pytest.raises(ReconError, match="HF_HUB_OFFLINE is set.*CC-BY-NC-4.0"):
+        with pytest.raises(DepthError, match="HF_HUB_OFFLINE is set.*CC-BY-NC-4.0"):
             resolve_weights(cache_dir=cache)
     ok, reason = dvd_weights_available(DVDConfig(cache_dir=cache))
     assert not ok and "not found" in reason
@@ -356,7 +356,7 @@ def test_weights_found_in_cache_and_explicit(tmp_path, no_hub, monkeypatch):
         dvd_weights=cache, vae_weights=cache, cache_dir=tmp_path / "empty"
     )  # official ckpt/ layout
     assert (folder.dit, folder.vae) == (cache / "model.safetensors", cache / "Wan2.1_VAE.pth")
-    with pytest.raises(ReconError, match="--dvd-weights .* does not exist"):
+    with pytest.raises(DepthError, match="--dvd-weights .* does not exist"):
         resolve_weights(dvd_weights=tmp_path / "nope.safetensors")
     assert no_hub == []
 
@@ -364,16 +364,12 @@ def test_weights_found_in_cache_and_explicit(tmp_path, no_hub, monkeypatch):
 # ----------------------------------------------------------------------------------- backend
 
 
-def test_run_dvd_on_png_frames(tmp_path, no_hub):
-    from PIL import Image
-
-    from depth.dvd.backend import DVDConfig, run_dvd
+def test_dvd_backend_on_frames(tmp_path, no_hub):
+    from depth.dvd.backend import DVDBackend, DVDConfig
+    from depth.result import DepthFrames
 
     frames = np.load(FIX / "video_short_in.npy")
-    paths = []
-    for i, f in enumerate(frames):
-        paths.append(tmp_path / f"{i:06d}.png")
-        Image.fromarray(f).save(paths[-1])
+    names = [f"{i:06d}.png" for i in range(len(frames))]
     cfg = DVDConfig(
         dvd_weights=DIT,
         vae_weights=VAE,
@@ -388,16 +384,18 @@ def test_run_dvd_on_png_frames(tmp_path, no_hub):
         device="cpu",
         dtype="fp32",
     )
-    disparity, report = run_dvd(paths, cfg)
+    steps = []
+    result = DVDBackend(cfg).estimate(DepthFrames(frames, names), progress=lambda d, t: steps.append((d, t)))
+    disparity, report = result.disparity, result.report
     assert disparity.shape == frames.shape[:3] and disparity.dtype == np.float32
     assert np.abs(disparity - np.load(FIX / "video_short_out.npy")).max() <= 1e-3
+    assert result.kind == "relative_disparity" and result.backend == "dvd" and result.windows == report["windows"]
     assert report["backend"] == "dvd" and report["processing_size"] == [64, 112]
     assert report["lora"]["rank"] == 4 and report["windows"][0]["frames_after_pad"] == 9
-    json.dumps(report)  # the orchestrator writes it to windows.json as is
-    with pytest.raises(ReconError, match="stitch"):
-        run_dvd(paths, DVDConfig(dvd_weights=DIT, vae_weights=VAE, stitch="median"))
-    Image.fromarray(frames[0][:20]).save(paths[3])
-    from depth.dvd.backend import FrameFiles
-
-    with pytest.raises(ReconError, match="same size"):
-        FrameFiles(paths)[0:7]
+    assert steps[-1][0] == steps[-1][1] == len(report["windows"])
+    json.dumps(report)  # the stage writes it to windows.json as is
+    with pytest.raises(DepthError, match="stitch"):
+        DVDBackend(DVDConfig(dvd_weights=DIT, vae_weights=VAE, stitch="median")).estimate(DepthFrames(frames, names))
+    # Frames of different sizes cannot even be put together (the stage reads them: tests/test_depth_stage.py).
+    with pytest.raises(DepthError, match="uint8"):
+        DepthFrames(frames.astype(np.float32), names)

@@ -16,7 +16,7 @@ from depth.dvd.windows import (
     temporal_pad,
     temporal_pad_count,
 )
-from recon.errors import ReconError
+from depth.errors import DepthError
 
 
 def test_processing_size_fixture_cases():
@@ -24,7 +24,7 @@ def test_processing_size_fixture_cases():
     assert processing_size(30, 50, 64, 96) == (64, 112)
     assert processing_size(480, 640, 480, 640) == (480, 640)
     assert processing_size(1080, 1920, 480, 640) == (480, 864)  # ratio 4/9: 480 x 853.3 -> 854 -> 864
-    with pytest.raises(ReconError):
+    with pytest.raises(DepthError):
         processing_size(0, 10, 480, 640)
 
 
@@ -38,7 +38,7 @@ def test_plan_windows_rules():
     assert spans[0] == (0, 81) and spans[-1] == (919, 1000)
     assert all(e - s == 81 for s, e in spans) and all(b[0] - a[0] == 60 for a, b in zip(spans[:-2], spans[1:-1]))
     for bad in [(10, 9, 9), (10, 0, 0), (10, 9, -1)]:
-        with pytest.raises(ReconError):
+        with pytest.raises(DepthError):
             plan_windows(*bad)
 
 
@@ -128,5 +128,5 @@ def test_stitch_single_window_and_bad_method():
         out, infos = stitch(windows, spans, 7, method)
         np.testing.assert_array_equal(out, windows[0])
         assert len(infos) == 1 and infos[0].scale is None and infos[0].frames_after_pad == 9
-    with pytest.raises(ReconError, match="stitching method"):
+    with pytest.raises(DepthError, match="stitching method"):
         stitch(windows, spans, 7, "median")

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from recon.atomic import save_npz
-from recon.artifacts.cameras import CameraSet
 from depth.geometry import ate_rmse
+from recon.artifacts import AlignedDepth, CameraSet
 
 KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_rgbd"
 PATTERN = str(KITCHEN / "depth" / "frame-{source_index:06d}.depth.png")
@@ -31,7 +30,8 @@ def test_eval_scores_poses_and_depth_against_gt(redkitchen_run_copy, redkitchen_
         depth[i] = gt / s
     bad = with_gt[0]
     depth[bad] *= 1.2
-    save_npz(paths.aligned_npz, depth=depth, mask=depth > 0)
+    T = len(depth)
+    AlignedDepth(depth, depth > 0, np.ones_like(depth), np.ones(T), np.zeros(T)).save(paths.aligned_npz)
 
     r = subprocess.run(
         [

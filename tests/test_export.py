@@ -10,10 +10,10 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from recon.artifacts.cameras import CameraSet
 from depth.geometry import opencv_to_opengl
+from recon.artifacts import CameraSet
 from recon.errors import ReconError
-from recon.export import export_transforms, transforms_dict
+from recon.stages.export import export_transforms, transforms_dict
 
 
 def _parse(run, load_points: bool = False):

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from recon.artifacts import RunPaths
 from recon.errors import ReconError
-from recon.artifacts.layout import RunPaths
-from recon.video import FramesConfig, extract_frames, select_indices, target_size
+from recon.stages import StageContext
+from recon.stages import frames as frames_stage
+from recon.stages.frames import Config as FramesConfig
+from recon.video import select_indices, target_size
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KITCHEN = DATA / "7scenes_redkitchen_rgbd"
@@ -33,9 +36,9 @@ def _write_video(path: Path, frames: list[np.ndarray], codec: str = "libx264", f
 
 
 def test_select_indices_and_size():
-    assert select_indices(10, 30.0, FramesConfig(stride=3)) == [0, 3, 6, 9]
-    assert select_indices(300, 30.0, FramesConfig(target_fps=10)) == list(range(0, 300, 3))
-    idx = select_indices(450, 30.0, FramesConfig(max_frames=60))
+    assert select_indices(10, 30.0, stride=3) == [0, 3, 6, 9]
+    assert select_indices(300, 30.0, target_fps=10) == list(range(0, 300, 3))
+    idx = select_indices(450, 30.0, max_frames=60)
     assert len(idx) == 60 and idx[0] == 0 and idx[-1] == 449 and np.all(np.diff(idx) > 0)
     assert target_size(640, 480, 320) == (320, 240)
     assert target_size(368, 480, 320) == (245, 320)
@@ -44,7 +47,9 @@ def test_select_indices_and_size():
 
 def test_kitchen_video_sampled_and_matches_source_jpegs(tmp_path):
     paths = RunPaths(tmp_path / "run")
-    summary = extract_frames(KITCHEN / "video_30fps.mp4", paths, FramesConfig(max_frames=60, max_size=320))
+    summary = frames_stage.run(
+        StageContext(paths, KITCHEN / "video_30fps.mp4"), FramesConfig(max_frames=60, max_size=320)
+    )
     meta = json.loads(paths.frames_json.read_text())
     assert summary["frames"] == 60 == len(meta["frames"])
     assert meta["fps"] == pytest.approx(30.0) and meta["original_size"] == [640, 480] and meta["size"] == [320, 240]
@@ -61,9 +66,12 @@ def test_kitchen_video_sampled_and_matches_source_jpegs(tmp_path):
 
 def test_mpeg4_part2_and_portrait_video(tmp_path):
     p = RunPaths(tmp_path / "roller")
-    assert extract_frames(VIDEOS / "davis_rollercoaster.mp4", p, FramesConfig(max_size=320))["frames"] >= 60
+    assert (
+        frames_stage.run(StageContext(p, VIDEOS / "davis_rollercoaster.mp4"), FramesConfig(max_size=320))["frames"]
+        >= 60
+    )
     q = RunPaths(tmp_path / "cat")
-    extract_frames(VIDEOS / "cotracker_cat.mp4", q, FramesConfig(max_size=240, target_fps=10))
+    frames_stage.run(StageContext(q, VIDEOS / "cotracker_cat.mp4"), FramesConfig(max_size=240, target_fps=10))
     meta = json.loads(q.frames_json.read_text())
     assert meta["size"][1] == 240 and meta["size"][0] < 240  # portrait stays portrait
     assert 40 <= len(meta["frames"]) <= 45  # 87 frames at 20 fps sampled at 10 fps
@@ -76,7 +84,7 @@ def test_image_folder_rgba_composited_on_white(tmp_path):
     for name in ["r_0.png", "r_1.png", "r_10.png", "r_2.png"]:
         shutil.copy(src / name, folder / name)
     p = RunPaths(tmp_path / "run")
-    extract_frames(folder, p, FramesConfig(max_size=100))
+    frames_stage.run(StageContext(p, folder), FramesConfig(max_size=100))
     meta = json.loads(p.frames_json.read_text())
     assert [f["source_name"] for f in meta["frames"]] == ["r_0.png", "r_1.png", "r_2.png", "r_10.png"]  # natural order
     img = np.asarray(Image.open(p.root / meta["frames"][0]["file"]))
@@ -90,7 +98,7 @@ def test_dedup_drops_repeated_frames(tmp_path):
     video = tmp_path / "pause.mp4"
     _write_video(video, [base] * 5 + [moved] * 5)
     p = RunPaths(tmp_path / "run")
-    s = extract_frames(video, p, FramesConfig())
+    s = frames_stage.run(StageContext(p, video), FramesConfig())
     assert s["frames"] == 2 and s["dropped near-duplicates"] == 8
 
 
@@ -124,7 +132,7 @@ def test_bad_input_is_one_clear_error_and_no_frames(tmp_path, case):
         expect = "3.jpg cannot be read"
     p = RunPaths(tmp_path / "run")
     with pytest.raises(ReconError) as e:
-        extract_frames(inp, p, FramesConfig())
+        frames_stage.run(StageContext(p, inp), FramesConfig())
     msg = str(e.value)
     assert expect in msg and "\n" not in msg
     assert not p.frames_json.exists() and not p.frames_dir.exists()

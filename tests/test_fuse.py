@@ -1,4 +1,5 @@
-"""Point-cloud fusion (splat.init): geometry helpers, multi-view filtering, init.ply, GT vs stereo clouds."""
+"""Point-cloud fusion (splat.fuse, stage recon.stages.fuse): geometry helpers, multi-view filtering, init.ply,
+GT vs stereo clouds."""
 
 from __future__ import annotations
 
@@ -7,27 +8,42 @@ import shutil
 import numpy as np
 import pytest
 
-from depth.align import AlignConfig, run_align
 from depth.file import FileDepthConfig
-from depth.stage import DepthConfig, run_depth
+from depth.geometry import backproject, invert_pose, project, umeyama
 from depth.stereo import StereoConfig
+from recon.artifacts import AlignedDepth, CameraSet, PointCloud, Split
 from recon.atomic import save_npz, write_json
-from recon.artifacts.cameras import CameraSet
-from depth.geometry import invert_pose
 from recon.errors import ReconError
-from depth.geometry import umeyama
-from recon.split import load_split
-from splat.init import (
+from recon.stages import StageContext, align, depth, fuse
+from splat.errors import SplatError
+from splat.fuse import (
     FuseConfig,
     VoxelAccumulator,
-    backproject,
     depth_agreement,
-    project,
-    read_ply_points,
-    run_fuse,
+    fuse_depth,
     select_neighbors,
     voxel_downsample,
 )
+
+
+def run_depth(paths, cfg):
+    return depth.run(StageContext(paths), cfg)
+
+
+def run_align(paths, cfg):
+    return align.run(StageContext(paths), cfg)
+
+
+def run_fuse(paths, cfg):
+    return fuse.run(StageContext(paths), cfg)
+
+
+def read_ply_points(path):
+    cloud = PointCloud.load(path)
+    return cloud.xyz, cloud.rgb, cloud.normals
+
+
+DepthConfig, AlignConfig = depth.Config, align.Config
 
 
 def _rot(axis, deg):
@@ -112,6 +128,45 @@ def test_select_neighbors_by_distance_and_view_angle():
     assert select_neighbors(c2w, 0, [0, 1, 2, 3, 4], 10, max_angle_deg=100) == [4, 1, 2, 3]
 
 
+def _plane_views(n: int = 3, size: tuple[int, int] = (64, 48)):
+    """n cameras 0.1 apart looking down +z at the plane z = 2 (depth, confidence, K, c2w, images)."""
+    W, H = size
+    K = np.array([[60.0, 0, W / 2], [0, 60.0, H / 2], [0, 0, 1]])
+    c2w = np.tile(np.eye(4), (n, 1, 1))
+    c2w[:, 0, 3] = 0.1 * np.arange(n)
+    depth = np.full((n, H, W), 2.0, np.float32)
+    images = np.zeros((n, H, W, 3), np.uint8)
+    images[..., 0] = 200
+    return depth, np.ones_like(depth), np.repeat(K[None], n, 0), c2w, images
+
+
+def test_fuse_depth_on_arrays():
+    """A plane seen by three cameras: every fused point lies on it, with its colour and normals facing the
+    cameras; images may come as an array or as a reader; unconfident pixels and bad input are refused."""
+    depth, conf, K, c2w, images = _plane_views()
+    cfg = FuseConfig(sor_neighbors=0)
+    done = []
+    cloud = fuse_depth(depth, conf, K, c2w, images, cfg, progress=lambda d, t: done.append((d, t)))
+    assert done == [(1, 3), (2, 3), (3, 3)]
+    assert cloud.summary["frames"] == 3 and cloud.summary["points"] == len(cloud.xyz) > 100
+    np.testing.assert_allclose(cloud.xyz[:, 2], 2.0, atol=1e-9)
+    assert (cloud.rgb == [200, 0, 0]).all() and cloud.rgb.dtype == np.uint8
+    assert (cloud.normals[:, 2] < -0.99).all()  # towards the cameras at z = 0
+    reads = []
+    lazy = fuse_depth(depth, conf, K, c2w, lambda v: reads.append(v) or images[v], cfg)
+    np.testing.assert_array_equal(lazy.xyz, cloud.xyz)
+    assert reads == [0, 1, 2]
+    conf[:, :, : depth.shape[2] // 2] = 0.0  # the left half is not confident in any view
+    half = fuse_depth(depth, conf, K, c2w, images, cfg)
+    assert half.summary["backprojected"] < 0.6 * cloud.summary["backprojected"]
+    with pytest.raises(SplatError, match="stride"):
+        fuse_depth(depth, conf, K, c2w, images, FuseConfig(stride=0))
+    with pytest.raises(SplatError, match="no training view has valid aligned depth"):
+        fuse_depth(0 * depth, conf, K, c2w, images, cfg)
+    with pytest.raises(SplatError, match="K"):
+        fuse_depth(depth, conf, K[:2], c2w, images, cfg)
+
+
 # --------------------------------------------------------------------------------------------
 # 7-Scenes
 
@@ -119,7 +174,7 @@ def test_select_neighbors_by_distance_and_view_angle():
 def _gt_depth_run(paths, gt, tmp_path, first: int = 0, count: int | None = None) -> tuple[list[int], object]:
     """prior = train = (a run of) the non-test frames with GT depth; GT depth (metres) as files for backend 'file'."""
     cams = CameraSet.load(paths.cameras_json)
-    split = load_split(paths.split_json)
+    split = Split.load(paths.split_json).to_json()
     test = set(split["test"])
     frames = [i for i in split["train"] if i not in test and gt.depth_file(cams.source_index[i]) is not None]
     frames = frames[first : None if count is None else first + count]
@@ -206,12 +261,11 @@ def test_multi_view_check_drops_inconsistent_depth(redkitchen_run_copy, redkitch
     run_align(paths, AlignConfig())
     cfg = FuseConfig(sor_neighbors=0, estimate_normals=False, voxel_size=1e-6)  # count every kept pixel
     good = run_fuse(paths, cfg)["consistent"]
-    with np.load(paths.aligned_npz) as z:
-        depth, mask = z["depth"].copy(), z["mask"]
+    aligned = AlignedDepth.load(paths.aligned_npz)
     # Every other frame is pushed 20 % away: its points no longer agree with their neighbours'.
     for i in frames[::2]:
-        depth[i] *= 1.2
-    save_npz(paths.aligned_npz, depth=depth, mask=mask)
+        aligned.depth[i] *= 1.2
+    aligned.save(paths.aligned_npz)
     bad = run_fuse(paths, cfg)["consistent"]
     print(f"\nconsistent points: {good} with GT depth, {bad} with every other frame scaled by 1.2")
     assert bad < 0.75 * good
@@ -227,11 +281,12 @@ def test_fuse_errors(redkitchen_run_copy):
         run_fuse(paths, FuseConfig())
     cams = CameraSet.load(paths.cameras_json)
     T, H, W = len(cams), cams.height, cams.width
-    save_npz(paths.aligned_npz, depth=np.zeros((T, H, W), np.float32), mask=np.zeros((T, H, W), bool))
+    zeros = np.zeros((T, H, W), np.float32)
+    save_npz(paths.aligned_npz, depth=zeros, mask=zeros > 0, confidence=zeros + 1)
     with pytest.raises(ReconError, match="no training view has valid aligned depth"):
         run_fuse(paths, FuseConfig())
-    save_npz(paths.aligned_npz, depth=np.ones((T, H + 2, W), np.float32))
-    with pytest.raises(ReconError, match="re-run align"):
+    save_npz(paths.aligned_npz, depth=np.ones((T, H + 2, W), np.float32), confidence=np.ones((T, H + 2, W)))
+    with pytest.raises(ReconError, match="re-run the align stage"):
         run_fuse(paths, FuseConfig())
     with pytest.raises(ReconError, match="stride"):
         run_fuse(paths, FuseConfig(stride=0))

@@ -11,13 +11,15 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from recon.artifacts.cameras import CameraSet
 from depth.geometry import opencv_to_opengl, opengl_to_opencv
+from recon.artifacts import CameraSet, RunPaths
 from recon.errors import ReconError
 from recon.known_poses import camera_from_transforms, load_pose_source, match_frames
-from recon.artifacts.layout import RunPaths
-from recon.poses import PosesConfig, run_poses
-from recon.video import FramesConfig, extract_frames
+from recon.stages import StageContext
+from recon.stages import frames as frames_stage
+from recon.stages import poses as poses_stage
+from recon.stages.frames import Config as FramesConfig
+from recon.stages.poses import Config as PosesConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FOX = DATA / "instant_ngp_fox_540x960"
@@ -32,8 +34,8 @@ def _source_poses(transforms: Path) -> dict[str, dict]:
 def test_fox_transforms_roundtrip(tmp_path):
     """instant-ngp fox: OpenGL c2w -> OpenCV, OPENCV distortion undone, intrinsics rescaled 540x960 -> 270x480."""
     run = RunPaths(tmp_path / "fox")
-    extract_frames(FOX / "images", run, FramesConfig(max_frames=10, max_size=480))
-    summary = run_poses(run, PosesConfig(poses=FOX / "transforms.json"))
+    frames_stage.run(StageContext(run, FOX / "images"), FramesConfig(max_frames=10, max_size=480))
+    summary = poses_stage.run(StageContext(run), PosesConfig(poses=FOX / "transforms.json"))
     cs = CameraSet.load(run.cameras_json)
     frames = json.loads(run.frames_json.read_text())["frames"]
     by_stem, meta = _source_poses(FOX / "transforms.json")
@@ -69,8 +71,8 @@ def test_fox_transforms_roundtrip(tmp_path):
 def test_lego_blender_roundtrip(tmp_path):
     """Blender lego: RGBA frames composited on WHITE by the frames stage; focal from camera_angle_x; no distortion."""
     run = RunPaths(tmp_path / "lego")
-    extract_frames(LEGO / "train", run, FramesConfig(max_frames=8))
-    run_poses(run, PosesConfig(poses=LEGO / "transforms_train.json"))
+    frames_stage.run(StageContext(run, LEGO / "train"), FramesConfig(max_frames=8))
+    poses_stage.run(StageContext(run), PosesConfig(poses=LEGO / "transforms_train.json"))
     cs = CameraSet.load(run.cameras_json)
     frames = json.loads(run.frames_json.read_text())["frames"]
     by_stem, meta = _source_poses(LEGO / "transforms_train.json")
@@ -116,7 +118,7 @@ def test_colmap_model_import_by_order(redkitchen_sfm_run, tmp_path):
     txt.mkdir()
     pycolmap.Reconstruction(model).write_text(txt)
     for poses in (model, txt):
-        summary = run_poses(run, PosesConfig(poses=poses))
+        summary = poses_stage.run(StageContext(run), PosesConfig(poses=poses))
         cs = CameraSet.load(run.cameras_json)
         assert cs.sfm["matched_by"] == "order" and summary["registered"] == "15/15"
         np.testing.assert_allclose(cs.c2w, ref.c2w[keep], atol=1e-6)
@@ -138,8 +140,11 @@ def test_gt_poses_as_transforms_json_by_order(redkitchen_gt, tmp_path):
     }
     (tmp_path / "gt.json").write_text(json.dumps(tj))
     run = RunPaths(tmp_path / "run")
-    extract_frames(DATA / "7scenes_redkitchen_rgbd" / "video_30fps.mp4", run, FramesConfig(max_frames=12, max_size=320))
-    run_poses(run, PosesConfig(poses=tmp_path / "gt.json"))
+    frames_stage.run(
+        StageContext(run, DATA / "7scenes_redkitchen_rgbd" / "video_30fps.mp4"),
+        FramesConfig(max_frames=12, max_size=320),
+    )
+    poses_stage.run(StageContext(run), PosesConfig(poses=tmp_path / "gt.json"))
     cs = CameraSet.load(run.cameras_json)
     np.testing.assert_allclose(cs.c2w, redkitchen_gt.c2w(cs.source_index), atol=1e-12)
     np.testing.assert_allclose(cs.K[0], [[265.0, 0, 160.0], [0, 265.0, 120.0], [0, 0, 1]])
@@ -166,14 +171,14 @@ def test_matching_rules():
     assert match_frames(frames, ["images/0003.jpg", "images/0001.jpg"]) == ([1, 0], "name")
     video = [{"source_index": 0}, {"source_index": 8}, {"source_index": 20}]
     assert match_frames(video, [f"{i}" for i in range(10)]) == ([0, 8, None], "order")
-    # a transforms.json exported by recon.export records each frame's source_index
+    # a transforms.json exported by recon.stages.export records each frame's source_index
     assert match_frames(video, ["images/000001.png", "images/000000.png"], [8, 0]) == ([1, 0, None], "source_index")
 
 
 def test_own_export_reimports(redkitchen_run_copy):
     """A run's exported transforms.json (OpenGL, PINHOLE) read back as --poses gives the same cameras,
     matched to the frames by the source_index the export records."""
-    from recon.export import export_transforms
+    from recon.stages.export import export_transforms
 
     run = redkitchen_run_copy
     ref = CameraSet.load(run.cameras_json)
@@ -190,18 +195,18 @@ def test_own_export_reimports(redkitchen_run_copy):
 
 def test_known_poses_errors(tmp_path):
     run = RunPaths(tmp_path / "lego")
-    extract_frames(LEGO / "train", run, FramesConfig(max_frames=3, max_size=100))
+    frames_stage.run(StageContext(run, LEGO / "train"), FramesConfig(max_frames=3, max_size=100))
     with pytest.raises(ReconError, match="does not exist"):
-        run_poses(run, PosesConfig(poses=tmp_path / "nope.json"))
+        poses_stage.run(StageContext(run), PosesConfig(poses=tmp_path / "nope.json"))
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ReconError, match="transforms.json"):
-        run_poses(run, PosesConfig(poses=tmp_path / "bad.json"))
+        poses_stage.run(StageContext(run), PosesConfig(poses=tmp_path / "bad.json"))
     with pytest.raises(ReconError, match="no COLMAP model"):
-        run_poses(run, PosesConfig(poses=tmp_path))
+        poses_stage.run(StageContext(run), PosesConfig(poses=tmp_path))
     one = {"camera_angle_x": 0.7, "frames": [{"file_path": "x/r_0", "transform_matrix": np.eye(4).tolist()}]}
     (tmp_path / "one.json").write_text(json.dumps(one))
     with pytest.raises(ReconError, match="only 1 of the 3 frames"):
-        run_poses(run, PosesConfig(poses=tmp_path / "one.json"))
+        poses_stage.run(StageContext(run), PosesConfig(poses=tmp_path / "one.json"))
     wide = {
         "fl_x": 100,
         "w": 800,
@@ -210,7 +215,7 @@ def test_known_poses_errors(tmp_path):
     }
     (tmp_path / "wide.json").write_text(json.dumps(wide))
     with pytest.raises(ReconError, match="aspect"):
-        run_poses(run, PosesConfig(poses=tmp_path / "wide.json"))
+        poses_stage.run(StageContext(run), PosesConfig(poses=tmp_path / "wide.json"))
     assert not run.cameras_json.exists()
     src = load_pose_source(LEGO / "transforms_train.json", (400, 400))
     assert len(src.names) == 100 and src.kind == "transforms" and src.source_index is None

@@ -22,6 +22,9 @@ import torch
 from gsplat.strategy import MCMCStrategy
 
 from recon.artifacts.layout import RunPaths
+from recon.stages import StageContext
+from recon.stages.train import Config as TrainConfig
+from recon.stages.train import run as run_stage
 from splat.mcmc_cpu import (
     compute_relocation_torch,
     cpu_mcmc_ops,
@@ -31,9 +34,12 @@ from splat.mcmc_cpu import (
     quat_scale_to_covar_preci_torch,
 )
 from splat.ply import read_gaussian_ply
-from splat.train import TrainConfig, run_train
 
 MIN_OPACITY = MCMCStrategy().min_opacity
+
+
+def run_train(paths: RunPaths, cfg: TrainConfig, callback=None) -> dict:
+    return run_stage(StageContext(paths), cfg, callback=callback)
 
 
 def _binoms() -> torch.Tensor:

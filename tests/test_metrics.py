@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from depth.errors import DepthError
 from depth.metrics import depth_metrics, fit_alignment
-from recon.errors import ReconError
 
 
 def test_hand_computed_values():
@@ -97,11 +97,11 @@ def test_per_frame_mean_differs_from_pooled():
 
 
 def test_errors():
-    with pytest.raises(ReconError, match="shape"):
+    with pytest.raises(DepthError, match="shape"):
         depth_metrics(np.ones((2, 3)), np.ones((3, 2)))
-    with pytest.raises(ReconError, match="no pixel"):
+    with pytest.raises(DepthError, match="no pixel"):
         depth_metrics(np.zeros((2, 2)), np.ones((2, 2)))
-    with pytest.raises(ReconError, match="alignment"):
+    with pytest.raises(DepthError, match="alignment"):
         depth_metrics(np.ones(3), np.ones(3), align="affine")
-    with pytest.raises(ReconError, match="constant"):
+    with pytest.raises(DepthError, match="constant"):
         fit_alignment(np.ones(5), np.arange(1.0, 6.0), "lstsq")

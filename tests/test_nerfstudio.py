@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recon.atomic import save_npz
-from recon.artifacts.cameras import CameraSet
 from depth.geometry import invert_pose, opengl_to_opencv
-from recon.artifacts.layout import RunPaths
+from recon.artifacts import AlignedDepth, CameraSet, RunPaths, read_rgb
+from recon.stages import StageContext
+from recon.stages import export as export_stage
 
 REPO = Path(__file__).resolve().parents[1]
 ICL = REPO.parent / "shared" / "data" / "icl_nuim_livingroom_5frames"
@@ -47,9 +47,7 @@ def backproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.n
 def build_icl_run(root: Path, seed_points: int = SEED_POINTS) -> RunPaths:
     """A small run directory from ICL-NUIM (see module docstring)."""
     import open3d as o3d
-    from PIL import Image
-
-    from splat.posed_run import build_rgbd_run
+    from support.posed_run import build_rgbd_run
 
     K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
     poses = icl_poses()
@@ -57,12 +55,13 @@ def build_icl_run(root: Path, seed_points: int = SEED_POINTS) -> RunPaths:
     paths, gt = build_rgbd_run(frames, K, root, train=TRAIN, test=TEST, size=SIZE)
     depth = np.load(gt)["depth"]
     depth[TEST] = 0  # the prior is computed on the training views only
-    save_npz(paths.aligned_npz, depth=depth, mask=depth > 0)
+    T = len(depth)
+    AlignedDepth(depth, depth > 0, np.ones_like(depth), np.ones(T), np.zeros(T)).save(paths.aligned_npz)
     cams = CameraSet.load(paths.cameras_json)
     pts, cols = [], []
     for i in TRAIN:
         p, vu = backproject(depth[i], cams.K[i], cams.c2w[i])
-        img = np.asarray(Image.open(paths.root / cams.files[i]).convert("RGB"))
+        img = read_rgb(paths.root / cams.files[i])
         pts.append(p)
         cols.append(img[vu[:, 0], vu[:, 1]])
     pts, cols = np.concatenate(pts), np.concatenate(cols)
@@ -76,10 +75,8 @@ def build_icl_run(root: Path, seed_points: int = SEED_POINTS) -> RunPaths:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> RunPaths:
-    from recon.ns_export import export_nerfstudio
-
     paths = build_icl_run(tmp_path_factory.mktemp("ns") / "icl")
-    export_nerfstudio(paths)
+    export_stage.run(StageContext(paths), export_stage.Config())
     return paths
 
 
@@ -92,7 +89,7 @@ def test_export_writes_depth_pngs_and_transforms(run: RunPaths):
     assert [Path(f["depth_file_path"]).parent.name for f in meta["frames"]] == ["ns_depth"] * 5
     assert meta["train_filenames"] == [f"frames/{i:06d}.png" for i in TRAIN]
     assert meta["test_filenames"] == meta["val_filenames"] == ["frames/000000.png"]
-    aligned = np.load(run.aligned_npz)["depth"]
+    aligned = AlignedDepth.load(run.aligned_npz).depth
     for i, fr in enumerate(meta["frames"]):
         png = cv2.imread(str(run.root / fr["depth_file_path"]), cv2.IMREAD_ANYDEPTH)
         assert png.dtype == np.uint16 and png.shape == aligned[i].shape
@@ -104,9 +101,9 @@ def test_export_writes_depth_pngs_and_transforms(run: RunPaths):
 
 @pytest.mark.parametrize("factor", [100.0, 0.01])
 def test_depth_unit_scale_keeps_precision_and_range(run: RunPaths, factor: float):
-    from recon.ns_export import choose_depth_unit_scale, depth_to_png16
+    from recon.stages.export import choose_depth_unit_scale, depth_to_png16
 
-    depth = np.load(run.aligned_npz)["depth"][1] * factor  # the same room in other units
+    depth = AlignedDepth.load(run.aligned_npz).depth[1] * factor  # the same room in other units
     unit = choose_depth_unit_scale(depth)
     assert unit != pytest.approx(1e-3)
     q = depth_to_png16(depth, unit)
@@ -120,13 +117,12 @@ def test_export_without_aligned_depth_is_a_clear_error(run: RunPaths, tmp_path: 
     import shutil
 
     from recon.errors import ReconError
-    from recon.ns_export import export_nerfstudio
 
     copy = RunPaths(tmp_path / "run")
     shutil.copytree(run.root, copy.root)
     copy.aligned_npz.unlink()
     with pytest.raises(ReconError, match="align"):
-        export_nerfstudio(copy)
+        export_stage.run(StageContext(copy), export_stage.Config())
 
 
 def test_viewmats_match_recon_conventions():
@@ -145,7 +141,7 @@ def test_downscale_depth_averages_valid_pixels_only(run: RunPaths):
 
     from splat.nerfstudio.model import downscale_depth
 
-    depth = np.load(run.aligned_npz)["depth"][2]
+    depth = AlignedDepth.load(run.aligned_npz).depth[2]
     got = downscale_depth(torch.from_numpy(depth)[..., None], 4)[..., 0].numpy()
     blocks = depth.reshape(depth.shape[0] // 4, 4, depth.shape[1] // 4, 4).transpose(0, 2, 1, 3).reshape(*got.shape, 16)
     count = (blocks > 0).sum(-1)
@@ -168,7 +164,7 @@ def test_dataparsers_read_the_export(run: RunPaths):
     assert len(train.metadata["points3D_xyz"]) == SEED_POINTS
     dataset = DVDSplatDataset(train)
     item = dataset[0]
-    aligned = np.load(run.aligned_npz)["depth"][TRAIN[0]]
+    aligned = AlignedDepth.load(run.aligned_npz).depth[TRAIN[0]]
     got = item["depth_image"][..., 0].numpy()
     assert got.shape == aligned.shape
     np.testing.assert_allclose(got, aligned * train.dataparser_scale, atol=1e-3 * train.dataparser_scale)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon.errors import ReconError
+from splat.errors import SplatError
 from splat.gaussians import gaussians_from_points, knn_scales, to_numpy, to_parameters
 from splat.ply import property_names, read_gaussian_ply, write_gaussian_ply
 
@@ -96,14 +96,14 @@ def test_bad_ply_raises_recon_error(tmp_path):
 
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.random.rand(10, 3)))
     o3d.io.write_point_cloud(str(tmp_path / "plain.ply"), pcd)
-    with pytest.raises(ReconError, match="not a 3D Gaussian Splatting PLY"):
+    with pytest.raises(SplatError, match="not a 3D Gaussian Splatting PLY"):
         read_gaussian_ply(tmp_path / "plain.ply")
     (tmp_path / "junk.ply").write_bytes(b"not a ply at all")
-    with pytest.raises(ReconError, match="not a readable PLY"):
+    with pytest.raises(SplatError, match="not a readable PLY"):
         read_gaussian_ply(tmp_path / "junk.ply")
-    with pytest.raises(ReconError, match="not found"):
+    with pytest.raises(SplatError, match="not found"):
         read_gaussian_ply(tmp_path / "missing.ply")
     bad = _random_gaussians(5, 1)
     bad["quats"] = bad["quats"][:, :3]
-    with pytest.raises(ReconError, match="quats"):
+    with pytest.raises(SplatError, match="quats"):
         write_gaussian_ply(tmp_path / "x.ply", bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -12,20 +13,16 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from recon.artifacts.cameras import CameraSet
-from recon.errors import ReconError
-from recon.artifacts.layout import RunPaths
-from recon.poses import (
-    PosesConfig,
-    initial_focal_px,
-    pinhole_target,
-    resolve_matcher,
-    run_poses,
-    undistort_points,
-    undistortion_maps,
-)
+from depth.errors import DepthError
 from depth.geometry import ate_rmse, umeyama
-from recon.video import FramesConfig, extract_frames
+from recon.artifacts import CameraSet, FramesIndex, RunPaths
+from recon.errors import ReconError
+from recon.poses import initial_focal_px, pinhole_target, resolve_matcher, undistort_points, undistortion_maps
+from recon.stages import StageContext
+from recon.stages import frames as frames_stage
+from recon.stages import poses as poses_stage
+from recon.stages.frames import Config as FramesConfig
+from recon.stages.poses import Config as PosesConfig
 
 KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_rgbd"
 
@@ -141,7 +138,7 @@ def test_global_mapper_and_resume(redkitchen_sfm_run, redkitchen_gt, tmp_path):
         shutil.copytree(redkitchen_sfm_run.root / name, run.root / name)
     shutil.copy2(redkitchen_sfm_run.frames_json, run.frames_json)
     before = json.loads((run.sfm_work_dir / "state.json").read_text())
-    summary = run_poses(run, PosesConfig(mapper="global"))
+    summary = poses_stage.run(StageContext(run), PosesConfig(mapper="global"))
     after = json.loads((run.sfm_work_dir / "state.json").read_text())
     assert after["extract"] == before["extract"] and after["match"] == before["match"]
     assert after["map"]["key"] != before["map"]["key"]
@@ -170,11 +167,11 @@ def test_static_video_gives_clear_error(tmp_path):
     _write_video(video, frame, 12)
     # with de-duplication the frames stage already refuses; without it, SfM must refuse clearly
     with pytest.raises(ReconError, match="--poses"):
-        extract_frames(video, RunPaths(tmp_path / "dedup"), FramesConfig())
+        frames_stage.run(StageContext(RunPaths(tmp_path / "dedup"), video), FramesConfig())
     run = RunPaths(tmp_path / "run")
-    extract_frames(video, run, FramesConfig(dedup=False))
+    frames_stage.run(StageContext(run, video), FramesConfig(dedup=False))
     with pytest.raises(ReconError) as e:
-        run_poses(run, PosesConfig())
+        poses_stage.run(StageContext(run), PosesConfig())
     msg = str(e.value)
     assert "camera motion" in msg and "--poses" in msg and "\n" not in msg
     assert not run.cameras_json.exists()
@@ -182,14 +179,14 @@ def test_static_video_gives_clear_error(tmp_path):
 
 def test_bad_inputs(tmp_path):
     with pytest.raises(ReconError, match="frames stage"):
-        run_poses(RunPaths(tmp_path / "empty"), PosesConfig())
+        poses_stage.run(StageContext(RunPaths(tmp_path / "empty")), PosesConfig())
     run = RunPaths(tmp_path / "broken")
     run.root.mkdir()
     run.frames_json.write_text(
         json.dumps({"size": [4, 4], "frames": [{"file": "frames/000000.png", "source_index": 0}] * 3})
     )
     with pytest.raises(ReconError, match="missing"):
-        run_poses(run, PosesConfig())
+        poses_stage.run(StageContext(run), PosesConfig())
 
 
 def test_umeyama_recovers_similarity():
@@ -205,22 +202,23 @@ def test_umeyama_recovers_similarity():
     assert 0.005 < rmse < 0.03 and aligned.shape == (50, 3)
     s1, _, _ = umeyama(src, dst, with_scale=False)
     assert s1 == 1.0
-    with pytest.raises(ReconError):
+    with pytest.raises(DepthError):
         umeyama(src[:2], dst[:2])
 
 
 def test_focal_prior_and_matcher_choice():
-    meta = {
-        "size": [1000, 750],
-        "original_size": [4000, 3000],
-        "exif_focal_px": 3200.0,
-        "source_type": "images",
-        "frames": [{}] * 40,
-    }
+    meta = FramesIndex(
+        source="",
+        source_type="images",
+        size=(1000, 750),
+        frames=[{}] * 40,
+        original_size=(4000, 3000),
+        exif_focal_px=3200.0,
+    )
     assert initial_focal_px(meta, PosesConfig()) == (800.0, "exif")
-    assert initial_focal_px({**meta, "exif_focal_px": None}, PosesConfig()) == (1200.0, "heuristic")
+    assert initial_focal_px(replace(meta, exif_focal_px=None), PosesConfig()) == (1200.0, "heuristic")
     assert initial_focal_px(meta, PosesConfig(focal_px=900.0)) == (900.0, "config")
     assert resolve_matcher(meta, PosesConfig()) == "exhaustive"
-    assert resolve_matcher({**meta, "frames": [{}] * 101}, PosesConfig()) == "sequential"
-    assert resolve_matcher({**meta, "source_type": "video"}, PosesConfig()) == "sequential"
-    assert resolve_matcher({**meta, "source_type": "video"}, PosesConfig(matcher="exhaustive")) == "exhaustive"
+    assert resolve_matcher(replace(meta, frames=[{}] * 101), PosesConfig()) == "sequential"
+    assert resolve_matcher(replace(meta, source_type="video"), PosesConfig()) == "sequential"
+    assert resolve_matcher(replace(meta, source_type="video"), PosesConfig(matcher="exhaustive")) == "exhaustive"

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.reference import render_reference
 
-from recon.errors import ReconError
-from splat.reference import render_reference
+from splat.errors import SplatError
 from splat.render import rasterization
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -346,13 +346,13 @@ def test_default_strategy_densifies_on_cpu_meta():
 
 def test_bad_input_raises_recon_error():
     s = make_scene(13, n_cams=1, sh_degree=None)
-    with pytest.raises(ReconError, match="quats"):
+    with pytest.raises(SplatError, match="quats"):
         rasterization(**dict(s, quats=s["quats"][:5]))
-    with pytest.raises(ReconError, match="render_mode"):
+    with pytest.raises(SplatError, match="render_mode"):
         rasterization(**s, render_mode="rgb")
-    with pytest.raises(ReconError, match="CUDA"):
+    with pytest.raises(SplatError, match="CUDA"):
         rasterization(**s, backend="gsplat")
-    with pytest.raises(ReconError, match="SH"):
+    with pytest.raises(SplatError, match="SH"):
         rasterization(**dict(s, sh_degree=2))
 
 

@@ -19,10 +19,10 @@ from urllib.request import urlopen
 import numpy as np
 import pytest
 
-from recon.artifacts.cameras import CameraSet
 from depth.geometry import opencv_to_opengl
-from recon.artifacts.layout import RunPaths
-from recon.report import SECTIONS, render_points, write_report
+from recon.artifacts import AlignedDepth, CameraSet, RunPaths, read_rgb
+from recon.report import SECTIONS, render_points
+from recon.stages.report import write_report
 
 ICL = Path(__file__).resolve().parents[2] / "shared" / "data" / "icl_nuim_livingroom_5frames"
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -142,10 +142,8 @@ def test_a_damaged_file_breaks_only_its_section(full_run: RunPaths, tmp_path: Pa
 def test_point_preview_reproduces_the_frame_it_was_lifted_from(full_run: RunPaths):
     """Back-project frame 1's depth with its camera, splat it into the same camera: the frame comes back."""
     cams = CameraSet.load(full_run.cameras_json)
-    depth = np.load(full_run.aligned_npz)["depth"][1]
-    from PIL import Image
-
-    frame = np.asarray(Image.open(full_run.root / cams.files[1]).convert("RGB"))
+    depth = AlignedDepth.load(full_run.aligned_npz).depth[1]
+    frame = read_rgb(full_run.root / cams.files[1])
     v, u = np.nonzero(depth > 0)
     z = depth[v, u]
     K = cams.K[1]
@@ -212,7 +210,10 @@ def load_in_chromium(page: Path, timeout: float = 60.0) -> dict:
             while not any(e.get("method") == "Page.loadEventFired" for e in events):
                 assert time.monotonic() < deadline, "the page did not finish loading"
                 events.append(json.loads(ws.recv()))
-            js = "JSON.stringify(Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]))"
+            js = (
+                "JSON.stringify(Array.from(document.images)"
+                ".map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]))"
+            )
             images = json.loads(call("Runtime.evaluate", expression=js, returnByValue=True)["result"]["value"])
             ws.close()
         finally:

@@ -11,8 +11,9 @@ import pytest
 
 from recon.artifacts.cameras import CameraSet
 from recon.errors import ReconError
-from recon.split import SplitConfig, make_split
 from recon.sfm import read_sfm_points
+from recon.stages.split import Config as SplitConfig
+from recon.stages.split import make_split
 
 
 @pytest.mark.parametrize(
@@ -28,8 +29,8 @@ def test_prior_frames(cfg, prior):
     registered = np.ones(8, bool)
     registered[5] = False  # unregistered frames are in no set
     split = make_split(8, [f"{i:06d}.png" for i in range(8)], cfg, registered)
-    assert split["test"] == [0, 4] and split["train"] == [1, 7]
-    assert split["prior"] == prior
+    assert split.test == [0, 4] and split.train == [1, 7]
+    assert split.prior == prior
 
 
 def test_prior_frames_rejects_unknown_mode():
@@ -64,14 +65,16 @@ def test_sfm_init_keeps_points_the_training_views_triangulate(redkitchen_sfm_run
 
 
 def test_random_fill_adds_points_inside_the_training_cameras_view(redkitchen_sfm_run):
-    from splat.gaussians import InitConfig, camera_lookat_bounds, initial_points, points_bounds
+    from recon.stages.train import Config as TrainConfig
+    from recon.stages.train import read_initial_points
+    from splat.gaussians import camera_lookat_bounds, points_bounds
 
     cams = CameraSet.load(redkitchen_sfm_run.cameras_json)
     train = [10, 13, 16]
-    base, _ = initial_points(redkitchen_sfm_run, InitConfig(init="sfm"), cams, train, np.random.default_rng(0))
-    xyz, rgb = initial_points(
-        redkitchen_sfm_run, InitConfig(init="sfm", random_fill=500), cams, train, np.random.default_rng(0)
-    )
+    run = redkitchen_sfm_run
+    rng = np.random.default_rng
+    base, _ = read_initial_points(run, TrainConfig(init="sfm", init_random_fill=0), cams, train, rng(0))
+    xyz, rgb = read_initial_points(run, TrainConfig(init="sfm", init_random_fill=500), cams, train, rng(0))
     assert len(xyz) == len(rgb) == len(base) + 500
     np.testing.assert_array_equal(xyz[: len(base)], base)  # the SfM points come first, unchanged
     # three nearby views barely converge: the box falls back to the SfM points' box
@@ -85,11 +88,11 @@ def test_random_fill_adds_points_inside_the_training_cameras_view(redkitchen_sfm
 def test_stereo_on_three_far_apart_views_says_how_to_get_a_prior(redkitchen_run_copy):
     """3 training views spread over the whole 15 s clip share too little for plane-sweep stereo; the error
     names the way out (compute the prior on every non-test frame) instead of a bare failure."""
-    from depth.stage import DepthConfig, run_depth
     from recon.atomic import write_json
+    from recon.stages import StageContext, depth
 
     paths = redkitchen_run_copy
     write_json(paths.split_json, {"protocol": "test", "train": [0, 30, 59], "test": [8, 16], "prior": [0, 30, 59]})
     with pytest.raises(ReconError, match="no valid depth on any of the 3 prior frames: .*--prior-frames non-test"):
-        run_depth(paths, DepthConfig(backend="stereo", preview=False))
+        depth.run(StageContext(paths), depth.Config(backend="stereo", preview=False))
     assert not paths.disparity_npz.exists()

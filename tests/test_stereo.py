@@ -4,7 +4,7 @@
   (views rendered by the plane's homography) -> the recovered depth must match the plane;
 * the real thing: 7-Scenes redkitchen, SfM poses (redkitchen_sfm_run), depth for the frames that have
   GT, compared with GT depth after the ONE Sim(3) scale of the SfM trajectory onto the GT trajectory;
-* run_stereo on a run directory (only the given frames are read), sfm_depth_range, helpers, errors.
+* the stereo backend on a run's frames (only the given frames are read), depth_range, helpers, errors.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from depth import stereo as S
-from depth.metrics import depth_metrics
-from recon.artifacts.cameras import CameraSet
+from depth.errors import DepthError
 from depth.geometry import invert_pose
-from recon.errors import ReconError
+from depth.metrics import depth_metrics
+from depth.result import depth_to_disparity, disparity_to_depth
+from recon.artifacts.cameras import CameraSet
+from recon.stages.depth import depth_frames
 
 KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_rgbd"
 
@@ -127,9 +129,9 @@ def test_select_neighbours_prefers_overlap_and_angle():
 
 def test_depth_disparity_helpers_and_intrinsics():
     d = np.array([[2.0, 0.0], [np.inf, -1.0]], np.float32)
-    disp = S.depth_to_disparity(d)
+    disp = depth_to_disparity(d)
     np.testing.assert_array_equal(disp, [[0.5, 0.0], [0.0, 0.0]])
-    np.testing.assert_array_equal(S.disparity_to_depth(disp), [[2.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(disparity_to_depth(disp), [[2.0, 0.0], [0.0, 0.0]])
     K = np.array([[100.0, 0, 49.5], [0, 100, 29.5], [0, 0, 1]])
     Ks = S.scale_intrinsics(K, 0.5, 0.5)
     # the image centre stays the image centre (pixel-centre convention)
@@ -138,13 +140,13 @@ def test_depth_disparity_helpers_and_intrinsics():
 
 def test_bad_input_raises(plane_scene):
     frames, K, c2w, _ = plane_scene
-    with pytest.raises(ReconError, match="near"):
+    with pytest.raises(DepthError, match="near"):
         S.stereo_depth(frames, K, c2w, [0], (3.0, 1.0))
-    with pytest.raises(ReconError, match="frame ids"):
+    with pytest.raises(DepthError, match="frame ids"):
         S.stereo_depth(frames, K, c2w, [7], (1.0, 3.0))
-    with pytest.raises(ReconError, match="window"):
+    with pytest.raises(DepthError, match="window"):
         S.stereo_depth(frames, K, c2w, [0], (1.0, 3.0), S.StereoConfig(window=4))
-    with pytest.raises(ReconError, match="frames must be"):
+    with pytest.raises(DepthError, match="frames must be"):
         S.stereo_depth(frames[:3], K, c2w, [0], (1.0, 3.0))
 
 
@@ -169,7 +171,8 @@ def kitchen_stereo(redkitchen_sfm_run, redkitchen_gt):
     assert len(gt_ids) >= 15
     s, _, _ = umeyama(cams.centers[reg], redkitchen_gt.centers([cams.source_index[i] for i in reg]))
     cfg = S.StereoConfig()  # census 5x5, half resolution, 64 planes, 5 views best 3, geometric filter
-    near, far = S.sfm_depth_range(paths, gt_ids, cfg.range_percentiles)
+    sfm = depth_frames(paths, cams, gt_ids, sfm=True)
+    near, far = S.depth_range(sfm.c2w, sfm.points, sfm.observed, cfg.range_percentiles)
     depth, conf = S.stereo_depth(_frames(paths, cams), cams.K, cams.c2w, gt_ids, (near, far), cfg, neighbour_ids=reg)
     H, W = cams.height, cams.width
     gt = np.stack([redkitchen_gt.read_depth(cams.source_index[i]) for i in gt_ids])
@@ -188,7 +191,8 @@ def kitchen_stereo(redkitchen_sfm_run, redkitchen_gt):
         f"median-aligned AbsRel {med['abs_rel']:.4f} delta1 {med['delta1']:.4f} (scale {med['scale']:.3f}) | "
         f"stereo / SfM point depth: median {sfm_ratio[0]:.4f}, {sfm_ratio[1]:.1%} within 2 % | "
         f"GT depth / (SfM point depth x s): median {gt_over_sfm[0]:.4f} | "
-        f"vs GT registered to colour: AbsRel {m_reg['abs_rel']:.4f} delta1 {m_reg['delta1']:.4f} coverage {m_reg['coverage']:.3f}"
+        f"vs GT registered to colour: AbsRel {m_reg['abs_rel']:.4f} delta1 {m_reg['delta1']:.4f} "
+        f"coverage {m_reg['coverage']:.3f}"
     )
     return {
         "s": s,
@@ -277,32 +281,37 @@ def _sfm_point_ratio(paths, cams, ids, maps) -> tuple[float, float]:
     return float(np.median(r)), float(np.mean(np.abs(r - 1) < 0.02))
 
 
-def test_run_stereo_uses_only_given_frames(redkitchen_sfm_run, monkeypatch):
+def test_stereo_backend_on_run_frames_reads_only_given_frames(redkitchen_sfm_run, monkeypatch):
+    import recon.stages.depth as depth_stage
+
     paths = redkitchen_sfm_run
     cams = CameraSet.load(paths.cameras_json)
     ids = [i for i in range(10, 30, 3) if cams.registered[i]][:6]
     read = []
-    orig = S._read_frame
+    orig = depth_stage.read_rgb
 
-    def spy(p):
+    def spy(p, *args, **kwargs):
         read.append(Path(p).relative_to(paths.root).as_posix())
-        return orig(p)
+        return orig(p, *args, **kwargs)
 
-    monkeypatch.setattr(S, "_read_frame", spy)
-    cfg = S.StereoConfig(num_planes=32, num_views=3, best_k=2, geo_views=2)
-    disp, conf, report = S.run_stereo(paths, ids, cfg)
+    monkeypatch.setattr(depth_stage, "read_rgb", spy)
+    frames = depth_frames(paths, cams, ids, sfm=True)
     assert set(read) <= {cams.files[i] for i in ids}
+    cfg = S.StereoConfig(num_planes=32, num_views=3, best_k=2, geo_views=2)
+    result = S.StereoBackend(cfg).estimate(frames)
+    disp, conf, report = result.disparity, result.confidence, result.report
     assert disp.shape == (len(ids), cams.height, cams.width) and disp.dtype == np.float32
     assert conf.shape == disp.shape and ((conf > 0) == (disp > 0)).all()
-    assert report["kind"] == "metric_disparity" and report["frames"] == len(ids)
+    assert result.kind == report["kind"] == "metric_disparity" and report["frames"] == len(ids)
     assert 0.2 < report["coverage_mean"] <= 1.0
-    depth = S.disparity_to_depth(disp)
-    near, far = S.sfm_depth_range(paths, ids)
+    depth = disparity_to_depth(disp)
+    near, far = S.depth_range(frames.c2w, frames.points, frames.observed)
     valid = depth[depth > 0]
     # depths lie in the (widened) SfM range
     assert (
         valid.min() >= near.min() / (1 + cfg.range_margin) * 0.99
         and valid.max() <= far.max() * (1 + cfg.range_margin) * 1.01
     )
-    with pytest.raises(ReconError, match="at least 2"):
-        S.run_stereo(paths, ids[:1], cfg)
+    one = depth_frames(paths, cams, ids[:1], sfm=True)
+    with pytest.raises(DepthError, match="at least 2"):
+        S.StereoBackend(cfg).estimate(one)

@@ -1,9 +1,10 @@
 """Gaussian Splatting training on real data (NeRF-synthetic lego, 6 sparse views, given poses).
 
-Covers: training raises held-out test PSNR well above the initial render; every output is written
-(gaussians.ply, checkpoint, test renders, renders.mp4, metrics.json, train_log.jsonl); --eval-only
-reproduces the metrics; an interrupted run resumed from its checkpoint ends where an uninterrupted
-run ends; bad inputs raise ReconError; losses, schedules, depth metrics and the camera path.
+Covers: training (the train stage, recon.stages.train) raises held-out test PSNR well above the initial
+render; every output is written (gaussians.ply, checkpoint, test renders, renders.mp4, metrics.json,
+train_log.jsonl); --eval-only reproduces the metrics; an interrupted run resumed from its checkpoint ends
+where an uninterrupted run ends; the Trainer on arrays (from_points -> fit -> evaluate, state_dict through
+Checkpoint and back); bad inputs raise ReconError; losses, schedules, depth metrics and the camera path.
 """
 
 from __future__ import annotations
@@ -16,19 +17,28 @@ import numpy as np
 import pytest
 import torch
 
-from recon.artifacts.cameras import CameraSet
+from recon.artifacts import CameraSet, Checkpoint, FramesIndex, RunPaths
 from recon.errors import ReconError
-from recon.artifacts.layout import RunPaths
+from recon.stages import StageContext
+from recon.stages.train import Config as TrainConfig
+from recon.stages.train import load_views
+from recon.stages.train import run as run_stage
 from splat.camera_path import interpolate_path
+from splat.errors import SplatError
 from splat.evaluate import depth_metrics, psnr
 from splat.losses import depth_l1_inverse, depth_pearson, depth_weight_at, exp_decay, ssim
 from splat.ply import read_gaussian_ply
-from splat.train import TrainConfig, run_train
+from splat.trainer import Trainer, render, resolve_background, training_background
+from splat.views import TrainViews
 
 LEGO = Path("/work/shared/data/nerf_synthetic_lego_train100_400px")
 SIZE = 96  # pixels; the 400 px images are box-downscaled in premultiplied alpha, composited on white
 
 pytestmark = pytest.mark.skipif(not LEGO.exists(), reason=f"lego data not staged at {LEGO}")
+
+
+def run_train(paths: RunPaths, cfg: TrainConfig, callback=None) -> dict:
+    return run_stage(StageContext(paths), cfg, callback=callback)
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -153,22 +163,114 @@ def test_resume_after_interruption_matches_uninterrupted(lego_run, tmp_path, int
     assert len(log_a) == len(log_b) == 4
 
 
+def _array_views(run: RunPaths) -> tuple[TrainViews, list[int], list[int], tuple[np.ndarray, np.ndarray]]:
+    """The lego run as plain arrays: TrainViews, train and test views, and the box the cameras look at."""
+    from recon.artifacts import Split, read_rgb
+    from splat.gaussians import camera_lookat_bounds
+
+    cams = CameraSet.load(run.cameras_json)
+    split = Split.load(run.split_json)
+    images = {i: read_rgb(run.root / cams.files[i]) for i in split.train + split.test}
+    views = TrainViews.from_arrays(images, cams.K, cams.c2w, device="cpu")
+    box = camera_lookat_bounds(cams.c2w[split.train], cams.K[split.train], cams.width, cams.height)
+    return views, split.train, split.test, box
+
+
+def _lib_cfg(**kw):
+    from splat.trainer import TrainConfig as LibraryConfig
+
+    base = dict(
+        iterations=60,
+        sh_degree=1,
+        sh_degree_interval=20,
+        depth_loss="none",
+        refine_start=10,
+        refine_every=10,
+        refine_stop=50,
+        max_gaussians=4000,
+        checkpoint_every=0,
+        device="cpu",
+        seed=0,
+    )
+    base.update(kw)
+    return LibraryConfig(**base)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as cpu_threads=1 in the stage tests: 2 shared cores oversubscribe
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_trainer_on_arrays_fits_and_scores(lego_run, one_thread):
+    """The Trainer on plain arrays, no run directory: from_points -> fit -> evaluate -> gaussians."""
+    from splat.gaussians import random_points
+
+    views, train, test, box = _array_views(lego_run)
+    xyz, rgb = random_points(box, 600, np.random.default_rng(0))
+    trainer = Trainer.from_points(xyz, rgb, views, _lib_cfg(), train=train)
+    assert trainer.background.source == "train-mean"  # no composite colour given: the training images' mean
+    before = trainer.evaluate(test)
+    rows = []
+    elapsed = trainer.fit(callback=lambda step, row: rows.append(step))
+    assert rows == list(range(1, 61)) and elapsed > 0 and trainer.global_step == 60
+    after = trainer.evaluate(test, keep_renders=True)
+    assert after["psnr"] > before["psnr"] + 2.0, (before["psnr"], after["psnr"])
+    assert set(after["renders"]) == set(test) and after["renders"][test[0]].shape == (SIZE, 2 * SIZE, 3)
+    g = trainer.gaussians()
+    assert len(g["means"]) == trainer.num_gaussians and g["shN"].shape[1:] == (3, 3)
+    assert all(isinstance(v, np.ndarray) and np.isfinite(v).all() for v in g.values())
+
+
+def test_state_dict_round_trips_through_checkpoint_and_resumes(lego_run, tmp_path, one_thread):
+    """state_dict() -> Checkpoint (torch.load weights_only=True) -> from_state, resumed to the end, equals
+    the uninterrupted run."""
+    from splat.gaussians import random_points
+
+    views, train, test, box = _array_views(lego_run)
+    cfg = _lib_cfg(iterations=40, checkpoint_every=20, refine_start=5, refine_stop=35)
+    xyz, rgb = random_points(box, 400, np.random.default_rng(0))
+    saved = {}
+
+    def keep(state):
+        if state["step"] == 20:
+            Checkpoint(state).save(tmp_path / "checkpoint.pt")
+            saved["rng"] = state["rng_numpy"]
+
+    full = Trainer.from_points(xyz, rgb, views, cfg, train=train)
+    full.fit(on_checkpoint=keep)
+    raw = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert raw["step"] == 20 and raw["rng_numpy"] == saved["rng"]
+    assert set(raw["optimizers"]) == set(raw["params"]) and raw["optimizers"]["means"]["state"]
+    assert isinstance(raw["rng_torch"], torch.Tensor) and raw["config"]["iterations"] == 40
+    state = Checkpoint.load(tmp_path / "checkpoint.pt").state
+    resumed = Trainer.from_state(state, views, cfg, train=train)
+    assert resumed.global_step == 20 and len(resumed.log) == 2
+    resumed.fit()
+    a, b = full.gaussians(), resumed.gaussians()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    assert [r["step"] for r in resumed.log] == [r["step"] for r in full.log]
+    assert resumed.evaluate(test)["psnr"] == pytest.approx(full.evaluate(test)["psnr"], abs=1e-4)
+
+
 def test_background_resolution(lego_run, redkitchen_run_copy):
     """TrainConfig.background None: the composite colour of transparent inputs, else the training images'
     mean colour (computed here independently with PIL's box filter at the training size)."""
     from PIL import Image
 
-    from splat.train import load_views, resolve_background
-
     cpu = torch.device("cpu")
     cams = CameraSet.load(lego_run.cameras_json)
     views = load_views(lego_run, cams, [0, 1], _cfg(), cpu, None)
-    bg, src = resolve_background(None, lego_run, views, [0, 1])
+    composite = FramesIndex.load(lego_run.frames_json).composited_on
+    bg, src = resolve_background(None, composite, views, [0, 1])
     assert src == "composite" and bg.tolist() == [1.0, 1.0, 1.0]
-    bg, src = resolve_background((0.25, 0.5, 0.75), lego_run, views, [0, 1])
+    bg, src = resolve_background((0.25, 0.5, 0.75), composite, views, [0, 1])
     assert src == "config" and bg.tolist() == [0.25, 0.5, 0.75]
-    with pytest.raises(ReconError, match="3 numbers in \\[0, 1\\]"):
-        resolve_background((0.0, 2.0, 0.0), lego_run, views, [0, 1])
+    with pytest.raises(SplatError, match="3 numbers in \\[0, 1\\]"):
+        resolve_background((0.0, 2.0, 0.0), composite, views, [0, 1])
 
     run = redkitchen_run_copy  # an opaque video: no composite colour
     assert "composited_on" not in json.loads(run.frames_json.read_text())
@@ -176,7 +278,8 @@ def test_background_resolution(lego_run, redkitchen_run_copy):
     train = [0, 20, 40]
     cfg = _cfg(max_size=80)
     views = load_views(run, cams, train, cfg, cpu, None)
-    bg, src = resolve_background(None, run, views, train)
+    assert FramesIndex.load(run.frames_json).composited_on is None
+    bg, src = resolve_background(None, None, views, train)
     want = np.mean(
         [
             np.asarray(
@@ -194,14 +297,12 @@ def test_background_resolution(lego_run, redkitchen_run_copy):
     np.testing.assert_allclose(bg.numpy(), want, atol=3e-3)
     assert bg[0] > bg[2] + 0.05  # the red kitchen: the mean is reddish, far from black or white
 
-    from splat.train import training_background
-
     assert training_background("auto", "train-mean") == "random"
     assert training_background("auto", "composite") == training_background("auto", "config") == "fixed"
     assert (
         training_background("random", "composite") == "random" and training_background("fixed", "train-mean") == "fixed"
     )
-    with pytest.raises(ReconError, match="auto, random or fixed"):
+    with pytest.raises(SplatError, match="auto, random or fixed"):
         training_background("black", "config")
 
 
@@ -209,9 +310,6 @@ def test_random_training_background_covers_observed_pixels(redkitchen_run_copy):
     """Opaque real frames (7-Scenes video, SfM init): with a fixed black training background, dark surfaces
     can stay transparent and pass for colour; drawn at random every step, the background can explain
     nothing, so the training views end up covered (accumulated alpha near 1)."""
-    from splat.ply import read_gaussian_ply
-    from splat.train import load_views, render
-
     run = redkitchen_run_copy
     cams = CameraSet.load(run.cameras_json)
     train = [i for i in range(0, len(cams), 6) if cams.registered[i]][:6]
@@ -268,7 +366,7 @@ def test_missing_or_empty_init_points(lego_run, tmp_path):
     PlyData([PlyElement.describe(empty, "vertex")]).write(str(paths.init_ply))  # a fusion that kept nothing
     with pytest.raises(ReconError, match="no points"):
         run_train(paths, _cfg(init="depth"))
-    with pytest.raises(ReconError, match="sfm not found"):
+    with pytest.raises(ReconError, match="sfm has no COLMAP model"):
         run_train(paths, _cfg(init="sfm"))
 
 
@@ -283,14 +381,14 @@ def test_bad_depth_prior(lego_run, tmp_path):
     depth = np.full((len(cams), cams.height, cams.width), 4.0, np.float32)
     train0 = json.loads(paths.split_json.read_text())["train"][0]
     depth[train0, 5, 5] = np.nan
-    save_npz(paths.aligned_npz, depth=depth)
+    save_npz(paths.aligned_npz, depth=depth, confidence=np.ones_like(depth))
     with pytest.raises(ReconError, match="NaN"):
         run_train(paths, cfg)
-    save_npz(paths.aligned_npz, depth=np.zeros_like(depth))
-    with pytest.raises(ReconError, match="all zero"):
+    save_npz(paths.aligned_npz, depth=np.zeros_like(depth), confidence=np.ones_like(depth))
+    with pytest.raises(ReconError, match="no valid depth on the training views"):
         run_train(paths, cfg)
-    save_npz(paths.aligned_npz, depth=depth[:3])
-    with pytest.raises(ReconError, match="one map per camera"):
+    save_npz(paths.aligned_npz, depth=depth[:3], confidence=np.ones_like(depth[:3]))
+    with pytest.raises(ReconError, match="but the run has 11x"):  # one map per camera
         run_train(paths, cfg)
 
 
@@ -299,7 +397,7 @@ def test_split_naming_missing_frames(lego_run, tmp_path):
     split = json.loads(paths.split_json.read_text())
     cams = CameraSet.load(paths.cameras_json)
     paths.split_json.write_text(json.dumps({**split, "test": split["test"] + [len(cams) + 3]}))
-    with pytest.raises(ReconError, match="cameras.json has 11 frames"):
+    with pytest.raises(ReconError, match="the run has 11 frames"):
         run_train(paths, _cfg())
     paths.split_json.write_text(json.dumps(split))
     (paths.root / cams.files[split["train"][2]]).unlink()
@@ -390,9 +488,10 @@ ICL = Path("/work/shared/data/icl_nuim_livingroom_5frames")
 def test_depth_loss_fixes_geometry_on_icl_nuim(tmp_path):
     """Random init, 4 training views: the l1-inverse depth loss against GT depth (as the aligned
     prior) makes the held-out view's rendered depth far closer to GT than photometric loss alone."""
-    from recon.atomic import save_npz
-    from splat.init import FuseConfig, run_fuse
-    from splat.posed_run import build_rgbd_run
+    from support.posed_run import build_rgbd_run
+
+    from recon.artifacts import AlignedDepth
+    from recon.stages import fuse
 
     lines = (ICL / "trajectory.log").read_text().split("\n")
     c2w = [np.array([[float(x) for x in lines[5 * k + 1 + r].split()] for r in range(4)]) for k in range(5)]
@@ -404,8 +503,10 @@ def test_depth_loss_fixes_geometry_on_icl_nuim(tmp_path):
     with np.load(gt) as z:
         depth = z["depth"].copy()
     depth[2] = 0.0  # the test view's depth is never a prior
-    save_npz(paths.aligned_npz, depth=depth)
-    run_fuse(paths, FuseConfig())  # init.ply only bounds the random init here (cameras do not converge)
+    ones = np.ones(len(depth), np.float32)
+    AlignedDepth(depth, depth > 0, np.ones_like(depth), ones, 0 * ones).save(paths.aligned_npz)
+    # init.ply only bounds the random init here (cameras do not converge)
+    fuse.run(StageContext(paths), fuse.Config())
 
     common = dict(
         init="random",

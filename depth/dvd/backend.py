@@ -1,21 +1,23 @@
-"""The depth stage's entry point for the DVD backend: `DVDConfig` and `run_dvd(frame_paths, cfg)`.
+"""The DVD depth backend: `DVDConfig` and `DVDBackend.estimate(frames) -> DepthResult`.
 
-The orchestrator (depth/stage.py) calls `run_dvd` and writes RUN/depth/disparity.npz from the array
-and RUN/depth/windows.json from `report`. Frames are PNG/JPEG files read lazily, one window at a time.
+Takes the frames as one uint8 array (depth.result.DepthFrames); the model sees one window at a time. The
+result is relative (affine-invariant) disparity, larger = nearer, with the per-window stitching report.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from depth.dvd.weights import DVD_DEFAULT_FILE, resolve_weights
+from depth.errors import DepthError
+from depth.result import KIND_RELATIVE, DepthFrames, DepthResult
 
-from depth.dvd.weights import DVD_DEFAULT_FILE, dvd_weights_available, resolve_weights
-from recon.console import info
-from recon.errors import ReconError
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,41 +55,11 @@ class DVDConfig:
 
     def validate(self) -> None:
         if self.stitch not in ("chain", "global"):
-            raise ReconError(f"DVD stitch must be 'chain' or 'global', got {self.stitch!r}")
+            raise DepthError(f"DVD stitch must be 'chain' or 'global', got {self.stitch!r}")
         if self.window < 1 or not 0 <= self.overlap < self.window:
-            raise ReconError(f"DVD window {self.window} / overlap {self.overlap}: need 0 <= overlap < window")
+            raise DepthError(f"DVD window {self.window} / overlap {self.overlap}: need 0 <= overlap < window")
         if self.height < 16 or self.width < 16:
-            raise ReconError(f"DVD processing size {self.height}x{self.width} is too small (minimum 16x16)")
-
-
-class FrameFiles:
-    """Lazily read RGB frames: `len()` and `frames[a:b]` -> uint8 [b - a, H, W, 3]."""
-
-    def __init__(self, paths: list[Path]):
-        self.paths = [Path(p) for p in paths]
-        if not self.paths:
-            raise ReconError("DVD depth: no frames given")
-        for p in self.paths:
-            if not p.is_file():
-                raise ReconError(f"frame file not found: {p}")
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: slice | int) -> np.ndarray:
-        from PIL import Image
-
-        paths = self.paths[index] if isinstance(index, slice) else [self.paths[index]]
-        frames = []
-        for p in paths:
-            try:
-                with Image.open(p) as im:
-                    frames.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-            except OSError as e:
-                raise ReconError(f"cannot read frame {p}: {e}") from None
-        if len({f.shape for f in frames}) > 1:
-            raise ReconError(f"frames {paths[0].name}..{paths[-1].name} do not all have the same size")
-        return np.stack(frames)
+            raise DepthError(f"DVD processing size {self.height}x{self.width} is too small (minimum 16x16)")
 
 
 _CACHE: dict[tuple, Any] = {}
@@ -113,49 +85,71 @@ def load_regressor(cfg: DVDConfig):
     return _CACHE[key], paths
 
 
-def run_dvd(frame_paths: list[Path], cfg: DVDConfig) -> tuple[np.ndarray, dict[str, Any]]:
-    """DVD relative disparity for a frame sequence.
-
-    Returns (disparity float32 [T, H, W] at the frames' resolution, larger = nearer, affine-invariant;
-    report dict: config, weights, LoRA merge, processing size, per-window start/end/scale_raw/scale/
-    shift/residual_before/residual_after/seconds, timings, peak device memory).
-    """
-    cfg.validate()
-    frames = FrameFiles(list(frame_paths))
-    t0 = time.perf_counter()
-    reg, paths = load_regressor(cfg)
-    t_load = time.perf_counter() - t0
-    import torch
-
-    if reg.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(reg.device)
-    info(
-        f"DVD depth: {len(frames)} frames, windows of {cfg.window} (overlap {cfg.overlap}) at ~{cfg.height}x{cfg.width}, "
-        f"{reg.device} {str(reg.dtype).removeprefix('torch.')}, stitch {cfg.stitch}"
-    )
-    disparity, report = reg.predict_with_report(
-        frames, height=cfg.height, width=cfg.width, window=cfg.window, overlap=cfg.overlap, stitch=cfg.stitch
-    )
-    report.update(
-        backend="dvd",
-        config=cfg.to_dict(),
-        weights={"dit": str(paths.dit), "vae": str(paths.vae), "model_config": reg.config.source},
-        lora=None
-        if reg.lora_info is None
+def _model_report(reg, paths, cfg: DVDConfig) -> dict[str, Any]:
+    """What the run records about the model: config, weight files, LoRA merge."""
+    lora = reg.lora_info
+    return {
+        "backend": "dvd",
+        "config": cfg.to_dict(),
+        "weights": {"dit": str(paths.dit), "vae": str(paths.vae), "model_config": reg.config.source},
+        "lora": None
+        if lora is None
         else {
-            "rank": reg.lora_info.rank,
-            "alpha": reg.lora_info.alpha,
-            "factor": reg.lora_info.factor,
-            "merged_layers": len(reg.lora_info.merged_layers),
-            "file_dtype": reg.lora_info.file_dtype,
+            "rank": lora.rank,
+            "alpha": lora.alpha,
+            "factor": lora.factor,
+            "merged_layers": len(lora.merged_layers),
+            "file_dtype": lora.file_dtype,
         },
-        load_seconds=t_load,
-        seconds_per_frame=report["seconds"] / max(len(frames), 1),
-        peak_device_memory_bytes=int(torch.cuda.max_memory_allocated(reg.device))
-        if reg.device.type == "cuda"
-        else None,
-    )
-    return disparity, report
+    }
 
 
-__all__ = ["DVDConfig", "run_dvd", "dvd_weights_available", "FrameFiles", "load_regressor"]
+class DVDBackend:
+    """DVD video depth: relative disparity for a frame sequence (weights resolved on first use)."""
+
+    name = "dvd"
+
+    def __init__(self, cfg: DVDConfig | None = None):
+        self.cfg = cfg or DVDConfig()
+
+    def estimate(self, frames: DepthFrames, progress: Callable[[int, int], None] | None = None) -> DepthResult:
+        """Relative disparity float32 [T, H, W] at the frames' resolution (larger = nearer, affine-invariant).
+
+        The report holds the config, weights, LoRA merge, processing size, per-window start/end/scale_raw/
+        scale/shift/residual_before/residual_after/seconds, timings and the peak device memory.
+        """
+        import torch
+
+        cfg = self.cfg
+        cfg.validate()
+        if len(frames) == 0:
+            raise DepthError("DVD depth: no frames given")
+        t0 = time.perf_counter()
+        reg, paths = load_regressor(cfg)
+        t_load = time.perf_counter() - t0
+        cuda = reg.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(reg.device)
+        else:
+            log.warning("depth: running DVD without CUDA; expect minutes per frame")
+        log.info(
+            f"DVD depth: {len(frames)} frames, windows of {cfg.window} (overlap {cfg.overlap}) at "
+            f"~{cfg.height}x{cfg.width}, {reg.device} {str(reg.dtype).removeprefix('torch.')}, stitch {cfg.stitch}"
+        )
+        disparity, report = reg.predict_with_report(
+            frames.images,
+            height=cfg.height,
+            width=cfg.width,
+            window=cfg.window,
+            overlap=cfg.overlap,
+            stitch=cfg.stitch,
+            progress=progress,
+        )
+        report.update(
+            _model_report(reg, paths, cfg),
+            load_seconds=t_load,
+            seconds_per_frame=report["seconds"] / len(frames),
+            peak_device_memory_bytes=int(torch.cuda.max_memory_allocated(reg.device)) if cuda else None,
+        )
+        windows = list(report.get("windows", []))
+        return DepthResult(disparity, KIND_RELATIVE, self.name, windows=windows, report=report)

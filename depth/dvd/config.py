@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recon.errors import ReconError
+from depth.errors import DepthError
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 DEFAULT_CONFIG = CONFIG_DIR / "wan2.1_t2v_1.3b.json"
@@ -50,11 +50,11 @@ class DVDModelConfig:
         """Read a fixture-style config.json; `None` means the shipped Wan2.1-T2V-1.3B config."""
         path = Path(path) if path is not None else DEFAULT_CONFIG
         if not path.is_file():
-            raise ReconError(f"DVD config not found: {path}")
+            raise DepthError(f"DVD config not found: {path}")
         try:
             raw = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise ReconError(f"DVD config {path} is not valid JSON: {e}") from None
+            raise DepthError(f"DVD config {path} is not valid JSON: {e}") from None
         return cls.from_dict(raw, source=str(path))
 
     @classmethod
@@ -71,17 +71,17 @@ class DVDModelConfig:
             for key in ("dim", "z_dim", "num_res_blocks"):
                 vae[key] = int(vae[key])
         except (KeyError, TypeError, ValueError) as e:
-            raise ReconError(f"DVD config {source} is missing or has a bad field: {e}") from None
+            raise DepthError(f"DVD config {source} is missing or has a bad field: {e}") from None
         if len(mean) != vae["z_dim"] or len(std) != vae["z_dim"] or min(std) <= 0:
-            raise ReconError(f"DVD config {source}: need {vae['z_dim']} latent means and positive stds")
+            raise DepthError(f"DVD config {source}: need {vae['z_dim']} latent means and positive stds")
         if dit["dim"] % dit["num_heads"]:
-            raise ReconError(f"DVD config {source}: dit.dim {dit['dim']} is not divisible by num_heads")
+            raise DepthError(f"DVD config {source}: dit.dim {dit['dim']} is not divisible by num_heads")
         if dit.get("has_image_input"):
-            raise ReconError(f"DVD config {source}: image-conditioned (I2V) DiTs are not supported")
+            raise DepthError(f"DVD config {source}: image-conditioned (I2V) DiTs are not supported")
         if list(vae.get("attn_scales") or []):
-            raise ReconError(f"DVD config {source}: vae.attn_scales must be empty (Wan 2.1 VAE)")
+            raise DepthError(f"DVD config {source}: vae.attn_scales must be empty (Wan 2.1 VAE)")
         if int(text_shape[1]) != dit["text_dim"]:
-            raise ReconError(f"DVD config {source}: text_context_shape does not match dit.text_dim")
+            raise DepthError(f"DVD config {source}: text_context_shape does not match dit.text_dim")
         return cls(
             dit=dit,
             vae=vae,

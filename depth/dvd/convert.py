@@ -18,6 +18,7 @@ caller, else the config's `lora.alpha`, else equals the rank.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,9 @@ from pathlib import Path
 import torch
 
 from depth.dvd.config import DVDModelConfig
-from recon.console import warn
-from recon.errors import ReconError
+from depth.errors import DepthError
+
+log = logging.getLogger(__name__)
 
 DIT_PREFIX = "pipe.dit."
 LORA_A = ".lora_A.default.weight"
@@ -57,9 +59,9 @@ def merge_lora_weight(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.
     """
     rank = lora_a.shape[0]
     if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_b.shape[1] != rank:
-        raise ReconError(f"LoRA shapes do not fit: A {tuple(lora_a.shape)}, B {tuple(lora_b.shape)}")
+        raise DepthError(f"LoRA shapes do not fit: A {tuple(lora_a.shape)}, B {tuple(lora_b.shape)}")
     if lora_b.shape[0] != weight.shape[0] or lora_a.shape[1] != weight.shape[1]:
-        raise ReconError(
+        raise DepthError(
             f"LoRA shapes A {tuple(lora_a.shape)}, B {tuple(lora_b.shape)} do not fit weight {tuple(weight.shape)}"
         )
     w = weight.to(torch.float32)
@@ -70,12 +72,12 @@ def _open_safetensors(path: Path):
     from safetensors import safe_open
 
     if not path.is_file():
-        raise ReconError(f"DVD checkpoint not found: {path}")
+        raise DepthError(f"DVD checkpoint not found: {path}")
     try:
         handle = safe_open(str(path), framework="pt", device="cpu")
         keys = list(handle.keys())
     except Exception as e:  # SafetensorError, OSError, ...: the library's message is the detail
-        raise ReconError(
+        raise DepthError(
             f"DVD checkpoint {path} is not a readable safetensors file (truncated or corrupt download?): "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from None
@@ -83,22 +85,22 @@ def _open_safetensors(path: Path):
 
 
 def validate_dit_keys(keys: list[str], path: Path | str = "checkpoint") -> None:
-    """Raise ReconError unless `keys` look like a DVD DiT checkpoint (prefixed, with LoRA tensors)."""
+    """Raise DepthError unless `keys` look like a DVD DiT checkpoint (prefixed, with LoRA tensors)."""
     dit_keys = [k for k in keys if k.startswith(DIT_PREFIX)]
     if not dit_keys:
         plain = {k.removeprefix("model.diffusion_model.") for k in keys}
         if any(m in plain for m in _WAN_DIT_MARKERS):
-            raise ReconError(
+            raise DepthError(
                 f"{path} is a base Wan2.1 DiT, not the DVD checkpoint: it has no 'pipe.dit.' tensors and no DVD LoRA "
                 "adapters (download model.safetensors or dvd_1.1.safetensors from huggingface.co/FayeHongfeiZhang/DVD)"
             )
-        raise ReconError(
+        raise DepthError(
             f"{path} is not a DVD checkpoint: none of its {len(keys)} tensors is named 'pipe.dit.*' "
             f"(first key: {keys[0] if keys else 'none'})"
         )
     n_lora_a = sum(k.endswith(LORA_A) for k in dit_keys)
     if n_lora_a == 0:
-        raise ReconError(
+        raise DepthError(
             f"{path} holds a Wan DiT without the DVD LoRA adapters (no '*.lora_A.default.weight' tensors): "
             "use the released DVD checkpoint (model.safetensors or dvd_1.1.safetensors)"
         )
@@ -108,13 +110,13 @@ def validate_dit_keys(keys: list[str], path: Path | str = "checkpoint") -> None:
             stem = k[: -len(LORA_A)]
             for need in (stem + LORA_B, stem + BASE_W):
                 if need not in names:
-                    raise ReconError(f"{path} is incomplete: {k} has no matching {need.removeprefix(DIT_PREFIX)}")
+                    raise DepthError(f"{path} is incomplete: {k} has no matching {need.removeprefix(DIT_PREFIX)}")
         elif k.endswith(BASE_W):
             stem = k[: -len(BASE_W)]
             if stem + LORA_A not in names:
-                raise ReconError(f"{path} is inconsistent: {k} has no lora_A tensor")
+                raise DepthError(f"{path} is inconsistent: {k} has no lora_A tensor")
     if f"{DIT_PREFIX}patch_embedding.weight" not in names:
-        raise ReconError(f"{path} is incomplete: it lacks pipe.dit.patch_embedding.weight")
+        raise DepthError(f"{path} is incomplete: it lacks pipe.dit.patch_embedding.weight")
 
 
 def read_dvd_checkpoint(
@@ -148,25 +150,27 @@ def read_dvd_checkpoint(
                 if not info.rank:
                     info.rank = rank
                     if config.lora_rank is not None and config.lora_rank != rank:
-                        warn(f"DVD config says LoRA rank {config.lora_rank}, checkpoint has rank {rank}; using {rank}")
+                        log.warning(
+                            f"DVD config says LoRA rank {config.lora_rank}, checkpoint has rank {rank}; using {rank}"
+                        )
                     alpha = lora_alpha if lora_alpha is not None else config.lora_alpha
                     info.alpha = float(alpha) if alpha is not None else float(rank)
                     info.factor = info.alpha / rank
                 elif rank != info.rank:
-                    raise ReconError(f"{path}: LoRA ranks differ between layers ({info.rank} and {rank} at {name})")
+                    raise DepthError(f"{path}: LoRA ranks differ between layers ({info.rank} and {rank} at {name})")
                 tensor = merge_lora_weight(tensor, lora_a, lora_b, info.alpha)
                 name = name[: -len(BASE_W)] + ".weight"
                 info.merged_layers.append(name[: -len(".weight")])
             elif key.endswith(BASE_B):
                 name = name[: -len(BASE_B)] + ".bias"
             if name in out:
-                raise ReconError(f"{path}: tensor {name} appears twice (merged and plain)")
+                raise DepthError(f"{path}: tensor {name} appears twice (merged and plain)")
             out[name] = tensor.to(device=device, dtype=dtype)
             info.num_tensors += 1
-    except ReconError:
+    except DepthError:
         raise
     except Exception as e:  # a tensor whose bytes lie beyond the end of a truncated file
-        raise ReconError(f"DVD checkpoint {path} could not be read (truncated or corrupt?): {e}") from None
+        raise DepthError(f"DVD checkpoint {path} could not be read (truncated or corrupt?): {e}") from None
     _check_dit_shapes(out, config, path)
     return out, info
 
@@ -182,13 +186,13 @@ def _check_dit_shapes(sd: dict[str, torch.Tensor], config: DVDModelConfig, path:
     for name, shape in expect.items():
         got = tuple(sd[name].shape) if name in sd else None
         if got != tuple(shape):
-            raise ReconError(
+            raise DepthError(
                 f"DVD checkpoint {path} does not match the model config {config.source}: {name} has shape {got}, "
                 f"config implies {tuple(shape)}"
             )
     n_layers = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     if n_layers != d["num_layers"]:
-        raise ReconError(
+        raise DepthError(
             f"DVD checkpoint {path} has {n_layers} DiT blocks, config {config.source} says {d['num_layers']}"
         )
 
@@ -246,7 +250,7 @@ def wan_vae_to_diffusers(state: dict[str, torch.Tensor], config: DVDModelConfig)
         elif m := re.fullmatch(r"(encoder|decoder)\.middle\.(\d)\.(.+)", key):
             part, idx, rest = m.groups()
             if idx not in _MIDDLE:
-                raise ReconError(f"unexpected Wan VAE tensor {key}")
+                raise DepthError(f"unexpected Wan VAE tensor {key}")
             new = f"{part}.{_MIDDLE[idx]}.{_rename_residual(rest) if idx != '1' else rest}"
         elif m := re.fullmatch(r"encoder\.downsamples\.(\d+)\.(.+)", key):
             idx, rest = m.groups()
@@ -259,7 +263,7 @@ def wan_vae_to_diffusers(state: dict[str, torch.Tensor], config: DVDModelConfig)
             else:
                 new = f"decoder.up_blocks.{level}.upsamplers.0.{rest}"
         else:
-            raise ReconError(f"unexpected tensor {key} in the Wan VAE checkpoint (is this a Wan 2.1 VAE?)")
+            raise DepthError(f"unexpected tensor {key} in the Wan VAE checkpoint (is this a Wan 2.1 VAE?)")
         out[new] = value
     return out
 
@@ -275,7 +279,7 @@ def read_wan_vae(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ReconError(f"Wan VAE weights not found: {path}")
+        raise DepthError(f"Wan VAE weights not found: {path}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -285,16 +289,16 @@ def read_wan_vae(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         msg = (str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__)[:160]
-        raise ReconError(f"Wan VAE file {path} could not be read (truncated or not a checkpoint?): {msg}") from None
+        raise DepthError(f"Wan VAE file {path} could not be read (truncated or not a checkpoint?): {msg}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ReconError(f"Wan VAE file {path} does not hold a plain state dict of tensors")
+        raise DepthError(f"Wan VAE file {path} does not hold a plain state dict of tensors")
     if any(k.startswith("model.") for k in state) and "model.encoder.conv1.weight" in state:
         state = {k.removeprefix("model."): v for k, v in state.items()}
     if not (("encoder.conv1.weight" in state and "decoder.head.2.weight" in state) or is_diffusers_vae_state(state)):
         first = next(iter(state), "none")
-        raise ReconError(
+        raise DepthError(
             f"{path} is not a Wan 2.1 VAE checkpoint (no encoder.conv1 / decoder.head tensors; first key {first})"
         )
     return state
@@ -305,7 +309,7 @@ def check_vae_matches_config(state: dict[str, torch.Tensor], config: DVDModelCon
     key = "encoder.conv1.weight" if "encoder.conv1.weight" in state else "encoder.conv_in.weight"
     width = int(state[key].shape[0])
     if width != config.vae["dim"]:
-        raise ReconError(f"Wan VAE {path} has base width {width}, config {config.source} says {config.vae['dim']}")
+        raise DepthError(f"Wan VAE {path} has base width {width}, config {config.source} says {config.vae['dim']}")
     key = "conv2.weight" if "conv2.weight" in state else "post_quant_conv.weight"
     if key in state and int(state[key].shape[0]) != config.vae["z_dim"]:
-        raise ReconError(f"Wan VAE {path} has {state[key].shape[0]} latent channels, config says {config.vae['z_dim']}")
+        raise DepthError(f"Wan VAE {path} has {state[key].shape[0]} latent channels, config says {config.vae['z_dim']}")

@@ -14,6 +14,7 @@ config-derived key conversion in `convert.py`. No Wan module is hand-written.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from depth.device import resolve_device
 from depth.dvd import windows as W
 from depth.dvd.config import DVDModelConfig
 from depth.dvd.convert import (
@@ -33,8 +35,9 @@ from depth.dvd.convert import (
     read_wan_vae,
     wan_vae_to_diffusers,
 )
-from recon.console import debug
-from recon.errors import ReconError
+from depth.errors import DepthError
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -46,14 +49,9 @@ _DTYPES = {
 }
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda if available else cpu; otherwise torch.device(device) (checked)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ReconError(f"DVD device {device!r} requested but CUDA is not available on this machine")
-    return dev
+def _device(device: str | torch.device) -> torch.device:
+    """A torch.device as it is; a name through the one device rule (depth.device.resolve_device)."""
+    return device if isinstance(device, torch.device) else resolve_device(str(device))
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -63,7 +61,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype is None or dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
-        raise ReconError(f"unknown DVD dtype {dtype!r} (use auto, fp32, bf16 or fp16)")
+        raise DepthError(f"unknown DVD dtype {dtype!r} (use auto, fp32, bf16 or fp16)")
     return _DTYPES[dtype]
 
 
@@ -76,12 +74,12 @@ class Float64Timesteps(torch.nn.Module):
 
     def __init__(self, freq_dim: int):
         super().__init__()
-        self.half = freq_dim // 2
+        self.half_dim = freq_dim // 2  # not `half`: that would shadow Module.half()
 
     def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
         t = timesteps.to(torch.float64).reshape(-1)
-        j = torch.arange(self.half, dtype=torch.float64, device=t.device)
-        arg = torch.outer(t, torch.pow(10000.0, -j / self.half))
+        j = torch.arange(self.half_dim, dtype=torch.float64, device=t.device)
+        arg = torch.outer(t, torch.pow(10000.0, -j / self.half_dim))
         return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
 
 
@@ -95,7 +93,7 @@ def _load_assign(model: torch.nn.Module, state: dict[str, torch.Tensor], what: s
     """Strict load by assignment (tensors are used as they are: dtype and device already final)."""
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
-        raise ReconError(
+        raise DepthError(
             f"{what} weights from {source} do not match the architecture: "
             f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[:3]}), "
             f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]}); check --dvd-config"
@@ -109,7 +107,8 @@ def build_transformer(
     dtype: torch.dtype,
     source: Any = "",
 ) -> torch.nn.Module:
-    """WanTransformer3DModel from `config`, loaded from a diffusers-named `state` (None: random weights, for benchmarks)."""
+    """WanTransformer3DModel from `config`, loaded from a diffusers-named `state` (None: random weights,
+    for benchmarks)."""
     from diffusers import WanTransformer3DModel
     from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
@@ -123,7 +122,8 @@ def build_transformer(
     model.rope = WanRotaryPosEmbed(kwargs["attention_head_dim"], kwargs["patch_size"], kwargs["rope_max_seq_len"]).to(
         device
     )
-    model.condition_embedder.timesteps_proj = Float64Timesteps(kwargs["freq_dim"])
+    # a diffusers attribute, which torch's Module.__getattr__ types as Tensor | Module
+    model.condition_embedder.timesteps_proj = Float64Timesteps(kwargs["freq_dim"])  # type: ignore[union-attr]
     _assert_materialised(model, "DiT")
     return model.eval().requires_grad_(False)
 
@@ -163,11 +163,11 @@ def build_vae(
     if source.is_dir():
         target = source / "vae" if (source / "vae" / "config.json").is_file() else source
         if not (target / "config.json").is_file():
-            raise ReconError(f"{source} is a folder but not a diffusers-format VAE (no config.json)")
+            raise DepthError(f"{source} is a folder but not a diffusers-format VAE (no config.json)")
         try:
             vae = AutoencoderKLWan.from_pretrained(str(target), torch_dtype=dtype)
         except Exception as e:
-            raise ReconError(f"could not load the diffusers-format Wan VAE from {target}: {e}") from None
+            raise DepthError(f"could not load the diffusers-format Wan VAE from {target}: {e}") from None
         return vae.to(device).eval().requires_grad_(False)
     state = read_wan_vae(source)
     check_vae_matches_config(state, config, source)
@@ -232,7 +232,7 @@ class DVDRegressor:
         dtype: None/'auto' = bf16 on CUDA, fp32 on CPU. lora_alpha: overrides the config's alpha.
         """
         cfg = config if isinstance(config, DVDModelConfig) else DVDModelConfig.from_json(config)
-        dev = resolve_device(device)
+        dev = _device(device)
         dt = resolve_dtype(dtype, dev)
         t0 = time.perf_counter()
         wan_state, info = read_dvd_checkpoint(dit, cfg, lora_alpha=lora_alpha, dtype=dt, device=dev)
@@ -240,8 +240,9 @@ class DVDRegressor:
         del wan_state
         vae_model = build_vae(cfg, vae, dev, dt)
         if vae_tiling:
-            vae_model.enable_tiling()
-        debug(
+            # a diffusers attribute, which torch's Module.__getattr__ types as Tensor | Module
+            vae_model.enable_tiling()  # type: ignore[operator]
+        log.debug(
             f"DVD loaded in {time.perf_counter() - t0:.1f}s: {len(info.merged_layers)} LoRA layers merged "
             f"(rank {info.rank}, alpha {info.alpha:g}), {dev}, {dt}"
         )
@@ -257,7 +258,7 @@ class DVDRegressor:
     ) -> DVDRegressor:
         """Randomly initialised model of the configured architecture (benchmarks; outputs are meaningless)."""
         cfg = config if isinstance(config, DVDModelConfig) else DVDModelConfig.from_json(config)
-        dev = resolve_device(device)
+        dev = _device(device)
         dt = resolve_dtype(dtype, dev)
         torch.manual_seed(seed)
         return cls(build_transformer(cfg, None, dev, dt), build_vae(cfg, None, dev, dt), cfg, dev, dt)
@@ -273,7 +274,8 @@ class DVDRegressor:
     @torch.inference_mode()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Normalised latent [B, 16, T_lat, H/8, W/8] of video [B, 3, T, H, W] in [-1, 1]."""
-        mu = self.vae.encode(video.to(self.device, self.dtype)).latent_dist.mode()
+        # a diffusers attribute, which torch's Module.__getattr__ types as Tensor | Module
+        mu = self.vae.encode(video.to(self.device, self.dtype)).latent_dist.mode()  # type: ignore[operator]
         return (mu.float() - self._mean) * self._inv_std
 
     @torch.inference_mode()
@@ -293,7 +295,8 @@ class DVDRegressor:
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Disparity [B, T, H, W] in [0, 1] (channel mean) from a normalised depth latent."""
         z = latent.float() / self._inv_std + self._mean
-        y = self.vae.decode(z.to(self.dtype)).sample.float()
+        # a diffusers attribute, which torch's Module.__getattr__ types as Tensor | Module
+        y = self.vae.decode(z.to(self.dtype)).sample.float()  # type: ignore[operator]
         y = ((y.clamp(-1, 1) + 1) / 2).clamp(0, 1)
         return y.mean(dim=1)
 
@@ -305,10 +308,10 @@ class DVDRegressor:
         """
         x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
         if x.ndim != 4 or x.shape[-1] != 3:
-            raise ReconError(f"predict_window expects frames [T, H, W, 3], got shape {tuple(x.shape)}")
+            raise DepthError(f"predict_window expects frames [T, H, W, 3], got shape {tuple(x.shape)}")
         t, h, w = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
         if t % 4 != 1 or h % 16 or w % 16:
-            raise ReconError(f"a DVD window needs T = 4n+1 frames and H, W multiples of 16; got T={t}, {h}x{w}")
+            raise DepthError(f"a DVD window needs T = 4n+1 frames and H, W multiples of 16; got T={t}, {h}x{w}")
         video = (x.float() * 2 - 1).permute(3, 0, 1, 2).unsqueeze(0)  # [1, 3, T, H, W]
         disparity = self.decode(self.denoise(self.encode(video)))[0]
         return disparity.cpu().numpy().astype(np.float32)
@@ -347,9 +350,9 @@ class DVDRegressor:
         num_frames = len(frames)
         first = np.asarray(frames[0:1])
         if first.ndim != 4 or first.shape[-1] != 3:
-            raise ReconError(f"DVD expects RGB frames [T, H, W, 3], got {first.shape[1:]} per frame")
+            raise DepthError(f"DVD expects RGB frames [T, H, W, 3], got {first.shape[1:]} per frame")
         if first.dtype != np.uint8:
-            raise ReconError(
+            raise DepthError(
                 f"DVD predict expects uint8 frames (0-255), got {first.dtype}; use predict_window for floats"
             )
         h0, w0 = int(first.shape[1]), int(first.shape[2])
@@ -362,13 +365,14 @@ class DVDRegressor:
             t0 = time.perf_counter()
             clip = np.asarray(frames[start:end])
             if clip.shape[1:] != (h0, w0, 3):
-                raise ReconError(f"frames {start}..{end - 1} have shape {clip.shape[1:]}, expected {(h0, w0, 3)}")
-            x = torch.from_numpy(clip.astype(np.float32) / 255.0).permute(0, 3, 1, 2)  # [L, 3, H0, W0]
-            x = W.resize_bilinear(x, (h, w)).permute(0, 2, 3, 1).numpy()  # [L, h, w, 3]
+                raise DepthError(f"frames {start}..{end - 1} have shape {clip.shape[1:]}, expected {(h0, w0, 3)}")
+            xt = torch.from_numpy(clip.astype(np.float32) / 255.0).permute(0, 3, 1, 2)  # [L, 3, H0, W0]
+            x = W.resize_bilinear(xt, (h, w)).permute(0, 2, 3, 1).numpy()  # [L, h, w, 3]
+            del xt
             out = self.predict_window(W.temporal_pad(x))[: end - start]
             outputs.append(out)
             seconds.append(time.perf_counter() - t0)
-            debug(f"DVD window {i + 1}/{len(spans)} frames [{start}, {end}) in {seconds[-1]:.1f}s")
+            log.debug(f"DVD window {i + 1}/{len(spans)} frames [{start}, {end}) in {seconds[-1]:.1f}s")
             del clip, x
             self._free()
             if progress is not None:

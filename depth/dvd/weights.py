@@ -3,19 +3,21 @@
 Order for each file: an explicit path (--dvd-weights / --vae-weights), else the cache folder
 (`cache_dir`, else $DVD_SPLAT_CACHE, else ~/.cache/dvd-splat), else (if allowed) a download with
 huggingface_hub into that cache folder. When that fails (offline, no access, interrupted) the user gets
-ONE ReconError that names both files, their approximate sizes, the licences and where to put them.
+ONE DepthError that names both files, their approximate sizes, the licences and where to put them.
 
 `dvd_weights_available` answers the same question without any network access (backend 'auto').
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from recon.console import info
-from recon.errors import ReconError
+from depth.errors import DepthError
+
+log = logging.getLogger(__name__)
 
 DVD_REPO = "FayeHongfeiZhang/DVD"
 DVD_FILES = {"v1.0": "model.safetensors", "v1.1": "dvd_1.1.safetensors"}
@@ -76,7 +78,7 @@ def _check_explicit(path: Path | None, flag: str) -> Path | None:
         return None
     path = Path(path).expanduser()
     if not path.exists():
-        raise ReconError(f"{flag} {path} does not exist")
+        raise DepthError(f"{flag} {path} does not exist")
     return path
 
 
@@ -94,7 +96,7 @@ def resolve_weights(
     if dit is not None and dit.is_dir():  # a folder like the official ckpt/ (holds model.safetensors)
         found = [dit / n for n in (dvd_file, *DVD_FILES.values()) if (dit / n).is_file()]
         if not found:
-            raise ReconError(f"--dvd-weights folder {dit} holds none of {', '.join(DVD_FILES.values())}")
+            raise DepthError(f"--dvd-weights folder {dit} holds none of {', '.join(DVD_FILES.values())}")
         dit = found[0]
     if vae is not None and vae.is_dir() and (vae / VAE_FILE).is_file():  # e.g. a Wan2.1-T2V-1.3B download
         vae = vae / VAE_FILE
@@ -104,26 +106,26 @@ def resolve_weights(
         return WeightPaths(dit, vae)
     missing = [name for name, p in ((dvd_file, dit), (VAE_FILE, vae)) if p is None]
     if not allow_download:
-        raise ReconError(
+        raise DepthError(
             _missing_message(cache, dvd_file, f"{' and '.join(missing)} not found and downloads are disabled")
         )
     if _hub_offline():
-        raise ReconError(
+        raise DepthError(
             _missing_message(cache, dvd_file, f"{' and '.join(missing)} not found and HF_HUB_OFFLINE is set")
         )
     try:
         cache.mkdir(parents=True, exist_ok=True)
         if dit is None:
-            info(f"downloading {dvd_file} ({DVD_SIZE}) from huggingface.co/{DVD_REPO} into {cache}")
+            log.info(f"downloading {dvd_file} ({DVD_SIZE}) from huggingface.co/{DVD_REPO} into {cache}")
             dit = _hub_download(DVD_REPO, dvd_file, cache)
         if vae is None:
-            info(f"downloading {VAE_FILE} ({VAE_SIZE}) from huggingface.co/{VAE_REPO} into {cache}")
+            log.info(f"downloading {VAE_FILE} ({VAE_SIZE}) from huggingface.co/{VAE_REPO} into {cache}")
             vae = _hub_download(VAE_REPO, VAE_FILE, cache)
-    except ReconError:
+    except DepthError:
         raise
     except Exception as e:  # offline, gated, disk full, interrupted: one clear message
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ReconError(
+        raise DepthError(
             _missing_message(cache, dvd_file, f"download failed: {type(e).__name__}: {first[:200]}")
         ) from None
     return WeightPaths(dit, vae)

@@ -9,8 +9,9 @@ pinned by shared/fixtures/dvd-tiny/README.md ("Long videos"):
 - `stitch_chain`: per window, least squares scale/shift on the overlap with the stitched result, scale
   clipped to [0.7, 1.5] (shift from the unclipped fit), `max(., 0)`, linear blend over the overlap.
 - `stitch_global`: all windows' scale/shift solved jointly from every pairwise overlap (window 0 fixed
-  to scale 1, shift 0; see `solve_global_scale_shift`), no clip, then the same clamp and blend. No error accumulates along the video and no
-  clip hides a real scale change, which is why the pipeline defaults to it (see backend.DVDConfig).
+  to scale 1, shift 0; see `solve_global_scale_shift`), no clip, then the same clamp and blend. No error
+  accumulates along the video and no clip hides a real scale change, which is why the pipeline defaults
+  to it (see backend.DVDConfig).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recon.errors import ReconError
+from depth.errors import DepthError
 
 SCALE_CLIP = (0.7, 1.5)
 
@@ -33,7 +34,7 @@ def processing_size(h0: int, w0: int, height: int, width: int) -> tuple[int, int
     `ratio = max(height / h0, width / w0)`, each side `ceil(side * ratio)` rounded up to a multiple of 16.
     """
     if min(h0, w0, height, width) <= 0:
-        raise ReconError(f"bad frame or processing size: frames {h0}x{w0}, target {height}x{width}")
+        raise DepthError(f"bad frame or processing size: frames {h0}x{w0}, target {height}x{width}")
     ratio = max(height / h0, width / w0)
     h, w = int(math.ceil(h0 * ratio)), int(math.ceil(w0 * ratio))
     return (h + 15) // 16 * 16, (w + 15) // 16 * 16
@@ -57,9 +58,9 @@ def plan_windows(num_frames: int, window: int, overlap: int) -> list[tuple[int, 
     a window would reach or pass T, the last one is (T - window, T) (full length, possibly a larger overlap).
     """
     if num_frames <= 0:
-        raise ReconError("no frames to process")
+        raise DepthError("no frames to process")
     if window < 1 or overlap < 0 or overlap >= window:
-        raise ReconError(f"bad DVD window settings: window {window}, overlap {overlap} (need 0 <= overlap < window)")
+        raise DepthError(f"bad DVD window settings: window {window}, overlap {overlap} (need 0 <= overlap < window)")
     if num_frames <= window:
         return [(0, num_frames)]
     spans = [(0, window)]
@@ -105,7 +106,7 @@ def fit_scale_shift(cur: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 @dataclass
 class WindowInfo:
-    """Per-window record for RUN/depth/windows.json. Residuals: mean |aligned - ref| over the overlap."""
+    """Per-window record of the backend's report. Residuals: mean |aligned - ref| over the overlap."""
 
     index: int
     start: int
@@ -272,7 +273,7 @@ def stitch(
         return stitch_chain(windows, spans, num_frames)
     if method == "global":
         return stitch_global(windows, spans, num_frames)
-    raise ReconError(f"unknown DVD stitching method {method!r} (use 'chain' or 'global')")
+    raise DepthError(f"unknown DVD stitching method {method!r} (use 'chain' or 'global')")
 
 
 def _check_windows(windows: list[np.ndarray], spans: list[tuple[int, int]]) -> None:

@@ -23,8 +23,8 @@ from recon.artifacts.depth import AlignedDepth, DisparityMaps
 from recon.artifacts.frames import FramesIndex, read_rgb, read_rgb_stack
 from recon.artifacts.layout import RunPaths
 from recon.artifacts.records import Metrics, read_json_object, read_jsonl, write_jsonl
-from recon.artifacts.split import Split
 from recon.artifacts.splats import Checkpoint, GaussiansFile, PointCloud
+from recon.artifacts.split import Split
 
 __all__ = [
     "AlignedDepth",

@@ -35,7 +35,7 @@ def _read_npz(path: Path, required: tuple[str, ...], rerun: str) -> dict[str, np
     return d
 
 
-def _check_stack(path: Path, name: str, arr: np.ndarray, shape: tuple[int, int, int] | None, rerun: str) -> None:
+def _check_stack(path: Path, name: str, arr: np.ndarray, shape: tuple[int, ...] | None, rerun: str) -> None:
     if arr.ndim != 3:
         raise ReconError(f"{path}: '{name}' has shape {arr.shape}, expected [T, H, W]")
     if shape is not None and arr.shape != shape:
@@ -70,7 +70,7 @@ class DisparityMaps:
         )
 
     @classmethod
-    def load(cls, path: str | Path, shape: tuple[int, int, int] | None = None) -> DisparityMaps:
+    def load(cls, path: str | Path, shape: tuple[int, ...] | None = None) -> DisparityMaps:
         """Read and validate; `shape` = (frames, H, W) of the run when known."""
         path = Path(path)
         d = _read_npz(path, ("disparity",), "depth")
@@ -123,7 +123,7 @@ class AlignedDepth:
         )
 
     @classmethod
-    def load(cls, path: str | Path, shape: tuple[int, int, int] | None = None) -> AlignedDepth:
+    def load(cls, path: str | Path, shape: tuple[int, ...] | None = None) -> AlignedDepth:
         """Read and validate; `shape` = (frames, H, W) of the run when known."""
         path = Path(path)
         d = _read_npz(path, ("depth", "confidence"), "align")

@@ -45,15 +45,16 @@ def read_rgb(path: str | Path, size: tuple[int, int] | None = None, resize: bool
         if not resize:
             raise ReconError(f"frame {path} is {rgb.size[0]}x{rgb.size[1]} but the run says {size[0]}x{size[1]}")
         shrinking = rgb.size[0] > size[0]
-        rgb = rgb.resize(tuple(size), Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC)
+        rgb = rgb.resize((size[0], size[1]), Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC)
     return np.asarray(rgb, dtype=np.uint8)
 
 
 def read_rgb_stack(root: Path, files: list[str], size: tuple[int, int] | None = None) -> np.ndarray:
     """Frames `files` (relative to `root`) -> uint8 [T, H, W, 3]; all must share `size` (or the first's size)."""
     out = []
+    resize = size is not None  # a size given: resample to it; none given: every frame must match the first
     for f in files:
-        img = read_rgb(Path(root) / f, size, resize=size is not None)
+        img = read_rgb(Path(root) / f, size, resize=resize)
         if size is None:
             size = (img.shape[1], img.shape[0])
         elif img.shape[:2] != (size[1], size[0]):

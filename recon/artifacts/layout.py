@@ -111,8 +111,18 @@ class RunPaths:
         return self.splat_dir / "test_renders"
 
     @property
+    def train_log(self) -> Path:
+        """One JSON object per logged training step (read_jsonl / write_jsonl)."""
+        return self.splat_dir / "train_log.jsonl"
+
+    @property
     def metrics_json(self) -> Path:
         return self.root / "metrics.json"
+
+    @property
+    def eval_json(self) -> Path:
+        """`recon eval`'s scores against ground truth."""
+        return self.root / "eval.json"
 
     # export / report
     @property

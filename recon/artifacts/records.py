@@ -39,8 +39,12 @@ class Metrics:
     per_view: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, Any]:
+        """The file's layout: summary keys, `splat_per_view` and `splat_config`."""
+        return {**self.summary, "splat_per_view": self.per_view, "splat_config": self.config}
+
     def save(self, path: str | Path) -> None:
-        write_json(path, {**self.summary, "splat_per_view": self.per_view, "splat_config": self.config})
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Metrics:

@@ -1,13 +1,211 @@
-"""Stage `poses`: intrinsics and camera poses (pycolmap SfM, or imported known poses) -> RUN/cameras.json."""
+"""Stage `poses`: intrinsics and camera poses for every frame -> RUN/images/, RUN/sfm/, RUN/cameras.json.
+
+By structure-from-motion (recon.poses, pycolmap), or from a known pose file (`--poses`, recon.known_poses).
+Both paths undistort every frame to PINHOLE into RUN/images/, write the undistorted COLMAP model to RUN/sfm/
+and cameras.json (recon.artifacts.CameraSet) last, so its presence means the stage finished.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from recon.artifacts import CameraSet, FramesIndex, RunPaths
+from recon.atomic import atomic_dir
+from recon.console import debug, info, progress, warn
+from recon.errors import ReconError
+from recon.known_poses import PoseSource, frame_cameras, load_pose_source, match_frames, triangulate_known
 from recon.poses import PosesConfig as Config
-from recon.poses import run_poses
+from recon.poses import (
+    SfmPlan,
+    camera_record,
+    camera_set_from_reconstruction,
+    config_record,
+    frames_key,
+    min_registered_frames,
+    quiet_colmap,
+    reconstruct,
+    resolve_matcher,
+    summary_from_sfm,
+    undistortion_plan,
+    write_undistorted_frames,
+)
 from recon.stages import StageContext
+
+__all__ = ["Config", "run"]
+
+
+def load_frames(paths: RunPaths) -> FramesIndex:
+    """The run's frames index, checked: every listed frame file exists and there are at least 2."""
+    frames = FramesIndex.load(paths.frames_json)
+    missing = [f for f in frames.files if not (paths.root / f).exists()]
+    if missing:
+        raise ReconError(
+            f"{len(missing)} frame file(s) listed in frames.json are missing (first: {missing[0]}); "
+            "re-run the frames stage"
+        )
+    if len(frames) < 2:
+        raise ReconError(f"{paths.frames_json} lists {len(frames)} frame(s); poses need at least 2")
+    return frames
 
 
 def run(ctx: StageContext, cfg: Config) -> dict[str, Any]:
-    return run_poses(ctx.paths, cfg)
+    frames = load_frames(ctx.paths)
+    if cfg.poses is not None:
+        return _run_known(ctx.paths, cfg, frames)
+    return _run_sfm(ctx.paths, cfg, frames)
+
+
+# --------------------------------------------------------------------------------------------------
+# structure-from-motion
+
+
+def _run_sfm(paths: RunPaths, cfg: Config, frames: FramesIndex) -> dict[str, Any]:
+    import pycolmap
+
+    quiet_colmap()
+    if cfg.seed >= 0:
+        pycolmap.set_random_seed(cfg.seed)
+    W, H = frames.size
+    names = [Path(f).name for f in frames.files]
+    plan = SfmPlan.make(frames, cfg)
+    with progress() as bar:
+        task = bar.add_task("poses", total=4, status="extract")
+        step = lambda status: bar.update(task, advance=1, status=status)  # noqa: E731
+        rec, seconds, models = reconstruct(paths.sfm_work_dir, paths.frames_dir, names, (W, H), plan, cfg, step)
+        n_reg = _check_registered(rec, models, cfg, len(names))
+        step("undistort")
+        t0 = time.perf_counter()
+        und, src_cams, dst_cams = undistortion_plan(rec, names, W, H)
+        with atomic_dir(paths.images_dir) as tmp:
+            out_names = write_undistorted_frames(paths.root, frames.files, src_cams, dst_cams, tmp, bar)
+        with atomic_dir(paths.sfm_dir) as tmp:
+            und.write(tmp)
+        seconds["undistort"] = round(time.perf_counter() - t0, 3)
+        step("done")
+    first = rec.images[sorted(rec.reg_image_ids())[0]]
+    sfm = {
+        "source": "sfm",
+        "registered": int(n_reg),
+        "total": len(names),
+        "points": int(und.num_points3D()),
+        "mean_reprojection_error_px": round(float(und.compute_mean_reprojection_error()), 4),
+        "mapper": cfg.mapper,
+        "matcher": plan.matcher,
+        "camera_model": cfg.camera_model,
+        "initial_focal_px": round(plan.focal, 3),
+        "initial_focal_source": plan.focal_source,
+        "distorted_camera": camera_record(rec.cameras[first.camera_id]),
+        "seconds": seconds,
+        "config": config_record(cfg),
+    }
+    image_files = [f"{paths.images_dir.name}/{n}" for n in out_names]
+    source_index = [int(f["source_index"]) for f in frames.frames]
+    camera_set_from_reconstruction(und, frames.files, image_files, source_index, W, H, sfm).save(paths.cameras_json)
+    info(
+        f"poses: {n_reg}/{len(names)} frames registered, {sfm['points']} points, "
+        f"reprojection error {sfm['mean_reprojection_error_px']:.3f} px"
+    )
+    return summary_from_sfm(sfm)
+
+
+def _check_registered(rec: Any, models: dict[str, int], cfg: Config, total: int) -> int:
+    """Registered frames of the kept model; ReconError when too few for a usable run."""
+    n_reg = rec.num_reg_images() if rec is not None else 0
+    if len(models) > 1:
+        debug(f"SfM made {len(models)} models (registered images per model: {models}); keeping the largest")
+    if n_reg < min_registered_frames(cfg, total):
+        raise ReconError(
+            f"structure-from-motion placed only {n_reg} of {total} frames: the camera barely moves (or the views "
+            "do not overlap). Record with more camera motion (walk around the scene, don't just rotate), or pass "
+            "known poses with --poses"
+        )
+    if n_reg < total:
+        warn(f"SfM registered {n_reg} of {total} frames; the other frames are kept as unregistered and not used")
+    return n_reg
+
+
+# --------------------------------------------------------------------------------------------------
+# known poses
+
+
+def _match_pose_file(src: PoseSource, frames: FramesIndex, cfg: Config) -> tuple[list[int | None], str]:
+    match, method = match_frames(frames.frames, src.names, src.source_index)
+    n_match, total = sum(m is not None for m in match), len(frames)
+    if n_match < min_registered_frames(cfg, total):
+        raise ReconError(
+            f"--poses {src.path}: only {n_match} of the {total} frames have a pose (matched by {method}); "
+            "the pose file must list the same images (same file names, or one pose per frame in order)"
+        )
+    if n_match < total:
+        warn(
+            f"--poses: {total - n_match} of {total} frames have no pose in {src.path.name}; "
+            "they are kept as unregistered"
+        )
+    return match, method
+
+
+def _run_known(paths: RunPaths, cfg: Config, frames: FramesIndex) -> dict[str, Any]:
+    """The pose stage with cfg.poses: the same outputs as SfM, with the given poses."""
+    assert cfg.poses is not None, "run() calls _run_known only when cfg.poses is set"
+    quiet_colmap()
+    t_start = time.perf_counter()
+    W, H = frames.size
+    src = load_pose_source(cfg.poses, frames.original_size or (W, H))
+    match, method = _match_pose_file(src, frames, cfg)
+    cams = frame_cameras(src, match, W, H)
+    matcher = resolve_matcher(frames, cfg)
+    with progress() as bar:
+        # always rewritten (cheap, deterministic): RUN/images may have been replaced by an SfM run since
+        t0 = time.perf_counter()
+        dst = [cams.targets[c] for c in cams.ids]
+        with atomic_dir(paths.images_dir) as tmp:
+            out_names = write_undistorted_frames(paths.root, frames.files, cams.source, dst, tmp, bar)
+        undistort_s = round(time.perf_counter() - t0, 3)
+        task = bar.add_task("triangulate", total=3, status="extract")
+        step = lambda status: bar.update(task, advance=1, status=status)  # noqa: E731
+        work = paths.sfm_work_dir / "known"
+        base = frames_key(frames)
+        rec, seconds = triangulate_known(
+            work, paths.images_dir, out_names, match, cams, src.c2w, base, cfg, matcher, step
+        )
+        step("done")
+    if rec.num_points3D() == 0:
+        warn("--poses: no 3D points could be triangulated; depth alignment will have no SfM points to use")
+    with atomic_dir(paths.sfm_dir) as tmp:
+        rec.write(tmp)
+    n_match = sum(m is not None for m in match)
+    sfm = {
+        "source": f"known poses: {src.path}",
+        "registered": int(n_match),
+        "total": len(frames),
+        "points": int(rec.num_points3D()),
+        "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 4)
+        if rec.num_points3D()
+        else None,
+        "mapper": f"known ({src.kind})",
+        "matched_by": method,
+        "matcher": matcher,
+        "distorted_camera": camera_record(cams.source[0], W, H),
+        "seconds": {"undistort": undistort_s, **seconds, "total": round(time.perf_counter() - t_start, 3)},
+        "config": config_record(cfg),
+    }
+    # cameras.json: the given poses (not re-read from the model, so they round-trip exactly)
+    CameraSet(
+        width=W,
+        height=H,
+        files=[f"{paths.images_dir.name}/{n}" for n in out_names],
+        source_index=[int(f["source_index"]) for f in frames.frames],
+        K=np.stack([cams.targets[c].calibration_matrix() for c in cams.ids]).astype(np.float64),
+        c2w=np.stack([src.c2w[m] if m is not None else np.eye(4) for m in match]).astype(np.float64),
+        registered=np.array([m is not None for m in match]),
+        sfm=sfm,
+    ).save(paths.cameras_json)
+    info(
+        f"poses: {n_match}/{len(frames)} frames posed from {src.path} (matched by {method}), "
+        f"{sfm['points']} triangulated points"
+    )
+    return summary_from_sfm(sfm)

@@ -1,13 +1,139 @@
-"""Stage `split`: train / test / depth-prior frames -> RUN/split.json."""
+"""Stage `split`: train / test / depth-prior frames -> RUN/split.json (recon.artifacts.Split).
+
+Test views are never used for training, depth alignment or fusion; `prior` (the frames the depth prior is
+computed on) equals `train` unless the run asked for `--prior-frames non-test` (every registered frame except
+the test views: what a video depth model sees of a clip whose test frames are held out) or `--prior-frames all`
+/ `--prior-from-all-frames`. Whatever the prior set, alignment fits on its non-test frames only, and fusion and
+the depth loss use the training views' depth only.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
 
 from recon.artifacts import CameraSet, FramesIndex, RunPaths, Split
-from recon.split import SplitConfig as Config
-from recon.split import make_split
+from recon.errors import ReconError
 from recon.stages import StageContext
+
+PRIOR_MODES = ("train", "non-test", "all")
+
+
+@dataclass
+class Config:
+    test_every: int = 8
+    """Hold out every N-th frame as a test view (frame index % N == 0); 0 = no test views."""
+    train_views: int = 0
+    """Sparse view: keep only N training views, spread evenly over the non-test frames (0 = all)."""
+    split_file: Path | None = None
+    """JSON with "train" and "test" lists of frame indices or frame file names (overrides the above)."""
+    prior_from_all_frames: bool = False
+    """Compute the depth prior on every frame (test views included): shorthand for prior_frames="all"."""
+    prior_frames: Literal["train", "non-test", "all"] = "train"
+    """Frames the depth prior is computed on: the training views, every frame but the test views, or all."""
+
+
+def evenly_spaced(candidates: list[int], n: int) -> list[int]:
+    """Pick n items of `candidates` spread evenly (first and last included when n >= 2)."""
+    if n >= len(candidates):
+        return list(candidates)
+    if n <= 0:
+        return []
+    if n == 1:
+        return [candidates[len(candidates) // 2]]
+    pos = np.round(np.linspace(0, len(candidates) - 1, n)).astype(int)
+    return [candidates[p] for p in pos]
+
+
+def _frame_names(files: list[str], aliases: list[list[str]] | None) -> dict[str, int]:
+    """Every name a split file may use for frame i: run file path, name, stem, and its aliases' name and stem."""
+    names = {Path(f).stem: i for i, f in enumerate(files)}
+    names.update({Path(f).name: i for i, f in enumerate(files)})
+    names.update({f: i for i, f in enumerate(files)})
+    for i, al in enumerate(aliases or []):
+        for a in al:
+            names.setdefault(a, i)
+            names.setdefault(Path(a).name, i)
+            names.setdefault(Path(a).stem, i)
+    return names
+
+
+def read_split_file(
+    path: Path, num_frames: int, files: list[str], aliases: list[list[str]] | None = None
+) -> tuple[list[int], list[int]]:
+    """A user's split file (JSON with "train" and "test" lists of frame indices or names) -> (train, test)."""
+    if not path.exists():
+        raise ReconError(f"split file {path} not found")
+    try:
+        d = json.loads(path.read_text())
+        train_raw, test_raw = d["train"], d["test"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ReconError(f"split file {path} must be JSON with 'train' and 'test' lists ({e})") from e
+    names = _frame_names(files, aliases)
+
+    def resolve(items: list) -> list[int]:
+        out = []
+        for it in items:
+            if isinstance(it, int) and not isinstance(it, bool):
+                if not 0 <= it < num_frames:
+                    raise ReconError(f"split file {path} names frame {it}, but the run has {num_frames} frames")
+                out.append(it)
+            elif isinstance(it, str) and (it in names or Path(it).stem in names):
+                out.append(names[it] if it in names else names[Path(it).stem])
+            else:
+                raise ReconError(f"split file {path} names frame {it!r}, which is not in this run")
+        return out
+
+    train, test = resolve(train_raw), resolve(test_raw)
+    if set(train) & set(test):
+        raise ReconError(f"split file {path}: frames {sorted(set(train) & set(test))} are in both train and test")
+    return train, test
+
+
+def _prior_frames(train: list[int], test: list[int], reg: np.ndarray, cfg: Config) -> list[int]:
+    mode = "all" if cfg.prior_from_all_frames else cfg.prior_frames
+    if mode not in PRIOR_MODES:
+        raise ReconError(f"prior_frames must be train, non-test or all, not {mode!r}")
+    prior = set(train)
+    if mode == "all":
+        prior |= set(test)
+    elif mode == "non-test":
+        prior |= {i for i in range(len(reg)) if reg[i]} - set(test)
+    return sorted(prior)
+
+
+def make_split(
+    num_frames: int,
+    files: list[str],
+    cfg: Config,
+    registered: np.ndarray | None = None,
+    aliases: list[list[str]] | None = None,
+) -> Split:
+    """The split of `num_frames` frames (unregistered frames are in neither set).
+
+    A split file may name frames by index, by run file name (with or without folder / extension), or by
+    any of `aliases[i]` (e.g. the source image name "r_12.png").
+    """
+    reg = np.ones(num_frames, bool) if registered is None else np.asarray(registered, bool)
+    if cfg.split_file is not None:
+        path = Path(cfg.split_file)
+        train, test = read_split_file(path, num_frames, files, aliases)
+        protocol = f"file:{path.name}"
+    else:
+        test = [i for i in range(num_frames) if cfg.test_every > 0 and i % cfg.test_every == 0]
+        rest = [i for i in range(num_frames) if i not in set(test)]
+        train = evenly_spaced(rest, cfg.train_views) if cfg.train_views > 0 else rest
+        protocol = f"test_every={cfg.test_every}" + (f",train_views={cfg.train_views}" if cfg.train_views else "")
+    train = [i for i in train if reg[i]]
+    test = [i for i in test if reg[i]]
+    if not train:
+        raise ReconError("the split leaves no registered training views")
+    prior = _prior_frames(train, test, reg, cfg)
+    return Split(train=sorted(train), test=sorted(test), prior=prior, protocol=protocol)
 
 
 def _source_names(paths: RunPaths, cams: CameraSet) -> list[list[str]]:
@@ -24,8 +150,7 @@ def _source_names(paths: RunPaths, cams: CameraSet) -> list[list[str]]:
 
 def run(ctx: StageContext, cfg: Config) -> dict[str, Any]:
     cams = CameraSet.load(ctx.paths.cameras_json)
-    d = make_split(len(cams), cams.files, cfg, cams.registered, aliases=_source_names(ctx.paths, cams))
-    split = Split(train=d["train"], test=d["test"], prior=d["prior"], protocol=d["protocol"])
+    split = make_split(len(cams), cams.files, cfg, cams.registered, aliases=_source_names(ctx.paths, cams))
     split.validate(len(cams), cams.registered).save(ctx.paths.split_json)
     return {
         "train views": len(split.train),

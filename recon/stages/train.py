@@ -1,13 +1,411 @@
-"""Stage `train`: Gaussians trained on the training views, evaluated on the test views -> RUN/splat/, metrics.json."""
+"""Stage `train`: Gaussians trained on the training views, evaluated on the test views -> RUN/splat/, metrics.json.
+
+Reads cameras.json, split.json, the frames (at training resolution), depth/aligned.npz (depth prior and its
+confidence), frames.json (the composite colour) and the init source (points/init.ply or sfm/); writes
+splat/gaussians.ply, splat/checkpoint.pt, splat/train_log.jsonl, splat/test_renders/*.png, splat/renders.mp4
+and metrics.json. The training itself is splat.trainer.Trainer, on arrays.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
+
+from depth.errors import DepthError
+from recon.artifacts import (
+    AlignedDepth,
+    CameraSet,
+    Checkpoint,
+    FramesIndex,
+    GaussiansFile,
+    Metrics,
+    PointCloud,
+    RunPaths,
+    Split,
+    read_rgb,
+    write_jsonl,
+)
+from recon.atomic import atomic_path
+from recon.console import debug, info, progress, warn
+from recon.errors import ReconError
 from recon.stages import StageContext
-from splat.train import TrainConfig as Config
-from splat.train import run_train
+from recon.stages.views import training_views
+from splat.errors import SplatError
+from splat.gaussians import InitConfig, camera_lookat_bounds, initial_points, points_bounds
+from splat.trainer import Background, TrainConfig, Trainer, config_json, uses_depth
+from splat.views import TrainViews, resize_nearest, target_size
 
 
-def run(ctx: StageContext, cfg: Config) -> dict[str, Any]:
-    return run_train(ctx.paths, cfg)
+@dataclass
+class Config(TrainConfig):
+    """Training (splat.trainer.TrainConfig) plus what the stage reads and writes around it."""
+
+    resume: bool = False
+    """Continue from splat/checkpoint.pt."""
+    eval_only: bool = False
+    """Skip training; evaluate splat/checkpoint.pt (or splat/gaussians.ply) on the test views."""
+    eval_initial: bool = False
+    """Also score the initial Gaussians on the test views (initial_psnr in the summary)."""
+    gt_depth: Path | None = None
+    """npz with key `depth` [T,H,W] ground-truth z-depth (cameras.json order, 0 invalid) for depth metrics."""
+    eval_mask: Path | None = None
+    """npz with key `mask` [T,H,W] bool (cameras.json order): test pixels to score for the masked metrics
+    psnr_masked / ssim_masked, e.g. co-visibility with the training views (splat.evaluate.covisibility_mask;
+    the mPSNR / mSSIM of Gao et al. 2022). Unmasked PSNR / SSIM are always reported too."""
+    gt_depth_align: Literal["median", "none"] = "median"
+    """Scale rendered depth to the GT per view by the median ratio (needed for SfM-unit scenes)."""
+    test_renders: bool = True
+    video_frames: int = 120
+    """Frames of splat/renders.mp4 along the camera path (0 = no video)."""
+    video_fps: float = 30.0
+
+    @classmethod
+    def preset_fields(cls, name: str) -> dict[str, Any]:
+        try:
+            base = super().preset_fields(name)
+        except SplatError as e:
+            raise ReconError(str(e)) from e
+        if name == "cpu":
+            base["video_frames"] = 60
+        return base
+
+
+@contextmanager
+def _library_errors() -> Iterator[None]:
+    """splat / depth errors surface as the application's one-line ReconError."""
+    try:
+        yield
+    except (SplatError, DepthError) as e:
+        raise ReconError(str(e)) from e
+
+
+# ---------------------------------------------------------------------------------------------------
+# reading
+
+
+def load_views(
+    paths: RunPaths, cams: CameraSet, views: list[int], cfg: TrainConfig, device: Any, prior: AlignedDepth | None
+) -> TrainViews:
+    """Frames `views` (and, with `prior`, their depth prior and confidence) at training resolution."""
+    from depth.geometry import scale_intrinsics
+
+    W, H = target_size(cams.width, cams.height, cfg.downscale, cfg.max_size)
+    images = {i: read_rgb(paths.root / cams.files[i], (W, H)) for i in views}
+    depth = conf = None
+    if prior is not None:
+        depth = {i: resize_nearest(prior.depth[i], (W, H)) for i in views}
+        conf = {i: resize_nearest(prior.confidence[i], (W, H)) for i in views}
+    with _library_errors():
+        return TrainViews.from_arrays(
+            images,
+            scale_intrinsics(cams.K, W / cams.width, H / cams.height),
+            cams.c2w,
+            prior_depth=depth,
+            prior_confidence=conf,
+            names={i: Path(cams.files[i]).stem for i in views},
+            device=device,
+        )
+
+
+def load_prior(paths: RunPaths, cams: CameraSet, train: list[int]) -> AlignedDepth:
+    """depth/aligned.npz, checked to hold valid depth on the training views."""
+    if not paths.aligned_npz.exists():
+        raise ReconError(
+            f"{paths.aligned_npz} not found: run the depth and align stages first, or train with --depth-loss none"
+        )
+    prior = AlignedDepth.load(paths.aligned_npz, (len(cams), cams.height, cams.width))
+    prior.require_valid(train, paths.aligned_npz)
+    return prior
+
+
+def _frame_stack(path: Path, key: str, what: str, cams: CameraSet) -> np.ndarray:
+    """[T,H,W] array `key` of an npz, one map per frame of cameras.json."""
+    if not path.exists():
+        raise ReconError(f"{what} {path} not found")
+    with np.load(path) as z:
+        if key not in z:
+            raise ReconError(f"{what} {path} has no key '{key}'")
+        arr = np.asarray(z[key])
+    if arr.ndim != 3 or len(arr) != len(cams):
+        raise ReconError(f"{what} {path} has shape {arr.shape}, expected [{len(cams)}, H, W]")
+    return arr
+
+
+def load_gt_depth(cfg: Config, cams: CameraSet, test: list[int], size: tuple[int, int]) -> dict[int, np.ndarray] | None:
+    if cfg.gt_depth is None:
+        return None
+    depth = _frame_stack(Path(cfg.gt_depth), "depth", "ground-truth depth", cams)
+    return {i: resize_nearest(np.nan_to_num(depth[i].astype(np.float32), nan=0.0), size) for i in test}
+
+
+def load_eval_masks(
+    cfg: Config, cams: CameraSet, test: list[int], size: tuple[int, int]
+) -> dict[int, np.ndarray] | None:
+    if cfg.eval_mask is None:
+        return None
+    mask = _frame_stack(Path(cfg.eval_mask), "mask", "evaluation mask", cams)
+    return {i: resize_nearest(mask[i].astype(np.float32), size) > 0.5 for i in test}
+
+
+def composited_on(paths: RunPaths) -> tuple[float, float, float] | None:
+    """The colour frames.json says transparent input frames were composited on (None: opaque or no frames.json)."""
+    return FramesIndex.load(paths.frames_json).composited_on if paths.frames_json.exists() else None
+
+
+def read_initial_points(
+    paths: RunPaths, cfg: TrainConfig, cams: CameraSet, train: list[int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The initial points of --init depth | sfm | random (with cfg.init_random_fill random points added to a
+    depth or SfM init): xyz float32 [N,3], rgb uint8 [N,3]. Random points fill the box the training cameras look
+    at, else the SfM / fused points' box."""
+    from recon.sfm import read_sfm_points
+
+    icfg = InitConfig(
+        init=cfg.init,
+        num_random=cfg.num_random,
+        max_points=cfg.max_init_points,
+        sfm_min_train_views=cfg.sfm_min_train_views,
+        random_fill=cfg.init_random_fill,
+    )
+    points = None
+    if cfg.init == "depth":
+        if not paths.init_ply.exists():
+            raise ReconError(f"{paths.init_ply} not found: run the fuse stage first, or train with --init sfm|random")
+        cloud = PointCloud.load(paths.init_ply)
+        points = (cloud.xyz, cloud.rgb)
+    elif cfg.init == "sfm":
+        names = {Path(cams.files[i]).name for i in train}
+        points = read_sfm_points(paths.sfm_dir, names, cfg.sfm_min_train_views)
+        debug(f"sfm init: {len(points[0])} points seen by >= {cfg.sfm_min_train_views} of {len(train)} training views")
+
+    def bounds() -> tuple[np.ndarray, np.ndarray]:
+        box = camera_lookat_bounds(cams.c2w[train], cams.K[train], cams.width, cams.height)
+        if box is None and paths.sfm_dir.exists():
+            box = points_bounds(read_sfm_points(paths.sfm_dir)[0])
+        if box is None and paths.init_ply.exists():
+            box = points_bounds(PointCloud.load(paths.init_ply).xyz)
+        if box is None:
+            raise ReconError(
+                "random points need scene bounds: cameras do not converge and the run has no SfM or fused points"
+            )
+        return box
+
+    with _library_errors():
+        return initial_points(icfg, points, bounds, rng)
+
+
+# ---------------------------------------------------------------------------------------------------
+# writing
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    """uint8 [H,W,3] -> PNG, atomically."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float = 30.0) -> None:
+    """Encode uint8 [T,H,W,3] frames as H.264 mp4 (MPEG-4 part 2 if libx264 is missing), atomically.
+
+    Odd sizes are padded by one pixel (yuv420p needs even dimensions).
+    """
+    from fractions import Fraction
+
+    import av
+
+    if len(frames) == 0:
+        raise ReconError("no frames to write")
+    h, w = frames[0].shape[:2]
+    H, W = h + h % 2, w + w % 2
+    codec: Literal["libx264", "mpeg4"] = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+            if codec == "libx264":
+                stream.options = {"crf": "20"}
+            for f in frames:
+                f = np.asarray(f, np.uint8)
+                if f.shape[:2] != (H, W):
+                    f = np.pad(f, ((0, H - h), (0, W - w), (0, 0)), mode="edge")
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+
+
+def _save_checkpoint(paths: RunPaths, state: dict[str, Any]) -> None:
+    Checkpoint(state).save(paths.checkpoint)
+    write_jsonl(paths.splat_dir / "train_log.jsonl", state["log"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# the stage
+
+
+@dataclass
+class _Setup:
+    """What the stage read for one training: cameras, views and what scores them."""
+
+    cams: CameraSet
+    train: list[int]
+    test: list[int]
+    views: TrainViews
+    background: Background
+    use_depth: bool
+    gt_depth: dict[int, np.ndarray] | None
+    eval_masks: dict[int, np.ndarray] | None
+
+
+def _setup(paths: RunPaths, cfg: Config, device: Any) -> _Setup:
+    with _library_errors():
+        use_depth = uses_depth(cfg) and not cfg.eval_only
+    cams = CameraSet.load(paths.cameras_json)
+    train, test = training_views(paths, cams, Split.load(paths.split_json))
+    prior = load_prior(paths, cams, train) if use_depth else None
+    views = load_views(paths, cams, sorted(set(train) | set(test)), cfg, device, prior)
+    size = (views.width, views.height)
+    gt_depth = load_gt_depth(cfg, cams, test, size)
+    eval_masks = load_eval_masks(cfg, cams, test, size)
+    with _library_errors():
+        background = Background.resolve(cfg, views, train, composited_on(paths))
+    debug(
+        f"background {[round(c, 3) for c in background.color]} ({background.source}), training on {background.training}"
+    )
+    info(
+        f"train: {len(train)} train / {len(test)} test views at {views.width}x{views.height} on {device}, "
+        f"init={cfg.init}, depth_loss={cfg.depth_loss if use_depth else 'none'}"
+    )
+    return _Setup(cams, train, test, views, background, use_depth, gt_depth, eval_masks)
+
+
+def _trainer(paths: RunPaths, cfg: Config, s: _Setup) -> Trainer:
+    """The trainer for eval-only (saved Gaussians), resume (the checkpoint) or a new training (the init)."""
+    if cfg.eval_only:
+        if paths.checkpoint.exists():
+            params = {k: v.numpy() for k, v in Checkpoint.load(paths.checkpoint).state["params"].items()}
+        elif paths.gaussians_ply.exists():
+            params = GaussiansFile.load(paths.gaussians_ply).params
+        else:
+            raise ReconError(f"--eval-only: neither {paths.checkpoint} nor {paths.gaussians_ply} exists (train first)")
+        return Trainer.from_gaussians(params, s.views, cfg, train=s.train, background=s.background)
+    if cfg.resume:
+        state = Checkpoint.load(paths.checkpoint).state
+        return Trainer.from_state(state, s.views, cfg, train=s.train, background=s.background)
+    rng = np.random.default_rng(cfg.seed)
+    xyz, rgb = read_initial_points(paths, cfg, s.cams, s.train, rng)
+    return Trainer.from_points(xyz, rgb, s.views, cfg, rng=rng, train=s.train, background=s.background)
+
+
+def _fit(paths: RunPaths, cfg: Config, trainer: Trainer, callback: Callable[[int, dict], None] | None) -> None:
+    with progress() as bar:
+        task = bar.add_task("train", total=cfg.iterations, completed=trainer.global_step, status="")
+
+        def step_done(step: int, row: dict[str, Any]) -> None:
+            status = f"loss {row['loss']:.4f}  PSNR {row['psnr']:.2f}  N {row['num_gaussians']}"
+            bar.update(task, advance=1, status=status)
+            if callback is not None:
+                callback(step, row)
+
+        trainer.fit(step_done, lambda state: _save_checkpoint(paths, state))
+    GaussiansFile(trainer.gaussians()).save(paths.gaussians_ply)
+
+
+def _evaluate(paths: RunPaths, cfg: Config, trainer: Trainer, s: _Setup) -> tuple[dict[str, Any], bool]:
+    """Score the test views, write their renders; (metrics, whether LPIPS was available)."""
+    from splat.evaluate import maybe_lpips
+
+    if not s.test:
+        warn("split has no test views: no held-out metrics")
+        return {"num_views": 0}, False
+    lp = maybe_lpips(trainer.device)
+    metrics = trainer.evaluate(s.test, s.gt_depth, s.eval_masks, lp, cfg.gt_depth_align, keep_renders=cfg.test_renders)
+    for i, image in metrics.pop("renders", {}).items():
+        save_png(paths.test_renders_dir / f"{s.views.names.get(i, f'{i:06d}')}.png", image)
+    return metrics, lp is not None
+
+
+def _render_video(paths: RunPaths, cfg: Config, trainer: Trainer, cams: CameraSet) -> None:
+    keys = cams.c2w[cams.registered]
+    K = trainer.views.K[int(np.flatnonzero(cams.registered)[0])]
+    frames = trainer.render_path(keys, K, cfg.video_frames)
+    write_video(paths.renders_mp4, frames, cfg.video_fps)
+    debug(f"wrote {paths.renders_mp4} ({len(frames)} frames)")
+
+
+def _summary(cfg: Config, trainer: Trainer, s: _Setup, metrics: dict, extra: dict) -> dict[str, Any]:
+    bg = trainer.background
+    return {
+        **{k: v for k, v in metrics.items() if k != "per_view"},
+        **extra,
+        "num_gaussians": trainer.num_gaussians,
+        "train_time_s": float(trainer.elapsed),
+        "iterations": int(cfg.iterations),
+        "num_train_views": len(s.train),
+        "num_test_views": len(s.test),
+        "resolution": [s.views.width, s.views.height],
+        "device": str(trainer.device),
+        "init": cfg.init,
+        "depth_loss": cfg.depth_loss if s.use_depth else "none",
+        "strategy": cfg.strategy,
+        "background": [round(float(c), 4) for c in bg.color],
+        "background_source": bg.source,
+        "train_background": bg.training,
+    }
+
+
+def _train(paths: RunPaths, cfg: Config, device: Any, callback: Callable[[int, dict], None] | None) -> dict[str, Any]:
+    s = _setup(paths, cfg, device)
+    trainer = _trainer(paths, cfg, s)
+    extra: dict[str, Any] = {}
+    if cfg.eval_initial and s.test and trainer.global_step == 0 and not cfg.eval_only:
+        init_eval = trainer.evaluate(s.test, sh_degree=0)
+        extra = {"initial_psnr": init_eval["psnr"], "initial_ssim": init_eval["ssim"]}
+        info(f"initial test PSNR {init_eval['psnr']:.2f} dB")
+    if not cfg.eval_only:
+        _fit(paths, cfg, trainer, callback)
+    metrics, lpips_available = _evaluate(paths, cfg, trainer, s)
+    if cfg.video_frames > 0:
+        _render_video(paths, cfg, trainer, s.cams)
+    summary = {**_summary(cfg, trainer, s, metrics, extra), "lpips_available": lpips_available}
+    Metrics(summary, metrics.get("per_view", []), config_json(cfg)).save(paths.metrics_json)
+    msg = f"test PSNR {summary.get('psnr', float('nan')):.2f} dB, SSIM {summary.get('ssim', float('nan')):.3f}"
+    if "psnr_masked" in summary:
+        msg += f" (co-visible pixels: {summary['psnr_masked']:.2f} dB, {summary['ssim_masked']:.3f})"
+    if "depth_abs_rel" in summary:
+        msg += f", depth AbsRel {summary['depth_abs_rel']:.3f}"
+    info(msg + f", {summary['num_gaussians']} Gaussians, {trainer.elapsed:.0f}s training")
+    return summary
+
+
+def run(ctx: StageContext, cfg: Config, callback: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Train (or with cfg.eval_only just evaluate) the Gaussians of a run; write all splat outputs.
+
+    Args:
+        callback: called as callback(step, log_row) after every optimisation step (for tests/tools);
+            an exception it raises interrupts training like a kill would (the last checkpoint stays).
+    Returns:
+        summary dict (also RUN/metrics.json, replacing an earlier evaluation): psnr, ssim, [lpips],
+        [depth_abs_rel, depth_delta1], num_gaussians, train_time_s, iterations, num_train_views, ...
+    """
+    import torch
+
+    from depth.device import resolve_device
+
+    with _library_errors():
+        device = resolve_device(cfg.device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        with _library_errors():
+            return _train(ctx.paths, cfg, device, callback)
+    finally:
+        torch.set_num_threads(threads)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
 import torch
 
-from recon.console import warn
+log = logging.getLogger(__name__)
 
 
 def lpips_weights_cached() -> bool:
@@ -41,7 +42,7 @@ def offline_lpips(lpips_cls: Callable[..., torch.nn.Module], **kwargs) -> torch.
     """`lpips_cls(**kwargs)` when its backbone weights are cached, else a NaN-returning stand-in."""
     if lpips_weights_cached():
         return lpips_cls(**kwargs)
-    warn("LPIPS backbone weights (torchvision AlexNet) are not cached offline: lpips is reported as nan")
+    log.warning("LPIPS backbone weights (torchvision AlexNet) are not cached offline: lpips is reported as nan")
     return UnavailableMetric("lpips")
 
 

@@ -14,7 +14,7 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, Nerfst
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.utils.data_utils import get_depth_image_from_path
 
-from recon.errors import ReconError
+from splat.errors import SplatError
 
 
 @dataclass
@@ -31,10 +31,11 @@ class DVDSplatDataParserConfig(NerfstudioDataParserConfig):
 class DVDSplatDataParser(Nerfstudio):
     config: DVDSplatDataParserConfig
 
-    def _generate_dataparser_outputs(self, split: str = "train"):
+    # nerfstudio's base declares **kwargs that neither its Nerfstudio parser nor this one takes
+    def _generate_dataparser_outputs(self, split: str = "train"):  # type: ignore[override]
         transforms = self.config.data if self.config.data.suffix == ".json" else self.config.data / "transforms.json"
         if not transforms.exists():
-            raise ReconError(f"{transforms} not found: export the run first (recon export nerfstudio RUN)")
+            raise SplatError(f"{transforms} not found: export the run first (recon export nerfstudio RUN)")
         meta = json.loads(transforms.read_text())
         factor = self.config.depth_unit_scale_factor
         if factor is None:

@@ -6,7 +6,9 @@ as values: a plugin must not import nerfstudio's method_configs, which discovers
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
@@ -15,11 +17,17 @@ from nerfstudio.engine.schedulers import ExponentialDecayScheduler, ExponentialD
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
+from torch.optim.lr_scheduler import LambdaLR
 
 from splat.nerfstudio.dataparser import DVDSplatDataParserConfig, DVDSplatDataset
 from splat.nerfstudio.model import DVDSplatModelConfig
 
 MAX_ITERATIONS = 30000
+
+
+def _plain_float(f: Callable[[int], float]) -> Callable[[int], float]:
+    """`f` with its result converted to a Python float."""
+    return lambda step: float(f(step))
 
 
 class PlainFloatExponentialDecayScheduler(ExponentialDecayScheduler):
@@ -31,8 +39,9 @@ class PlainFloatExponentialDecayScheduler(ExponentialDecayScheduler):
     """
 
     def get_scheduler(self, optimizer, lr_init: float):
-        scheduler = super().get_scheduler(optimizer, lr_init)
-        scheduler.lr_lambdas = [lambda step, f=f: float(f(step)) for f in scheduler.lr_lambdas]
+        # the parent builds a LambdaLR but declares the LRScheduler base class
+        scheduler = cast(LambdaLR, super().get_scheduler(optimizer, lr_init))
+        scheduler.lr_lambdas = [_plain_float(f) for f in scheduler.lr_lambdas]
         for group in optimizer.param_groups:
             group["lr"] = float(group["lr"])
         scheduler._last_lr = [float(lr) for lr in scheduler._last_lr]

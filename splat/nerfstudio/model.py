@@ -4,7 +4,7 @@ Differences from `SplatfactoModel`:
 - rendering goes through `splat.render.rasterization` (gsplat on CUDA, the project's PyTorch
   rasterizer on CPU), so `ns-train dvd-splat --machine.device-type cpu` trains without CUDA kernels;
 - a depth loss against the run's aligned depth (`depth_image` from the export's 16-bit PNGs), with
-  the same options and defaults as `splat.train.TrainConfig`;
+  the same options and defaults as `splat.trainer.TrainConfig`;
 - the Gaussians start from the run's fused cloud (transforms.json `ply_file_path`, loaded by the
   dataparser as seed points), exactly like splatfacto's SfM-point initialisation.
 """
@@ -12,7 +12,7 @@ Differences from `SplatfactoModel`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,10 @@ from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
 from splat import losses
 from splat.nerfstudio.cpu_patch import splatfacto_construction
 from splat.render import rasterization
-from splat.train import TrainConfig
+from splat.trainer import TrainConfig
+
+if TYPE_CHECKING:
+    from nerfstudio.cameras.rays import RayBundle
 
 _TRAIN_DEFAULTS = TrainConfig()
 
@@ -59,7 +62,7 @@ def downscale_depth(depth: torch.Tensor, factor: int) -> torch.Tensor:
 
 @dataclass
 class DVDSplatModelConfig(SplatfactoModelConfig):
-    """splatfacto's settings plus the DVD-Splat depth prior (defaults as in `splat.train.TrainConfig`)."""
+    """splatfacto's settings plus the DVD-Splat depth prior (defaults as in `splat.trainer.TrainConfig`)."""
 
     _target: type = field(default_factory=lambda: DVDSplatModel)
     depth_loss: Literal["none", "l1-inverse", "pearson"] = _TRAIN_DEFAULTS.depth_loss
@@ -70,7 +73,7 @@ class DVDSplatModelConfig(SplatfactoModelConfig):
     depth_weight_final: float = _TRAIN_DEFAULTS.depth_weight_final
     """Depth weight at the last step as a fraction of depth_weight (exponential decay; 1 = constant)."""
     depth_min_alpha: float = 0.5
-    """The depth loss uses pixels whose rendered opacity exceeds this (as splat.train does)."""
+    """The depth loss uses pixels whose rendered opacity exceeds this (as splat.trainer does)."""
     output_depth_during_training: bool = True
     """Render expected depth while training (the depth loss needs it)."""
 
@@ -90,7 +93,7 @@ class DVDSplatModel(SplatfactoModel):
         self.max_num_iterations = getattr(trainer_config, "max_num_iterations", None)
         return super().get_training_callbacks(training_callback_attributes)
 
-    def get_outputs(self, camera: Cameras) -> dict[str, torch.Tensor | list]:
+    def get_outputs(self, camera: RayBundle | Cameras) -> dict[str, torch.Tensor | list]:
         """Render one camera: rgb [H, W, 3], depth [H, W, 1] (nerfstudio world units), accumulation [H, W, 1]."""
         if not isinstance(camera, Cameras):
             return {}

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.atomic import atomic_path, save_npz, write_json
-from recon.artifacts.cameras import CameraSet
 from depth.geometry import opengl_to_opencv
+from recon.artifacts import CameraSet, RunPaths, Split
+from recon.atomic import atomic_path, save_npz, write_json
 from recon.errors import ReconError
-from recon.artifacts.layout import RunPaths
-from recon.split import save_split
 
 
 def _save_frame(path: Path, image: np.ndarray) -> None:
@@ -118,15 +116,8 @@ def build_nerf_synthetic_run(
         },
     )
     pos = {idx: j for j, idx in enumerate(chosen)}
-    save_split(
-        paths.split_json,
-        {
-            "protocol": "given",
-            "train": [pos[i] for i in train],
-            "test": [pos[i] for i in test],
-            "prior": [pos[i] for i in train],
-        },
-    )
+    tr = [pos[i] for i in train]
+    Split(train=tr, test=[pos[i] for i in test], prior=tr, protocol="given").save(paths.split_json)
     return paths
 
 
@@ -188,7 +179,7 @@ def build_rgbd_run(
         sfm={"source": "given poses"},
     )
     cams.save(paths.cameras_json)
-    save_split(paths.split_json, {"protocol": "given", "train": list(train), "test": list(test), "prior": list(train)})
+    Split(train=list(train), test=list(test), prior=list(train), protocol="given").save(paths.split_json)
     gt = None
     if depths and len(depths) == len(files):
         gt = paths.root / "gt_depth.npz"

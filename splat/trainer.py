@@ -1,0 +1,649 @@
+"""Train 3D Gaussians on posed views: photometric L1 + D-SSIM, an optional depth-prior loss, gsplat densification.
+
+A `Trainer` (in the style of gsplat's simple_trainer Runner) holds the Gaussians, their optimisers, the
+densification strategy and the loop state. It takes arrays and tensors (`TrainViews`, initial points, a
+`state_dict`) and returns them (`gaussians()`, `state_dict()`, metrics, rendered frames); it never touches a
+file. Progress goes to the `callback` of `fit`, checkpoints to its `on_checkpoint`.
+
+    trainer = Trainer.from_points(xyz, rgb, views, cfg, train=[0, 2, 5])
+    trainer.fit(callback=lambda step, row: ..., on_checkpoint=lambda state: ...)
+    metrics = trainer.evaluate([1, 3])
+    params = trainer.gaussians()  # splat.ply layout
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Self
+
+import numpy as np
+import torch
+
+from splat import evaluate as ev
+from splat.camera_path import render_path
+from splat.errors import SplatError
+from splat.gaussians import gaussians_from_points, to_numpy, to_parameters
+from splat.losses import DEPTH_LOSSES, depth_weight_at, exp_decay, photometric_loss
+from splat.ply import sh_degree_from_bases
+from splat.views import TrainViews
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Gaussian Splatting training (defaults = full quality on CUDA; see `TrainConfig.preset`).
+
+    Measured effects of the options are in benchmarks/README.md.
+    """
+
+    iterations: int = 30_000
+    init: Literal["depth", "sfm", "random"] = "depth"
+    """Initial Gaussians: the depth-fused cloud, the SfM points, or random points in the scene bounds."""
+    num_random: int = 100_000
+    """Points for --init random."""
+    max_init_points: int = 0
+    """Keep at most this many initial points, chosen at random (0 = all)."""
+    init_random_fill: int = 5_000
+    """Random points added to a depth / SfM init: Gaussians for what the depth prior or the SfM points do
+    not cover (pixels without valid depth, space no training view saw), which would otherwise render as
+    background (benchmarks/README.md, "init_random_fill"). 0 = off."""
+    sfm_min_train_views: int = 2
+    """--init sfm: keep SfM points observed by at least this many training views (0 = all points, even
+    those only held-out test views saw)."""
+    init_opacity: float = 0.1
+    init_scale: float = 1.0
+    """Initial sigma as a multiple of the mean distance to the 3 nearest points."""
+    sh_degree: int = 3
+    sh_degree_interval: int = 1000
+    """Raise the active SH degree by one every this many steps (until sh_degree)."""
+    ssim_lambda: float = 0.2
+    depth_loss: Literal["none", "l1-inverse", "pearson"] = "l1-inverse"
+    """Depth-prior loss against the aligned depth, each pixel weighted by the prior's confidence (1 for DVD and
+    file priors): L1 of inverse depth, or 1 - Pearson correlation of inverse depth (chosen by
+    benchmarks/sparse_view.py: benchmarks/README.md, "depth_loss")."""
+    depth_weight: float = 0.5
+    """Weight of the depth loss at step 0 (benchmarks/README.md, "depth_weight")."""
+    depth_weight_final: float = 0.1
+    """Depth weight at the last step as a fraction of depth_weight (exponential decay; 1 = constant)."""
+    strategy: Literal["default", "mcmc"] = "default"
+    """gsplat densification: DefaultStrategy (3DGS) or MCMCStrategy (3DGS-MCMC; on the CPU its two
+    CUDA-only ops run through splat.mcmc_cpu)."""
+    max_gaussians: int = 3_000_000
+    """Stop densifying (default strategy) once this many Gaussians exist; MCMC's cap_max."""
+    refine_start: int = 500
+    refine_stop: int = 15_000
+    refine_every: int = 100
+    reset_every: int = 3000
+    grow_grad2d: float = 0.0002
+    lr_means: float = 1.6e-4
+    """Position learning rate per unit of scene extent (multiplied by the extent), decayed to lr_means_final."""
+    lr_means_final: float = 1.6e-6
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacities: float = 5e-2
+    lr_sh0: float = 2.5e-3
+    lr_shN: float = 2.5e-3 / 20
+    downscale: float = 1.0
+    """Train and evaluate at frame resolution / downscale."""
+    max_size: int = 0
+    """Also cap the longest image side at this many pixels (0 = no cap)."""
+    background: tuple[float, float, float] | None = None
+    """Colour behind the Gaussians (RGB in [0,1]). None = automatic: the colour transparent input frames were
+    composited on (white for Blender renders), else the mean colour of the training images -- the
+    least-squares guess for what no training view saw, which a sparse-view test view shows wherever it looks
+    past the training views (benchmarks/README.md, "background")."""
+    train_background: Literal["auto", "random", "fixed"] = "auto"
+    """Background while training: "random" draws a new uniform colour every step (as splatfacto's
+    background_color="random"), so no transparency can pass for scene colour and every observed pixel must be
+    covered by Gaussians; "fixed" trains on `background`; "auto" = "random" when `background` is automatic and
+    the frames are opaque, else "fixed" (frames composited on a colour, or a colour you set: the images'
+    backdrop is that colour). Evaluation and renders always use `background`."""
+    device: str = "auto"
+    cpu_threads: int = 0
+    """torch intra-op threads while training on the CPU (0 = torch's default). 1 is much faster on a
+    machine whose cores are already busy (thread oversubscription)."""
+    seed: int = 0
+    checkpoint_every: int = 1000
+    """Hand a checkpoint (`Trainer.state_dict`) to `fit`'s on_checkpoint every this many steps (0 = only at
+    the end)."""
+    log_every: int = 10
+
+    @classmethod
+    def preset(cls, name: Literal["cpu", "cuda"], /, **overrides: Any) -> Self:
+        """Device-aware defaults: "cuda" = full quality; "cpu" = small images, minutes of training.
+
+        `overrides` replace preset fields (e.g. `TrainConfig.preset("cpu", iterations=200)`).
+        """
+        base = cls.preset_fields(name)
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def preset_fields(cls, name: str) -> dict[str, Any]:
+        """The fields a preset sets (subclasses add their own)."""
+        if name == "cuda":
+            return dict(device="cuda")
+        if name == "cpu":
+            return dict(
+                device="cpu",
+                iterations=600,
+                max_size=128,
+                sh_degree=1,
+                sh_degree_interval=200,
+                num_random=5_000,
+                max_init_points=20_000,
+                max_gaussians=40_000,
+                refine_start=100,
+                refine_stop=450,
+                refine_every=50,
+                reset_every=100_000,
+                checkpoint_every=200,
+            )
+        raise SplatError(f"unknown preset '{name}' (choose cpu or cuda)")
+
+
+def config_json(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as plain JSON values (paths as strings)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+# ---------------------------------------------------------------------------------------------------
+# background
+
+
+def resolve_background(
+    background: Sequence[float] | None,
+    composited_on: Sequence[float] | None,
+    views: TrainViews,
+    train: list[int],
+) -> tuple[torch.Tensor, str]:
+    """The training / rendering background (see TrainConfig.background): ([3] RGB in [0,1] on the views'
+    device, where it came from: "config" | "composite" | "train-mean").
+
+    Args:
+        background: the configured colour, or None for automatic.
+        composited_on: the colour transparent input frames were composited on, or None (opaque frames).
+    """
+    device = views.device
+    if background is not None:
+        bg = [float(c) for c in background]
+        if len(bg) != 3 or not all(0.0 <= c <= 1.0 for c in bg):
+            raise SplatError(f"train.background must be 3 numbers in [0, 1] (RGB), got {list(background)}")
+        return torch.tensor(bg, dtype=torch.float32, device=device), "config"
+    if composited_on is not None:
+        return torch.tensor([float(c) for c in composited_on], dtype=torch.float32, device=device), "composite"
+    mean = torch.stack([views.images[i].reshape(-1, 3).mean(0) for i in train]).mean(0)
+    return mean.float().to(device), "train-mean"
+
+
+def training_background(mode: str, background_source: str) -> Literal["random", "fixed"]:
+    """TrainConfig.train_background resolved: "auto" is "random" only for an automatic background over opaque
+    frames (`background_source` "train-mean"); composited frames and a colour set in the config keep it."""
+    if mode not in ("auto", "random", "fixed"):
+        raise SplatError(f"train.train_background must be auto, random or fixed, got {mode!r}")
+    if mode == "auto":
+        return "random" if background_source == "train-mean" else "fixed"
+    return mode  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Background:
+    """The resolved background: colour (RGB in [0,1]), where it came from, and how training uses it."""
+
+    color: tuple[float, float, float]
+    source: str
+    training: Literal["random", "fixed"]
+
+    @classmethod
+    def resolve(
+        cls, cfg: TrainConfig, views: TrainViews, train: list[int], composited_on: Sequence[float] | None = None
+    ) -> Background:
+        color, source = resolve_background(cfg.background, composited_on, views, train)
+        mode = training_background(cfg.train_background, source)
+        return cls(tuple(float(c) for c in color.tolist()), source, mode)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------
+# rendering
+
+
+def render(
+    params: torch.nn.ParameterDict | dict[str, torch.Tensor],
+    viewmat: torch.Tensor,
+    K: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int,
+    background: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Render one view of Gaussians in the trainer's parameter layout (pre-activation).
+
+    Args:
+        viewmat: [4,4] w2c (OpenCV). K: [3,3] pixels at (width, height). background: [3].
+    Returns:
+        rgb [H,W,3], expected depth [H,W], alpha [H,W], meta (gsplat's info dict, means2d with grad).
+    """
+    from splat.render import rasterization
+
+    colors = torch.cat([params["sh0"], params["shN"]], dim=1)
+    out, alpha, meta = rasterization(
+        means=params["means"],
+        quats=params["quats"],
+        scales=torch.exp(params["scales"]),
+        opacities=torch.sigmoid(params["opacities"]),
+        colors=colors,
+        viewmats=viewmat[None],
+        Ks=K[None],
+        width=width,
+        height=height,
+        sh_degree=sh_degree,
+        render_mode="RGB+ED",
+        backgrounds=background[None],
+    )
+    return out[0, ..., :3], out[0, ..., 3], alpha[0, ..., 0], meta
+
+
+def params_sh_degree(params: torch.nn.ParameterDict | dict[str, torch.Tensor]) -> int:
+    return sh_degree_from_bases(params["shN"].shape[1] + 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# optimisation parts
+
+
+def make_optimizers(
+    params: torch.nn.ParameterDict, cfg: TrainConfig, extent: float
+) -> dict[str, torch.optim.Optimizer]:
+    """One Adam per parameter group (gsplat's strategies expect this layout); means' rate scales with the extent."""
+    lrs = {
+        "means": cfg.lr_means * extent,
+        "scales": cfg.lr_scales,
+        "quats": cfg.lr_quats,
+        "opacities": cfg.lr_opacities,
+        "sh0": cfg.lr_sh0,
+        "shN": cfg.lr_shN,
+    }
+    return {k: torch.optim.Adam([{"params": params[k], "lr": lrs[k], "name": k}], eps=1e-15) for k in params.keys()}
+
+
+def make_strategy(cfg: TrainConfig, device: torch.device):
+    """gsplat's DefaultStrategy or MCMCStrategy (CPU ops installed for MCMC on the CPU)."""
+    from gsplat.strategy import DefaultStrategy, MCMCStrategy
+
+    if cfg.strategy == "mcmc":
+        if device.type == "cpu":
+            from splat.mcmc_cpu import install_cpu_mcmc_ops
+
+            install_cpu_mcmc_ops()  # gsplat's relocation and covariance ops are CUDA-only; CUDA tensors are untouched
+        elif device.type != "cuda":
+            raise SplatError(f"--strategy mcmc runs on CUDA or the CPU, not on {device.type}")
+        return MCMCStrategy(
+            cap_max=cfg.max_gaussians,
+            refine_start_iter=cfg.refine_start,
+            refine_stop_iter=cfg.refine_stop,
+            refine_every=cfg.refine_every,
+        )
+    if cfg.strategy != "default":
+        raise SplatError(f"unknown strategy '{cfg.strategy}' (choose default or mcmc)")
+    return DefaultStrategy(
+        refine_start_iter=cfg.refine_start,
+        refine_stop_iter=cfg.refine_stop,
+        refine_every=cfg.refine_every,
+        reset_every=cfg.reset_every,
+        grow_grad2d=cfg.grow_grad2d,
+    )
+
+
+def uses_depth(cfg: TrainConfig) -> bool:
+    """Whether training uses a depth prior (raises SplatError for an unknown depth loss)."""
+    if cfg.depth_loss not in ("none", *DEPTH_LOSSES):
+        raise SplatError(f"unknown depth loss '{cfg.depth_loss}' (choose none, l1-inverse or pearson)")
+    return cfg.depth_loss != "none" and cfg.depth_weight > 0
+
+
+def _to_cpu(obj: Any) -> Any:
+    """A copy of nested dicts / lists / tuples with every tensor detached and cloned onto the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _view_order(rng: np.random.Generator, train: list[int]) -> list[int]:
+    return [train[j] for j in rng.permutation(len(train))]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the trainer
+
+
+class Trainer:
+    """Gaussians, optimisers, densification and loop state for one scene.
+
+    Build it with `from_points` (a new training), `from_state` (resume a `state_dict`) or `from_gaussians`
+    (evaluate trained Gaussians). `train` are the view indices fitted; `views` must hold their images (and,
+    with a depth loss, their prior depth).
+    """
+
+    def __init__(
+        self,
+        params: torch.nn.ParameterDict,
+        views: TrainViews,
+        cfg: TrainConfig,
+        train: list[int],
+        background: Background,
+        extent: float = 1.0,
+        rng: np.random.Generator | None = None,
+        trainable: bool = True,
+    ):
+        self.params, self.views, self.cfg = params, views, cfg
+        self.train = [int(i) for i in train]
+        self.device = views.device
+        self.background = background
+        self.bg_color = torch.tensor(background.color, dtype=torch.float32, device=self.device)
+        self.extent = float(extent)
+        self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
+        self.global_step = 0
+        self.log: list[dict[str, Any]] = []
+        self.elapsed = 0.0
+        self.use_depth = trainable and uses_depth(cfg)
+        self._order: list[int] = []
+        self._capped = False
+        self.optimizers: dict[str, torch.optim.Optimizer] | None = None
+        self.strategy = self.strategy_state = None
+        if trainable:
+            self._check_views()
+            self.optimizers = make_optimizers(params, cfg, self.extent)
+            self.strategy = make_strategy(cfg, self.device)
+            self.strategy_state = (
+                self.strategy.initialize_state(scene_scale=self.extent)
+                if cfg.strategy == "default"
+                else self.strategy.initialize_state()
+            )
+
+    def _check_views(self) -> None:
+        if not self.train:
+            raise SplatError("no training views")
+        missing = [i for i in self.train if i not in self.views.images]
+        if missing:
+            raise SplatError(f"training views {missing} have no image")
+        if self.use_depth:
+            missing = [i for i in self.train if i not in self.views.prior_depth]
+            if missing:
+                raise SplatError(f"depth loss {self.cfg.depth_loss}: training views {missing} have no prior depth")
+
+    # ------------------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_points(
+        cls,
+        xyz: np.ndarray,
+        rgb: np.ndarray,
+        views: TrainViews,
+        cfg: TrainConfig,
+        train: list[int] | None = None,
+        background: Background | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> Trainer:
+        """A new training from initial points xyz [N,3] (scene units) and rgb [N,3] (uint8 or [0,1]).
+
+        Args:
+            train: the views to fit (default: every view with an image).
+            background: the resolved background (default: `Background.resolve` without a composite colour).
+            rng: the generator that drew the initial points, continued for the view order (default: seeded
+                with cfg.seed).
+        """
+        from splat.gaussians import scene_extent
+
+        torch.manual_seed(cfg.seed)
+        train = sorted(views.images) if train is None else list(train)
+        background = background or Background.resolve(cfg, views, train)
+        extent = scene_extent(views.c2w[train], xyz)
+        g = gaussians_from_points(xyz, rgb, cfg.sh_degree, cfg.init_opacity, cfg.init_scale)
+        trainer = cls(to_parameters(g, views.device), views, cfg, train, background, extent, rng)
+        assert trainer.strategy is not None, "a trainable Trainer has a strategy"
+        trainer.strategy.check_sanity(trainer.params, trainer.optimizers)
+        log.info("initial Gaussians: %d from %s, scene extent %.3g", len(xyz), cfg.init, extent)
+        return trainer
+
+    @classmethod
+    def from_state(
+        cls,
+        state: dict[str, Any],
+        views: TrainViews,
+        cfg: TrainConfig,
+        train: list[int] | None = None,
+        background: Background | None = None,
+    ) -> Trainer:
+        """Resume the training a `state_dict()` recorded (optimisers, strategy state, RNGs, log, step)."""
+        train = sorted(views.images) if train is None else list(train)
+        background = background or Background.resolve(cfg, views, train)
+        params = to_parameters({k: v.numpy() for k, v in state["params"].items()}, views.device)
+        trainer = cls(params, views, cfg, train, background, float(state["extent"]), np.random.default_rng(cfg.seed))
+        assert trainer.optimizers is not None and trainer.strategy is not None, "a trainable Trainer has both"
+        for k, o in trainer.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        dev = views.device
+        trainer.strategy_state = {
+            k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in state["strategy_state"].items()
+        }
+        trainer.rng.bit_generator.state = state["rng_numpy"]
+        torch.set_rng_state(state["rng_torch"])
+        if state.get("rng_cuda") is not None and dev.type == "cuda":
+            torch.cuda.set_rng_state_all(list(state["rng_cuda"]))
+        trainer.global_step, trainer.log = int(state["step"]), [dict(r) for r in state["log"]]
+        trainer.elapsed = float(state["elapsed_s"])
+        trainer.strategy.check_sanity(trainer.params, trainer.optimizers)
+        log.info("resuming from step %d of %d", trainer.global_step, cfg.iterations)
+        return trainer
+
+    @classmethod
+    def from_gaussians(
+        cls,
+        gaussians: dict[str, np.ndarray],
+        views: TrainViews,
+        cfg: TrainConfig,
+        train: list[int] | None = None,
+        background: Background | None = None,
+    ) -> Trainer:
+        """Trained Gaussians (splat.ply layout) for evaluation and rendering only (no optimiser)."""
+        train = sorted(views.images) if train is None else list(train)
+        background = background or Background.resolve(cfg, views, train)
+        return cls(to_parameters(gaussians, views.device), views, cfg, train, background, trainable=False)
+
+    # ------------------------------------------------------------------------------ training
+
+    def step(self) -> dict[str, Any]:
+        """One optimisation step on the next training view; returns its log row (step, loss terms, psnr, ...)."""
+        if self.optimizers is None:
+            raise SplatError("these Gaussians were loaded for evaluation only; they cannot be trained")
+        assert self.strategy is not None, "the strategy is set with the optimizers"
+        cfg, v, step = self.cfg, self.views, self.global_step
+        # Views are drawn epoch by epoch from `rng`; an epoch restarts at every checkpoint, so a resumed
+        # run (rng state restored from the checkpoint) sees the same views as an uninterrupted one.
+        if not self._order:
+            self._order = _view_order(self.rng, self.train)
+        i = self._order.pop()
+        sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
+        bg = torch.rand(3, device=self.device) if self.background.training == "random" else self.bg_color
+        rgb, depth, alpha, meta = render(self.params, v.viewmats[i], v.K[i], v.width, v.height, sh_degree, bg)
+        gt = v.images[i]
+        loss, terms = photometric_loss(rgb, gt, cfg.ssim_lambda)
+        row: dict[str, Any] = {"step": step + 1, **terms}
+        if self.use_depth:
+            loss = loss + self._depth_term(i, depth, alpha, row)
+        if cfg.strategy == "mcmc":
+            # MCMC's opacity and scale regularisers (its paper's defaults).
+            p = self.params
+            loss = loss + 0.01 * torch.sigmoid(p["opacities"]).mean() + 0.01 * torch.exp(p["scales"]).mean()
+        else:
+            self.strategy.step_pre_backward(self.params, self.optimizers, self.strategy_state, step, meta)
+        loss.backward()
+        self._optimise(meta)
+        value = float(loss.detach())
+        if not np.isfinite(value):
+            raise SplatError(f"training diverged: the loss became {value} at step {step + 1}")
+        row["loss"] = value
+        row["psnr"] = ev.psnr(rgb.detach(), gt)
+        row["num_gaussians"] = int(len(self.params["means"]))
+        self.global_step += 1
+        return row
+
+    def _depth_term(self, i: int, depth: torch.Tensor, alpha: torch.Tensor, row: dict[str, Any]) -> torch.Tensor:
+        cfg = self.cfg
+        w = depth_weight_at(self.global_step, cfg.depth_weight, cfg.depth_weight_final, cfg.iterations)
+        # Expected depth is normalised by alpha, so it is meaningful wherever anything was hit.
+        confidence = self.views.prior_confidence.get(i)
+        dl = DEPTH_LOSSES[cfg.depth_loss](depth, self.views.prior_depth[i], alpha.detach() > 0.01, confidence)
+        row["depth"], row["depth_weight"] = float(dl.detach()), w
+        return w * dl
+
+    def _optimise(self, meta: dict) -> None:
+        """Optimiser steps, the means' learning-rate decay, densification, and the collapse check."""
+        cfg, step = self.cfg, self.global_step
+        assert self.optimizers is not None and self.strategy is not None, "step() checked the Trainer is trainable"
+        means_lr = exp_decay(step, cfg.lr_means * self.extent, cfg.lr_means_final * self.extent, cfg.iterations)
+        for g in self.optimizers["means"].param_groups:
+            g["lr"] = means_lr
+        for o in self.optimizers.values():
+            o.step()
+            o.zero_grad(set_to_none=True)
+        if cfg.strategy == "mcmc":
+            self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step, meta, lr=means_lr)
+        else:
+            self.strategy.step_post_backward(
+                self.params, self.optimizers, self.strategy_state, step, meta, packed=False
+            )
+            if not self._capped and len(self.params["means"]) >= cfg.max_gaussians:
+                self.strategy.refine_stop_iter = step + 1  # densification stops at the cap (pruning too)
+                self._capped = True
+                log.warning("reached max_gaussians=%d at step %d: densification stopped", cfg.max_gaussians, step + 1)
+        if len(self.params["means"]) == 0:
+            raise SplatError(
+                f"training collapsed: every Gaussian was pruned by step {step + 1} "
+                "(try another --init or fewer iterations)"
+            )
+
+    def fit(
+        self,
+        callback: Callable[[int, dict[str, Any]], None] | None = None,
+        on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    ) -> float:
+        """Train from the current step to cfg.iterations; returns the accumulated training seconds.
+
+        Args:
+            callback: called as callback(step, log_row) after every step; an exception it raises stops
+                training (the last checkpoint stays what it was).
+            on_checkpoint: called with `state_dict()` every cfg.checkpoint_every steps and at the end.
+        """
+        cfg = self.cfg
+        t0 = time.perf_counter() - self.elapsed
+        while self.global_step < cfg.iterations:
+            row = self.step()
+            n = self.global_step
+            self.elapsed = time.perf_counter() - t0
+            if n % max(cfg.log_every, 1) == 0 or n == cfg.iterations:
+                row["elapsed_s"] = self.elapsed
+                self.log.append(row)
+            if cfg.checkpoint_every > 0 and n % cfg.checkpoint_every == 0 and n < cfg.iterations:
+                # Unconsumed views of the current epoch go back by re-seeding the order at checkpoint
+                # boundaries: an epoch always restarts after a checkpoint, resumed or not.
+                self._order = []
+                if on_checkpoint is not None:
+                    on_checkpoint(self.state_dict())
+            if callback is not None:
+                callback(n, row)
+        self.elapsed = time.perf_counter() - t0
+        if on_checkpoint is not None:
+            on_checkpoint(self.state_dict())
+        return self.elapsed
+
+    # ------------------------------------------------------------------------------ results
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole training state: tensors (on the CPU) and plain Python values only, so that
+        torch.load(weights_only=True) reads it back. `from_state` resumes from it."""
+        cuda_rng = None
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            # MCMC's relocation and noise draw on the device's generator: keep it so a CUDA resume repeats them too
+            cuda_rng = [t.clone() for t in torch.cuda.get_rng_state_all()]
+        return {
+            "step": int(self.global_step),
+            "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
+            "optimizers": {k: _to_cpu(o.state_dict()) for k, o in (self.optimizers or {}).items()},
+            "strategy_state": _to_cpu(dict(self.strategy_state or {})),
+            "rng_numpy": json.loads(json.dumps(self.rng.bit_generator.state)),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": cuda_rng,
+            "log": [dict(r) for r in self.log],
+            "elapsed_s": float(self.elapsed),
+            "extent": float(self.extent),
+            "config": config_json(self.cfg),
+        }
+
+    def gaussians(self) -> dict[str, np.ndarray]:
+        """The Gaussians as float32 numpy arrays in splat.ply's layout (means, scales, quats, opacities, sh0, shN)."""
+        return to_numpy(self.params)
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(len(self.params["means"]))
+
+    def render(self, i: int, sh_degree: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """View i on the background: (rgb [H,W,3], expected depth [H,W], alpha [H,W])."""
+        v = self.views
+        d = params_sh_degree(self.params) if sh_degree is None else sh_degree
+        rgb, depth, alpha, _ = render(self.params, v.viewmats[i], v.K[i], v.width, v.height, d, self.bg_color)
+        return rgb, depth, alpha
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        views: list[int],
+        gt_depth: dict[int, np.ndarray] | None = None,
+        masks: dict[int, np.ndarray] | None = None,
+        lpips: ev.LPIPS | None = None,
+        depth_align: str = "median",
+        sh_degree: int | None = None,
+        keep_renders: bool = False,
+    ) -> dict[str, Any]:
+        """Score `views` (their images must be in the views): splat.evaluate.evaluate_views' dict.
+
+        Args:
+            gt_depth / masks: view -> [H,W] at training resolution (depth metrics / masked metrics).
+            sh_degree: render with this SH degree (default: all the Gaussians have).
+            keep_renders: also return "renders" {view: uint8 [H, 2W, 3] render | GT}.
+        """
+        return ev.evaluate_views(
+            lambda i: self.render(i, sh_degree),
+            {i: self.views.images[i] for i in views},
+            keep_renders=keep_renders,
+            gt_depth=gt_depth,
+            lpips=lpips,
+            depth_align=depth_align,
+            masks=masks,
+        )
+
+    @torch.no_grad()
+    def render_path(self, key_c2w: np.ndarray, K: torch.Tensor, num_frames: int) -> np.ndarray:
+        """uint8 [num_frames, H, W, 3] frames along a smooth path through key poses c2w [T,4,4], intrinsics K [3,3]
+        at the training resolution."""
+        from depth.geometry import invert_pose
+
+        v, d = self.views, params_sh_degree(self.params)
+
+        def render_pose(c2w: np.ndarray) -> np.ndarray:
+            w2c = torch.as_tensor(invert_pose(c2w), dtype=torch.float32, device=self.device)
+            rgb, _, _, _ = render(self.params, w2c, K, v.width, v.height, d, self.bg_color)
+            return ev.to_uint8(rgb)
+
+        return render_path(render_pose, key_c2w, num_frames)
