@@ -146,25 +146,10 @@ def _project_gaussians(
         depths [C, N] z-depth, conics [C, N, 3] (a, b, c) of the inverse dilated 2D covariance,
         compensations [C, N] or None.
     """
-    W = [[viewmats[:, i, j, None] for j in range(3)] for i in range(3)]  # [C, 1] each
+    rot = [[viewmats[:, i, j, None] for j in range(3)] for i in range(3)]  # [C, 1] each
     mx, my, mz = means.unbind(-1)
-    x, y, z = (W[i][0] * mx + W[i][1] * my + W[i][2] * mz + viewmats[:, i, 3, None] for i in range(3))
-    if covars is None:
-        if quats is None or scales is None:
-            raise ValueError("project_gaussians needs quats and scales when covars is None")
-        m = _quat_scale_factor(quats, scales)
-        mc = [[W[i][0] * m[0][j] + W[i][1] * m[1][j] + W[i][2] * m[2][j] for j in range(3)] for i in range(3)]
-
-        def cov_c(i, j):
-            return mc[i][0] * mc[j][0] + mc[i][1] * mc[j][1] + mc[i][2] * mc[j][2]
-    else:
-        sig = [[covars[:, i, j] for j in range(3)] for i in range(3)]
-        ws = [[W[i][0] * sig[0][j] + W[i][1] * sig[1][j] + W[i][2] * sig[2][j] for j in range(3)] for i in range(3)]
-
-        def cov_c(i, j):
-            return ws[i][0] * W[j][0] + ws[i][1] * W[j][1] + ws[i][2] * W[j][2]
-
-    s00, s01, s02, s11, s12, s22 = (cov_c(i, j) for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)))
+    x, y, z = (rot[i][0] * mx + rot[i][1] * my + rot[i][2] * mz + viewmats[:, i, 3, None] for i in range(3))
+    cov3d = _camera_covariance(rot, quats, scales, covars)
     depths = z
     fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [C, 1]
     cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
@@ -176,6 +161,7 @@ def _project_gaussians(
     lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
     tx = z * torch.minimum(torch.maximum(x * rz, -lim_x_neg), lim_x_pos)
     ty = z * torch.minimum(torch.maximum(y * rz, -lim_y_neg), lim_y_pos)
+    s00, s01, s02, s11, s12, s22 = cov3d
     j00, j02 = fx * rz, -fx * tx * rz * rz  # J = [[j00, 0, j02], [0, j11, j12]]
     j11, j12 = fy * rz, -fy * ty * rz * rz
     cxx = j00 * j00 * s00 + 2 * j00 * j02 * s02 + j02 * j02 * s22
@@ -192,22 +178,65 @@ def _project_gaussians(
     if calc_compensations:
         compensations = torch.sqrt((det_orig / det_safe).clamp(min=1e-12))
 
-    with torch.no_grad():
-        b = 0.5 * (cxx + cyy)
-        v1 = b + torch.sqrt((b * b - det).clamp(min=0.01))
-        radius = torch.ceil(3.0 * torch.sqrt(v1))
-        mx, my = means2d[..., 0], means2d[..., 1]
-        valid = (
-            in_depth
-            & (det > 0)
-            & (radius > radius_clip)
-            & (mx + radius > 0)
-            & (mx - radius < width)
-            & (my + radius > 0)
-            & (my - radius < height)
-        )
-        radii = torch.where(valid, radius, torch.zeros_like(radius)).int()
+    radii = _radii(cxx, cyy, det, means2d, in_depth, radius_clip, width, height)
     return radii, means2d, depths, conics, compensations
+
+
+def _camera_covariance(
+    rot: list[list[Tensor]], quats: Tensor | None, scales: Tensor | None, covars: Tensor | None
+) -> tuple[Tensor, ...]:
+    """Entries (s00, s01, s02, s11, s12, s22), each [C, N], of R Sigma R^T: the 3D covariances in camera axes.
+
+    `rot` holds the world-to-camera rotation entries as [C, 1] tensors; Sigma comes from `covars` [N, 3, 3], or
+    from quats [N, 4] and activated scales [N, 3] as M M^T with M = R(q) diag(s).
+    """
+    if covars is None:
+        if quats is None or scales is None:
+            raise ValueError("project_gaussians needs quats and scales when covars is None")
+        m = _quat_scale_factor(quats, scales)
+        mc = [[rot[i][0] * m[0][j] + rot[i][1] * m[1][j] + rot[i][2] * m[2][j] for j in range(3)] for i in range(3)]
+
+        def cov_c(i: int, j: int) -> Tensor:
+            return mc[i][0] * mc[j][0] + mc[i][1] * mc[j][1] + mc[i][2] * mc[j][2]
+    else:
+        sig = [[covars[:, i, j] for j in range(3)] for i in range(3)]
+        ws = [
+            [rot[i][0] * sig[0][j] + rot[i][1] * sig[1][j] + rot[i][2] * sig[2][j] for j in range(3)] for i in range(3)
+        ]
+
+        def cov_c(i: int, j: int) -> Tensor:
+            return ws[i][0] * rot[j][0] + ws[i][1] * rot[j][1] + ws[i][2] * rot[j][2]
+
+    return tuple(cov_c(i, j) for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)))
+
+
+@torch.no_grad()
+def _radii(
+    cxx: Tensor,
+    cyy: Tensor,
+    det: Tensor,
+    means2d: Tensor,
+    in_depth: Tensor,
+    radius_clip: float,
+    width: int,
+    height: int,
+) -> Tensor:
+    """[C, N] int32 3-sigma radii in pixels of the dilated 2D covariances; 0 where culled (depth range, degenerate,
+    below radius_clip, or entirely outside the image)."""
+    b = 0.5 * (cxx + cyy)
+    v1 = b + torch.sqrt((b * b - det).clamp(min=0.01))
+    radius = torch.ceil(3.0 * torch.sqrt(v1))
+    mx, my = means2d[..., 0], means2d[..., 1]
+    valid = (
+        in_depth
+        & (det > 0)
+        & (radius > radius_clip)
+        & (mx + radius > 0)
+        & (mx - radius < width)
+        & (my + radius > 0)
+        & (my - radius < height)
+    )
+    return torch.where(valid, radius, torch.zeros_like(radius)).int()
 
 
 class _OneThreadGraph(torch.autograd.Function):
@@ -442,19 +471,61 @@ def _bin_tiles(
     Returns:
         TileBins.
     """
-    device = means2d.device
     tile_width = math.ceil(width / tile_size)
     tile_height = math.ceil(height / tile_size)
     n_tiles = n_cameras * tile_width * tile_height
+    tmin, span, tiles_per_splat = _tile_boxes(means2d, radii, tile_size, tile_width, tile_height)
+    ids, tile = _intersections(
+        means2d, depths, camera_ids, tmin, span, tiles_per_splat, tile_size, tile_width, tile_height, conics, opacities
+    )
+    tile, perm = torch.sort(tile, stable=True)
+    ids = ids.index_select(0, perm)
+    tile_count = torch.bincount(tile, minlength=n_tiles)
+    tile_start = torch.cumsum(tile_count, 0) - tile_count
+    return TileBins(
+        tile_size,
+        tile_width,
+        tile_height,
+        n_cameras,
+        ids,
+        tile_start,
+        tile_count,
+        tiles_per_splat,
+        tile,
+    )
+
+
+def _tile_boxes(
+    means2d: Tensor, radii: Tensor, tile_size: int, tile_width: int, tile_height: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per splat [S]: first tile (x, y) [S, 2], tile span (nx, ny) [S, 2] of its +-radius box clipped to the image,
+    and the number of tiles it touches [S] (0 for culled splats)."""
     r = radii.to(means2d.dtype)
     tmin = torch.floor((means2d - r[:, None]) / tile_size).long()
     tmax = torch.ceil((means2d + r[:, None]) / tile_size).long()
-    lim = torch.tensor([tile_width, tile_height], device=device)
+    lim = torch.tensor([tile_width, tile_height], device=means2d.device)
     tmin = torch.minimum(tmin.clamp(min=0), lim)
     tmax = torch.minimum(tmax.clamp(min=0), lim)
     span = tmax - tmin  # [S, 2]
-    tiles_per_splat = span[:, 0] * span[:, 1] * (radii > 0)
+    return tmin, span, span[:, 0] * span[:, 1] * (radii > 0)
 
+
+def _intersections(
+    means2d: Tensor,
+    depths: Tensor,
+    camera_ids: Tensor,
+    tmin: Tensor,
+    span: Tensor,
+    tiles_per_splat: Tensor,
+    tile_size: int,
+    tile_width: int,
+    tile_height: int,
+    conics: Tensor | None,
+    opacities: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """(splat id, global tile id) [n_isects] of every (splat, tile) pair, splats nearest first; with conics and
+    opacities, pairs whose alpha stays below 1/255 on every pixel centre of the tile are dropped."""
+    device = means2d.device
     order = torch.argsort(depths, stable=True)
     order = order[tiles_per_splat.index_select(0, order) > 0]  # visible splats, nearest first
     counts = tiles_per_splat.index_select(0, order)
@@ -486,21 +557,7 @@ def _bin_tiles(
     if conics is not None and opacities is not None:
         kept = torch.nonzero(keep).squeeze(1)
         ids, tile = ids.index_select(0, kept), tile.index_select(0, kept)
-    tile, perm = torch.sort(tile, stable=True)
-    ids = ids.index_select(0, perm)
-    tile_count = torch.bincount(tile, minlength=n_tiles)
-    tile_start = torch.cumsum(tile_count, 0) - tile_count
-    return TileBins(
-        tile_size,
-        tile_width,
-        tile_height,
-        n_cameras,
-        ids,
-        tile_start,
-        tile_count,
-        tiles_per_splat,
-        tile,
-    )
+    return ids, tile
 
 
 bin_tiles.__doc__ = _bin_tiles.__doc__

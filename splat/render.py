@@ -7,11 +7,14 @@ The call shape and output semantics are those of gsplat 1.4.0's `gsplat.renderin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from splat.cpu_raster import (
     DEFAULT_CHUNK_ELEMS,
+    TileBins,
     bin_tiles,
     eval_sh,
     project_gaussians,
@@ -125,47 +128,39 @@ def rasterization(
             absgrad=absgrad,
             rasterize_mode=rasterize_mode,
         )
+    opt = _TorchOptions(
+        near_plane=near_plane,
+        far_plane=far_plane,
+        radius_clip=radius_clip,
+        eps2d=eps2d,
+        sh_degree=sh_degree,
+        packed=packed,
+        tile_size=tile_size or 8,
+        render_mode=render_mode,
+        absgrad=absgrad,
+        rasterize_mode=rasterize_mode,
+        chunk_elems=chunk_elems,
+    )
     return _rasterization_torch(
-        means,
-        quats,
-        scales,
-        opacities,
-        colors,
-        viewmats,
-        Ks,
-        int(width),
-        int(height),
-        near_plane,
-        far_plane,
-        radius_clip,
-        eps2d,
-        sh_degree,
-        packed,
-        tile_size or 8,
-        backgrounds,
-        render_mode,
-        absgrad,
-        rasterize_mode,
-        chunk_elems,
+        means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height), backgrounds, opt
     )
 
 
 def _check_inputs(
-    means,
-    quats,
-    scales,
-    opacities,
-    colors,
-    viewmats,
-    Ks,
-    width,
-    height,
-    sh_degree,
-    backgrounds,
-    render_mode,
-    rasterize_mode,
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    backgrounds: Tensor | None,
+    opt: _TorchOptions,
 ) -> None:
     N, C = means.shape[0], viewmats.shape[0]
+    sh_degree, render_mode, rasterize_mode = opt.sh_degree, opt.render_mode, opt.rasterize_mode
 
     def need(ok: bool, what: str) -> None:
         if not ok:
@@ -206,44 +201,37 @@ def _check_inputs(
         )
 
 
+@dataclass(frozen=True)
+class _TorchOptions:
+    """The keyword options of `rasterization` that the torch backend uses (same meanings and defaults)."""
+
+    near_plane: float
+    far_plane: float
+    radius_clip: float
+    eps2d: float
+    sh_degree: int | None
+    packed: bool
+    tile_size: int
+    render_mode: str
+    absgrad: bool
+    rasterize_mode: str
+    chunk_elems: int
+
+
 def _rasterization_torch(
-    means,
-    quats,
-    scales,
-    opacities,
-    colors,
-    viewmats,
-    Ks,
-    width,
-    height,
-    near_plane,
-    far_plane,
-    radius_clip,
-    eps2d,
-    sh_degree,
-    packed,
-    tile_size,
-    backgrounds,
-    render_mode,
-    absgrad,
-    rasterize_mode,
-    chunk_elems,
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    backgrounds: Tensor | None,
+    opt: _TorchOptions,
 ) -> tuple[Tensor, Tensor, dict]:
-    _check_inputs(
-        means,
-        quats,
-        scales,
-        opacities,
-        colors,
-        viewmats,
-        Ks,
-        width,
-        height,
-        sh_degree,
-        backgrounds,
-        render_mode,
-        rasterize_mode,
-    )
+    _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds, opt)
     N, C = means.shape[0], viewmats.shape[0]
     radii, means2d, depths, conics, comp = project_gaussians(
         means,
@@ -253,16 +241,109 @@ def _rasterization_torch(
         Ks,
         width,
         height,
-        eps2d=eps2d,
-        near_plane=near_plane,
-        far_plane=far_plane,
-        radius_clip=radius_clip,
-        calc_compensations=rasterize_mode == "antialiased",
+        eps2d=opt.eps2d,
+        near_plane=opt.near_plane,
+        far_plane=opt.far_plane,
+        radius_clip=opt.radius_clip,
+        calc_compensations=opt.rasterize_mode == "antialiased",
     )
     opacities = opacities.repeat(C, 1)  # [C, N]
     if comp is not None:
         opacities = opacities * comp
 
+    feats, backgrounds = _splat_features(means, colors, viewmats, depths, opt.sh_degree, opt.render_mode, backgrounds)
+    camera_ids: Tensor | None = None
+    gaussian_ids: Tensor | None = None
+    if opt.packed:
+        camera_ids, gaussian_ids = torch.nonzero(radii > 0, as_tuple=True)
+        radii, means2d, depths, conics, opacities, feats = (
+            t[camera_ids, gaussian_ids] for t in (radii, means2d, depths, conics, opacities, feats)
+        )
+        splat_cams = camera_ids
+    else:
+        splat_cams = torch.arange(C, device=means.device).repeat_interleave(N)
+
+    bins = bin_tiles(
+        means2d.detach().reshape(-1, 2),
+        radii.reshape(-1),
+        depths.detach().reshape(-1),
+        splat_cams,
+        C,
+        width,
+        height,
+        opt.tile_size,
+        conics=conics.detach().reshape(-1, 3),
+        opacities=opacities.detach().reshape(-1),
+    )
+    render_colors, render_alphas = rasterize_to_pixels(
+        means2d,
+        conics,
+        feats,
+        opacities,
+        bins,
+        width,
+        height,
+        backgrounds=backgrounds,
+        absgrad=opt.absgrad,
+        chunk_elems=opt.chunk_elems,
+    )
+    if opt.render_mode in ("ED", "RGB+ED"):
+        render_colors = torch.cat(
+            [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1
+        )
+
+    meta = _meta(bins, camera_ids, gaussian_ids, radii, means2d, depths, conics, opacities, width, height, opt)
+    return render_colors, render_alphas, meta
+
+
+def _meta(
+    bins: TileBins,
+    camera_ids: Tensor | None,
+    gaussian_ids: Tensor | None,
+    radii: Tensor,
+    means2d: Tensor,
+    depths: Tensor,
+    conics: Tensor,
+    opacities: Tensor,
+    width: int,
+    height: int,
+    opt: _TorchOptions,
+) -> dict:
+    """gsplat's `meta` dict (the keys its densification strategies read), from the torch backend's tensors."""
+    C = bins.n_cameras
+    return {
+        "camera_ids": camera_ids,
+        "gaussian_ids": gaussian_ids,
+        "radii": radii,
+        "means2d": means2d,
+        "depths": depths,
+        "conics": conics,
+        "opacities": opacities,
+        "tile_width": bins.tile_width,
+        "tile_height": bins.tile_height,
+        "tiles_per_gauss": bins.tiles_per_splat.int().reshape(radii.shape),
+        "isect_ids": _isect_ids(bins, depths),
+        "flatten_ids": bins.flatten_ids.int(),
+        "isect_offsets": bins.tile_start.int().reshape(C, bins.tile_height, bins.tile_width),
+        "width": width,
+        "height": height,
+        "tile_size": opt.tile_size,
+        "n_cameras": C,
+    }
+
+
+def _splat_features(
+    means: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    depths: Tensor,
+    sh_degree: int | None,
+    render_mode: str,
+    backgrounds: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """The channels each splat carries for `render_mode` ([C, N, D]: colours from SH or as given, then z-depth),
+    and the backgrounds [C, D] padded to match (0 for the depth channel)."""
+    C = viewmats.shape[0]
     if sh_degree is None:
         feats = colors.expand(C, -1, -1) if colors.ndim == 2 else colors  # [C, N, D]
     else:
@@ -280,77 +361,17 @@ def _rasterization_torch(
             backgrounds = backgrounds.new_zeros(C, 1)
     if backgrounds is not None and backgrounds.shape[-1] != feats.shape[-1]:
         raise SplatError(f"rasterization: backgrounds have {backgrounds.shape[-1]} channels, colors {feats.shape[-1]}")
+    return feats, backgrounds
 
-    camera_ids: Tensor | None
-    gaussian_ids: Tensor | None
-    if packed:
-        camera_ids, gaussian_ids = torch.nonzero(radii > 0, as_tuple=True)
-        radii = radii[camera_ids, gaussian_ids]
-        means2d = means2d[camera_ids, gaussian_ids]
-        depths = depths[camera_ids, gaussian_ids]
-        conics = conics[camera_ids, gaussian_ids]
-        opacities = opacities[camera_ids, gaussian_ids]
-        feats = feats[camera_ids, gaussian_ids]
-        splat_cams = camera_ids
-    else:
-        camera_ids = gaussian_ids = None
-        splat_cams = torch.arange(C, device=means.device).repeat_interleave(N)
 
-    bins = bin_tiles(
-        means2d.detach().reshape(-1, 2),
-        radii.reshape(-1),
-        depths.detach().reshape(-1),
-        splat_cams,
-        C,
-        width,
-        height,
-        tile_size,
-        conics=conics.detach().reshape(-1, 3),
-        opacities=opacities.detach().reshape(-1),
+@torch.no_grad()
+def _isect_ids(bins: TileBins, depths: Tensor) -> Tensor:
+    """gsplat's 64-bit intersection keys: camera | tile | depth bits (what its strategies' meta expects)."""
+    tiles_n_bits = (bins.tile_width * bins.tile_height).bit_length()
+    n_tiles_cam = bins.tile_width * bins.tile_height
+    depth_bits = depths.detach().reshape(-1)[bins.flatten_ids].float().view(torch.int32).long()
+    return (
+        ((bins.isect_tiles // n_tiles_cam) << (32 + tiles_n_bits))
+        | ((bins.isect_tiles % n_tiles_cam) << 32)
+        | (depth_bits & 0xFFFFFFFF)
     )
-    render_colors, render_alphas = rasterize_to_pixels(
-        means2d,
-        conics,
-        feats,
-        opacities,
-        bins,
-        width,
-        height,
-        backgrounds=backgrounds,
-        absgrad=absgrad,
-        chunk_elems=chunk_elems,
-    )
-    if render_mode in ("ED", "RGB+ED"):
-        render_colors = torch.cat(
-            [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1
-        )
-
-    with torch.no_grad():
-        tiles_n_bits = (bins.tile_width * bins.tile_height).bit_length()
-        n_tiles_cam = bins.tile_width * bins.tile_height
-        depth_bits = depths.detach().reshape(-1)[bins.flatten_ids].float().view(torch.int32).long()
-        isect_ids = (
-            ((bins.isect_tiles // n_tiles_cam) << (32 + tiles_n_bits))
-            | ((bins.isect_tiles % n_tiles_cam) << 32)
-            | (depth_bits & 0xFFFFFFFF)
-        )
-    meta = {
-        "camera_ids": camera_ids,
-        "gaussian_ids": gaussian_ids,
-        "radii": radii,
-        "means2d": means2d,
-        "depths": depths,
-        "conics": conics,
-        "opacities": opacities,
-        "tile_width": bins.tile_width,
-        "tile_height": bins.tile_height,
-        "tiles_per_gauss": bins.tiles_per_splat.int().reshape(radii.shape),
-        "isect_ids": isect_ids,
-        "flatten_ids": bins.flatten_ids.int(),
-        "isect_offsets": bins.tile_start.int().reshape(C, bins.tile_height, bins.tile_width),
-        "width": width,
-        "height": height,
-        "tile_size": tile_size,
-        "n_cameras": C,
-    }
-    return render_colors, render_alphas, meta

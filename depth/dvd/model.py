@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from depth.device import resolve_device
-from depth.dvd import windows as W
+from depth.dvd import windows
 from depth.dvd.config import DVDModelConfig
 from depth.dvd.convert import (
     LoraMergeInfo,
@@ -356,8 +356,8 @@ class DVDRegressor:
                 f"DVD predict expects uint8 frames (0-255), got {first.dtype}; use predict_window for floats"
             )
         h0, w0 = int(first.shape[1]), int(first.shape[2])
-        h, w = W.processing_size(h0, w0, height, width)
-        spans = W.plan_windows(num_frames, window, overlap)
+        h, w = windows.processing_size(h0, w0, height, width)
+        spans = windows.plan_windows(num_frames, window, overlap)
         outputs: list[np.ndarray] = []
         seconds: list[float] = []
         t_start = time.perf_counter()
@@ -367,9 +367,9 @@ class DVDRegressor:
             if clip.shape[1:] != (h0, w0, 3):
                 raise DepthError(f"frames {start}..{end - 1} have shape {clip.shape[1:]}, expected {(h0, w0, 3)}")
             xt = torch.from_numpy(clip.astype(np.float32) / 255.0).permute(0, 3, 1, 2)  # [L, 3, H0, W0]
-            x = W.resize_bilinear(xt, (h, w)).permute(0, 2, 3, 1).numpy()  # [L, h, w, 3]
+            x = windows.resize_bilinear(xt, (h, w)).permute(0, 2, 3, 1).numpy()  # [L, h, w, 3]
             del xt
-            out = self.predict_window(W.temporal_pad(x))[: end - start]
+            out = self.predict_window(windows.temporal_pad(x))[: end - start]
             outputs.append(out)
             seconds.append(time.perf_counter() - t0)
             log.debug(f"DVD window {i + 1}/{len(spans)} frames [{start}, {end}) in {seconds[-1]:.1f}s")
@@ -377,11 +377,11 @@ class DVDRegressor:
             self._free()
             if progress is not None:
                 progress(i + 1, len(spans))
-        stitched, infos = W.stitch(outputs, spans, num_frames, stitch)
+        stitched, infos = windows.stitch(outputs, spans, num_frames, stitch)
         for info, sec in zip(infos, seconds):
             info.seconds = sec
         del outputs
-        disparity = W.resize_bilinear(torch.from_numpy(stitched)[:, None], (h0, w0))[:, 0].numpy()
+        disparity = windows.resize_bilinear(torch.from_numpy(stitched)[:, None], (h0, w0))[:, 0].numpy()
         report = {
             "processing_size": [h, w],
             "input_size": [h0, w0],

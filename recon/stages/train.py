@@ -127,10 +127,15 @@ def _frame_stack(path: Path, key: str, what: str, cams: CameraSet) -> np.ndarray
     """[T,H,W] array `key` of an npz, one map per frame of cameras.json."""
     if not path.exists():
         raise ReconError(f"{what} {path} not found")
-    with np.load(path) as z:
-        if key not in z:
-            raise ReconError(f"{what} {path} has no key '{key}'")
-        arr = np.asarray(z[key])
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if key not in z:
+                raise ReconError(f"{what} {path} has no key '{key}'")
+            arr = np.asarray(z[key])
+    except ReconError:
+        raise
+    except Exception as e:  # zipfile / numpy raise several types for damaged or pickled files
+        raise ReconError(f"{what} {path} is not a readable npz ({type(e).__name__}: {e})") from e
     if arr.ndim != 3 or len(arr) != len(cams):
         raise ReconError(f"{what} {path} has shape {arr.shape}, expected [{len(cams)}, H, W]")
     return arr

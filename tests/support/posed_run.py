@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from depth.geometry import opengl_to_opencv
-from recon.artifacts import CameraSet, RunPaths, Split
-from recon.atomic import atomic_path, save_npz, write_json
+from recon.artifacts import CameraSet, FramesIndex, RunPaths, Split
+from recon.atomic import atomic_path, save_npz
 from recon.errors import ReconError
 
 
@@ -32,6 +32,23 @@ def composite_rgba(rgba: np.ndarray, background: tuple[float, float, float]) -> 
     a = rgba[..., 3:4]
     rgb = rgba[..., :3] * a + np.asarray(background, np.float32) * (1.0 - a)
     return (np.clip(rgb, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _read_rgba(path: Path, size: int) -> np.ndarray:
+    """uint8 [size, size, 4] RGBA of a dataset image, resized in premultiplied alpha (no dark fringes) as staged."""
+    from PIL import Image
+
+    img = Image.open(path).convert("RGBA")
+    if img.size == (size, size):
+        return np.asarray(img)
+    arr = np.asarray(img, np.float32)
+    arr[..., :3] *= arr[..., 3:4] / 255.0
+    small = np.stack(
+        [np.asarray(Image.fromarray(arr[..., c]).resize((size, size), Image.Resampling.BOX)) for c in range(4)], -1
+    )
+    a = np.maximum(small[..., 3:4], 1e-6)
+    small[..., :3] = np.where(small[..., 3:4] > 0, small[..., :3] * 255.0 / a, 0.0)
+    return np.clip(small + 0.5, 0, 255).astype(np.uint8)
 
 
 def build_nerf_synthetic_run(
@@ -52,7 +69,6 @@ def build_nerf_synthetic_run(
     Returns:
         RunPaths of the run; its frames are train+test in dataset order, split.json indexes them.
     """
-    from PIL import Image
 
     meta_path = Path(src) / "transforms_train.json"
     if not meta_path.exists():
@@ -65,19 +81,7 @@ def build_nerf_synthetic_run(
     f = 0.5 * size / np.tan(0.5 * float(meta["camera_angle_x"]))
     for j, idx in enumerate(chosen):
         fr = frames[idx]
-        img = Image.open(Path(src) / (fr["file_path"].lstrip("./") + ".png")).convert("RGBA")
-        if img.size != (size, size):
-            # Resize in premultiplied alpha space (no dark fringes), as the dataset was staged.
-            arr = np.asarray(img, np.float32)
-            arr[..., :3] *= arr[..., 3:4] / 255.0
-            small = np.stack(
-                [np.asarray(Image.fromarray(arr[..., c]).resize((size, size), Image.BOX)) for c in range(4)], -1
-            )
-            a = np.maximum(small[..., 3:4], 1e-6)
-            small[..., :3] = np.where(small[..., 3:4] > 0, small[..., :3] * 255.0 / a, 0.0)
-            rgba = np.clip(small + 0.5, 0, 255).astype(np.uint8)
-        else:
-            rgba = np.asarray(img)
+        rgba = _read_rgba(Path(src) / (fr["file_path"].lstrip("./") + ".png"), size)
         name = f"frames/{j:06d}.png"
         _save_frame(paths.root / name, composite_rgba(rgba, background))
         files.append(name)
@@ -95,26 +99,22 @@ def build_nerf_synthetic_run(
     )
     cams.save(paths.cameras_json)
     # As the frames stage writes it for transparent inputs: training renders on the composite colour.
-    write_json(
-        paths.frames_json,
-        {
-            "source": str(src),
-            "source_type": "images",
-            "fps": None,
-            "size": [size, size],
-            "frames": [
-                {
-                    "file": n,
-                    "source_index": int(i),
-                    "timestamp": None,
-                    "source_name": Path(frames[i]["file_path"]).name + ".png",
-                }
-                for n, i in zip(files, chosen)
-            ],
-            "dropped_duplicates": 0,
-            "composited_on": [float(c) for c in background],
-        },
-    )
+    FramesIndex(
+        source=str(src),
+        source_type="images",
+        size=(size, size),
+        frames=[
+            {
+                "file": n,
+                "source_index": int(i),
+                "timestamp": None,
+                "source_name": Path(frames[i]["file_path"]).name + ".png",
+            }
+            for n, i in zip(files, chosen)
+        ],
+        composited_on=(float(background[0]), float(background[1]), float(background[2])),
+        extra={"dropped_duplicates": 0},
+    ).save(paths.frames_json)
     pos = {idx: j for j, idx in enumerate(chosen)}
     tr = [pos[i] for i in train]
     Split(train=tr, test=[pos[i] for i in test], prior=tr, protocol="given").save(paths.split_json)
