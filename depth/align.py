@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from depth.checks import choice, number, rng_seed
 from depth.errors import DepthError
 from depth.result import KIND_METRIC, KIND_RELATIVE
 
@@ -79,6 +80,24 @@ class AlignConfig:
     max_samples: int = 2000
     """(disparity, SfM inverse depth) pairs kept in the report for its scatter plot."""
     seed: int = 0
+
+    def validate(self, where: str = "align") -> AlignConfig:
+        """DepthError unless every field is in range; `where` prefixes the field names in the message."""
+        n = f"{where}."
+        choice(self.mode, n + "mode", DepthError, ("global", "per-window", "per-frame"))
+        choice(self.estimator, n + "estimator", DepthError, ("irls-huber", "irls-cauchy", "ransac"))
+        choice(self.fit, n + "fit", DepthError, ("auto", "affine", "scale"))
+        number(self.min_points, n + "min_points", DepthError, lo=2, integer=True)
+        number(self.robust_k, n + "robust_k", DepthError, lo=0, hi=100, lo_open=True, optional=True)
+        number(self.irls_iters, n + "irls_iters", DepthError, lo=1, hi=100_000, integer=True)
+        number(self.inlier_threshold, n + "inlier_threshold", DepthError, lo=0, hi=10, lo_open=True)
+        number(self.ransac_iters, n + "ransac_iters", DepthError, lo=1, hi=1_000_000, integer=True)
+        number(self.max_reproj_error, n + "max_reproj_error", DepthError, lo=0, hi=1e6, lo_open=True)
+        number(self.min_track_length, n + "min_track_length", DepthError, lo=0, integer=True)
+        number(self.far_factor, n + "far_factor", DepthError, lo=1, hi=1e6)
+        number(self.max_samples, n + "max_samples", DepthError, lo=0, hi=10_000_000, integer=True)
+        rng_seed(self.seed, n + "seed", DepthError)
+        return self
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from depth.checks import choice, number, path_exists
 from depth.errors import DepthError
 from depth.result import KIND_METRIC, KIND_RELATIVE, DepthFrames, DepthResult, depth_to_disparity
 
@@ -50,6 +51,17 @@ class FileDepthConfig:
     """Integer data are divided by this (16-bit PNG millimetres -> metres); float data are not."""
     match: Literal["name", "order"] = "name"
     """How files are paired with frames (see module doc)."""
+
+    def validate(self, where: str = "depth.file") -> FileDepthConfig:
+        """DepthError unless the settings can work (the path exists; kind, match, scale in range)."""
+        if not isinstance(self.path, (str, Path)) or not str(self.path):
+            raise DepthError(f"{where}.path must be a folder or .npy/.npz file, got {self.path!r}")
+        if not path_exists(self.path):
+            raise DepthError(f"depth path {self.path} not found")
+        choice(self.kind, f"{where}.kind", DepthError, ("depth", "disparity"))
+        choice(self.match, f"{where}.match", DepthError, ("name", "order"))
+        number(self.scale, f"{where}.scale", DepthError, lo=0, hi=1e9, lo_open=True)
+        return self
 
 
 def _key(name: str) -> str:
@@ -166,7 +178,10 @@ def _match_names(frame_files: list[str], names: list[str], where: str) -> list[i
     """Index into `names` for each frame (exact key, then same number); DepthError if one is missing."""
     by_key: dict[str, int] = {}
     by_num: dict[int, list[int]] = {}
+    clash: dict[str, str] = {}
     for i, n in enumerate(names):
+        if _key(n) in by_key:
+            clash.setdefault(_key(n), f"{names[by_key[_key(n)]]} and {n}")
         by_key.setdefault(_key(n), i)
         num = _number(n)
         if num is not None:
@@ -174,6 +189,8 @@ def _match_names(frame_files: list[str], names: list[str], where: str) -> list[i
     out, missing = [], []
     for f in frame_files:
         k = _key(f)
+        if k in clash:
+            raise DepthError(f"{where}: two depth files for frame {Path(f).name} ({clash[k]}); keep one per frame")
         if k in by_key:
             out.append(by_key[k])
             continue
@@ -181,6 +198,9 @@ def _match_names(frame_files: list[str], names: list[str], where: str) -> list[i
         cands = by_num.get(num, []) if num is not None else []
         if len(cands) == 1:
             out.append(cands[0])
+        elif len(cands) > 1:
+            two = f"{names[cands[0]]} and {names[cands[1]]}"
+            raise DepthError(f"{where}: two depth files for frame {Path(f).name} ({two}); keep one per frame")
         else:
             missing.append(Path(f).name)
     if missing:
@@ -189,15 +209,6 @@ def _match_names(frame_files: list[str], names: list[str], where: str) -> list[i
             f"expected one file per frame named like the frame, or use match='order'"
         )
     return out
-
-
-def _check_cfg(cfg: FileDepthConfig) -> None:
-    if cfg.kind not in ("depth", "disparity"):
-        raise DepthError(f"file depth kind must be 'depth' or 'disparity', not {cfg.kind!r}")
-    if cfg.match not in ("name", "order"):
-        raise DepthError(f"file depth match must be 'name' or 'order', not {cfg.match!r}")
-    if not cfg.scale > 0:
-        raise DepthError(f"file depth scale must be positive, got {cfg.scale}")
 
 
 def _folder_maps(cfg: FileDepthConfig, path: Path, frame_files: list[str]) -> list[tuple[np.ndarray, str]]:
@@ -243,6 +254,8 @@ def _stack_maps(cfg: FileDepthConfig, path: Path, frame_files: list[str]) -> lis
         stack = stack[..., 0]
     if stack.ndim != 3:
         raise DepthError(f"{path} has shape {stack.shape}; expected [T,H,W] with T = {T} frames")
+    if names is not None and len(names) != stack.shape[0]:
+        raise DepthError(f"{path}: expected {stack.shape[0]} names in 'files' (one per map), got {len(names)}")
     if cfg.match == "name" and names is not None:
         idx = _match_names(frame_files, names, str(path))
     else:
@@ -268,7 +281,7 @@ def load_depth_files(
     Raises:
         DepthError: missing path, count or size mismatch, unreadable file, NaN, all-invalid map.
     """
-    _check_cfg(cfg)
+    cfg.validate()
     path = Path(cfg.path)
     W, H = int(size[0]), int(size[1])
     if not path.exists():

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from depth.checks import choice, device, number
 from depth.device import resolve_device
 from depth.errors import DepthError
 from depth.geometry import invert_pose
@@ -88,6 +89,42 @@ class StereoConfig:
     cpu_threads: int = 0
     """torch CPU threads during the sweep (0 = leave torch's setting; the ops are small, so fewer threads can
     be faster on a busy machine: measure with benchmarks/stereo.py --threads)."""
+
+    def validate(self, where: str = "depth.stereo", check_device: bool = True) -> StereoConfig:
+        """DepthError unless every field is in range; `where` prefixes the field names in the message."""
+        n = f"{where}."
+        number(self.num_planes, n + "num_planes", DepthError, lo=3, hi=4096, integer=True)
+        number(self.num_views, n + "num_views", DepthError, lo=1, hi=64, integer=True)
+        number(self.best_k, n + "best_k", DepthError, lo=1, hi=64, integer=True)
+        number(self.scale, n + "scale", DepthError, lo=0, hi=1, lo_open=True)
+        choice(self.cost, n + "cost", DepthError, ("census", "ncc"))
+        for name, value, lo in (("window", self.window, 3), ("aggregate", self.aggregate, 1)):
+            number(value, n + name, DepthError, lo=lo, hi=31, integer=True, note="odd")
+            if value % 2 == 0:
+                raise DepthError(f"{n}{name} must be odd, got {value}")
+        number(self.max_cost, n + "max_cost", DepthError, lo=0, hi=1)
+        pr = self.range_percentiles
+        if not isinstance(pr, (tuple, list)) or len(pr) != 2:
+            raise DepthError(f"{n}range_percentiles must be two numbers [low, high], got {pr!r}")
+        number(pr[0], n + "range_percentiles[0]", DepthError, lo=0, hi=100)
+        number(pr[1], n + "range_percentiles[1]", DepthError, lo=0, hi=100)
+        if not pr[0] < pr[1]:
+            raise DepthError(f"{n}range_percentiles must be low < high, got {list(pr)}")
+        number(self.range_margin, n + "range_margin", DepthError, lo=0, hi=100)
+        number(self.max_view_angle_deg, n + "max_view_angle_deg", DepthError, lo=0, hi=180, lo_open=True)
+        number(self.min_overlap, n + "min_overlap", DepthError, lo=0, hi=1)
+        number(self.target_angle_deg, n + "target_angle_deg", DepthError, lo=0, hi=90, lo_open=True)
+        number(self.geo_views, n + "geo_views", DepthError, lo=0, hi=64, integer=True, note="0 = no check")
+        number(self.geo_min_views, n + "geo_min_views", DepthError, lo=1, hi=64, integer=True)
+        if self.geo_views and self.geo_min_views > self.geo_views:
+            raise DepthError(f"{n}geo_min_views ({self.geo_min_views}) must be <= geo_views ({self.geo_views})")
+        number(self.geo_px, n + "geo_px", DepthError, lo=0, hi=1000, lo_open=True)
+        number(self.geo_rel_depth, n + "geo_rel_depth", DepthError, lo=0, hi=1, lo_open=True)
+        number(self.plane_chunk, n + "plane_chunk", DepthError, lo=1, hi=4096, integer=True)
+        number(self.cpu_threads, n + "cpu_threads", DepthError, lo=0, hi=1024, integer=True, note="0 = torch's")
+        if check_device:
+            device(self.device, n + "device", DepthError)
+        return self
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -451,21 +488,6 @@ def _as_range(x: Any, n: int, what: str) -> np.ndarray:
     return a
 
 
-def _check_cfg(cfg: StereoConfig) -> None:
-    if cfg.num_planes < 3:
-        raise DepthError(f"stereo: num_planes must be >= 3, got {cfg.num_planes}")
-    if cfg.num_views < 1 or cfg.best_k < 1:
-        raise DepthError(f"stereo: num_views and best_k must be >= 1, got {cfg.num_views} and {cfg.best_k}")
-    if cfg.window < 3 or cfg.window % 2 == 0 or cfg.aggregate < 1 or cfg.aggregate % 2 == 0:
-        raise DepthError(
-            f"stereo: window must be odd >= 3 and aggregate odd >= 1, got {cfg.window} and {cfg.aggregate}"
-        )
-    if not 0 < cfg.scale <= 1:
-        raise DepthError(f"stereo: scale must be in (0, 1], got {cfg.scale}")
-    if cfg.plane_chunk < 1:
-        raise DepthError(f"stereo: plane_chunk must be >= 1, got {cfg.plane_chunk}")
-
-
 def _check_inputs(
     images: np.ndarray, K: np.ndarray, c2w: np.ndarray, frame_ids: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -520,7 +542,7 @@ def stereo_depth(
          confidence float32 [T',H,W] in [0,1], 0 where invalid), T' = len(frame_ids).
     """
     cfg = cfg or StereoConfig()
-    _check_cfg(cfg)
+    cfg.validate("stereo", check_device=False)
     threads = torch.get_num_threads()
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)

@@ -9,7 +9,9 @@
     run.render(i)     # the trained Gaussians seen from camera i: uint8 [H, W, 3]
 
 Everything is read lazily from the files the stages wrote, each through its reader in recon.artifacts, so
-`load_run` on a half-finished run works and raises ReconError only for what is missing.
+`load_run` on a half-finished run works and raises ReconError only for what is missing. Reading takes no lock;
+`run` and `Run.report` write and hold the run directory's writer lock (recon.lock): while another process
+writes into it they raise ReconError `RUN is in use by process PID since TIME`.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def make_config(preset: str = "auto", config: str | Path | None = None, **sectio
         config: optional YAML with one mapping per stage (frames:, poses:, depth:, ...).
         sections: stage name -> {field: value}, e.g. train={"iterations": 500}.
     """
-    from recon.config import apply_mapping, load_yaml, preset_config
+    from recon.config import apply_mapping, load_yaml, preset_config, validate_run_config
 
     cfg = preset_config(preset)
     if config is not None:
@@ -56,7 +58,7 @@ def make_config(preset: str = "auto", config: str | Path | None = None, **sectio
         if not isinstance(values, dict):
             raise ReconError(f"override {name}= must be a mapping of fields, e.g. {name}={{'field': value}}")
         cfg = apply_mapping(cfg, {name: values})
-    return cfg
+    return validate_run_config(cfg)
 
 
 def run(
@@ -227,7 +229,7 @@ class Run:
         return (rgb[0].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
     def report(self) -> Path:
-        """Write (or refresh) RUN/report.html and return its path."""
+        """Write (or refresh) RUN/report.html and return its path (holding RUN's writer lock, recon.lock)."""
         from recon.stages.report import write_report
 
         return write_report(self.paths)

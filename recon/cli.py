@@ -7,12 +7,14 @@
     recon report RUN
 
 Configuration: preset (configs/cpu.yaml or cuda.yaml, picked by device) <- --config FILE.yaml <- flags
-<- --set section.field=value. The merged config of every stage is saved in RUN/manifest.json.
+<- --set section.field=value. The merged config of a stage is saved in RUN/manifest.json when the stage succeeds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,133 +28,217 @@ from recon.errors import ReconError
 BACKENDS = Literal["auto", "dvd", "stereo", "file"]
 
 
+# StageCommand field -> the config keys it sets (its default in --help is the preset's value of the first key).
+FLAG_KEYS: dict[str, tuple[str, ...]] = {
+    "stride": ("frames.stride",),
+    "max_frames": ("frames.max_frames",),
+    "target_fps": ("frames.target_fps",),
+    "max_size": ("frames.max_size",),
+    "dedup": ("frames.dedup",),
+    "mapper": ("poses.mapper",),
+    "matcher": ("poses.matcher",),
+    "poses": ("poses.poses",),
+    "test_every": ("split.test_every",),
+    "train_views": ("split.train_views",),
+    "split": ("split.split_file",),
+    "prior_from_all_frames": ("split.prior_from_all_frames",),
+    "prior_frames": ("split.prior_frames",),
+    "backend": ("depth.backend",),
+    "dvd_weights": ("depth.dvd.dvd_weights",),
+    "vae_weights": ("depth.dvd.vae_weights",),
+    "dvd_config": ("depth.dvd.dvd_config",),
+    "dtype": ("depth.dvd.dtype",),
+    "depth_files": ("depth.file.path",),
+    "align_mode": ("align.mode",),
+    "iterations": ("train.iterations",),
+    "init": ("train.init",),
+    "depth_loss": ("train.depth_loss",),
+    "device": ("train.device", "depth.dvd.device"),
+    "resume": ("train.resume",),
+}
+
+
+@functools.cache
+def _preset_values() -> tuple[str, dict[str, object], str, dict[str, object]]:
+    """(this machine's preset, its value of every FLAG_KEYS key, the other preset, its values)."""
+    from recon.config import preset_config, resolve_preset
+
+    here = resolve_preset("auto")
+    other = "cuda" if here == "cpu" else "cpu"
+    out = []
+    for name in (here, other):
+        cfg = preset_config(name)
+        values = {}
+        for keys in FLAG_KEYS.values():
+            node: object = cfg
+            for part in keys[0].split("."):
+                node = getattr(node, part, None)
+            values[keys[0]] = node
+        out.append(values)
+    return here, out[0], other, out[1]
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _default_hint(key: str) -> Callable[[str], str]:
+    """The `(default: ...)` text of a flag: the preset's value (both presets' when they differ), computed
+    when the parser is built."""
+
+    def hint(_: str) -> str:
+        try:
+            here, mine, other, theirs = _preset_values()
+        except Exception:  # a broken preset file must not break --help
+            return ""
+        if mine[key] == theirs[key]:
+            return f"(default: {_show(mine[key])})"
+        return f"(default: {_show(mine[key])} from the {here} preset used here; {other} preset: {_show(theirs[key])})"
+
+    return hint
+
+
+def _opt(key: str, metavar: str | None = None) -> object:
+    return tyro.conf.arg(metavar=metavar, help_behavior_hint=_default_hint(key))
+
+
+def _preset_hint(_: str) -> str:
+    try:
+        return f"(default: auto = {_preset_values()[0]} on this machine)"
+    except Exception:
+        return "(default: auto)"
+
+
+Flag = tyro.conf.FlagCreatePairsOff[bool]
+
+
 @dataclass
 class StageCommand:
-    input: tyro.conf.Positional[Path | None] = None
-    """Video file or image folder (optional once RUN has frames: it is remembered in the manifest)."""
-    out: Path = Path("runs/latest")
+    input: Annotated[
+        tyro.conf.Positional[Path | None],
+        tyro.conf.arg(metavar="INPUT", help_behavior_hint="(optional once RUN has frames)"),
+    ] = None
+    """Video file or image folder (remembered in RUN/manifest.json)."""
+    out: Annotated[Path, tyro.conf.arg(metavar="RUN")] = Path("runs/latest")
     """Run directory."""
-    config: Path | None = None
+    config: Annotated[Path | None, tyro.conf.arg(metavar="FILE.yaml", help_behavior_hint="(default: none)")] = None
     """YAML file with stage sections (frames:, poses:, split:, depth:, align:, fuse:, train:)."""
-    preset: Literal["auto", "cpu", "cuda"] = "auto"
-    """Device preset; auto = cuda when a CUDA GPU is visible, else cpu."""
-    set: tuple[str, ...] = ()
+    preset: Annotated[Literal["auto", "cpu", "cuda"], tyro.conf.arg(help_behavior_hint=_preset_hint)] = "auto"
+    """Device preset: the defaults of every option below (configs/cpu.yaml, configs/cuda.yaml)."""
+    set: Annotated[tuple[str, ...], tyro.conf.arg(metavar="SECTION.FIELD=VALUE", help_behavior_hint="")] = ()
     """Overrides of any config field, e.g. --set train.iterations=500 depth.stereo.num_planes=96."""
-    force: tuple[str, ...] = ()
+    force: Annotated[tuple[str, ...], tyro.conf.arg(metavar="STAGE", help_behavior_hint="")] = ()
     """Stages to redo even if finished (downstream stages follow)."""
-    verbose: Annotated[bool, tyro.conf.arg(aliases=("-v",))] = False
+    verbose: Annotated[Flag, tyro.conf.arg(aliases=("-v",), help_behavior_hint="")] = False
     """More output."""
-    quiet: Annotated[bool, tyro.conf.arg(aliases=("-q",))] = False
+    quiet: Annotated[Flag, tyro.conf.arg(aliases=("-q",), help_behavior_hint="")] = False
     """Only errors and the final table."""
 
     # frames
-    stride: int | None = None
+    stride: Annotated[int | None, _opt("frames.stride", "N")] = None
     """Keep every N-th video frame."""
-    max_frames: int | None = None
-    """Keep at most N frames, spread evenly."""
-    target_fps: float | None = None
-    """Sample the video at about this frame rate."""
-    max_size: int | None = None
-    """Long side of the stored frames in pixels."""
-    no_dedup: bool = False
-    """Keep near-duplicate frames (camera not moving)."""
+    max_frames: Annotated[int | None, _opt("frames.max_frames", "N")] = None
+    """Keep at most N frames, spread evenly (0 = no limit)."""
+    target_fps: Annotated[float | None, _opt("frames.target_fps", "FPS")] = None
+    """Sample the video at about this frame rate (0 = the source rate)."""
+    max_size: Annotated[int | None, _opt("frames.max_size", "PIXELS")] = None
+    """Long side of the stored frames in pixels (0 = the source size)."""
+    dedup: Annotated[Flag, tyro.conf.arg(help_behavior_hint="")] = True
+    """Keep near-duplicate frames (by default, frames where the camera does not move are dropped)."""
     # poses
-    mapper: Literal["incremental", "global"] | None = None
+    mapper: Annotated[Literal["incremental", "global"] | None, _opt("poses.mapper", "{incremental,global}")] = None
     """COLMAP mapper."""
-    matcher: Literal["auto", "sequential", "exhaustive"] | None = None
+    matcher: Annotated[
+        Literal["auto", "sequential", "exhaustive"] | None, _opt("poses.matcher", "{auto,sequential,exhaustive}")
+    ] = None
     """Feature matching (auto: sequential for video, exhaustive for small image sets)."""
-    poses: Path | None = None
+    poses: Annotated[Path | None, _opt("poses.poses", "PATH")] = None
     """Known poses (COLMAP model folder or transforms.json): skips SfM."""
     # split
-    test_every: int | None = None
+    test_every: Annotated[int | None, _opt("split.test_every", "N")] = None
     """Hold out every N-th frame as a test view (0: none)."""
-    train_views: int | None = None
-    """Sparse view: keep N training views spread evenly."""
-    split: Path | None = None
+    train_views: Annotated[int | None, _opt("split.train_views", "N")] = None
+    """Sparse view: keep N training views spread evenly (0 = all)."""
+    split: Annotated[Path | None, _opt("split.split_file", "FILE.json")] = None
     """JSON split file with 'train' and 'test' lists."""
-    prior_from_all_frames: bool = False
+    prior_from_all_frames: Annotated[Flag, tyro.conf.arg(help_behavior_hint="")] = False
     """Compute the depth prior on all frames, test views included (= --prior-frames all)."""
-    prior_frames: Literal["train", "non-test", "all"] | None = None
-    """Frames the depth prior is computed on: the training views (default), every frame but the test views
+    prior_frames: Annotated[
+        Literal["train", "non-test", "all"] | None, _opt("split.prior_frames", "{train,non-test,all}")
+    ] = None
+    """Frames the depth prior is computed on: the training views, every frame but the test views
     (a video depth model sees the whole clip; fusion and the depth loss still use training views only), or all."""
     # depth
-    backend: BACKENDS | None = None
+    backend: Annotated[BACKENDS | None, _opt("depth.backend", "{auto,dvd,stereo,file}")] = None
     """Depth backend; auto = DVD when its weights and a CUDA GPU are available, else stereo."""
-    dvd_weights: Path | None = None
-    """DVD checkpoint (.safetensors)."""
-    vae_weights: Path | None = None
+    dvd_weights: Annotated[Path | None, _opt("depth.dvd.dvd_weights", "PATH")] = None
+    """DVD checkpoint (.safetensors; none = the cache folder or a download)."""
+    vae_weights: Annotated[Path | None, _opt("depth.dvd.vae_weights", "PATH")] = None
     """Wan2.1 VAE (Wan2.1_VAE.pth or a diffusers folder)."""
-    dvd_config: Path | None = None
-    """DVD architecture config JSON (default: the shipped Wan2.1-T2V-1.3B config)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    dvd_config: Annotated[Path | None, _opt("depth.dvd.dvd_config", "FILE.json")] = None
+    """DVD architecture config JSON (none = the shipped Wan2.1-T2V-1.3B config)."""
+    dtype: Annotated[
+        Literal["auto", "float32", "bfloat16", "float16"] | None,
+        _opt("depth.dvd.dtype", "{auto,float32,bfloat16,float16}"),
+    ] = None
     """DVD precision (auto: bf16 on CUDA, fp32 on CPU)."""
-    depth_files: Path | None = None
+    depth_files: Annotated[Path | None, _opt("depth.file.path", "PATH")] = None
     """Backend file: folder or .npz of depth/disparity maps."""
     # align
-    align_mode: Literal["global", "per-window", "per-frame"] | None = None
+    align_mode: Annotated[
+        Literal["global", "per-window", "per-frame"] | None, _opt("align.mode", "{global,per-window,per-frame}")
+    ] = None
     """How many scale/shift pairs are fitted to the SfM points."""
     # train
-    iterations: int | None = None
+    iterations: Annotated[int | None, _opt("train.iterations", "N")] = None
     """Training iterations."""
-    init: Literal["depth", "sfm", "random"] | None = None
+    init: Annotated[Literal["depth", "sfm", "random"] | None, _opt("train.init", "{depth,sfm,random}")] = None
     """Gaussian initialisation."""
-    depth_loss: Literal["none", "l1-inverse", "pearson"] | None = None
+    depth_loss: Annotated[
+        Literal["none", "l1-inverse", "pearson"] | None, _opt("train.depth_loss", "{none,l1-inverse,pearson}")
+    ] = None
     """Depth regulariser."""
-    device: str | None = None
+    device: Annotated[str | None, _opt("train.device", "DEVICE")] = None
     """Torch device for depth and training (auto, cpu, cuda, cuda:1...)."""
-    resume: bool = False
+    resume: Annotated[Flag, tyro.conf.arg(help_behavior_hint="")] = False
     """Resume training from RUN/splat/checkpoint.pt."""
 
 
 def _flag_overrides(cmd: StageCommand) -> dict:
     """Flat flags -> nested config mapping (only flags the user gave)."""
     o: dict = {}
-
-    def put(section: str, key: str, value) -> None:
-        if value is None:
-            return
-        node = o
-        parts = [section] + key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-
-    put("frames", "stride", cmd.stride)
-    put("frames", "max_frames", cmd.max_frames)
-    put("frames", "target_fps", cmd.target_fps)
-    put("frames", "max_size", cmd.max_size)
-    if cmd.no_dedup:
-        put("frames", "dedup", False)
-    put("poses", "mapper", cmd.mapper)
-    put("poses", "matcher", cmd.matcher)
-    put("poses", "poses", str(cmd.poses) if cmd.poses else None)
-    put("split", "test_every", cmd.test_every)
-    put("split", "train_views", cmd.train_views)
-    put("split", "split_file", str(cmd.split) if cmd.split else None)
-    if cmd.prior_from_all_frames:
-        put("split", "prior_from_all_frames", True)
-    put("split", "prior_frames", cmd.prior_frames)
-    put("depth", "backend", cmd.backend)
-    put("depth", "dvd.dvd_weights", str(cmd.dvd_weights) if cmd.dvd_weights else None)
-    put("depth", "dvd.vae_weights", str(cmd.vae_weights) if cmd.vae_weights else None)
-    put("depth", "dvd.dvd_config", str(cmd.dvd_config) if cmd.dvd_config else None)
-    put("depth", "dvd.dtype", cmd.dtype)
-    put("depth", "dvd.device", cmd.device)
-    if cmd.depth_files:
-        put("depth", "file.path", str(cmd.depth_files))
-    put("align", "mode", cmd.align_mode)
-    put("train", "iterations", cmd.iterations)
-    put("train", "init", cmd.init)
-    put("train", "depth_loss", cmd.depth_loss)
-    put("train", "device", cmd.device)
-    if cmd.resume:
-        put("train", "resume", True)
+    for name, keys in FLAG_KEYS.items():
+        value = getattr(cmd, name)
+        if value is None or (isinstance(value, bool) and value == getattr(StageCommand, name)):
+            continue  # not given
+        for key in keys:
+            node = o
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = str(value) if isinstance(value, Path) else value
     return o
+
+
+def _given_flag(cmd: StageCommand, message: str) -> str:
+    """A validation message about a config key the user set with a flag names the flag instead."""
+    for name, keys in FLAG_KEYS.items():
+        value = getattr(cmd, name)
+        if value is None or (isinstance(value, bool) and value == getattr(StageCommand, name)):
+            continue
+        for key in keys:
+            if message.startswith((f"{key} ", f"{key}:")):
+                return f"--{name.replace('_', '-')}{message[len(key) :]}"
+    return message
 
 
 def build_config(cmd: StageCommand):
     """Merge preset, saved run configs, --config, flags and --set into a RunConfig."""
-    from recon.config import apply_mapping, load_yaml, nest, parse_set, preset_config
+    from recon.config import apply_mapping, load_yaml, nest, parse_set, preset_config, validate_run_config
 
     cfg = preset_config(cmd.preset)
     cfg = _apply_saved(cfg, cmd.out)
@@ -162,11 +248,15 @@ def build_config(cmd: StageCommand):
     for item in cmd.set:
         keys, value = parse_set(item)
         cfg = apply_mapping(cfg, nest(keys, value))
-    return cfg
+    try:
+        return validate_run_config(cfg)
+    except ReconError as e:
+        raise ReconError(_given_flag(cmd, str(e)), e.exit_code) from e
 
 
 def _apply_saved(cfg, out: Path):
-    """Configs saved in RUN/manifest.json by earlier commands become the base, so that a later
+    """Configs saved in RUN/manifest.json by earlier commands (each stage's last successful one, never a
+    failed attempt's: recon.manifest) become the base, so that a later
     `recon fuse --out RUN` without repeating `--max-frames` etc. keeps (and does not redo) earlier stages.
     Explicit --config files, flags and --set still override them."""
     from recon.artifacts import RunPaths
@@ -265,14 +355,16 @@ def _make_commands() -> dict[str, type]:
 class ReportCommand:
     """Write RUN/report.html (self-contained) for a run directory."""
 
-    run: tyro.conf.Positional[Path]
+    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN")]
+    """Run directory (made by `recon run` or a stage command)."""
 
 
 @dataclass
 class EvalCommand:
     """Score a run against ground truth: ATE of camera centres (after Sim(3)) and depth AbsRel/δ1 -> RUN/eval.json."""
 
-    run: tyro.conf.Positional[Path]
+    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN")]
+    """Run directory (made by `recon run` or a stage command)."""
     gt_depth: str | None = None
     """GT depth file pattern with {source_index}, e.g. 'data/depth/frame-{source_index:06d}.depth.png'."""
     gt_depth_scale: float = 1000.0
@@ -285,8 +377,10 @@ class EvalCommand:
 class ExportCommand:
     """Export a run: `recon export nerfstudio RUN` writes RUN/transforms.json with depth PNGs and the fused cloud."""
 
-    format: tyro.conf.Positional[Literal["nerfstudio"]]
-    run: tyro.conf.Positional[Path]
+    format: Annotated[tyro.conf.Positional[Literal["nerfstudio"]], tyro.conf.arg(metavar="nerfstudio")]
+    """Export format."""
+    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN")]
+    """Run directory (made by `recon run` or a stage command)."""
 
 
 def _existing_run(run: Path):
@@ -300,18 +394,23 @@ def _existing_run(run: Path):
 
 def _report(cmd: ReportCommand) -> int:
     from recon.console import console
-    from recon.stages.report import write_report
+    from recon.stages.report import require_run, write_report
 
-    console.print(f"report: {write_report(_existing_run(cmd.run))}")
+    console.print(f"report: {write_report(require_run(_existing_run(cmd.run)))}")
     return 0
 
 
 def _eval(cmd: EvalCommand) -> int:
+    from depth.checks import number
     from recon.console import console
     from recon.evaluate import EvalConfig, evaluate_run
+    from recon.lock import run_lock
 
+    number(cmd.gt_depth_scale, "--gt-depth-scale", ReconError, lo=0, lo_open=True)
     cfg = EvalConfig(gt_depth=cmd.gt_depth, gt_depth_scale=cmd.gt_depth_scale, gt_poses=cmd.gt_poses)
-    res = evaluate_run(_existing_run(cmd.run), cfg)
+    paths = _existing_run(cmd.run)
+    with run_lock(paths.root):  # writes RUN/eval.json
+        res = evaluate_run(paths, cfg)
     for section, vals in res.items():
         console.print(f"[bold]{section}[/bold]: " + ", ".join(f"{k}={_fmt(v)}" for k, v in vals.items()))
     return 0
@@ -319,11 +418,13 @@ def _eval(cmd: EvalCommand) -> int:
 
 def _export(cmd: ExportCommand) -> int:
     from recon.console import console
+    from recon.lock import run_lock
     from recon.stages import StageContext
     from recon.stages import export as export_stage
 
     paths = _existing_run(cmd.run)
-    out = export_stage.run(StageContext(paths), export_stage.Config())["transforms.json"]
+    with run_lock(paths.root):
+        out = export_stage.run(StageContext(paths), export_stage.Config())["transforms.json"]
     console.print(f"nerfstudio transforms: {out}  (ns-train dvd-splat --data {paths.root})")
     return 0
 
@@ -331,13 +432,86 @@ def _export(cmd: ExportCommand) -> int:
 def _stages(cmd: StageCommand, name: str) -> int:
     from recon import console as con
     from recon.artifacts import RunPaths
+    from recon.lock import run_lock
     from recon.pipeline import run_pipeline
 
     con.configure_logging(0 if cmd.quiet else (2 if cmd.verbose else 1))
-    cfg = build_config(cmd)
-    results = run_pipeline(cmd.input, cmd.out, cfg, until=UNTIL[name], force=tuple(cmd.force))
+    with run_lock(cmd.out):  # before reading the saved configs: they are the base of this command's config
+        cfg = build_config(cmd)
+        results = run_pipeline(cmd.input, cmd.out, cfg, until=UNTIL[name], force=tuple(cmd.force))
     _summary_table(results, RunPaths(cmd.out))
     return 0
+
+
+def _parse(commands: dict[str, Callable[..., object]], argv: list[str]) -> object:
+    """The command object for argv (tyro); a usage error becomes ONE ReconError line instead of tyro's box
+    (--help still prints and exits 0)."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    argv = merge_repeated(argv, ("--set", "--force"))
+    try:
+        with contextlib.redirect_stderr(err):
+            return tyro.extras.subcommand_cli_from_dict(
+                commands, args=argv, prog="recon", description="DVD-Splat: video -> poses -> video depth -> 3DGS."
+            )
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        raise ReconError(usage_error_line(err.getvalue())) from None
+
+
+def merge_repeated(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """`--set a=1 --max-frames 9 --set b=2` -> `--max-frames 9 --set a=1 b=2`: every value of a repeated
+    multi-value flag is kept (argparse would keep only the last occurrence's)."""
+    out: list[str] = []
+    values: dict[str, list[str]] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.split("=", 1)[0]
+        if name in flags:
+            vals = values.setdefault(name, [])
+            if "=" in arg:
+                vals.append(arg.split("=", 1)[1])
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                vals.append(argv[i])
+                i += 1
+            continue
+        out.append(arg)
+        i += 1
+    for name, vals in values.items():
+        out += [name, *vals]
+    return out
+
+
+_KINDS = {"INT": "an integer", "FLOAT": "a number", "PATH": "a path", "STR": "a string"}
+
+
+def usage_error_line(text: str) -> str:
+    """tyro's boxed usage error (title, message, separators, help excerpt) -> one line."""
+    rows = [line.strip().strip("│╭╮╰╯").strip() for line in text.splitlines()]
+    title = rows[0].strip("─ ").lower() if rows else ""
+    blocks: list[list[str]] = [[]]
+    for row in rows[1:]:
+        if row and set(row) <= {"─"}:
+            blocks.append([])
+        elif row.strip("─"):
+            blocks[-1].append(row)
+        elif blocks[-1] and blocks[-1][-1] != "":
+            blocks[-1].append("")  # a blank line ends a block's first paragraph
+    paragraphs = [" ".join(b[: b.index("")] if "" in b else b) for b in blocks if b]
+    kept = [t for t in paragraphs if not t.startswith(("For full helptext", "Argument helptext"))]
+    msg = "; ".join(kept) or title or "invalid command line"
+    msg = re.sub(
+        r"Error parsing (\S+): no type matching (?:\{None\}\|)?(\w+) could be instantiated from \[(.*)\]\.?",
+        lambda m: f"{m.group(1)}: expected {_KINDS.get(m.group(2), m.group(2))}, got {m.group(3)}",
+        msg,
+    )
+    msg = msg.replace("'None', ", "").replace(", 'None'", "")
+    return f"{title}: {msg}" if title == "missing subcommand" else msg
 
 
 def _dispatch(argv: list[str]) -> int:
@@ -350,9 +524,7 @@ def _dispatch(argv: list[str]) -> int:
         "report": ReportCommand,
         "eval": EvalCommand,
     }
-    cmd = tyro.extras.subcommand_cli_from_dict(
-        all_cmds, args=argv, prog="recon", description="DVD-Splat: video -> poses -> video depth -> Gaussian Splatting."
-    )
+    cmd = _parse(all_cmds, argv)
     con.configure_logging()
     if isinstance(cmd, ReportCommand):
         return _report(cmd)
@@ -367,6 +539,7 @@ def _dispatch(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """The `recon` command; returns the exit status. Expected failures are one `error: ...` line on stderr."""
     from depth.errors import DepthError
+    from recon.atomic import describe_os_error
     from splat.errors import SplatError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -375,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     except ReconError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a run directory or file that cannot be created, read or written (full disk...)
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
     except (DepthError, SplatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

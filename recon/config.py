@@ -12,6 +12,7 @@ YAML files have one section per stage, named like the RunConfig fields:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -60,6 +61,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ReconError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from e
+    except (ValueError, TypeError, RecursionError, OSError) as e:  # e.g. a date like 2001-13-01, an unreadable file
+        raise ReconError(f"config file {path} cannot be read ({type(e).__name__}: {str(e)[:200]})") from e
     if not isinstance(data, dict):
         raise ReconError(f"config file {path} must hold a mapping of stage sections (frames:, poses:, depth:, ...)")
     return data
@@ -89,23 +92,43 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         inner = args[0] if args else Any
         out = [_coerce(v, inner, where) for v in seq]
         return tuple(out) if origin is tuple else out
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        raise ReconError(f"{where}: expected a mapping of fields, got {value!r}")
     if annotation is Path:
-        return Path(str(value)).expanduser()
+        return _path(value, where)
     if annotation is bool:
         if isinstance(value, bool):
             return value
         raise ReconError(f"{where}: expected true/false, got {value!r}")
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _is_integral(value):
             raise ReconError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ReconError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ReconError(f"{where}: {value!r} is too large") from None
     if annotation is str:
         return str(value)
     return value
+
+
+def _is_integral(value: int | float) -> bool:
+    return isinstance(value, int) or (math.isfinite(value) and value == int(value))
+
+
+def _path(value: Any, where: str) -> Path:
+    """A YAML value as a Path (a leading ~ expanded); ReconError for what no file system accepts."""
+    text = str(value)
+    if not isinstance(value, (str, Path)) or not text or any(ord(c) < 32 for c in text):
+        raise ReconError(f"{where}: expected a file or folder path, got {value!r}")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError as e:  # ~user of an unknown user
+        raise ReconError(f"{where}: {e}") from None
 
 
 def apply_mapping(obj: Any, data: dict[str, Any], where: str = "", strict: bool = True) -> Any:
@@ -128,6 +151,10 @@ def apply_mapping(obj: Any, data: dict[str, Any], where: str = "", strict: bool 
         current = getattr(obj, k)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             updates[k] = apply_mapping(current, value, loc, strict)
+        elif dataclasses.is_dataclass(current) and not (value is None and _optional(hints.get(k))):
+            raise ReconError(
+                f"{loc}: expected a mapping of fields ({', '.join(sorted(_names(current)))}), got {value!r}"
+            )
         elif isinstance(value, dict) and current is None:
             ann = hints.get(k)
             cls = next((a for a in typing.get_args(ann) if isinstance(a, type) and dataclasses.is_dataclass(a)), None)
@@ -139,6 +166,14 @@ def apply_mapping(obj: Any, data: dict[str, Any], where: str = "", strict: bool 
     return dataclasses.replace(obj, **updates)
 
 
+def _optional(annotation: Any) -> bool:
+    return type(None) in typing.get_args(annotation)
+
+
+def _names(obj: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(obj)]
+
+
 def _all_defaults(cls: type) -> bool:
     return all(
         f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
@@ -147,16 +182,23 @@ def _all_defaults(cls: type) -> bool:
 
 
 def _build(cls: type, value: dict, where: str) -> Any:
+    """A section with required fields (e.g. depth.file needs `path`) built from a mapping."""
     hints = typing.get_type_hints(cls)
-    try:
-        return cls(
-            **{
-                k.replace("-", "_"): _coerce(v, hints.get(k.replace("-", "_"), Any), f"{where}.{k}")
-                for k, v in value.items()
-            }
-        )
-    except TypeError as e:
-        raise ReconError(f"{where}: {e}") from e
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in value.items():
+        name = str(k).replace("-", "_")
+        if name not in fields:
+            raise ReconError(f"unknown config key {f'{where}.{k}'!r}; known keys here: {', '.join(sorted(fields))}")
+        kwargs[name] = _coerce(v, hints.get(name, Any), f"{where}.{name}")
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ReconError(f"{where}: missing {', '.join(missing)}")
+    return cls(**kwargs)
 
 
 def parse_set(item: str) -> tuple[list[str], Any]:
@@ -166,7 +208,7 @@ def parse_set(item: str) -> tuple[list[str], Any]:
     key, raw = item.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError):  # not YAML (or e.g. the date 2001-13-01)
         value = raw
     return key.strip().split("."), value
 
@@ -176,3 +218,22 @@ def nest(keys: list[str], value: Any) -> dict[str, Any]:
     for k in reversed(keys[:-1]):
         out = {k: out}
     return out
+
+
+def validate_run_config(cfg: Any) -> Any:
+    """Range-check every section of a RunConfig (each section's own `validate()`) before any work starts.
+
+    Returns `cfg`; raises ReconError with the section's one-line message (library errors converted).
+    """
+    from depth.errors import DepthError
+    from splat.errors import SplatError
+
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if not dataclasses.is_dataclass(section) or not hasattr(section, "validate"):
+            raise ReconError(f"config section {f.name!r} is not a mapping of fields")
+        try:
+            section.validate()
+        except (DepthError, SplatError) as e:
+            raise ReconError(str(e)) from e
+    return cfg

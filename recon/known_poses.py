@@ -12,8 +12,11 @@ PATH is either
 Frames are matched to poses by file stem (frames.json `source_name` of an image set against the pose
 file's image names, e.g. "0001.jpg" <-> "images/0001.jpg", "r_0.png" <-> "./train/r_0"); else by the
 `source_index` the pose file records per frame (a transforms.json exported by recon.stages.export, so a
-run's own export can be re-imported); else by order: the frame with source_index i (its index in the
-video) gets pose i of the file (transforms.json in listed order, COLMAP images sorted by name).
+run's own export can be re-imported); else by order (transforms.json in listed order, COLMAP images sorted
+by name), only when the counts agree and with a warning: one pose per source frame (the frame with
+source_index i, its index in the video, gets pose i) or one pose per stored frame; otherwise one error line.
+Every entry is validated first (`validate_pose_source`): finite positive focal lengths, principal point
+inside the image, finite parameters, rotations orthonormal with det +1 (tolerance ROTATION_TOL).
 Intrinsics are rescaled from the pose file's image size to the stored frame size, and frames are
 undistorted to PINHOLE exactly as the SfM path does (recon.poses.pinhole_target), so downstream always
 sees PINHOLE frames in RUN/images/.
@@ -106,6 +109,70 @@ def read_colmap_model(path: Path) -> PoseSource:
 
 
 _DIST_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+MAX_IMAGE_SIZE = 100_000
+"""Largest image side (pixels) a pose file may state; larger is taken as a broken file."""
+ROTATION_TOL = 1e-3
+"""A pose's rotation R must satisfy max|R^T R - I| < tol and |det R - 1| < tol."""
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _shown(name: str) -> str:
+    """An image name for a one-line message: as it is when printable and short, else its repr, shortened."""
+    return name if name.isprintable() and len(name) <= 80 else _short(name)
+
+
+def _number(entry: dict, key: str, where: str, default: float | None = None) -> float | None:
+    """entry[key] as a finite float (`default` when absent or null); ReconError for anything else."""
+    v = entry.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ReconError(f"{where}: {key} must be a number, got {_short(v)}")
+    try:
+        f = float(v)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        raise ReconError(f"{where}: {key} must be a finite number, got {_short(v)}")
+    return f
+
+
+def _image_size(entry: dict, key: str, default: int, where: str) -> int:
+    v = _number(entry, key, where, float(default))
+    assert v is not None, "a default is given"
+    if not 1 <= v <= MAX_IMAGE_SIZE:
+        raise ReconError(f"{where}: image {key} = {v:g} pixels is not in 1..{MAX_IMAGE_SIZE}")
+    return int(round(v))
+
+
+def _focal_lengths(entry: dict, w: int, h: int, where: str) -> tuple[float, float]:
+    """(fx, fy) in pixels from fl_x / fl_y, else camera_angle_x / camera_angle_y (radians, in (0, pi))."""
+
+    def from_angle(key: str, size: int) -> float:
+        angle = _number(entry, key, where)
+        assert angle is not None, "called only when the key is present"
+        if not 0 < angle < math.pi:
+            raise ReconError(f"{where}: {key} = {angle:g} is not a field of view in (0, pi) radians")
+        return 0.5 * size / math.tan(0.5 * angle)
+
+    fl_x = _number(entry, "fl_x", where)
+    fx, fy = fl_x, _number(entry, "fl_y", where)
+    if fx is None and entry.get("camera_angle_x") is not None:
+        fx = from_angle("camera_angle_x", w)
+    if fy is None and entry.get("camera_angle_y") is not None and fl_x is None:
+        fy = from_angle("camera_angle_y", h)
+    if fx is None and fy is not None:
+        fx = fy
+    if fx is None:
+        raise ReconError(f"{where}: no focal length (need fl_x or camera_angle_x)")
+    fy = fx if fy is None else fy
+    if not (fx > 0 and fy > 0 and math.isfinite(fx) and math.isfinite(fy)):
+        raise ReconError(f"{where}: focal length ({fx:g}, {fy:g}) px must be positive and finite")
+    return fx, fy
 
 
 def camera_from_transforms(entry: dict, default_size: tuple[int, int], where: str) -> Any:
@@ -114,28 +181,20 @@ def camera_from_transforms(entry: dict, default_size: tuple[int, int], where: st
     Args:
         entry: dict with any of fl_x fl_y cx cy w h camera_angle_x camera_angle_y k1 k2 k3 k4 p1 p2 camera_model.
         default_size: (W, H) used when the file gives no w/h (Blender files).
+    Raises ReconError (one line naming `where` and the key) for a value that is not a usable number.
     """
     import pycolmap
 
-    w = int(round(float(entry.get("w", default_size[0]))))
-    h = int(round(float(entry.get("h", default_size[1]))))
-    fx = entry.get("fl_x")
-    if fx is None and "camera_angle_x" in entry:
-        fx = 0.5 * w / math.tan(0.5 * float(entry["camera_angle_x"]))
-    fy = entry.get("fl_y")
-    if fy is None and "camera_angle_y" in entry and entry.get("fl_x") is None:
-        fy = 0.5 * h / math.tan(0.5 * float(entry["camera_angle_y"]))
-    if fx is None and fy is not None:
-        fx = fy
-    if fx is None:
-        raise ReconError(f"{where}: no focal length (need fl_x or camera_angle_x)")
-    fy = fx if fy is None else fy
-    fx, fy = float(fx), float(fy)
-    cx = float(entry.get("cx", w / 2.0))
-    cy = float(entry.get("cy", h / 2.0))
-    d = {k: float(entry.get(k, 0.0) or 0.0) for k in _DIST_KEYS}
-    model = str(entry.get("camera_model", "OPENCV")).upper()
-    if model == "OPENCV_FISHEYE":
+    w = _image_size(entry, "w", default_size[0], where)
+    h = _image_size(entry, "h", default_size[1], where)
+    fx, fy = _focal_lengths(entry, w, h, where)
+    cx, cy = _number(entry, "cx", where, w / 2.0), _number(entry, "cy", where, h / 2.0)
+    assert cx is not None and cy is not None, "defaults are given"
+    d = {k: _number(entry, k, where, 0.0) or 0.0 for k in _DIST_KEYS}
+    model = entry.get("camera_model", "OPENCV")
+    if not isinstance(model, str):
+        raise ReconError(f"{where}: camera_model must be a name such as OPENCV, got {_short(model)}")
+    if model.upper() == "OPENCV_FISHEYE":
         name, params = "OPENCV_FISHEYE", [fx, fy, cx, cy, d["k1"], d["k2"], d["k3"], d["k4"]]
     elif d["k3"] or d["k4"]:
         name, params = "FULL_OPENCV", [fx, fy, cx, cy, d["k1"], d["k2"], d["p1"], d["p2"], d["k3"], d["k4"], 0.0, 0.0]
@@ -148,70 +207,161 @@ def camera_from_transforms(entry: dict, default_size: tuple[int, int], where: st
     return cam
 
 
+def _transform_matrix(fr: dict, where: str) -> np.ndarray:
+    """The frame's c2w `transform_matrix` (OpenGL axes) as a finite 4x4 float64 (a 3x4 gets its last row)."""
+    try:
+        M = np.asarray(fr["transform_matrix"], dtype=np.float64)
+    except KeyError as e:
+        raise ReconError(f"{where}: needs a 4x4 transform_matrix") from e
+    except (TypeError, ValueError, OverflowError) as e:
+        detail = (str(e).splitlines() or [type(e).__name__])[0][:80]
+        raise ReconError(f"{where}: transform_matrix is not a 4x4 matrix of numbers ({detail})") from e
+    if M.shape == (3, 4):
+        M = np.vstack([M, [0, 0, 0, 1]])
+    if M.shape != (4, 4) or not np.all(np.isfinite(M)):
+        raise ReconError(f"{where}: transform_matrix must be a finite 4x4 matrix, got shape {M.shape}")
+    if np.abs(M[3] - [0, 0, 0, 1]).max() > 1e-6:
+        raise ReconError(f"{where}: transform_matrix's last row is {M[3].tolist()}, not 0 0 0 1")
+    return M
+
+
+def _transforms_frame(fr: Any, i: int, glob: dict, default_size: tuple[int, int], path: Path) -> tuple:
+    """(name, c2w OpenCV [4,4], pycolmap.Camera, source_index or None) of frames[i] of a transforms.json."""
+    where = f"--poses {path}, frame {i}"
+    if not isinstance(fr, dict):
+        raise ReconError(f"{where}: expected an object with file_path and transform_matrix, got {_short(fr)}")
+    name = fr.get("file_path")
+    if not isinstance(name, str) or not name.strip():
+        raise ReconError(f"{where}: needs a file_path (the image's name), got {_short(name)}")
+    where = f"--poses {path}, frame {i} ({_shown(name)})"
+    M = _transform_matrix(fr, where)
+    src = fr.get("source_index")
+    src_idx = src if isinstance(src, int) and not isinstance(src, bool) and src >= 0 else None
+    entry = {**glob, **{k: v for k, v in fr.items() if k not in ("file_path", "transform_matrix")}}
+    return name, opengl_to_opencv(M), camera_from_transforms(entry, default_size, where), src_idx
+
+
 def read_transforms_json(path: Path, default_size: tuple[int, int]) -> PoseSource:
     """nerfstudio / instant-ngp / Blender transforms.json -> PoseSource (OpenCV c2w)."""
     try:
         d = json.loads(path.read_text())
-        frames = d["frames"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ReconError(f"--poses {path}: not a transforms.json with a 'frames' list ({e})") from e
+    except (ValueError, OSError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise ReconError(f"--poses {path}: not a transforms.json with a 'frames' list ({first})") from e
+    frames = d.get("frames") if isinstance(d, dict) else None
+    if not isinstance(frames, list):
+        raise ReconError(f"--poses {path}: not a transforms.json with a 'frames' list")
     if not frames:
         raise ReconError(f"--poses {path}: 'frames' is empty")
     glob = {k: v for k, v in d.items() if k != "frames"}
-    names, c2w, cams, src_idx = [], [], [], []
-    for i, fr in enumerate(frames):
-        where = f"--poses {path}, frame {i}"
-        try:
-            name = str(fr["file_path"])
-            M = np.asarray(fr["transform_matrix"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ReconError(f"{where}: needs file_path and a 4x4 transform_matrix ({e})") from e
-        if M.shape == (3, 4):
-            M = np.vstack([M, [0, 0, 0, 1]])
-        if M.shape != (4, 4) or not np.all(np.isfinite(M)):
-            raise ReconError(f"{where}: transform_matrix must be a finite 4x4 matrix, got shape {M.shape}")
-        names.append(name)
-        src_idx.append(int(fr["source_index"]) if isinstance(fr.get("source_index"), int) else None)
-        c2w.append(opengl_to_opencv(M))
-        cams.append(
-            camera_from_transforms(
-                {**glob, **{k: v for k, v in fr.items() if k not in ("file_path", "transform_matrix")}},
-                default_size,
-                where,
-            )
-        )
+    rows = [_transforms_frame(fr, i, glob, default_size, path) for i, fr in enumerate(frames)]
+    src_idx = [r[3] for r in rows]
     return PoseSource(
-        names=names,
-        c2w=np.stack(c2w),
-        cameras=cams,
+        names=[r[0] for r in rows],
+        c2w=np.stack([r[1] for r in rows]),
+        cameras=[r[2] for r in rows],
         kind="transforms",
         path=path,
         source_index=src_idx if any(v is not None for v in src_idx) else None,
     )
 
 
+def _check_camera(cam: Any, where: str) -> None:
+    """Finite parameters, positive focal lengths, principal point inside the image."""
+    params = np.asarray(cam.params, dtype=np.float64)
+    w, h = int(cam.width), int(cam.height)
+    if not (0 < w <= MAX_IMAGE_SIZE and 0 < h <= MAX_IMAGE_SIZE):
+        raise ReconError(f"{where}: image size {w}x{h} is not in 1..{MAX_IMAGE_SIZE} pixels")
+    if not np.all(np.isfinite(params)):
+        raise ReconError(f"{where}: camera {cam.model_name} has NaN or infinite parameters {params.tolist()}")
+    fx, fy = float(cam.focal_length_x), float(cam.focal_length_y)
+    if not (fx > 0 and fy > 0):
+        raise ReconError(f"{where}: focal length ({fx:g}, {fy:g}) px must be positive")
+    cx, cy = float(cam.principal_point_x), float(cam.principal_point_y)
+    if not (0 <= cx <= w and 0 <= cy <= h):
+        raise ReconError(f"{where}: principal point ({cx:g}, {cy:g}) lies outside the {w}x{h} image")
+
+
+def _check_pose(c2w: np.ndarray, where: str) -> None:
+    """A rigid camera-to-world transform: finite, rotation orthonormal with det +1, last row 0 0 0 1."""
+    if c2w.shape != (4, 4) or not np.all(np.isfinite(c2w)):
+        raise ReconError(f"{where}: the pose is not a finite 4x4 matrix")
+    R = c2w[:3, :3]
+    with np.errstate(all="ignore"):
+        err, det = float(np.abs(R.T @ R - np.eye(3)).max()), float(np.linalg.det(R))
+    if not (err < ROTATION_TOL and abs(det - 1.0) < ROTATION_TOL):
+        raise ReconError(
+            f"{where}: the rotation is not orthonormal with det +1 (max|R^T R - I| = {err:.3g}, det = {det:.3g}); "
+            "poses must be rigid camera-to-world transforms"
+        )
+
+
+def validate_pose_source(src: PoseSource) -> PoseSource:
+    """ReconError (one line naming the file and the frame) unless every entry has a usable camera and a rigid pose,
+    and no image name appears twice."""
+    if len(src.names) != len(src.c2w) or len(src.names) != len(src.cameras):
+        raise ReconError(f"--poses {src.path}: {len(src.names)} names for {len(src.c2w)} poses")
+    seen: dict[str, int] = {}
+    for i, (name, c2w, cam) in enumerate(zip(src.names, src.c2w, src.cameras)):
+        where = f"--poses {src.path}, frame {i} ({_shown(name)})"
+        if name in seen:
+            raise ReconError(f"{where}: the image is listed twice (also frame {seen[name]})")
+        seen[name] = i
+        _check_camera(cam, where)
+        _check_pose(np.asarray(c2w, np.float64), where)
+    return src
+
+
 def load_pose_source(path: str | Path, default_size: tuple[int, int]) -> PoseSource:
-    """Read --poses PATH: a COLMAP model folder or a transforms.json."""
+    """Read and validate --poses PATH (a COLMAP model folder or a transforms.json): one ReconError line for a
+    file that cannot be used (`validate_pose_source`); `default_size` (W, H) = the frames' original size."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ReconError(f"--poses {path} does not exist")
     if path.is_dir():
         if (path / "transforms.json").exists() and find_colmap_model(path) is None:
-            return read_transforms_json(path / "transforms.json", default_size)
-        return read_colmap_model(path)
+            return validate_pose_source(read_transforms_json(path / "transforms.json", default_size))
+        return validate_pose_source(read_colmap_model(path))
     if path.suffix.lower() == ".json":
-        return read_transforms_json(path, default_size)
+        return validate_pose_source(read_transforms_json(path, default_size))
     raise ReconError(f"--poses {path}: expected a COLMAP model folder or a transforms.json")
 
 
+def source_frame_count(source: str, source_type: str) -> int | None:
+    """How many frames the run's source has (frames.json `source`, `source_type`): the video's frame count or
+    the image folder's image count; None when the source is gone or unreadable."""
+    from recon.video import list_images
+
+    path = Path(source)
+    try:
+        if source_type == "images" and path.is_dir():
+            return len(list_images(path))
+        if source_type == "video" and path.is_file():
+            import av
+
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                num = int(stream.frames or 0)
+                return num if num > 0 else sum(1 for p in container.demux(stream) if p.size > 0)
+    except Exception:  # noqa: BLE001 - an unreadable source only means the count is unknown
+        return None
+    return None
+
+
 def match_frames(
-    frames: list[dict], names: list[str], source_index: list[int | None] | None = None
+    frames: list[dict],
+    names: list[str],
+    source_index: list[int | None] | None = None,
+    source_count: int | None = None,
+    where: str = "--poses",
 ) -> tuple[list[int | None], str]:
     """Index into `names` (pose entries) for each frame of frames.json, or None; and the method used.
 
     1. "name": file stem of the frames' `source_name` (image sets), when at least one matches;
     2. "source_index": the pose entries' own source_index (a transforms.json exported by this tool);
-    3. "order": frame with source_index i -> pose entry i (one pose per video frame, in order).
+    3. "order", only when the counts agree (with a warning saying so): one pose per source frame
+       (len(names) == source_count): the frame with source_index i gets entry i; else one pose per stored
+       frame (len(names) == len(frames)): the k-th frame gets entry k. Otherwise ReconError.
     """
     stems: dict[str, int] = {}
     for j, n in enumerate(names):
@@ -224,7 +374,24 @@ def match_frames(
     if source_index is not None:
         by_src = {int(v): j for j, v in enumerate(source_index) if v is not None}
         return [by_src.get(int(f["source_index"])) for f in frames], "source_index"
-    return [int(f["source_index"]) if 0 <= int(f["source_index"]) < len(names) else None for f in frames], "order"
+    if source_count is not None and len(names) == source_count:
+        m = [int(f["source_index"]) if 0 <= int(f["source_index"]) < len(names) else None for f in frames]
+    elif len(names) == len(frames):
+        m = list(range(len(frames)))
+    else:
+        of = f" (of {source_count} in the source)" if source_count is not None else ""
+        raise ReconError(
+            f"{where}: no image name matches the frames, and its {len(names)} poses cannot be matched by order to "
+            f"the {len(frames)} frames{of}: the pose file must name the frames' images, or hold one pose per frame"
+        )
+    warn(f"{where}: {len(names)} poses matched to the frames by order (names differ); check they belong to this video")
+    return m, "order"
+
+
+def match_pose_source(src: PoseSource, frames: Any) -> tuple[list[int | None], str]:
+    """`match_frames` for a FramesIndex `frames`, with the source's frame count for matching by order."""
+    count = source_frame_count(frames.source, frames.source_type)
+    return match_frames(frames.frames, src.names, src.source_index, count, f"--poses {src.path}")
 
 
 # --------------------------------------------------------------------------------------------------

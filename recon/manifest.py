@@ -1,11 +1,18 @@
 """RUN/manifest.json: what ran in a run directory, with which config, on which inputs, how long.
 
 {"version": 1, "input": str|null,
- "stages": {name: {"status": "running"|"done"|"failed"|"interrupted", "fingerprint": str, "config": {...},
-                    "versions": {...}, "started": iso, "finished": iso, "seconds": float, "summary": {...}}}}
+ "stages": {name: {"status": "running"|"done"|"failed"|"interrupted"|"stale", "started": iso, "finished": iso,
+                    "seconds": float, "error": str (failed/interrupted),
+                    "fingerprint": str, "config": {...}, "versions": {...} (last success), "summary": {...} (if done),
+                    "attempt": {"fingerprint", "config", "versions"}  (the attempt not (yet) finished)}}}
 
 A stage is skipped on a re-run when its status is "done" and its fingerprint (its own config, the
-input, and the fingerprints + finish times of the stages it depends on) is unchanged.
+input, and the fingerprints + finish times of the stages it depends on) is unchanged. `config` is always
+the config of the last successful run of the stage (later commands build on it); the config of a running,
+failed or interrupted attempt is kept under `attempt` for diagnosis only.
+
+Writers hold recon.lock on RUN; every update re-reads the file and writes it atomically (read-modify-write),
+so updates made by an earlier holder are never overwritten.
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ import datetime as _dt
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from recon.artifacts import RunPaths, read_json_object
+from recon.artifacts import RunPaths
 from recon.atomic import write_json
 from recon.errors import ReconError
 
@@ -75,16 +83,64 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _invalid(paths: RunPaths, why: str) -> ReconError:
+    return ReconError(f"{paths.manifest} is not a valid run manifest ({why}); remove it or use a new --out")
+
+
+def _checked(paths: RunPaths, data: Any) -> dict[str, Any]:
+    """`data` if it has the manifest's structure, else the one-line ReconError saying what to do."""
+    if not isinstance(data, dict):
+        raise _invalid(paths, f"a JSON {type(data).__name__}, not an object")
+    if not isinstance(data.get("input"), (str, type(None))):
+        raise _invalid(paths, "input is not a path")
+    stages = data.setdefault("stages", {})
+    if not isinstance(stages, dict):
+        raise _invalid(paths, "stages is not an object")
+    for name, st in stages.items():
+        if not isinstance(st, dict):
+            raise _invalid(paths, f"stage {name!r} is not an object")
+        for key in ("status", "fingerprint", "started", "finished", "error"):
+            if not isinstance(st.get(key, ""), str):
+                raise _invalid(paths, f"stages.{name}.{key} is not a string")
+        for key in ("config", "summary", "versions", "attempt"):  # config is null for stages without options
+            if not isinstance(st.get(key, {}), (dict, type(None) if key == "config" else dict)):
+                raise _invalid(paths, f"stages.{name}.{key} is not an object")
+        if isinstance(st.get("seconds", 0), bool) or not isinstance(st.get("seconds", 0), (int, float)):
+            raise _invalid(paths, f"stages.{name}.seconds is not a number")
+    return data
+
+
+def read_manifest(paths: RunPaths) -> dict[str, Any]:
+    """RUN/manifest.json as a dict (an empty manifest when there is none); ReconError when it is damaged."""
+    if not paths.manifest.exists():
+        return {"version": 1, "input": None, "stages": {}}
+    try:
+        data = json.loads(paths.manifest.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _invalid(paths, f"not JSON: {e}") from e
+    except OSError as e:
+        e.action = "cannot read"  # type: ignore[attr-defined]
+        raise
+    return _checked(paths, data)
+
+
 class Manifest:
+    """The run's manifest. `data` is the last state read or written; every update re-reads the file first."""
+
     def __init__(self, paths: RunPaths):
         self.paths = paths
-        self.data: dict[str, Any] = {"version": 1, "input": None, "stages": {}}
-        if paths.manifest.exists():
-            try:
-                self.data = read_json_object(paths.manifest, "manifest")
-                self.data.setdefault("stages", {})
-            except ReconError:
-                pass  # a manifest that does not parse is treated as a fresh run
+        self.data: dict[str, Any] = read_manifest(paths)
+
+    def reload(self) -> dict[str, Any]:
+        self.data = read_manifest(self.paths)
+        return self.data
+
+    def _update(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Read-modify-write: re-read manifest.json, apply `change`, write it atomically."""
+        data = read_manifest(self.paths)
+        change(data)
+        write_json(self.paths.manifest, data)
+        self.data = data
 
     def save(self) -> None:
         write_json(self.paths.manifest, self.data)
@@ -94,7 +150,8 @@ class Manifest:
         return self.data.get("input")
 
     def set_input(self, value: str | os.PathLike | None) -> None:
-        self.data["input"] = None if value is None else str(value)
+        """Record the run's input (written at once)."""
+        self._update(lambda d: d.__setitem__("input", None if value is None else str(value)))
 
     def stage(self, name: str) -> dict[str, Any]:
         return self.data["stages"].get(name, {})
@@ -104,27 +161,47 @@ class Manifest:
         return st.get("status") == "done" and (fp is None or st.get("fingerprint") == fp)
 
     def start(self, name: str, fp: str, config: Any) -> None:
-        self.data["stages"][name] = {
-            "status": "running",
-            "fingerprint": fp,
-            "config": to_jsonable(config),
-            "versions": library_versions(),
-            "started": _now(),
-        }
-        self.save()
+        """Mark `name` running with this attempt's fingerprint and config (not the saved config yet)."""
+        attempt = {"fingerprint": fp, "config": to_jsonable(config), "versions": library_versions()}
+
+        def change(d: dict[str, Any]) -> None:
+            old = d["stages"].get(name, {})
+            st = {k: old[k] for k in ("fingerprint", "config", "versions") if k in old}
+            st.update({"status": "running", "started": _now(), "attempt": attempt})
+            d["stages"][name] = st
+
+        self._update(change)
 
     def finish(
         self, name: str, status: str, seconds: float, summary: dict | None = None, error: str | None = None
     ) -> None:
-        st = self.data["stages"].setdefault(name, {})
-        st.update({"status": status, "finished": _now(), "seconds": round(float(seconds), 3)})
-        if summary is not None:
-            st["summary"] = to_jsonable(summary)
-        if error is not None:
-            st["error"] = error
-        self.save()
+        """Record the end of the attempt; only a "done" one makes its config and fingerprint the stage's."""
+
+        def change(d: dict[str, Any]) -> None:
+            st = d["stages"].setdefault(name, {})
+            st.update({"status": status, "finished": _now(), "seconds": round(float(seconds), 3)})
+            st.pop("error", None)
+            if status == "done":
+                st.update(st.pop("attempt", {}))
+                st["summary"] = to_jsonable(summary or {})
+            if error is not None:
+                st["error"] = error
+
+        self._update(change)
+
+    def recover(self) -> list[str]:
+        """Stages left "running" by a writer that died (the caller holds the lock) -> "interrupted"."""
+        dead = [n for n, st in self.data["stages"].items() if st.get("status") == "running"]
+        if dead:
+
+            def change(d: dict[str, Any]) -> None:
+                for n in dead:
+                    if d["stages"].get(n, {}).get("status") == "running":
+                        d["stages"][n].update(status="interrupted", error="the process running it ended")
+
+            self._update(change)
+        return dead
 
     def invalidate(self, name: str) -> None:
         if name in self.data["stages"]:
-            self.data["stages"][name]["status"] = "stale"
-            self.save()
+            self._update(lambda d: d["stages"].get(name, {}).__setitem__("status", "stale"))

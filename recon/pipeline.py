@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from recon.artifacts.layout import RunPaths
+from recon.atomic import describe_os_error
 from recon.console import info
 from recon.errors import ReconError
+from recon.lock import run_lock
 from recon.manifest import Manifest, fingerprint, input_fingerprint
 from recon.stages import StageContext
 from recon.stages.align import Config as AlignConfig
@@ -114,58 +116,78 @@ def run_pipeline(
     stages: list[str] | None = None,
     on_stage: Callable[[StageResult], None] | None = None,
 ) -> list[StageResult]:
-    """Run the stages needed for `until` in run directory `out`.
+    """Run the stages needed for `until` in run directory `out`, holding its writer lock (recon.lock).
 
     Finished stages whose fingerprint is unchanged are skipped; `force` names stages to redo.
-    Returns one StageResult per stage considered. Raises ReconError on bad input.
+    Returns one StageResult per stage considered. Raises ReconError on bad input or when another process
+    writes into `out`, OSError (see recon.atomic.describe_os_error) when a file cannot be written.
     """
     cfg = cfg or RunConfig()
-    paths = RunPaths(Path(out))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(paths)
-    if input_path is not None:
-        input_path = Path(input_path)
-        if manifest.input and Path(manifest.input).resolve() != input_path.resolve() and manifest.is_done("frames"):
-            info(f"input changed ({manifest.input} -> {input_path}): frames will be re-extracted")
-        manifest.set_input(input_path.resolve() if input_path.exists() else input_path)
-    elif manifest.input:
-        input_path = Path(manifest.input)
     for f in force:
         if f not in STAGES:
             raise ReconError(f"--force {f}: unknown stage; stages are {', '.join(STAGES)}")
     todo = stages if stages is not None else plan(until)
-    results: list[StageResult] = []
-    fps: dict[str, str] = {}
-    for name in todo:
-        upstream = [(d, manifest.stage(d).get("fingerprint"), manifest.stage(d).get("finished")) for d in DEPENDS[name]]
-        extra = input_fingerprint(input_path) if name == "frames" else None
-        fp = fingerprint(name, stage_config(name, cfg), upstream, extra)
-        fps[name] = fp
-        if name != "report" and name not in force and manifest.is_done(name, fp):
-            st = manifest.stage(name)
-            res = StageResult(name, "skipped", float(st.get("seconds", 0.0)), st.get("summary", {}))
+    with run_lock(out):
+        paths = RunPaths(Path(out))
+        manifest = Manifest(paths)
+        manifest.recover()
+        input_path = _remember_input(manifest, input_path)
+        results: list[StageResult] = []
+        for name in todo:
+            res = _one_stage(name, manifest, input_path, paths, cfg, force)
             results.append(res)
             if on_stage:
                 on_stage(res)
-            continue
-        manifest.start(name, fp, stage_config(name, cfg))
-        info(f"[bold cyan]▶ {name}[/bold cyan]")
-        t0 = time.perf_counter()
-        try:
-            summary = _run_stage(name, input_path, paths, cfg) or {}
-        except KeyboardInterrupt:
-            manifest.finish(name, "interrupted", time.perf_counter() - t0)
-            raise
-        except ReconError as e:
-            manifest.finish(name, "failed", time.perf_counter() - t0, error=str(e))
-            raise
-        except Exception as e:
-            manifest.finish(name, "failed", time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
-            raise
-        dt = time.perf_counter() - t0
-        manifest.finish(name, "done", dt, summary)
-        res = StageResult(name, "ran", dt, summary)
-        results.append(res)
-        if on_stage:
-            on_stage(res)
     return results
+
+
+def _remember_input(manifest: Manifest, input_path: str | Path | None) -> Path | None:
+    """The input to use: the one given (recorded in the manifest), else the one the manifest remembers."""
+    if input_path is None:
+        return Path(manifest.input) if manifest.input else None
+    input_path = Path(input_path)
+    if manifest.input and Path(manifest.input).resolve() != input_path.resolve() and manifest.is_done("frames"):
+        info(f"input changed ({manifest.input} -> {input_path}): frames will be re-extracted")
+    manifest.set_input(input_path.resolve() if input_path.exists() else input_path)
+    return input_path
+
+
+def _one_stage(
+    name: str, manifest: Manifest, input_path: Path | None, paths: RunPaths, cfg: RunConfig, force: Sequence[str]
+) -> StageResult:
+    """Skip stage `name` when done with the same fingerprint, else run it and record the outcome."""
+    upstream = [(d, manifest.stage(d).get("fingerprint"), manifest.stage(d).get("finished")) for d in DEPENDS[name]]
+    extra = input_fingerprint(input_path) if name == "frames" else None
+    fp = fingerprint(name, stage_config(name, cfg), upstream, extra)
+    if name != "report" and name not in force and manifest.is_done(name, fp):
+        st = manifest.stage(name)
+        return StageResult(name, "skipped", float(st.get("seconds", 0.0)), st.get("summary", {}))
+    manifest.start(name, fp, stage_config(name, cfg))
+    info(f"[bold cyan]▶ {name}[/bold cyan]")
+    t0 = time.perf_counter()
+    try:
+        summary = _run_stage(name, input_path, paths, cfg) or {}
+    except KeyboardInterrupt:
+        _record_end(manifest, name, "interrupted", t0, "interrupted by the user")
+        raise
+    except ReconError as e:
+        _record_end(manifest, name, "failed", t0, str(e))
+        raise
+    except OSError as e:
+        _record_end(manifest, name, "failed", t0, describe_os_error(e))
+        raise
+    except Exception as e:
+        _record_end(manifest, name, "failed", t0, f"{type(e).__name__}: {e}")
+        raise
+    dt = time.perf_counter() - t0
+    manifest.finish(name, "done", dt, summary)
+    return StageResult(name, "ran", dt, summary)
+
+
+def _record_end(manifest: Manifest, name: str, status: str, t0: float, error: str) -> None:
+    """Mark the stage failed/interrupted; when even the manifest cannot be written, the stage's own error
+    still reaches the user (the stage then stays "running" on disk, never "done", until the next run)."""
+    try:
+        manifest.finish(name, status, time.perf_counter() - t0, error=error)
+    except (OSError, ReconError):
+        pass

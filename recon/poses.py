@@ -38,7 +38,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import multiprocessing
+import os
+import resource
 import shutil
+import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -50,7 +55,7 @@ import numpy as np
 from depth.geometry import invert_pose
 from recon.artifacts import CameraSet, FramesIndex, read_json_object, read_rgb
 from recon.atomic import atomic_dir, write_json
-from recon.console import progress, verbosity
+from recon.console import info, progress, set_verbosity, verbosity, warn
 from recon.errors import ReconError
 
 EXHAUSTIVE_MAX_IMAGES = 100
@@ -86,6 +91,36 @@ class PosesConfig:
     """... or fewer than this fraction of the frames."""
     poses: Path | None = None
     """Known poses instead of SfM: a COLMAP model folder or a transforms.json (nerfstudio/instant-ngp/Blender)."""
+    retry: bool = True
+    """When too few frames register, retry SfM with settings likely to help (recon.poses.sfm_attempts)."""
+
+    CAMERA_MODELS = (
+        "SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE", "FULL_OPENCV", "FOV",
+        "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "THIN_PRISM_FISHEYE",
+    )  # fmt: skip
+
+    def validate(self) -> PosesConfig:
+        """ReconError unless every field is in range (see the field docs)."""
+        from depth.checks import choice, flag, number, path_exists, rng_seed
+
+        choice(self.mapper, "poses.mapper", ReconError, ("incremental", "global"))
+        choice(self.matcher, "poses.matcher", ReconError, ("auto", "sequential", "exhaustive"))
+        number(self.sequential_overlap, "poses.sequential_overlap", ReconError, lo=1, hi=10_000, integer=True)
+        flag(self.quadratic_overlap, "poses.quadratic_overlap", ReconError)
+        choice(self.camera_model, "poses.camera_model", ReconError, self.CAMERA_MODELS)
+        flag(self.single_camera, "poses.single_camera", ReconError)
+        number(self.focal_px, "poses.focal_px", ReconError, lo=0, hi=1e6, note="0 = from EXIF or focal_factor")
+        number(self.focal_factor, "poses.focal_factor", ReconError, lo=0, hi=100, lo_open=True)
+        number(self.max_num_features, "poses.max_num_features", ReconError, lo=16, hi=1_000_000, integer=True)
+        number(self.num_threads, "poses.num_threads", ReconError, lo=-1, hi=1024, integer=True, note="-1 = all")
+        if self.num_threads == 0:
+            raise ReconError("poses.num_threads must be -1 (all) or >= 1, got 0")
+        rng_seed(self.seed, "poses.seed", ReconError, allow_random=True)
+        number(self.min_registered, "poses.min_registered", ReconError, lo=2, integer=True)
+        number(self.min_registered_fraction, "poses.min_registered_fraction", ReconError, lo=0, hi=1)
+        if self.poses is not None and not path_exists(self.poses):
+            raise ReconError(f"--poses {self.poses} does not exist")
+        return self
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,8 +353,29 @@ def settings_key(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def database_counts(db_path: Path) -> dict[str, int] | None:
+    """What a COLMAP database holds: images, keypoints (sum over images), verified image pairs and their
+    inlier matches. Read with Python's sqlite3 (read-only), so a damaged file gives None, never a native crash."""
+    if not db_path.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            images = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            keypoints = con.execute("SELECT COALESCE(SUM(rows), 0) FROM keypoints").fetchone()[0]
+            pairs, inliers = con.execute(
+                "SELECT COUNT(*), COALESCE(SUM(rows), 0) FROM two_view_geometries WHERE rows > 0"
+            ).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return {"images": int(images), "keypoints": int(keypoints), "pairs": int(pairs), "inliers": int(inliers)}
+
+
 class StepState:
-    """WORK/state.json: finished steps with the key of their settings and their duration."""
+    """WORK/state.json: finished steps with the key of their settings, their duration and (extract, match)
+    the database counts they left, so that a state the database does not back up is not trusted."""
 
     def __init__(self, work: Path):
         self.path = work / "state.json"
@@ -340,12 +396,36 @@ class StepState:
     def seconds(self, step: str) -> float:
         return self.data[step]["seconds"]
 
+    def verify(self, db_path: Path, num_images: int) -> str | None:
+        """Forget the finished steps that the database does not back up (another writer, a crash, a deleted
+        or replaced file); returns why, or None when state and database agree."""
+        counts = database_counts(db_path)
+        ext, match = self.data.get("extract"), self.data.get("match")
+        if ext is not None:
+            if counts is None:
+                why = f"{db_path.name} is missing or unreadable"
+            elif counts["images"] != num_images or any(counts[k] != ext.get(k) for k in ("images", "keypoints")):
+                why = (
+                    f"it holds {counts['images']} images / {counts['keypoints']} keypoints, "
+                    f"not {num_images} / {ext.get('keypoints')}"
+                )
+            else:
+                why = None
+            if why is not None:
+                self.forget("extract", "match", "map")
+                return why
+        if match is not None and (counts is None or any(counts[k] != match.get(k) for k in ("pairs", "inliers"))):
+            self.forget("match", "map")
+            have = (counts or {}).get("pairs")
+            return f"it holds {have} verified image pairs, not the {match.get('pairs')} that matching left"
+        return None
+
 
 def quiet_colmap() -> None:
-    """COLMAP's own log only with -v."""
+    """COLMAP's own log (glog) only with -v; without it not even its ERROR lines (recon reports errors itself)."""
     import pycolmap
 
-    pycolmap.logging.minloglevel = 0 if verbosity() >= 2 else 2
+    pycolmap.logging.minloglevel = 0 if verbosity() >= 2 else 3
 
 
 def frames_key(frames: FramesIndex) -> list[Any]:
@@ -353,25 +433,148 @@ def frames_key(frames: FramesIndex) -> list[Any]:
     return [[(f["file"], f["source_index"]) for f in frames.frames], frames.source, list(frames.size)]
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One try of structure-from-motion: what it changes from the configured settings (None = as configured)."""
+
+    name: str
+    matcher: str | None = None
+    mapper: str | None = None
+    init_min_tri_angle: float | None = None
+    """Incremental mapper: smallest triangulation angle (degrees) of the initial image pair (COLMAP: 16)."""
+
+
+AS_CONFIGURED = Attempt("as configured")
+RELAXED_INIT_DEG = 4.0
+EXHAUSTIVE_RETRY_MAX_IMAGES = 200
+
+
+def sfm_attempts(frames: FramesIndex, cfg: PosesConfig) -> list[Attempt]:
+    """The ladder of tries when too few frames register, cheapest first (features are always reused).
+
+    Measured on the shared clips (benchmarks/poses.py --ladder): a panning camera (little parallax between
+    frames) finds no initial pair with COLMAP's 16-degree triangulation angle; 4 degrees is enough.
+    Exhaustive matching adds the far-apart pairs that sequential matching never compares.
+    """
+    if not cfg.retry:
+        return [AS_CONFIGURED]
+    relaxed = Attempt(
+        f"relaxed initial pair (>= {RELAXED_INIT_DEG:g} deg)", mapper="incremental", init_min_tri_angle=RELAXED_INIT_DEG
+    )
+    out = [AS_CONFIGURED, relaxed]
+    if resolve_matcher(frames, cfg) != "exhaustive" and len(frames) <= EXHAUSTIVE_RETRY_MAX_IMAGES:
+        out.append(Attempt("exhaustive matching, relaxed initial pair", "exhaustive", "incremental", RELAXED_INIT_DEG))
+    return out
+
+
 @dataclass
 class SfmPlan:
-    """The settings of one SfM run, resolved from the frames and the config, with the key of each step."""
+    """The settings of one SfM run, resolved from the frames, the config and the attempt, with each step's key."""
 
     matcher: str
+    mapper: str
     focal: float
     focal_source: str
     single_camera: bool
+    init_min_tri_angle: float | None
     keys: dict[str, str]
+    attempt: str = AS_CONFIGURED.name
 
     @classmethod
-    def make(cls, frames: FramesIndex, cfg: PosesConfig) -> SfmPlan:
-        matcher = resolve_matcher(frames, cfg)
+    def make(cls, frames: FramesIndex, cfg: PosesConfig, attempt: Attempt = AS_CONFIGURED) -> SfmPlan:
+        matcher = attempt.matcher or resolve_matcher(frames, cfg)
+        mapper = attempt.mapper or cfg.mapper
         focal, focal_src = initial_focal_px(frames, cfg)
         single = cfg.single_camera or frames.source_type == "video"
         k_extract = settings_key(*frames_key(frames), cfg.camera_model, focal, focal_src, single, cfg.max_num_features)
         k_match = settings_key(k_extract, matcher, cfg.sequential_overlap, cfg.quadratic_overlap)
-        k_map = settings_key(k_match, cfg.mapper, cfg.seed, cfg.min_registered)
-        return cls(matcher, focal, focal_src, single, {"extract": k_extract, "match": k_match, "map": k_map})
+        k_map = settings_key(k_match, mapper, cfg.seed, cfg.min_registered, attempt.init_min_tri_angle)
+        keys = {"extract": k_extract, "match": k_match, "map": k_map}
+        return cls(matcher, mapper, focal, focal_src, single, attempt.init_min_tri_angle, keys, attempt.name)
+
+
+# --------------------------------------------------------------------------------------------------
+# the SfM steps: resumable, run in a child process (recon.native) so that a native crash is reported
+
+
+def sfm_space_needed(work: Path, num_images: int, size: tuple[int, int], cfg: PosesConfig, matcher: str) -> int:
+    """Bytes the SfM steps may still write: database (keypoints + descriptors ~152 B per feature, matches and
+    inliers 8 B each per pair), model and undistorted frames, minus a database already there."""
+    W, H = size
+    feats = min(cfg.max_num_features, max(1000, W * H // 64))  # SIFT finds ~1 feature per 130-220 px here
+    n = max(num_images, 1)
+    pairs = n * (n - 1) // 2 if matcher == "exhaustive" else n * (cfg.sequential_overlap + int(np.log2(n)) + 1)
+    database = n * feats * 152 + pairs * feats * 8
+    model_and_images = n * feats * 40 + n * W * H * 3
+    db = work / "database.db"
+    existing = db.stat().st_size if db.is_file() else 0
+    return max(0, database - existing) + model_and_images + (16 << 20)
+
+
+def ensure_free_space(run_root: Path, need: int) -> None:
+    """ReconError (one line) when the file system of run_root has less than `need` bytes free."""
+    free = shutil.disk_usage(run_root).free
+    if free < need:
+        raise ReconError(
+            f"not enough free space in {run_root} for the SfM database: need ~{need / 2**20:.0f} MB, "
+            f"{free / 2**20:.0f} MB free"
+        )
+
+
+def sfm_steps(
+    work: Path,
+    image_dir: Path,
+    names: list[str],
+    size: tuple[int, int],
+    plan: SfmPlan,
+    cfg: PosesConfig,
+    on_step: Callable[[str], None],
+    begin: Callable[[str], None],
+) -> None:
+    """Extract, match and map `image_dir/names` into work/ (database.db, sparse/N, state.json), skipping the
+    steps state.json records as done with the same key. Runs in the SfM child process (pycolmap's native
+    code); `begin(step)` is called before each native step, `on_step(status)` after each step."""
+    import pycolmap
+
+    if cfg.seed >= 0:
+        pycolmap.set_random_seed(cfg.seed)
+    db_path, state, keys = work / "database.db", StepState(work), plan.keys
+    if not state.done("extract", keys["extract"]):
+        state.forget("extract", "match", "map")
+        db_path.unlink(missing_ok=True)
+        shutil.rmtree(work / "sparse", ignore_errors=True)
+        t0 = time.perf_counter()
+        params = ""
+        if plan.focal_source != "heuristic":
+            cam = pycolmap.Camera.create_from_model_name(1, cfg.camera_model, plan.focal, size[0], size[1])
+            params = cam.params_to_string()
+        begin("extract")
+        extract_sift(db_path, image_dir, names, cfg, cfg.camera_model, params, plan.single_camera)
+        counts = database_counts(db_path) or {}
+        state.mark("extract", keys["extract"], time.perf_counter() - t0, **_pick(counts, "images", "keypoints"))
+    on_step(f"match ({plan.matcher})")
+    if not state.done("match", keys["match"]):
+        state.forget("match", "map")
+        shutil.rmtree(work / "sparse", ignore_errors=True)
+        t0 = time.perf_counter()
+        begin("match")
+        match_features(db_path, plan.matcher, cfg)
+        counts = database_counts(db_path) or {}
+        state.mark("match", keys["match"], time.perf_counter() - t0, **_pick(counts, "pairs", "inliers"))
+    on_step(f"map ({plan.mapper})")
+    if not state.done("map", keys["map"]) or not (work / "sparse" / str(state.data["map"]["best"])).exists():
+        state.forget("map")
+        t0 = time.perf_counter()
+        begin("map")
+        with atomic_dir(work / "sparse") as tmp:
+            recs = map_features(db_path, image_dir, tmp, cfg, plan.mapper, plan.init_min_tri_angle)
+            best = max(recs, key=lambda k: recs[k].num_reg_images()) if recs else None
+        models = {str(k): r.num_reg_images() for k, r in recs.items()}
+        state.mark("map", keys["map"], time.perf_counter() - t0, best=best, models=models, attempt=plan.attempt)
+
+
+def _pick(d: dict, *keys: str) -> dict:
+    return {k: d[k] for k in keys if k in d}
 
 
 def reconstruct(
@@ -383,47 +586,238 @@ def reconstruct(
     cfg: PosesConfig,
     on_step: Callable[[str], None] = lambda status: None,
 ) -> tuple[Any, dict[str, float], dict[str, int]]:
-    """Extract, match and map `image_dir/names` (resuming finished steps recorded in work/state.json).
+    """Extract, match and map `image_dir/names` (resuming the finished steps that work/state.json records and
+    the database backs up), in a child process (recon.native.run_isolated).
 
     Returns the largest model (pycolmap.Reconstruction, distorted cameras, or None when mapping made none), the
     seconds of each step, and the registered-image count of every model made. `on_step(status)` is called
-    after each step.
+    after each step. ReconError when the disk is too full to start or COLMAP fails or crashes.
     """
     import pycolmap
 
     work.mkdir(parents=True, exist_ok=True)
-    db_path, state, keys = work / "database.db", StepState(work), plan.keys
-    if not state.done("extract", keys["extract"]):
-        state.forget("extract", "match", "map")
-        db_path.unlink(missing_ok=True)
-        shutil.rmtree(work / "sparse", ignore_errors=True)
-        t0 = time.perf_counter()
-        params = ""
-        if plan.focal_source != "heuristic":
-            cam = pycolmap.Camera.create_from_model_name(1, cfg.camera_model, plan.focal, size[0], size[1])
-            params = cam.params_to_string()
-        extract_sift(db_path, image_dir, names, cfg, cfg.camera_model, params, plan.single_camera)
-        state.mark("extract", keys["extract"], time.perf_counter() - t0)
-    on_step(f"match ({plan.matcher})")
-    if not state.done("match", keys["match"]):
-        state.forget("match", "map")
-        shutil.rmtree(work / "sparse", ignore_errors=True)
-        t0 = time.perf_counter()
-        match_features(db_path, plan.matcher, cfg)
-        state.mark("match", keys["match"], time.perf_counter() - t0)
-    on_step(f"map ({cfg.mapper})")
-    if not state.done("map", keys["map"]) or not (work / "sparse" / str(state.data["map"]["best"])).exists():
-        state.forget("map")
-        t0 = time.perf_counter()
-        with atomic_dir(work / "sparse") as tmp:
-            recs = map_features(db_path, image_dir, tmp, cfg)
-            best = max(recs, key=lambda k: recs[k].num_reg_images()) if recs else None
-        models = {str(k): r.num_reg_images() for k, r in recs.items()}
-        state.mark("map", keys["map"], time.perf_counter() - t0, best=best, models=models)
+    why = StepState(work).verify(work / "database.db", len(names))
+    if why is not None:
+        warn(f"the SfM work state in {work} does not match its database ({why}): redoing those steps")
+    ensure_free_space(work.parent, sfm_space_needed(work, len(names), size, cfg, plan.matcher))
+    run_isolated(sfm_steps, (work, image_dir, names, size, plan, cfg), on_step, work / "colmap.log", NATIVE_STEPS)
+    state = StepState(work)
     seconds = {step: state.seconds(step) for step in ("extract", "match", "map")}
     best = state.data["map"]["best"]
     rec = pycolmap.Reconstruction(work / "sparse" / str(best)) if best is not None else None
     return rec, seconds, dict(state.data["map"].get("models", {}))
+
+
+NATIVE_STEPS = {"extract": "feature extraction", "match": "feature matching", "map": "mapping"}
+
+
+# --------------------------------------------------------------------------------------------------
+# native work in a child process
+
+FAULT_ENV = "RECON_SFM_FAULT"
+"""Test hook: a step name (extract, match, map); the SfM child process aborts (os.abort) as it begins it."""
+
+
+def run_isolated(
+    target: Callable[..., None],
+    args: tuple,
+    on_step: Callable[[str], None],
+    log_path: Path,
+    step_names: dict[str, str],
+) -> None:
+    """Run `target(*args, on_step=..., begin=...)` in a spawned child process.
+
+    A native crash there (abort, segfault, out of memory) becomes a one-line ReconError naming the step
+    (`step_names[step]` of the last `begin(step)`), the signal and COLMAP's last error line, instead of
+    killing this process. The child's stdout/stderr (COLMAP's glog) go to `log_path`, or to the terminal's
+    stderr with -v. A ReconError or exception in the child is re-raised here as a ReconError.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    level = verbosity()
+    log_path.write_bytes(b"")
+    proc = ctx.Process(target=_child_main, args=(send, target, args, log_path, level), daemon=True)
+    proc.start()
+    send.close()
+    step, outcome = "", None
+    try:
+        while True:
+            try:
+                kind, value = recv.recv()
+            except EOFError:
+                break
+            if kind == "begin":
+                step = value
+            elif kind == "status":
+                on_step(value)
+            else:
+                outcome = (kind, value)
+        proc.join(timeout=60)
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        recv.close()
+    what = f"COLMAP ({step_names.get(step, 'starting')})"
+    if outcome is not None and outcome[0] == "ok":
+        return
+    if outcome is not None:
+        raise ReconError(outcome[1] if outcome[0] == "recon_error" else f"{what} failed: {outcome[1]}")
+    raise ReconError(_crash_message(what, proc.exitcode, log_path, level))
+
+
+def _crash_message(what: str, exitcode: int | None, log_path: Path, level: int) -> str:
+    """One line for a child that died without reporting: signal or exit status, COLMAP's last error line,
+    a full-disk hint, and where the log is."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown signal"
+        msg = f"{what} crashed with signal {-exitcode} ({name})"
+    else:
+        msg = f"{what} exited with status {exitcode} without a result"
+    last = _last_error_line(log_path)
+    if last:
+        msg += f": {last}"
+    free = shutil.disk_usage(log_path.parent).free
+    if free < (64 << 20):
+        msg += f"; only {free / 2**20:.0f} MB free on the disk (full?)"
+    if level < 2:
+        msg += f"; COLMAP's log: {log_path}"
+    return msg + "; re-run the poses stage (finished steps are kept)"
+
+
+def _last_error_line(log_path: Path) -> str:
+    """The text of the last glog ERROR/FATAL line (or 'Check failed') in the log, shortened; '' if none."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()[-200:]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if line[:1] in ("E", "F") and line[1:5].isdigit() or "Check failed" in line:
+            text = line.split("] ", 1)[-1].strip()
+            return text[:200]
+    return ""
+
+
+def _child_main(conn: Any, target: Callable[..., None], args: tuple, log_path: Path, level: int) -> None:
+    """Entry point of the SfM child process (see run_isolated)."""
+    with contextlib.suppress(Exception):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # an abort must not leave a core file behind
+    if level < 2:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    else:
+        os.dup2(2, 1)  # recon's stdout is its result table
+    set_verbosity(0)
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 0
+    pycolmap.logging.logtostderr = True
+
+    def begin(step: str) -> None:
+        conn.send(("begin", step))
+        if os.environ.get(FAULT_ENV) == step:
+            os.abort()
+
+    try:
+        target(*args, on_step=lambda status: conn.send(("status", status)), begin=begin)
+        conn.send(("ok", None))
+    except ReconError as e:
+        conn.send(("recon_error", str(e)))
+    except Exception as e:  # pycolmap raises plain RuntimeError/ValueError
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# retries and the diagnosis of a failed SfM
+
+
+@dataclass
+class SfmOutcome:
+    """The kept model of the SfM tries (None: no model), its plan, seconds per step and models, and one record
+    per try (attempt, registered, seconds)."""
+
+    rec: Any
+    plan: SfmPlan
+    seconds: dict[str, float]
+    models: dict[str, int]
+    tries: list[dict[str, Any]]
+
+
+def reconstruct_with_retries(
+    work: Path,
+    image_dir: Path,
+    frames: FramesIndex,
+    cfg: PosesConfig,
+    on_step: Callable[[str], None] = lambda status: None,
+) -> SfmOutcome:
+    """SfM on the frames (`reconstruct`), retried along `sfm_attempts` while fewer than min_registered_frames
+    register; each retry reuses the features (and the matches when the matcher is unchanged) and says so.
+    Keeps the model with the most registered frames."""
+    names = [Path(f).name for f in frames.files]
+    need = min_registered_frames(cfg, len(names))
+    best: SfmOutcome | None = None
+    tries: list[dict[str, Any]] = []
+    for attempt in sfm_attempts(frames, cfg):
+        plan = SfmPlan.make(frames, cfg, attempt)
+        if tries:
+            info(f"poses: SfM placed {tries[-1]['registered']} of {len(names)} frames; retrying: {attempt.name}")
+        t0 = time.perf_counter()
+        rec, seconds, models = reconstruct(work, image_dir, names, frames.size, plan, cfg, on_step)
+        n = rec.num_reg_images() if rec is not None else 0
+        tries.append({"attempt": attempt.name, "registered": n, "seconds": round(time.perf_counter() - t0, 3)})
+        if best is None or n > (best.rec.num_reg_images() if best.rec is not None else 0):
+            best = SfmOutcome(rec, plan, seconds, models, tries)
+        if n >= need:
+            break
+    assert best is not None, "sfm_attempts gives at least one attempt"
+    best.tries = tries
+    return best
+
+
+def diagnose_sfm(db_path: Path, size: tuple[int, int]) -> str:
+    """Why SfM could not place the frames, from what its database holds, with what to do about it (one line)."""
+    W, H = size
+    try:
+        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            feats = [r[0] for r in con.execute("SELECT rows FROM keypoints")]
+            geoms = con.execute("SELECT config, rows FROM two_view_geometries").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        feats, geoms = [], []
+    median_feats = int(np.median(feats)) if feats else 0
+    verified = [c for c, rows in geoms if rows >= 15]
+    rotation_only = sum(c in (4, 5, 6) for c in verified)  # COLMAP: PLANAR, PANORAMIC, PLANAR_OR_PANORAMIC
+    if feats and median_feats < 300:
+        return (
+            f"the frames show little texture (median {median_feats} features per {W}x{H} frame): "
+            "use larger frames (--max-size) or a more textured view"
+        )
+    if geoms and len(verified) < 0.5 * len(geoms):
+        return (
+            f"only {len(verified)} of {len(geoms)} frame pairs share enough features (fast motion, blur or moving "
+            "objects): sample frames more densely (--target-fps, --max-frames) or record more slowly"
+        )
+    if verified and rotation_only >= 0.8 * len(verified):
+        return (
+            "the camera turns more than it moves (a pan), stands still or sees a flat scene, so no pair of frames "
+            "has enough parallax: record with more camera motion (walk around the scene), use more and larger "
+            "frames (--max-frames, --max-size), or pass known poses with --poses"
+        )
+    return (
+        "the camera barely moves or the views do not overlap: record with more camera motion (walk around the "
+        "scene, don't just rotate), or pass known poses with --poses"
+    )
 
 
 def undistortion_plan(rec: Any, names: list[str], width: int, height: int) -> tuple[Any, list[Any], list[Any]]:
@@ -512,22 +906,33 @@ def match_features(db_path: Path, matcher: str, cfg: PosesConfig) -> None:
         raise ReconError(f"unknown matcher {matcher!r}: use 'auto', 'sequential' or 'exhaustive'")
 
 
-def map_features(db_path: Path, image_dir: Path, out_dir: Path, cfg: PosesConfig) -> dict[int, Any]:
-    """Incremental or global mapping of the matched database into out_dir/N; returns {N: reconstruction}."""
+def map_features(
+    db_path: Path,
+    image_dir: Path,
+    out_dir: Path,
+    cfg: PosesConfig,
+    mapper: str | None = None,
+    init_min_tri_angle: float | None = None,
+) -> dict[int, Any]:
+    """Incremental or global mapping (`mapper`, default cfg.mapper) of the matched database into out_dir/N;
+    returns {N: reconstruction}. init_min_tri_angle: the incremental mapper's initial-pair angle (degrees)."""
     import pycolmap
 
-    if cfg.mapper == "incremental":
+    mapper = mapper or cfg.mapper
+    if mapper == "incremental":
         opt = pycolmap.IncrementalPipelineOptions()
         opt.num_threads = cfg.num_threads
         opt.random_seed = cfg.seed
         opt.min_model_size = max(3, min(10, cfg.min_registered))
+        if init_min_tri_angle is not None:
+            opt.mapper.init_min_tri_angle = float(init_min_tri_angle)
         return pycolmap.incremental_mapping(db_path, image_dir, out_dir, opt)
-    if cfg.mapper == "global":
+    if mapper == "global":
         global_opt = pycolmap.GlobalPipelineOptions()
         global_opt.num_threads = cfg.num_threads
         global_opt.random_seed = cfg.seed
         return pycolmap.global_mapping(db_path, image_dir, out_dir, global_opt)
-    raise ReconError(f"unknown mapper {cfg.mapper!r}: use 'incremental' or 'global'")
+    raise ReconError(f"unknown mapper {mapper!r}: use 'incremental' or 'global'")
 
 
 def summary_from_sfm(sfm: dict) -> dict:

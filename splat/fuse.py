@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from depth.checks import flag, number, rng_seed
 from depth.geometry import backproject, invert_pose, project
 from splat.errors import SplatError
 
@@ -62,10 +63,26 @@ class FuseConfig:
     estimate_normals: bool = True
     seed: int = 0
 
-    def validate(self) -> FuseConfig:
-        """SplatError unless the settings can work (positive stride, views, budget and tolerance)."""
-        if self.stride < 1 or self.min_views < 1 or self.max_points < 1 or not self.rel_depth_tol > 0:
-            raise SplatError("fuse: stride, min_views and max_points must be >= 1 and rel_depth_tol > 0")
+    def validate(self, where: str = "fuse") -> FuseConfig:
+        """SplatError unless every field is in range; `where` prefixes the field names in the message."""
+        n = f"{where}."
+        number(self.max_points, n + "max_points", SplatError, lo=1, hi=1_000_000_000, integer=True)
+        number(self.voxel_size, n + "voxel_size", SplatError, lo=0, lo_open=True, optional=True)
+        number(self.voxel_divisions, n + "voxel_divisions", SplatError, lo=1, hi=1_000_000, integer=True)
+        number(self.min_views, n + "min_views", SplatError, lo=1, hi=1000, integer=True)
+        number(self.rel_depth_tol, n + "rel_depth_tol", SplatError, lo=0, hi=1, lo_open=True)
+        number(self.neighbors, n + "neighbors", SplatError, lo=0, hi=1000, integer=True)
+        if self.neighbors < self.min_views - 1:
+            raise SplatError(
+                f"{n}min_views {self.min_views} needs {n}neighbors >= {self.min_views - 1}, got {self.neighbors}"
+            )
+        number(self.max_view_angle_deg, n + "max_view_angle_deg", SplatError, lo=0, hi=180, lo_open=True)
+        number(self.stride, n + "stride", SplatError, lo=1, hi=1024, integer=True)
+        number(self.min_confidence, n + "min_confidence", SplatError, lo=0, hi=1)
+        number(self.sor_neighbors, n + "sor_neighbors", SplatError, lo=0, hi=10_000, integer=True, note="0 = off")
+        number(self.sor_std, n + "sor_std", SplatError, lo=0, hi=100, note="0 = off")
+        flag(self.estimate_normals, n + "estimate_normals", SplatError)
+        rng_seed(self.seed, n + "seed", SplatError)
         return self
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal, Self
 import numpy as np
 import torch
 
+from depth.checks import choice, device, number, rng_seed
 from splat import evaluate as ev
 from splat.camera_path import render_path
 from splat.errors import SplatError
@@ -146,6 +147,54 @@ class TrainConfig:
                 checkpoint_every=200,
             )
         raise SplatError(f"unknown preset '{name}' (choose cpu or cuda)")
+
+    def validate(self, where: str = "train") -> Self:
+        """SplatError unless every field is in range; `where` prefixes the field names in the message."""
+        n = f"{where}."
+
+        def count(name: str, lo: int, hi: int = 1_000_000_000, note: str = "") -> None:
+            number(getattr(self, name), n + name, SplatError, lo=lo, hi=hi, integer=True, note=note)
+
+        count("iterations", 1)
+        choice(self.init, n + "init", SplatError, ("depth", "sfm", "random"))
+        count("num_random", 1, 100_000_000)
+        count("max_init_points", 0, note="0 = all")
+        count("init_random_fill", 0, 100_000_000, note="0 = off")
+        count("sfm_min_train_views", 0, 100_000)
+        number(self.init_opacity, n + "init_opacity", SplatError, lo=0, hi=1, lo_open=True, hi_open=True)
+        number(self.init_scale, n + "init_scale", SplatError, lo=0, hi=100, lo_open=True)
+        count("sh_degree", 0, 4)
+        count("sh_degree_interval", 1)
+        number(self.ssim_lambda, n + "ssim_lambda", SplatError, lo=0, hi=1)
+        choice(self.depth_loss, n + "depth_loss", SplatError, tuple(DEPTH_LOSSES) + ("none",))
+        number(self.depth_weight, n + "depth_weight", SplatError, lo=0, hi=1000)
+        number(self.depth_weight_final, n + "depth_weight_final", SplatError, lo=0, hi=1, note="1 = constant")
+        choice(self.strategy, n + "strategy", SplatError, ("default", "mcmc"))
+        count("max_gaussians", 1)
+        for name in ("refine_start", "refine_stop"):
+            count(name, 0)
+        for name in ("refine_every", "reset_every"):
+            count(name, 1)
+        number(self.grow_grad2d, n + "grow_grad2d", SplatError, lo=0, hi=1, lo_open=True)
+        for name in ("lr_means", "lr_means_final", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"):
+            number(getattr(self, name), n + name, SplatError, lo=0, hi=10)
+        number(self.downscale, n + "downscale", SplatError, lo=1, hi=64, note="1 = frame resolution")
+        count("max_size", 0, 100_000, note="0 = no cap")
+        if 0 < self.max_size < 8:
+            raise SplatError(f"{n}max_size must be 0 (no cap) or >= 8 pixels, got {self.max_size}")
+        if self.background is not None:
+            bg = self.background
+            if not isinstance(bg, (tuple, list)) or len(bg) != 3:
+                raise SplatError(f"{n}background must be 3 numbers in [0, 1] (RGB), got {bg!r}")
+            for c in bg:
+                number(c, n + "background", SplatError, lo=0, hi=1, note="RGB")
+        choice(self.train_background, n + "train_background", SplatError, ("auto", "random", "fixed"))
+        count("cpu_threads", 0, 1024, note="0 = torch's default")
+        rng_seed(self.seed, n + "seed", SplatError)
+        count("checkpoint_every", 0, note="0 = only at the end")
+        count("log_every", 1)
+        device(self.device, n + "device", SplatError)
+        return self
 
 
 def config_json(cfg: TrainConfig) -> dict[str, Any]:
@@ -282,7 +331,7 @@ def make_strategy(cfg: TrainConfig, device: torch.device):
 
             install_cpu_mcmc_ops()  # gsplat's relocation and covariance ops are CUDA-only; CUDA tensors are untouched
         elif device.type != "cuda":
-            raise SplatError(f"--strategy mcmc runs on CUDA or the CPU, not on {device.type}")
+            raise SplatError(f"train.strategy mcmc runs on CUDA or the CPU, not on {device.type}")
         return MCMCStrategy(
             cap_max=cfg.max_gaussians,
             refine_start_iter=cfg.refine_start,
@@ -316,6 +365,119 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
+
+
+# ---------------------------------------------------------------------------------------------------
+# validation of a state_dict read from a file
+
+STATE_KEYS = ("step", "params", "optimizers", "strategy_state", "rng_numpy", "rng_torch", "log", "elapsed_s", "extent")
+"""What `Trainer.state_dict()` always writes (also "rng_cuda" and "config")."""
+_PER_GAUSSIAN_STATE = ("grad2d", "count", "radii")  # gsplat DefaultStrategy's per-Gaussian accumulators
+
+
+def _check_params(params: Any) -> int:
+    """The six Gaussian tensors (splat.ply layout): floating point, finite, N >= 1 rows that agree. Returns N."""
+    if not isinstance(params, dict):
+        raise SplatError("'params' is not a mapping of Gaussian tensors")
+    keys = ("means", "scales", "quats", "opacities", "sh0", "shN")
+    missing, extra = [k for k in keys if k not in params], sorted(str(k) for k in params if k not in keys)
+    if missing or extra:
+        raise SplatError(f"'params' must hold exactly {', '.join(keys)} (missing {missing}, unknown {extra})")
+    for k in keys:
+        v = params[k]
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            raise SplatError(f"parameter '{k}' is a {getattr(v, 'dtype', type(v).__name__)}, not a float tensor")
+    n = int(params["means"].shape[0]) if params["means"].ndim else 0
+    shapes = {"means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,), "sh0": (n, 1, 3)}
+    for k, shape in shapes.items():
+        if tuple(params[k].shape) != shape:
+            raise SplatError(f"parameter '{k}' has shape {tuple(params[k].shape)}, expected {shape}")
+    shN = params["shN"]
+    if shN.ndim != 3 or shN.shape[0] != n or shN.shape[2] != 3:
+        raise SplatError(f"parameter 'shN' has shape {tuple(shN.shape)}, expected ({n}, K-1, 3)")
+    sh_degree_from_bases(int(shN.shape[1]) + 1)
+    if n == 0:
+        raise SplatError("'params' holds no Gaussians")
+    bad = [k for k in keys if not bool(torch.isfinite(params[k]).all())]
+    if bad:
+        raise SplatError(f"parameters {', '.join(bad)} hold NaN or infinite values")
+    return n
+
+
+def _check_optimizer(name: str, opt: Any, param: torch.Tensor) -> None:
+    """One Adam `state_dict()` over `param` alone: one group of one parameter, moments of its shape."""
+    where = f"optimizer '{name}'"
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)):
+        raise SplatError(f"{where} is not an optimizer state (needs 'state' and 'param_groups')")
+    groups = opt["param_groups"]
+    if len(groups) != 1 or not isinstance(groups[0], dict) or groups[0].get("params") != [0]:
+        raise SplatError(f"{where} must have one parameter group holding its one parameter")
+    if set(opt["state"]) - {0}:
+        raise SplatError(f"{where} has state for {len(opt['state'])} parameters, expected 1")
+    st = opt["state"].get(0, {})
+    if not isinstance(st, dict):
+        raise SplatError(f"{where} has a malformed per-parameter state")
+    for k in ("exp_avg", "exp_avg_sq") if st else ():
+        v = st.get(k)
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(param.shape) or not v.is_floating_point():
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise SplatError(f"{where}: {k} is {got}, but the parameter has shape {tuple(param.shape)}")
+    if st and not isinstance(st.get("step"), (torch.Tensor, int, float)):
+        raise SplatError(f"{where} has no step count")
+
+
+def _check_rng(state: dict[str, Any]) -> None:
+    try:
+        np.random.default_rng().bit_generator.state = state["rng_numpy"]
+        torch.Generator().set_state(state["rng_torch"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise SplatError(f"rng_numpy / rng_torch are not random generator states ({str(e).splitlines()[0]})") from e
+    cuda = state.get("rng_cuda")
+    if cuda is not None and not (
+        isinstance(cuda, (list, tuple)) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda)
+    ):
+        raise SplatError("rng_cuda is not a list of CUDA generator states")
+
+
+def check_state(state: Any) -> int:
+    """SplatError (one line) unless `state` is a `Trainer.state_dict()` whose parts agree; returns N Gaussians.
+
+    Checks the six Gaussian tensors (N rows, float, finite), one Adam state per parameter with exp_avg /
+    exp_avg_sq of its parameter's shape, the strategy's per-Gaussian tensors (N,), the RNG states, and
+    step >= 0, extent > 0, elapsed_s >= 0, log a list of mappings.
+    """
+    if not isinstance(state, dict):
+        raise SplatError("not a training state (not a mapping)")
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise SplatError(f"not a training state (missing {', '.join(missing)})")
+    n = _check_params(state["params"])
+    opts = state["optimizers"]
+    if not isinstance(opts, dict) or set(opts) != set(state["params"]):
+        got = sorted(map(str, opts)) if isinstance(opts, dict) else type(opts).__name__
+        raise SplatError(f"the optimizer states ({got}) do not match the parameters ({sorted(state['params'])})")
+    for k, opt in opts.items():
+        _check_optimizer(k, opt, state["params"][k])
+    strat = state["strategy_state"]
+    if not isinstance(strat, dict):
+        raise SplatError("'strategy_state' is not a mapping")
+    for k in _PER_GAUSSIAN_STATE:
+        v = strat.get(k)
+        if v is not None and (not isinstance(v, torch.Tensor) or tuple(v.shape) != (n,)):
+            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise SplatError(f"strategy state '{k}' is {shape}, expected ({n},) for {n} Gaussians")
+    _check_rng(state)
+    step, extent, elapsed = state["step"], state["extent"], state["elapsed_s"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise SplatError(f"'step' is {step!r}, not a count of steps")
+    for name, v in (("extent", extent), ("elapsed_s", elapsed)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+            raise SplatError(f"'{name}' is {v!r}, not a finite non-negative number")
+    if extent <= 0:
+        raise SplatError(f"'extent' is {extent!r}, not positive")
+    if not isinstance(state["log"], list) or not all(isinstance(r, dict) for r in state["log"]):
+        raise SplatError("'log' is not a list of log rows")
+    return n
 
 
 def _view_order(rng: np.random.Generator, train: list[int]) -> list[int]:
@@ -424,14 +586,29 @@ class Trainer:
         train: list[int] | None = None,
         background: Background | None = None,
     ) -> Trainer:
-        """Resume the training a `state_dict()` recorded (optimisers, strategy state, RNGs, log, step)."""
+        """Resume the training a `state_dict()` recorded (optimisers, strategy state, RNGs, log, step).
+
+        The state is validated first (`check_state`): a state whose parts disagree is one SplatError."""
+        check_state(state)
         train = sorted(views.images) if train is None else list(train)
         background = background or Background.resolve(cfg, views, train)
         params = to_parameters({k: v.numpy() for k, v in state["params"].items()}, views.device)
         trainer = cls(params, views, cfg, train, background, float(state["extent"]), np.random.default_rng(cfg.seed))
         assert trainer.optimizers is not None and trainer.strategy is not None, "a trainable Trainer has both"
         for k, o in trainer.optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
+            try:
+                o.load_state_dict(state["optimizers"][k])
+            except (ValueError, KeyError, TypeError, RuntimeError) as e:
+                raise SplatError(f"optimizer '{k}' of the saved state does not fit ({str(e).splitlines()[0]})") from e
+        fresh, saved = trainer.strategy_state or {}, state["strategy_state"]
+        if set(fresh) != set(saved) or any(
+            isinstance(v, torch.Tensor) and (not isinstance(saved[k], torch.Tensor) or saved[k].shape != v.shape)
+            for k, v in fresh.items()
+        ):
+            raise SplatError(
+                f"the saved strategy state ({', '.join(sorted(map(str, saved)))}) is not one of strategy "
+                f"'{cfg.strategy}' ({', '.join(sorted(fresh))}): resume with the strategy it was trained with"
+            )
         dev = views.device
         trainer.strategy_state = {
             k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in state["strategy_state"].items()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,11 @@ def test_colmap_model_import_by_order(redkitchen_sfm_run, tmp_path):
         frames.append({"file": f"frames/{name}", "source_index": k, "timestamp": None})
     meta["frames"] = frames
     run.frames_json.write_text(json.dumps(meta))
+    # the frames' source: a folder of the 60 images the model was made from (one pose per source image, so
+    # matching by order is allowed: source_index k -> the k-th image of the model)
+    shutil.copytree(redkitchen_sfm_run.frames_dir, tmp_path / "source_images")
+    meta.update(source=str(tmp_path / "source_images"), source_type="images")
+    run.frames_json.write_text(json.dumps(meta))
     txt = tmp_path / "model_txt"
     txt.mkdir()
     pycolmap.Reconstruction(model).write_text(txt)
@@ -126,7 +132,7 @@ def test_colmap_model_import_by_order(redkitchen_sfm_run, tmp_path):
         assert cs.sfm["points"] > 300
 
 
-def test_gt_poses_as_transforms_json_by_order(redkitchen_gt, tmp_path):
+def test_gt_poses_as_transforms_json_by_order(redkitchen_gt, tmp_path, capsys):
     """A transforms.json holding the 7-Scenes GT pose of every video frame, matched to a video run by order."""
     gl = opencv_to_opengl(redkitchen_gt.c2w(range(450)))
     tj = {
@@ -144,7 +150,11 @@ def test_gt_poses_as_transforms_json_by_order(redkitchen_gt, tmp_path):
         StageContext(run, DATA / "7scenes_redkitchen_rgbd" / "video_30fps.mp4"),
         FramesConfig(max_frames=12, max_size=320),
     )
+    capsys.readouterr()
     poses_stage.run(StageContext(run), PosesConfig(poses=tmp_path / "gt.json"))
+    # one pose per video frame (450 = the video's frame count): matched by order, with a warning saying so
+    err = " ".join(capsys.readouterr().err.split())
+    assert "450 poses matched to the frames by order (names differ); check they belong to this video" in err
     cs = CameraSet.load(run.cameras_json)
     np.testing.assert_allclose(cs.c2w, redkitchen_gt.c2w(cs.source_index), atol=1e-12)
     np.testing.assert_allclose(cs.K[0], [[265.0, 0, 160.0], [0, 265.0, 120.0], [0, 0, 1]])
@@ -170,7 +180,15 @@ def test_matching_rules():
     frames = [{"source_index": 0, "source_name": "0001.jpg"}, {"source_index": 1, "source_name": "0003.jpg"}]
     assert match_frames(frames, ["images/0003.jpg", "images/0001.jpg"]) == ([1, 0], "name")
     video = [{"source_index": 0}, {"source_index": 8}, {"source_index": 20}]
-    assert match_frames(video, [f"{i}" for i in range(10)]) == ([0, 8, None], "order")
+    # by order only when the counts agree: one pose per source frame (10 poses, a 10-frame source) ...
+    assert match_frames(video, [f"{i}" for i in range(10)], source_count=10) == ([0, 8, None], "order")
+    # ... or one pose per stored frame
+    assert match_frames(video, ["a", "b", "c"], source_count=30) == ([0, 1, 2], "order")
+    # another scene's poses (counts differ, names differ) are one error line, not a silent match
+    for count in (None, 30):
+        with pytest.raises(ReconError, match="cannot be matched by order") as e:
+            match_frames(video, [f"{i}" for i in range(10)], source_count=count, where="--poses other.json")
+        assert "\n" not in str(e.value) and "10 poses" in str(e.value) and "3 frames" in str(e.value)
     # a transforms.json exported by recon.stages.export records each frame's source_index
     assert match_frames(video, ["images/000001.png", "images/000000.png"], [8, 0]) == ([1, 0, None], "source_index")
 
@@ -219,3 +237,76 @@ def test_known_poses_errors(tmp_path):
     assert not run.cameras_json.exists()
     src = load_pose_source(LEGO / "transforms_train.json", (400, 400))
     assert len(src.names) == 100 and src.kind == "transforms" and src.source_index is None
+
+
+def _one_frame_file(tmp_path: Path, name: str = "bad.json", n: int = 3, **override) -> Path:
+    """A transforms.json of `n` frames r_0..r_{n-1} (the lego run's names) with `override` applied to frame 1."""
+    base = {"fl_x": 300.0, "w": 400, "h": 400}
+    frames = [{"file_path": f"train/r_{i}", "transform_matrix": np.eye(4).tolist()} for i in range(n)]
+    frames[1].update(override)
+    (tmp_path / name).write_text(json.dumps({**base, "frames": frames}))
+    return tmp_path / name
+
+
+def _rot(angle: float) -> list:
+    c, s = math.cos(angle), math.sin(angle)
+    return [[c, -s, 0, 1.0], [s, c, 0, 2.0], [0, 0, 1, 3.0], [0, 0, 0, 1]]
+
+
+@pytest.mark.parametrize(
+    "override, expect",
+    [
+        ({"fl_x": float("nan")}, "fl_x must be a finite number"),
+        ({"fl_x": -300.0}, "focal length (-300, -300) px must be positive"),
+        ({"fl_x": 0}, "must be positive"),
+        ({"fl_x": "300"}, "fl_x must be a number"),
+        ({"camera_angle_x": 4.0, "fl_x": None}, "camera_angle_x = 4 is not a field of view"),
+        ({"transform_matrix": np.zeros((4, 4)).tolist()}, "last row"),
+        ({"transform_matrix": [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]}, "not orthonormal"),
+        ({"transform_matrix": (np.diag([2.0, 2, 2, 1])).tolist()}, "not orthonormal"),
+        ({"transform_matrix": np.diag([1.0, 1, -1, 1]).tolist()}, "det = -1"),
+        ({"transform_matrix": [[1, 0, 0, float("inf")], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}, "finite 4x4"),
+        ({"transform_matrix": [[1, 0], [0, 1]]}, "finite 4x4 matrix, got shape (2, 2)"),
+        ({"transform_matrix": "eye"}, "not a 4x4 matrix of numbers"),
+        ({"cx": 500.0}, "principal point (500, 200) lies outside the 400x400 image"),
+        ({"cy": -1}, "lies outside"),
+        ({"w": 0}, "image w = 0 pixels"),
+        ({"h": 1e300}, "image h = 1e+300 pixels"),
+        ({"k1": float("inf")}, "k1 must be a finite number"),
+        ({"file_path": 7}, "needs a file_path"),
+        ({"file_path": "train/r_0"}, "listed twice"),
+        ({"camera_model": ["OPENCV"]}, "camera_model must be a name"),
+    ],
+)
+def test_bad_pose_values_are_one_line(tmp_path, override, expect):
+    """Every unusable value is refused where it is read, naming the file, the frame and the key."""
+    with pytest.raises(ReconError) as e:
+        load_pose_source(_one_frame_file(tmp_path, **override), (400, 400))
+    msg = str(e.value)
+    assert expect in msg and "frame 1" in msg and "bad.json" in msg and "\n" not in msg, msg
+
+
+def test_valid_rotations_pass(tmp_path):
+    src = load_pose_source(_one_frame_file(tmp_path, transform_matrix=_rot(0.7)), (400, 400))
+    np.testing.assert_allclose(src.c2w[1][:3, 3], [1, 2, 3])
+
+
+def test_bad_poses_fail_before_sfm(tmp_path, capsys):
+    """A NaN focal or an all-zero rotation stops the pose stage with its own message (it used to be accepted
+    and fail later inside triangulation); another scene's poses are not matched by order silently."""
+    run = RunPaths(tmp_path / "lego")
+    frames_stage.run(StageContext(run, LEGO / "train"), FramesConfig(max_frames=3, max_size=100))
+    zero = [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]
+    for override, expect in (({"fl_x": float("nan")}, "fl_x"), ({"transform_matrix": zero}, "orthonormal")):
+        with pytest.raises(ReconError, match=expect):
+            poses_stage.run(StageContext(run), PosesConfig(poses=_one_frame_file(tmp_path, **override)))
+    other = {
+        "fl_x": 300.0,
+        "w": 400,
+        "h": 400,
+        "frames": [{"file_path": f"scene2/img_{i:04d}.jpg", "transform_matrix": _rot(0.1 * i)} for i in range(5)],
+    }
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ReconError, match=r"its 5 poses cannot be matched by order to the 3 frames \(of 100"):
+        poses_stage.run(StageContext(run), PosesConfig(poses=tmp_path / "other.json"))
+    assert not run.cameras_json.exists()

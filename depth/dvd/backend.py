@@ -13,11 +13,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from depth.checks import choice, device, flag, number, path_exists
 from depth.dvd.weights import DVD_DEFAULT_FILE, resolve_weights
 from depth.errors import DepthError
 from depth.result import KIND_RELATIVE, DepthFrames, DepthResult
 
 log = logging.getLogger(__name__)
+
+DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 
 
 @dataclass
@@ -53,13 +56,29 @@ class DVDConfig:
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
-    def validate(self) -> None:
-        if self.stitch not in ("chain", "global"):
-            raise DepthError(f"DVD stitch must be 'chain' or 'global', got {self.stitch!r}")
-        if self.window < 1 or not 0 <= self.overlap < self.window:
+    def validate(self, where: str = "depth.dvd", check_device: bool = True) -> DVDConfig:
+        """DepthError unless every field is in range; `where` prefixes the field names in the message."""
+        choice(self.stitch, f"{where}.stitch", DepthError, ("chain", "global"))
+        choice(self.dtype, f"{where}.dtype", DepthError, DTYPES)
+        number(self.window, f"{where}.window", DepthError, lo=1, hi=10_000, integer=True)
+        number(self.overlap, f"{where}.overlap", DepthError, lo=0, integer=True)
+        if not self.overlap < self.window:
             raise DepthError(f"DVD window {self.window} / overlap {self.overlap}: need 0 <= overlap < window")
-        if self.height < 16 or self.width < 16:
-            raise DepthError(f"DVD processing size {self.height}x{self.width} is too small (minimum 16x16)")
+        number(self.height, f"{where}.height", DepthError, lo=16, hi=8192, integer=True)
+        number(self.width, f"{where}.width", DepthError, lo=16, hi=8192, integer=True)
+        number(self.lora_alpha, f"{where}.lora_alpha", DepthError, lo=0, hi=1e6, lo_open=True, optional=True)
+        flag(self.allow_download, f"{where}.allow_download", DepthError)
+        flag(self.vae_tiling, f"{where}.vae_tiling", DepthError)
+        if not isinstance(self.dvd_file, str) or not self.dvd_file or Path(self.dvd_file).name != self.dvd_file:
+            raise DepthError(f"{where}.dvd_file must be a file name such as {DVD_DEFAULT_FILE}, got {self.dvd_file!r}")
+        for flag_name, path in (("--dvd-weights", self.dvd_weights), ("--vae-weights", self.vae_weights)):
+            if path is not None and not path_exists(path):
+                raise DepthError(f"{flag_name} {path} does not exist")
+        if self.dvd_config is not None and not path_exists(self.dvd_config, is_file=True):
+            raise DepthError(f"--dvd-config {self.dvd_config} does not exist")
+        if check_device:
+            device(self.device, f"{where}.device", DepthError)
+        return self
 
 
 _CACHE: dict[tuple, Any] = {}

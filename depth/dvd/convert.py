@@ -19,6 +19,7 @@ caller, else the config's `lora.alpha`, else equals the rank.
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,6 +288,13 @@ def read_wan_vae(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only=True refused a pickled object: nothing of it ran
+        lines = [ln for ln in str(e).splitlines() if "WeightsUnpickler error:" in ln]
+        what = lines[0].split("error:", 1)[1].split(" was not an allowed")[0].strip()[:100] if lines else ""
+        raise DepthError(
+            f"Wan VAE file {path} holds more than tensors ({what or 'pickled Python objects'}); refusing to load it "
+            "(weights are never unpickled)"
+        ) from None
     except Exception as e:
         msg = (str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__)[:160]
         raise DepthError(f"Wan VAE file {path} could not be read (truncated or not a checkpoint?): {msg}") from None

@@ -41,10 +41,27 @@ class WeightPaths:
     vae: Path  # a file (.pth / .safetensors) or a diffusers-format folder
 
 
+def _check_reachable(timeout: float = 3.0) -> None:
+    """OSError within `timeout` seconds unless the hub's host accepts a TCP connection (without network,
+    huggingface_hub would retry for ~25 s before failing)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise OSError(f"{host} is not reachable (no network?): {e}") from None
+
+
 def _hub_download(repo_id: str, filename: str, local_dir: Path) -> Path:
     """One file from the hub into `local_dir` (indirection so tests can forbid the network)."""
     from huggingface_hub import hf_hub_download
 
+    _check_reachable()
     return Path(hf_hub_download(repo_id=repo_id, filename=filename, local_dir=str(local_dir)))
 
 
@@ -62,7 +79,7 @@ def _missing_message(cache: Path, dvd_file: str, reason: str) -> str:
         f"DVD weights are not available ({reason}). Needed: {dvd_file} ({DVD_SIZE}, huggingface.co/{DVD_REPO}, "
         f"licence CC-BY-NC-4.0: non-commercial use only) and {VAE_FILE} ({VAE_SIZE}, huggingface.co/{VAE_REPO}, "
         f"Apache-2.0). Put both in {cache} (or set $DVD_SPLAT_CACHE), or pass --dvd-weights/--vae-weights, "
-        "or use --depth stereo which needs no weights."
+        "or use --backend stereo which needs no weights."
     )
 
 
@@ -80,6 +97,22 @@ def _check_explicit(path: Path | None, flag: str) -> Path | None:
     if not path.exists():
         raise DepthError(f"{flag} {path} does not exist")
     return path
+
+
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
+
+
+def check_vae_folder(vae: Path) -> None:
+    """DepthError unless a diffusers-format VAE folder holds safetensors weights: pickled `.bin` weights are
+    never loaded (unpickling a received file could run code from it)."""
+    target = vae / "vae" if (vae / "vae" / "config.json").is_file() else vae
+    if not (target / "config.json").is_file():
+        raise DepthError(f"--vae-weights {vae} is a folder but not a diffusers-format VAE (no config.json)")
+    if not any((target / n).is_file() for n in DIFFUSERS_WEIGHTS):
+        raise DepthError(
+            f"--vae-weights {vae} has no {DIFFUSERS_WEIGHTS[0]}: only safetensors weights are loaded from a folder "
+            "(.bin files are pickles); pass Wan2.1_VAE.pth or a safetensors file instead"
+        )
 
 
 def resolve_weights(
@@ -102,6 +135,8 @@ def resolve_weights(
         vae = vae / VAE_FILE
     dit = dit or ((cache / dvd_file) if (cache / dvd_file).is_file() else None)
     vae = vae or _local_vae(cache)
+    if vae is not None and vae.is_dir():
+        check_vae_folder(vae)
     if dit is not None and vae is not None:
         return WeightPaths(dit, vae)
     missing = [name for name, p in ((dvd_file, dit), (VAE_FILE, vae)) if p is None]

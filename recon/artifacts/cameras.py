@@ -53,6 +53,20 @@ class CameraSet:
         """[T, 3] camera centres in world units."""
         return self.c2w[:, :3, 3].copy()
 
+    def run_id(self) -> str:
+        """16 hex digits identifying these cameras: frame size, files, registration, K and c2w (rounded to 1e-9).
+
+        A checkpoint stores the run id of the cameras it was trained on. Derived from the content rather than
+        drawn at random, it needs no extra file, survives copying a run, and also changes when the poses are
+        recomputed (a checkpoint fit to the old poses does not belong to the new ones)."""
+        import hashlib
+
+        h = hashlib.sha256(json.dumps([int(self.width), int(self.height), list(map(str, self.files))]).encode())
+        h.update(np.asarray(self.registered, bool).tobytes())
+        for a in (self.K, self.c2w):
+            h.update(np.ascontiguousarray(np.round(np.asarray(a, np.float64), 9) + 0.0).tobytes())
+        return h.hexdigest()[:16]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "width": int(self.width),

@@ -93,46 +93,92 @@ def _plain(obj: Any, where: str) -> None:
 class Checkpoint:
     """A training state (splat.trainer's `state_dict()`): tensors and plain values only.
 
-    `run_id` ties the checkpoint to the run that wrote it; `load(expected_run_id=...)` refuses another run's.
+    `run_id` (`CameraSet.run_id()` of the cameras it was trained on) and `train_views` tie the checkpoint to
+    its run: `load(expected_run_id=...)` refuses another run's, `load(expected_train_views=...)` one trained on
+    other views. Both are stored in the state under those keys.
     """
 
     state: dict[str, Any]
 
-    REQUIRED = ("step", "params", "optimizers", "strategy_state", "extent")
-
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, run_id: str | None = None, train_views: list[int] | None = None) -> None:
         import torch
 
-        _plain(self.state, "state")
+        state = dict(self.state)
+        if run_id is not None:
+            state["run_id"] = str(run_id)
+        if train_views is not None:
+            state["train_views"] = [int(i) for i in train_views]
+        _plain(state, "state")
         with atomic_path(path) as tmp:
-            torch.save(self.state, tmp)
+            torch.save(state, tmp)
 
     @classmethod
-    def load(cls, path: str | Path, expected_run_id: str | None = None) -> Checkpoint:
-        import pickle
-
-        import torch
-
+    def load(
+        cls, path: str | Path, expected_run_id: str | None = None, expected_train_views: list[int] | None = None
+    ) -> Checkpoint:
+        """Read with torch.load(weights_only=True) and validate (splat.trainer.check_state: parameters,
+        optimizer and strategy state agree); with `expected_run_id` / `expected_train_views`, refuse a
+        checkpoint of another run or of other training views. Every refusal is one ReconError line."""
         path = Path(path)
         if not path.exists():
             raise ReconError(f"{path} not found: nothing to resume (train without --resume)")
+        state = _torch_load(path)
+        from splat.trainer import check_state
+
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-            raise ReconError(f"{path} holds more than tensors and plain values; refusing to load it ({first})") from e
-        except Exception as e:  # torch raises zip / EOF / runtime errors for damaged files
-            raise ReconError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
-        if not isinstance(state, dict):
-            raise ReconError(f"{path} is not a training checkpoint (not a mapping)")
-        missing = [k for k in cls.REQUIRED if k not in state]
-        if missing:
-            raise ReconError(f"{path} is not a training checkpoint (missing {', '.join(missing)})")
-        if not isinstance(state["params"], dict) or not all(
-            isinstance(v, torch.Tensor) for v in state["params"].values()
-        ):
-            raise ReconError(f"{path}: 'params' must map names to tensors")
-        rid = state.get("run_id")
-        if expected_run_id is not None and rid is not None and rid != expected_run_id:
-            raise ReconError(f"{path} was written by another run ({rid}); refusing to resume from it")
+            check_state(state)
+        except SplatError as e:
+            raise ReconError(
+                f"{path} is not a usable training checkpoint: {e}; retrain without --resume to replace it"
+            ) from e
+        _check_run_id(path, state, expected_run_id)
+        views = state.get("train_views")
+        if expected_train_views is not None and views is not None and list(views) != list(expected_train_views):
+            raise ReconError(
+                f"{path} was trained on views {list(views)} but the split now trains on {list(expected_train_views)}; "
+                "retrain without --resume to replace it"
+            )
         return cls(state)
+
+
+def _torch_load(path: Path) -> Any:
+    """torch.load(weights_only=True): tensors and plain values only, so no code in the file runs."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ReconError(
+            f"{path} holds more than tensors and plain values ({_refused_content(e)}); refusing to load it: "
+            "a checkpoint is never unpickled, retrain without --resume to replace it"
+        ) from e
+    except Exception as e:  # torch raises zip / EOF / runtime errors for damaged files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ReconError(f"{path} is not a readable checkpoint ({type(e).__name__}: {first})") from e
+
+
+def _refused_content(e: Exception) -> str:
+    """What torch's weights-only unpickler refused (e.g. "Unsupported global: GLOBAL io.open"), on one line."""
+    for line in str(e).splitlines():
+        if "WeightsUnpickler error:" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[1].split(" was not an allowed")[0].strip()[:100]
+            return detail or "pickled Python objects"
+    return "pickled Python objects"
+
+
+def _check_run_id(path: Path, state: dict[str, Any], expected: str | None) -> None:
+    if expected is None:
+        return
+    rid = state.get("run_id")
+    if not isinstance(rid, str):
+        raise ReconError(
+            f"{path} has no run id (written by an older version or another tool); "
+            "retrain without --resume to replace it"
+        )
+    if rid != expected:
+        raise ReconError(
+            f"{path} belongs to another run or to earlier poses (trained on cameras {rid}, this run's are {expected}); "
+            "refusing it: retrain without --resume to replace it"
+        )

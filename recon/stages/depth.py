@@ -25,7 +25,9 @@ from typing import Any, Literal
 import numpy as np
 
 from depth.backend import DepthBackend, make_backend, select_backend
+from depth.checks import choice, flag, number
 from depth.dvd.backend import DVDConfig
+from depth.errors import DepthError
 from depth.file import FileDepthConfig
 from depth.preview import preview_frames
 from depth.result import DepthFrames, DepthResult
@@ -51,6 +53,22 @@ class Config:
     preview: bool = True
     """Write RUN/depth/depth.mp4."""
     preview_fps: float = 10.0
+
+    def validate(self) -> Config:
+        """ReconError unless every field is in range (the backends' configs through their own validate)."""
+        choice(self.backend, "depth.backend", ReconError, ("auto", "dvd", "stereo", "file"))
+        flag(self.preview, "depth.preview", ReconError)
+        number(self.preview_fps, "depth.preview_fps", ReconError, lo=1, hi=240)
+        if self.backend == "file" and self.file is None:
+            raise ReconError("depth backend 'file' needs the maps: pass --depth-files PATH (folder or .npz)")
+        try:
+            self.dvd.validate("depth.dvd")
+            self.stereo.validate("depth.stereo")
+            if self.file is not None:
+                self.file.validate("depth.file")
+        except DepthError as e:
+            raise ReconError(str(e)) from e
+        return self
 
 
 def _prior_frames(cams: CameraSet, split: Split) -> list[int]:

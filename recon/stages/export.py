@@ -226,8 +226,14 @@ def write_depth_pngs(paths: RunPaths, cams: CameraSet, depth: np.ndarray, unit: 
             if d.shape != (cams.height, cams.width):
                 d = cv2.resize(d, (cams.width, cams.height), interpolation=cv2.INTER_NEAREST)
             name = f"{Path(frame_file).stem}.png"
-            if not cv2.imwrite(str(tmp / name), depth_to_png16(d, unit)):
-                raise ReconError(f"could not write depth PNG {paths.ns_depth_dir / name}")
+            ok, png = cv2.imencode(".png", depth_to_png16(d, unit))
+            if not ok:
+                raise ReconError(f"could not encode depth PNG {paths.ns_depth_dir / name}")
+            try:
+                (tmp / name).write_bytes(png.tobytes())
+            except OSError as e:  # a failed write() names no file; recon.atomic maps tmp/name to the final name
+                e.filename = e.filename or str(tmp / name)
+                raise
             names.append(f"{paths.ns_depth_dir.name}/{name}")
     return names
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from depth.checks import flag, number
 from recon.artifacts import FramesIndex
 from recon.atomic import atomic_dir
 from recon.console import debug, progress
@@ -31,6 +32,9 @@ from recon.video import (
     to_rgb,
 )
 
+MIN_SIZE = 16
+"""Smallest frames.max_size (pixels) other than 0: smaller frames leave SfM nothing to match."""
+
 
 @dataclass
 class Config:
@@ -46,6 +50,20 @@ class Config:
     """Drop near-duplicate frames (camera not moving) with a cheap motion test."""
     dedup_threshold: float = 1.0
     """Mean absolute grey-level difference (0-255, on a 64-px thumbnail) below which a frame counts as a duplicate."""
+
+    def validate(self) -> Config:
+        """ReconError unless every field is in range (see the field docs)."""
+        number(self.stride, "frames.stride", ReconError, lo=1, integer=True)
+        number(self.max_frames, "frames.max_frames", ReconError, lo=0, integer=True, note="0 = no limit")
+        number(self.target_fps, "frames.target_fps", ReconError, lo=0, hi=1000, note="0 = the source rate")
+        number(self.max_size, "frames.max_size", ReconError, lo=0, integer=True, note="0 = the source size")
+        if 0 < self.max_size < MIN_SIZE:
+            raise ReconError(
+                f"frames.max_size must be 0 (the source size) or >= {MIN_SIZE} pixels, got {self.max_size}"
+            )
+        flag(self.dedup, "frames.dedup", ReconError)
+        number(self.dedup_threshold, "frames.dedup_threshold", ReconError, lo=0, hi=255)
+        return self
 
 
 @dataclass

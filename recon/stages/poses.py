@@ -7,6 +7,7 @@ and cameras.json (recon.artifacts.CameraSet) last, so its presence means the sta
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,19 @@ from recon.artifacts import CameraSet, FramesIndex, RunPaths
 from recon.atomic import atomic_dir
 from recon.console import debug, info, progress, warn
 from recon.errors import ReconError
-from recon.known_poses import PoseSource, frame_cameras, load_pose_source, match_frames, triangulate_known
+from recon.known_poses import PoseSource, frame_cameras, load_pose_source, match_pose_source, triangulate_known
+from recon.manifest import read_manifest
 from recon.poses import PosesConfig as Config
 from recon.poses import (
-    SfmPlan,
+    SfmOutcome,
     camera_record,
     camera_set_from_reconstruction,
     config_record,
+    diagnose_sfm,
     frames_key,
     min_registered_frames,
     quiet_colmap,
-    reconstruct,
+    reconstruct_with_retries,
     resolve_matcher,
     summary_from_sfm,
     undistortion_plan,
@@ -64,20 +67,24 @@ def run(ctx: StageContext, cfg: Config) -> dict[str, Any]:
 
 
 def _run_sfm(paths: RunPaths, cfg: Config, frames: FramesIndex) -> dict[str, Any]:
-    import pycolmap
-
     quiet_colmap()
-    if cfg.seed >= 0:
-        pycolmap.set_random_seed(cfg.seed)
+    if _forced(paths):
+        debug(f"poses: re-running a finished stage: {paths.sfm_work_dir} is cleared")
+        shutil.rmtree(paths.sfm_work_dir, ignore_errors=True)
     W, H = frames.size
     names = [Path(f).name for f in frames.files]
-    plan = SfmPlan.make(frames, cfg)
     with progress() as bar:
         task = bar.add_task("poses", total=4, status="extract")
-        step = lambda status: bar.update(task, advance=1, status=status)  # noqa: E731
-        rec, seconds, models = reconstruct(paths.sfm_work_dir, paths.frames_dir, names, (W, H), plan, cfg, step)
-        n_reg = _check_registered(rec, models, cfg, len(names))
-        step("undistort")
+        done = [0]  # steps finished; retries repeat match/map, so the bar stops at 3 until the undistortion
+
+        def step(status: str) -> None:
+            done[0] = min(3, done[0] + 1)
+            bar.update(task, completed=done[0], status=status)
+
+        out = reconstruct_with_retries(paths.sfm_work_dir, paths.frames_dir, frames, cfg, step)
+        n_reg = _check_registered(out, cfg, len(names), paths.sfm_work_dir / "database.db", (W, H))
+        rec, seconds = out.rec, out.seconds
+        bar.update(task, completed=3, status="undistort")
         t0 = time.perf_counter()
         und, src_cams, dst_cams = undistortion_plan(rec, names, W, H)
         with atomic_dir(paths.images_dir) as tmp:
@@ -85,7 +92,7 @@ def _run_sfm(paths: RunPaths, cfg: Config, frames: FramesIndex) -> dict[str, Any
         with atomic_dir(paths.sfm_dir) as tmp:
             und.write(tmp)
         seconds["undistort"] = round(time.perf_counter() - t0, 3)
-        step("done")
+        bar.update(task, completed=4, status="done")
     first = rec.images[sorted(rec.reg_image_ids())[0]]
     sfm = {
         "source": "sfm",
@@ -93,11 +100,13 @@ def _run_sfm(paths: RunPaths, cfg: Config, frames: FramesIndex) -> dict[str, Any
         "total": len(names),
         "points": int(und.num_points3D()),
         "mean_reprojection_error_px": round(float(und.compute_mean_reprojection_error()), 4),
-        "mapper": cfg.mapper,
-        "matcher": plan.matcher,
+        "mapper": out.plan.mapper,
+        "matcher": out.plan.matcher,
+        "attempt": out.plan.attempt,
+        "attempts": out.tries,
         "camera_model": cfg.camera_model,
-        "initial_focal_px": round(plan.focal, 3),
-        "initial_focal_source": plan.focal_source,
+        "initial_focal_px": round(out.plan.focal, 3),
+        "initial_focal_source": out.plan.focal_source,
         "distorted_camera": camera_record(rec.cameras[first.camera_id]),
         "seconds": seconds,
         "config": config_record(cfg),
@@ -108,20 +117,29 @@ def _run_sfm(paths: RunPaths, cfg: Config, frames: FramesIndex) -> dict[str, Any
     info(
         f"poses: {n_reg}/{len(names)} frames registered, {sfm['points']} points, "
         f"reprojection error {sfm['mean_reprojection_error_px']:.3f} px"
+        + (f" (attempt: {out.plan.attempt})" if len(out.tries) > 1 else "")
     )
     return summary_from_sfm(sfm)
 
 
-def _check_registered(rec: Any, models: dict[str, int], cfg: Config, total: int) -> int:
-    """Registered frames of the kept model; ReconError when too few for a usable run."""
-    n_reg = rec.num_reg_images() if rec is not None else 0
-    if len(models) > 1:
-        debug(f"SfM made {len(models)} models (registered images per model: {models}); keeping the largest")
+def _forced(paths: RunPaths) -> bool:
+    """True when this run of the stage repeats its last finished run with the same fingerprint: only
+    `--force poses` does that, and then nothing of sfm_work is reused."""
+    st = read_manifest(paths).get("stages", {}).get("poses", {})
+    fp = st.get("fingerprint")
+    return fp is not None and st.get("status") == "running" and st.get("attempt", {}).get("fingerprint") == fp
+
+
+def _check_registered(out: SfmOutcome, cfg: Config, total: int, db_path: Path, size: tuple[int, int]) -> int:
+    """Registered frames of the kept model; ReconError with the likely cause when too few for a usable run."""
+    n_reg = out.rec.num_reg_images() if out.rec is not None else 0
+    if len(out.models) > 1:
+        debug(f"SfM made {len(out.models)} models (registered images per model: {out.models}); keeping the largest")
     if n_reg < min_registered_frames(cfg, total):
+        tried = "; ".join(f"{t['attempt']}: {t['registered']}" for t in out.tries)
         raise ReconError(
-            f"structure-from-motion placed only {n_reg} of {total} frames: the camera barely moves (or the views "
-            "do not overlap). Record with more camera motion (walk around the scene, don't just rotate), or pass "
-            "known poses with --poses"
+            f"structure-from-motion placed only {n_reg} of {total} frames (tried {tried}): "
+            + diagnose_sfm(db_path, size)
         )
     if n_reg < total:
         warn(f"SfM registered {n_reg} of {total} frames; the other frames are kept as unregistered and not used")
@@ -133,7 +151,7 @@ def _check_registered(rec: Any, models: dict[str, int], cfg: Config, total: int)
 
 
 def _match_pose_file(src: PoseSource, frames: FramesIndex, cfg: Config) -> tuple[list[int | None], str]:
-    match, method = match_frames(frames.frames, src.names, src.source_index)
+    match, method = match_pose_source(src, frames)
     n_match, total = sum(m is not None for m in match), len(frames)
     if n_match < min_registered_frames(cfg, total):
         raise ReconError(

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from depth.checks import choice, flag, number, path_exists
 from recon.artifacts import CameraSet, FramesIndex, RunPaths, Split
 from recon.errors import ReconError
 from recon.stages import StageContext
@@ -35,6 +36,18 @@ class Config:
     """Compute the depth prior on every frame (test views included): shorthand for prior_frames="all"."""
     prior_frames: Literal["train", "non-test", "all"] = "train"
     """Frames the depth prior is computed on: the training views, every frame but the test views, or all."""
+
+    def validate(self) -> Config:
+        """ReconError unless every field is in range (see the field docs)."""
+        number(self.test_every, "split.test_every", ReconError, lo=0, integer=True, note="0 = no test views")
+        if self.test_every == 1:
+            raise ReconError("split.test_every must be 0 (no test views) or >= 2; 1 would hold out every frame")
+        number(self.train_views, "split.train_views", ReconError, lo=0, integer=True, note="0 = all")
+        if self.split_file is not None and not path_exists(self.split_file, is_file=True):
+            raise ReconError(f"split file {self.split_file} not found")
+        flag(self.prior_from_all_frames, "split.prior_from_all_frames", ReconError)
+        choice(self.prior_frames, "split.prior_frames", ReconError, PRIOR_MODES)
+        return self
 
 
 def evenly_spaced(candidates: list[int], n: int) -> list[int]:
@@ -75,20 +88,26 @@ def read_split_file(
         raise ReconError(f"split file {path} must be JSON with 'train' and 'test' lists ({e})") from e
     names = _frame_names(files, aliases)
 
-    def resolve(items: list) -> list[int]:
-        out = []
+    def resolve(items: Any, key: str) -> list[int]:
+        if not isinstance(items, list):
+            raise ReconError(f"split file {path}: {key!r} must be a list of frame indices or names")
+        out: dict[int, Any] = {}
         for it in items:
             if isinstance(it, int) and not isinstance(it, bool):
                 if not 0 <= it < num_frames:
                     raise ReconError(f"split file {path} names frame {it}, but the run has {num_frames} frames")
-                out.append(it)
+                i = it
             elif isinstance(it, str) and (it in names or Path(it).stem in names):
-                out.append(names[it] if it in names else names[Path(it).stem])
+                i = names[it] if it in names else names[Path(it).stem]
             else:
                 raise ReconError(f"split file {path} names frame {it!r}, which is not in this run")
-        return out
+            if i in out:
+                same = "" if out[i] == it else f" (as {out[i]!r} and {it!r})"
+                raise ReconError(f"split file {path}: frame {it!r} is listed twice in {key!r}{same}")
+            out[i] = it
+        return list(out)
 
-    train, test = resolve(train_raw), resolve(test_raw)
+    train, test = resolve(train_raw, "train"), resolve(test_raw, "test")
     if set(train) & set(test):
         raise ReconError(f"split file {path}: frames {sorted(set(train) & set(test))} are in both train and test")
     return train, test
@@ -125,9 +144,14 @@ def make_split(
         protocol = f"file:{path.name}"
     else:
         test = [i for i in range(num_frames) if cfg.test_every > 0 and i % cfg.test_every == 0]
-        rest = [i for i in range(num_frames) if i not in set(test)]
+        rest = [i for i in range(num_frames) if i not in set(test) and reg[i]]
+        if cfg.train_views > len(rest):
+            raise ReconError(
+                f"--train-views {cfg.train_views}: only {len(rest)} registered frames are left for training "
+                f"(of {num_frames}, test views held out); ask for at most {len(rest)}"
+            )
         train = evenly_spaced(rest, cfg.train_views) if cfg.train_views > 0 else rest
-        protocol = f"test_every={cfg.test_every}" + (f",train_views={cfg.train_views}" if cfg.train_views else "")
+        protocol = f"test_every={cfg.test_every}" + (f",train_views={len(train)}" if cfg.train_views else "")
     train = [i for i in train if reg[i]]
     test = [i for i in test if reg[i]]
     if not train:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from depth.checks import choice, flag, number, path_exists
 from depth.errors import DepthError
 from recon.artifacts import (
     AlignedDepth,
@@ -73,6 +74,23 @@ class Config(TrainConfig):
         if name == "cpu":
             base["video_frames"] = 60
         return base
+
+    def validate(self, where: str = "train") -> Config:
+        """ReconError unless every field is in range (the training fields: TrainConfig.validate)."""
+        try:
+            super().validate(where)
+        except SplatError as e:
+            raise ReconError(str(e)) from e
+        for name in ("resume", "eval_only", "eval_initial", "test_renders"):
+            flag(getattr(self, name), f"{where}.{name}", ReconError)
+        for name in ("gt_depth", "eval_mask"):
+            path = getattr(self, name)
+            if path is not None and not path_exists(path, is_file=True):
+                raise ReconError(f"{where}.{name}: file {path} not found")
+        choice(self.gt_depth_align, f"{where}.gt_depth_align", ReconError, ("median", "none"))
+        number(self.video_frames, f"{where}.video_frames", ReconError, lo=0, hi=100_000, integer=True, note="0 = none")
+        number(self.video_fps, f"{where}.video_fps", ReconError, lo=0, hi=1000, lo_open=True)
+        return self
 
 
 @contextmanager
@@ -246,8 +264,8 @@ def write_video(path: Path, frames: np.ndarray, fps: float = 30.0) -> None:
                 container.mux(packet)
 
 
-def _save_checkpoint(paths: RunPaths, state: dict[str, Any]) -> None:
-    Checkpoint(state).save(paths.checkpoint)
+def _save_checkpoint(paths: RunPaths, state: dict[str, Any], run_id: str, train: list[int]) -> None:
+    Checkpoint(state).save(paths.checkpoint, run_id=run_id, train_views=train)
     write_jsonl(paths.splat_dir / "train_log.jsonl", state["log"])
 
 
@@ -295,21 +313,26 @@ def _trainer(paths: RunPaths, cfg: Config, s: _Setup) -> Trainer:
     """The trainer for eval-only (saved Gaussians), resume (the checkpoint) or a new training (the init)."""
     if cfg.eval_only:
         if paths.checkpoint.exists():
-            params = {k: v.numpy() for k, v in Checkpoint.load(paths.checkpoint).state["params"].items()}
+            ck = Checkpoint.load(paths.checkpoint, expected_run_id=s.cams.run_id())
+            params = {k: v.numpy() for k, v in ck.state["params"].items()}
         elif paths.gaussians_ply.exists():
             params = GaussiansFile.load(paths.gaussians_ply).params
         else:
-            raise ReconError(f"--eval-only: neither {paths.checkpoint} nor {paths.gaussians_ply} exists (train first)")
+            raise ReconError(
+                f"train.eval_only: neither {paths.checkpoint} nor {paths.gaussians_ply} exists (train first)"
+            )
         return Trainer.from_gaussians(params, s.views, cfg, train=s.train, background=s.background)
     if cfg.resume:
-        state = Checkpoint.load(paths.checkpoint).state
+        state = Checkpoint.load(paths.checkpoint, expected_run_id=s.cams.run_id(), expected_train_views=s.train).state
         return Trainer.from_state(state, s.views, cfg, train=s.train, background=s.background)
     rng = np.random.default_rng(cfg.seed)
     xyz, rgb = read_initial_points(paths, cfg, s.cams, s.train, rng)
     return Trainer.from_points(xyz, rgb, s.views, cfg, rng=rng, train=s.train, background=s.background)
 
 
-def _fit(paths: RunPaths, cfg: Config, trainer: Trainer, callback: Callable[[int, dict], None] | None) -> None:
+def _fit(
+    paths: RunPaths, cfg: Config, trainer: Trainer, callback: Callable[[int, dict], None] | None, run_id: str
+) -> None:
     with progress() as bar:
         task = bar.add_task("train", total=cfg.iterations, completed=trainer.global_step, status="")
 
@@ -319,7 +342,7 @@ def _fit(paths: RunPaths, cfg: Config, trainer: Trainer, callback: Callable[[int
             if callback is not None:
                 callback(step, row)
 
-        trainer.fit(step_done, lambda state: _save_checkpoint(paths, state))
+        trainer.fit(step_done, lambda state: _save_checkpoint(paths, state, run_id, trainer.train))
     GaussiansFile(trainer.gaussians()).save(paths.gaussians_ply)
 
 
@@ -375,7 +398,7 @@ def _train(paths: RunPaths, cfg: Config, device: Any, callback: Callable[[int, d
         extra = {"initial_psnr": init_eval["psnr"], "initial_ssim": init_eval["ssim"]}
         info(f"initial test PSNR {init_eval['psnr']:.2f} dB")
     if not cfg.eval_only:
-        _fit(paths, cfg, trainer, callback)
+        _fit(paths, cfg, trainer, callback, s.cams.run_id())
     metrics, lpips_available = _evaluate(paths, cfg, trainer, s)
     if cfg.video_frames > 0:
         _render_video(paths, cfg, trainer, s.cams)
