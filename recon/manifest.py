@@ -160,9 +160,14 @@ class Manifest:
         st = self.stage(name)
         return st.get("status") == "done" and (fp is None or st.get("fingerprint") == fp)
 
-    def start(self, name: str, fp: str, config: Any) -> None:
-        """Mark `name` running with this attempt's fingerprint and config (not the saved config yet)."""
+    def start(self, name: str, fp: str, config: Any, requested: Any = None) -> None:
+        """Mark `name` running with this attempt's fingerprint and config (not the saved config yet).
+
+        `requested`: the config as asked when it differs from `config` by one-off requests (e.g. train's
+        --resume); kept with the attempt for diagnosis, never saved as the stage's config."""
         attempt = {"fingerprint": fp, "config": to_jsonable(config), "versions": library_versions()}
+        if requested is not None:
+            attempt["requested"] = to_jsonable(requested)
 
         def change(d: dict[str, Any]) -> None:
             old = d["stages"].get(name, {})
@@ -182,7 +187,9 @@ class Manifest:
             st.update({"status": status, "finished": _now(), "seconds": round(float(seconds), 3)})
             st.pop("error", None)
             if status == "done":
-                st.update(st.pop("attempt", {}))
+                attempt = st.pop("attempt", {})
+                attempt.pop("requested", None)
+                st.update(attempt)
                 st["summary"] = to_jsonable(summary or {})
             if error is not None:
                 st["error"] = error

@@ -8,20 +8,23 @@ so changing a config or re-running (`--force`) an upstream stage re-runs everyth
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
+from depth.errors import DepthError
 from recon.artifacts.layout import RunPaths
 from recon.atomic import describe_os_error
+from recon.config import validate_run_config
 from recon.console import info
 from recon.errors import ReconError
 from recon.lock import run_lock
-from recon.manifest import Manifest, fingerprint, input_fingerprint
+from recon.manifest import Manifest, fingerprint, input_fingerprint, to_jsonable
 from recon.stages import StageContext
 from recon.stages.align import Config as AlignConfig
 from recon.stages.depth import Config as DepthConfig
@@ -30,6 +33,7 @@ from recon.stages.fuse import Config as FuseConfig
 from recon.stages.poses import Config as PosesConfig
 from recon.stages.split import Config as SplitConfig
 from recon.stages.train import Config as TrainConfig
+from splat.errors import SplatError
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ def run_pipeline(
     Returns one StageResult per stage considered. Raises ReconError on bad input or when another process
     writes into `out`, OSError (see recon.atomic.describe_os_error) when a file cannot be written.
     """
-    cfg = cfg or RunConfig()
+    cfg = validate_run_config(cfg or RunConfig())
     for f in force:
         if f not in STAGES:
             raise ReconError(f"--force {f}: unknown stage; stages are {', '.join(STAGES)}")
@@ -132,6 +136,7 @@ def run_pipeline(
         manifest = Manifest(paths)
         manifest.recover()
         input_path = _remember_input(manifest, input_path)
+        _preflight(todo, manifest, cfg, force)
         results: list[StageResult] = []
         for name in todo:
             res = _one_stage(name, manifest, input_path, paths, cfg, force)
@@ -139,6 +144,22 @@ def run_pipeline(
             if on_stage:
                 on_stage(res)
     return results
+
+
+def _preflight(todo: Sequence[str], manifest: Manifest, cfg: RunConfig, force: Sequence[str]) -> None:
+    """Each stage module's optional `preflight(cfg)` (checks that need no run files, e.g. DVD weights), for the
+    stages that may run: not done yet, forced, or with a config other than the one they finished with."""
+    for name in todo:
+        check = getattr(BY_NAME[name].runner(), "preflight", None)
+        if check is None:
+            continue
+        lasting, one_off = split_one_off(stage_config(name, cfg))
+        st = manifest.stage(name)
+        if name in force or one_off or st.get("status") != "done" or st.get("config") != to_jsonable(lasting):
+            try:
+                check(stage_config(name, cfg))
+            except (DepthError, SplatError) as e:
+                raise ReconError(str(e)) from e
 
 
 def _remember_input(manifest: Manifest, input_path: str | Path | None) -> Path | None:
@@ -158,11 +179,13 @@ def _one_stage(
     """Skip stage `name` when done with the same fingerprint, else run it and record the outcome."""
     upstream = [(d, manifest.stage(d).get("fingerprint"), manifest.stage(d).get("finished")) for d in DEPENDS[name]]
     extra = input_fingerprint(input_path) if name == "frames" else None
-    fp = fingerprint(name, stage_config(name, cfg), upstream, extra)
-    if name != "report" and name not in force and manifest.is_done(name, fp):
+    requested = stage_config(name, cfg)
+    lasting, one_off = split_one_off(requested)
+    fp = fingerprint(name, lasting, upstream, extra)
+    if name != "report" and name not in force and not one_off and manifest.is_done(name, fp):
         st = manifest.stage(name)
         return StageResult(name, "skipped", float(st.get("seconds", 0.0)), st.get("summary", {}))
-    manifest.start(name, fp, stage_config(name, cfg))
+    manifest.start(name, fp, lasting, requested if one_off else None)
     info(f"[bold cyan]▶ {name}[/bold cyan]")
     t0 = time.perf_counter()
     try:
@@ -182,6 +205,17 @@ def _one_stage(
     dt = time.perf_counter() - t0
     manifest.finish(name, "done", dt, summary)
     return StageResult(name, "ran", dt, summary)
+
+
+def split_one_off(stage_cfg: Any) -> tuple[Any, bool]:
+    """(the stage config with its one-off requests (`Config.ONE_OFF`, e.g. train's resume / eval_only) reset to
+    their defaults, whether any was set). The first is what the run fingerprints and keeps as its base."""
+    names = getattr(type(stage_cfg), "ONE_OFF", ())
+    if not names or not dataclasses.is_dataclass(stage_cfg):
+        return stage_cfg, False
+    defaults = {f.name: f.default for f in dataclasses.fields(stage_cfg) if f.name in names}
+    asked = any(getattr(stage_cfg, n) != d for n, d in defaults.items())
+    return dataclasses.replace(cast(Any, stage_cfg), **defaults), asked
 
 
 def _record_end(manifest: Manifest, name: str, status: str, t0: float, error: str) -> None:

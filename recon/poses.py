@@ -109,6 +109,7 @@ class PosesConfig:
         flag(self.quadratic_overlap, "poses.quadratic_overlap", ReconError)
         choice(self.camera_model, "poses.camera_model", ReconError, self.CAMERA_MODELS)
         flag(self.single_camera, "poses.single_camera", ReconError)
+        flag(self.retry, "poses.retry", ReconError)
         number(self.focal_px, "poses.focal_px", ReconError, lo=0, hi=1e6, note="0 = from EXIF or focal_factor")
         number(self.focal_factor, "poses.focal_factor", ReconError, lo=0, hi=100, lo_open=True)
         number(self.max_num_features, "poses.max_num_features", ReconError, lo=16, hi=1_000_000, integer=True)

@@ -305,3 +305,24 @@ def test_dvd_without_weights_or_network_is_one_line_within_seconds(monkeypatch, 
     assert time.monotonic() - t0 < 10
     msg = str(e.value)
     assert "\n" not in msg and "is not reachable (no network?)" in msg and "--backend stereo" in msg
+
+
+def test_dvd_backend_offline_fails_before_any_stage_runs(monkeypatch, capsys, tmp_path):
+    """`recon depth --backend dvd` on a new run, no weights, no network: one line in seconds, no frames decoded."""
+    import socket
+    import time
+
+    from depth.dvd import weights
+
+    def no_network(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("DVD_SPLAT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(weights, "_hub_offline", lambda: False)
+    run = tmp_path / "run"
+    t0 = time.monotonic()
+    line = _one_error_line(capsys, ["depth", str(VIDEO), "--out", str(run), "--backend", "dvd"])
+    assert time.monotonic() - t0 < 20
+    assert "DVD weights are not available" in line and "--backend stereo" in line
+    assert not (run / "frames").exists() and not (run / "frames.json").exists()

@@ -136,6 +136,21 @@ def test_training_raises_test_psnr_and_writes_outputs(trained):
     assert again["psnr"] == pytest.approx(s["psnr"], abs=1e-4)
 
 
+def test_a_new_evaluation_replaces_the_old_metrics(trained, tmp_path):
+    """Re-evaluating after the split lost its test views leaves no PSNR/SSIM of the old evaluation behind."""
+    from recon.artifacts import Metrics, Split
+
+    paths = RunPaths(tmp_path / "run")
+    shutil.copytree(trained[0].root, paths.root)
+    assert "psnr" in Metrics.load(paths.metrics_json).summary
+    split = Split.load(paths.split_json)
+    Split(train=split.train, test=[], prior=split.prior, protocol="no test views").save(paths.split_json)
+    s = run_train(paths, _cfg(eval_only=True, video_frames=0))
+    m = Metrics.load(paths.metrics_json)
+    assert s["num_test_views"] == 0 and m.summary["num_test_views"] == 0
+    assert not {"psnr", "ssim", "initial_psnr"} & set(m.summary) and m.per_view == []
+
+
 def test_resume_after_interruption_matches_uninterrupted(lego_run, tmp_path, interrupt_and_resume):
     cfg = _cfg(
         iterations=40,

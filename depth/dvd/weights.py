@@ -166,6 +166,24 @@ def resolve_weights(
     return WeightPaths(dit, vae)
 
 
+def require_obtainable(cfg) -> None:
+    """DepthError (the message of `resolve_weights`) unless the DVD weights of a DVDConfig-like object are on
+    disk or can be downloaded now; takes at most a few seconds without network, never downloads."""
+    ok, _ = dvd_weights_available(cfg)
+    if ok:
+        return
+    cache = Path(cfg.cache_dir).expanduser() if getattr(cfg, "cache_dir", None) else default_cache_dir()
+    dvd_file = getattr(cfg, "dvd_file", DVD_DEFAULT_FILE)
+    if not getattr(cfg, "allow_download", True):
+        raise DepthError(_missing_message(cache, dvd_file, "not found and downloads are disabled"))
+    if _hub_offline():
+        raise DepthError(_missing_message(cache, dvd_file, "not found and HF_HUB_OFFLINE is set"))
+    try:
+        _check_reachable()
+    except OSError as e:
+        raise DepthError(_missing_message(cache, dvd_file, f"not found, and {e}")) from None
+
+
 def dvd_weights_available(cfg) -> tuple[bool, str]:
     """(available, reason) for a DVDConfig-like object; never downloads and never raises.
 

@@ -207,6 +207,15 @@ def _write(paths: RunPaths, cfg: Config, result: DepthResult, prior, disp_sub, c
     return write_depth_video(paths.depth_preview_mp4, disp_sub, fps=cfg.preview_fps) if cfg.preview else None
 
 
+def preflight(cfg: Config) -> None:
+    """What can be checked before any stage of the command runs: `--backend dvd` needs its weights on disk or
+    downloadable now, so an offline machine hears it in seconds, not after the frames and poses."""
+    if cfg.backend == "dvd":
+        from depth.dvd.weights import require_obtainable
+
+        require_obtainable(cfg.dvd)
+
+
 def run(ctx: StageContext, cfg: Config) -> dict[str, Any]:
     """Compute the depth prior for the prior frames and write disparity.npz, windows.json, depth.mp4.
 

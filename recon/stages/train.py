@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -45,6 +45,10 @@ from splat.views import TrainViews, resize_nearest, target_size
 @dataclass
 class Config(TrainConfig):
     """Training (splat.trainer.TrainConfig) plus what the stage reads and writes around it."""
+
+    ONE_OFF: ClassVar[tuple[str, ...]] = ("resume", "eval_only")
+    """Requests for one command (continue, evaluate): they make the stage run once, but are neither part of its
+    fingerprint nor saved as the run's base config (recon.pipeline), so the next command trains as configured."""
 
     resume: bool = False
     """Continue from splat/checkpoint.pt."""
