@@ -4,6 +4,7 @@
     recon poses scene.mp4 --out RUN --max-frames 60 --max-size 320
     recon depth --out RUN --backend stereo           # INPUT remembered in RUN/manifest.json
     recon export nerfstudio RUN
+    recon mesh RUN                                   # optional: a triangle mesh (RUN/mesh/mesh.ply)
     recon report RUN
 
 Configuration: preset (configs/cpu.yaml or cuda.yaml, picked by device) <- --config FILE.yaml <- flags
@@ -43,6 +44,7 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "split": ("split.split_file",),
     "prior_from_all_frames": ("split.prior_from_all_frames",),
     "prior_frames": ("split.prior_frames",),
+    "split_protocol": ("split.protocol",),
     "backend": ("depth.backend",),
     "dvd_weights": ("depth.dvd.dvd_weights",),
     "vae_weights": ("depth.dvd.vae_weights",),
@@ -157,7 +159,7 @@ class StageCommand:
     ] = None
     """Feature matching (auto: sequential for video, exhaustive for small image sets)."""
     poses: Annotated[Path | None, _opt("poses.poses", "PATH")] = None
-    """Known poses (COLMAP model folder or transforms.json): skips SfM."""
+    """Known poses (COLMAP model folder, transforms.json or LLFF poses_bounds.npy): skips SfM."""
     # split
     test_every: Annotated[int | None, _opt("split.test_every", "N")] = None
     """Hold out every N-th frame as a test view (0: none)."""
@@ -165,6 +167,9 @@ class StageCommand:
     """Sparse view: keep N training views spread evenly (0 = all)."""
     split: Annotated[Path | None, _opt("split.split_file", "FILE.json")] = None
     """JSON split file with 'train' and 'test' lists."""
+    split_protocol: Annotated[Literal["default", "llff"] | None, _opt("split.protocol", "{default,llff}")] = None
+    """llff: the LLFF sparse-view benchmark (test views 0, 8, 16...; --train-views N by linspace over the rest;
+    every input image kept at its size, training and evaluation at it: overrides the preset's size caps)."""
     prior_from_all_frames: Annotated[Flag, tyro.conf.arg(help_behavior_hint="")] = False
     """Compute the depth prior on all frames, test views included (= --prior-frames all)."""
     prior_frames: Annotated[
@@ -244,7 +249,7 @@ def build_config(cmd: StageCommand):
     cfg = _apply_saved(cfg, cmd.out)
     if cmd.config is not None:
         cfg = apply_mapping(cfg, load_yaml(cmd.config))
-    cfg = apply_mapping(cfg, _flag_overrides(cmd))
+    cfg = _protocol_settings(apply_mapping(cfg, _flag_overrides(cmd)), cmd)
     for item in cmd.set:
         keys, value = parse_set(item)
         cfg = apply_mapping(cfg, nest(keys, value))
@@ -252,6 +257,24 @@ def build_config(cmd: StageCommand):
         return validate_run_config(cfg)
     except ReconError as e:
         raise ReconError(_given_flag(cmd, str(e)), e.exit_code) from e
+
+
+def _protocol_settings(cfg, cmd: StageCommand):
+    """Under split.protocol llff, the frames and train settings the protocol needs (recon.stages.split.LLFF_FRAMES,
+    LLFF_TRAIN) replace the preset's (e.g. the cpu preset's 320 / 128 px caps); a flag asking otherwise is an
+    error. Later --set overrides are checked by the split and train stages."""
+    from recon.stages.split import LLFF_FRAMES, LLFF_TRAIN
+
+    if cfg.split.protocol != "llff":
+        return cfg
+    for name, value in LLFF_FRAMES.items():
+        given = getattr(cmd, name, None)
+        if given is not None and given != getattr(StageCommand, name) and given != value:
+            raise ReconError(
+                f"--{name.replace('_', '-')} {_show(given)}: --split-protocol llff keeps every input image at its size"
+            )
+    frames = dataclasses.replace(cfg.frames, **LLFF_FRAMES)
+    return dataclasses.replace(cfg, frames=frames, train=dataclasses.replace(cfg.train, **LLFF_TRAIN))
 
 
 def _apply_saved(cfg, out: Path):
@@ -313,6 +336,7 @@ def _output_files(paths) -> list[tuple[str, Path]]:
         ("metrics", paths.metrics_json),
         ("nerfstudio", paths.transforms_json),
         ("report", paths.report_html),
+        ("mesh", paths.mesh_ply),
     ]
 
 
@@ -342,13 +366,37 @@ UNTIL = {
 }
 
 
+MESH_FLAG = Annotated[
+    Flag,
+    tyro.conf.arg(help="Also build the optional triangle mesh RUN/mesh/mesh.ply (recon mesh).", help_behavior_hint=""),
+]
+
+
 def _make_commands() -> dict[str, type]:
     cmds = {}
     for name, doc in STAGE_HELP.items():
-        cls = dataclasses.make_dataclass(f"{name.title()}Command", [], bases=(StageCommand,))
+        extra = [("mesh", MESH_FLAG, False)] if name == "run" else []
+        cls = dataclasses.make_dataclass(f"{name.title()}Command", extra, bases=(StageCommand,))
         cls.__doc__ = doc
         cmds[name] = cls
     return cmds
+
+
+@dataclass
+class MeshCommand:
+    """Triangle mesh of a trained run: TSDF fusion of the Gaussians' rendered depth -> RUN/mesh/mesh.ply
+    (runs the stages it needs first; options: --set mesh.voxel_size=... mesh.min_alpha=...)."""
+
+    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN")]
+    """Run directory (made by `recon run` or a stage command)."""
+    preset: Annotated[Literal["auto", "cpu", "cuda"], tyro.conf.arg(help_behavior_hint=_preset_hint)] = "auto"
+    """Device preset (configs/cpu.yaml, configs/cuda.yaml) for stages that still have to run."""
+    config: Annotated[Path | None, tyro.conf.arg(metavar="FILE.yaml", help_behavior_hint="(default: none)")] = None
+    """YAML file with stage sections (mesh:, train:, ...)."""
+    set: Annotated[tuple[str, ...], tyro.conf.arg(metavar="SECTION.FIELD=VALUE", help_behavior_hint="")] = ()
+    """Overrides of any config field, e.g. --set mesh.voxel_size=0.02 mesh.min_alpha=0.7."""
+    force: Annotated[tuple[str, ...], tyro.conf.arg(metavar="STAGE", help_behavior_hint="")] = ()
+    """Stages to redo even if finished."""
 
 
 @dataclass
@@ -375,12 +423,15 @@ class EvalCommand:
 
 @dataclass
 class ExportCommand:
-    """Export a run: `recon export nerfstudio RUN` writes RUN/transforms.json with depth PNGs and the fused cloud."""
+    """Export a run: `recon export nerfstudio RUN` writes RUN/transforms.json with depth PNGs and the fused cloud;
+    `recon export ply RUN [--full-sh]` writes the trained Gaussians to RUN/export/gaussians.ply."""
 
-    format: Annotated[tyro.conf.Positional[Literal["nerfstudio"]], tyro.conf.arg(metavar="nerfstudio")]
+    format: Annotated[tyro.conf.Positional[Literal["nerfstudio", "ply"]], tyro.conf.arg(metavar="{nerfstudio,ply}")]
     """Export format."""
     run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN")]
     """Run directory (made by `recon run` or a stage command)."""
+    full_sh: Annotated[Flag, tyro.conf.arg(help_behavior_hint="")] = False
+    """ply: write SH degree 3 (45 f_rest_* values, untrained bands zero), the layout every 3DGS viewer reads."""
 
 
 def _existing_run(run: Path):
@@ -423,10 +474,23 @@ def _export(cmd: ExportCommand) -> int:
     from recon.stages import export as export_stage
 
     paths = _existing_run(cmd.run)
+    if cmd.format == "ply":
+        with run_lock(paths.root):
+            console.print(f"gaussians: {export_stage.export_ply(paths, cmd.full_sh)}")
+        return 0
+    if cmd.full_sh:
+        raise ReconError("--full-sh applies to `recon export ply` only")
     with run_lock(paths.root):
         out = export_stage.run(StageContext(paths), export_stage.Config())["transforms.json"]
     console.print(f"nerfstudio transforms: {out}  (ns-train dvd-splat --data {paths.root})")
     return 0
+
+
+def _mesh(cmd: MeshCommand) -> int:
+    """`recon mesh RUN`: the pipeline up to the optional mesh stage, in an existing run directory."""
+    paths = _existing_run(cmd.run)
+    stage_cmd = StageCommand(out=paths.root, config=cmd.config, preset=cmd.preset, set=cmd.set, force=cmd.force)
+    return _stages(stage_cmd, "mesh")
 
 
 def _stages(cmd: StageCommand, name: str) -> int:
@@ -438,7 +502,9 @@ def _stages(cmd: StageCommand, name: str) -> int:
     con.configure_logging(0 if cmd.quiet else (2 if cmd.verbose else 1))
     with run_lock(cmd.out):  # before reading the saved configs: they are the base of this command's config
         cfg = build_config(cmd)
-        results = run_pipeline(cmd.input, cmd.out, cfg, until=UNTIL[name], force=tuple(cmd.force))
+        also = ("mesh",) if getattr(cmd, "mesh", False) else ()
+        until = UNTIL.get(name, name)  # "mesh" (recon mesh) is a stage of its own
+        results = run_pipeline(cmd.input, cmd.out, cfg, until=until, force=tuple(cmd.force), also=also)
     _summary_table(results, RunPaths(cmd.out))
     return 0
 
@@ -523,6 +589,7 @@ def _dispatch(argv: list[str]) -> int:
         "export": ExportCommand,
         "report": ReportCommand,
         "eval": EvalCommand,
+        "mesh": MeshCommand,
     }
     cmd = _parse(all_cmds, argv)
     con.configure_logging()
@@ -532,6 +599,8 @@ def _dispatch(argv: list[str]) -> int:
         return _eval(cmd)
     if isinstance(cmd, ExportCommand):
         return _export(cmd)
+    if isinstance(cmd, MeshCommand):
+        return _mesh(cmd)
     assert isinstance(cmd, StageCommand)
     return _stages(cmd, next(k for k, v in commands.items() if isinstance(cmd, v)))
 

@@ -3,6 +3,8 @@
 PATH is either
   * a COLMAP model folder (cameras/images/points3D as .bin or .txt; a project folder holding
     sparse/0 or sparse/ is accepted too), read with pycolmap, or
+  * an LLFF poses_bounds.npy ([N, 17] per view: [R | t | hwf] + near/far bounds; read_llff_poses), matched
+    to the image folder's sorted images by order, or
   * a transforms.json in the nerfstudio / instant-ngp / Blender (NeRF-synthetic) layout: c2w
     `transform_matrix` with OpenGL camera axes (converted with depth.geometry.opengl_to_opencv),
     intrinsics from fl_x/fl_y/cx/cy/w/h (global or per frame) or from camera_angle_x/y, distortion
@@ -54,7 +56,7 @@ class PoseSource:
         names: [N] image names as the file lists them (e.g. "images/0001.jpg", "./train/r_0").
         c2w: [N, 4, 4] float64 camera-to-world, OpenCV axes, in the file's world units.
         cameras: [N] pycolmap.Camera of each image, at the file's image size (may be distorted).
-        kind: "colmap" or "transforms".
+        kind: "colmap", "transforms" or "llff".
         path: the file or folder read.
         source_index: [N] source frame index per entry where the file records it (our own export
             writes `source_index` per frame), else None.
@@ -66,6 +68,8 @@ class PoseSource:
     kind: str
     path: Path
     source_index: list[int | None] | None = None
+    bounds: np.ndarray | None = None
+    """[N, 2] float64 (near, far) scene depth bounds per entry (LLFF poses_bounds.npy), else None."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,6 +270,62 @@ def read_transforms_json(path: Path, default_size: tuple[int, int]) -> PoseSourc
     )
 
 
+def _llff_array(path: Path) -> np.ndarray:
+    """poses_bounds.npy as a finite float64 [N, 17] array (np.load without pickle); one ReconError line otherwise."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # a pickle, a damaged header, not an .npy at all
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise ReconError(f"--poses {path}: not a readable LLFF poses_bounds.npy ({first})") from e
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf":
+        kind = getattr(arr, "dtype", type(arr).__name__)
+        raise ReconError(f"--poses {path}: poses_bounds.npy must hold numbers, got {kind}")
+    if arr.ndim != 2 or arr.shape[1] != 17 or len(arr) == 0:
+        raise ReconError(
+            f"--poses {path}: poses_bounds.npy must be an [N, 17] array (3x5 [R|t|hwf] + near, far per view), "
+            f"got shape {list(arr.shape)}"
+        )
+    arr = arr.astype(np.float64)
+    bad = np.flatnonzero(~np.all(np.isfinite(arr), axis=1))
+    if len(bad):
+        raise ReconError(f"--poses {path}, view {int(bad[0])}: NaN or infinite values in poses_bounds.npy")
+    return arr
+
+
+def read_llff_poses(path: Path) -> PoseSource:
+    """LLFF poses_bounds.npy ([N, 17]: 3x5 [R | t | hwf] row-major + near, far) -> PoseSource (OpenCV c2w).
+
+    LLFF's c2w rotation columns are (down, right, backwards); OpenCV's (right, down, forward) are therefore
+    [col1, col0, -col2] (what the LLFF / NeRF loaders do, there towards OpenGL's [col1, -col0, col2]).
+    hwf = (height, width, focal) in pixels of the full-resolution images: the camera is PINHOLE at that size
+    with the principal point at the image centre (rescaled to the frames like any pose file). The file has no
+    image names: entries are named `poses_bounds[i]` and matched to the image folder's sorted images by order.
+    """
+    import pycolmap
+
+    arr = _llff_array(path)
+    mats, bounds = arr[:, :15].reshape(-1, 3, 5), arr[:, 15:17]
+    c2w = np.tile(np.eye(4), (len(arr), 1, 1))
+    c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2] = mats[:, :, 1], mats[:, :, 0], -mats[:, :, 2]
+    c2w[:, :3, 3] = mats[:, :, 3]
+    cams = []
+    for i, (h, w, f) in enumerate(mats[:, :, 4]):
+        where = f"--poses {path}, view {i}"
+        if not (1 <= h <= MAX_IMAGE_SIZE and 1 <= w <= MAX_IMAGE_SIZE and f > 0):
+            raise ReconError(
+                f"{where}: hwf = ({h:g}, {w:g}, {f:g}) is not an image size in pixels and a positive focal"
+            )
+        near, far = bounds[i]
+        if not 0 < near < far:
+            raise ReconError(f"{where}: depth bounds (near {near:g}, far {far:g}) must satisfy 0 < near < far")
+        W, H = int(round(w)), int(round(h))
+        cam = pycolmap.Camera.create_from_model_name(1, "PINHOLE", float(f), W, H)
+        cam.params = [float(f), float(f), W / 2.0, H / 2.0]
+        cams.append(cam)
+    names = [f"poses_bounds[{i}]" for i in range(len(arr))]
+    return PoseSource(names=names, c2w=c2w, cameras=cams, kind="llff", path=path, bounds=bounds.copy())
+
+
 def _check_camera(cam: Any, where: str) -> None:
     """Finite parameters, positive focal lengths, principal point inside the image."""
     params = np.asarray(cam.params, dtype=np.float64)
@@ -313,18 +373,23 @@ def validate_pose_source(src: PoseSource) -> PoseSource:
 
 
 def load_pose_source(path: str | Path, default_size: tuple[int, int]) -> PoseSource:
-    """Read and validate --poses PATH (a COLMAP model folder or a transforms.json): one ReconError line for a
-    file that cannot be used (`validate_pose_source`); `default_size` (W, H) = the frames' original size."""
+    """Read and validate --poses PATH (a COLMAP model folder, a transforms.json or an LLFF poses_bounds.npy, or a
+    folder holding one): one ReconError line for a file that cannot be used (`validate_pose_source`);
+    `default_size` (W, H) = the frames' original size."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ReconError(f"--poses {path} does not exist")
     if path.is_dir():
         if (path / "transforms.json").exists() and find_colmap_model(path) is None:
             return validate_pose_source(read_transforms_json(path / "transforms.json", default_size))
+        if (path / "poses_bounds.npy").exists() and find_colmap_model(path) is None:
+            return validate_pose_source(read_llff_poses(path / "poses_bounds.npy"))
         return validate_pose_source(read_colmap_model(path))
     if path.suffix.lower() == ".json":
         return validate_pose_source(read_transforms_json(path, default_size))
-    raise ReconError(f"--poses {path}: expected a COLMAP model folder or a transforms.json")
+    if path.suffix.lower() == ".npy":
+        return validate_pose_source(read_llff_poses(path))
+    raise ReconError(f"--poses {path}: expected a COLMAP model folder, a transforms.json or an LLFF poses_bounds.npy")
 
 
 def source_frame_count(source: str, source_type: str) -> int | None:

@@ -1,6 +1,7 @@
 """Run orchestration: stages in order, each skipped when already done with the same inputs.
 
-Stages (in order): frames -> poses -> split -> depth -> align -> fuse -> train -> export -> report.
+Stages (in order): frames -> poses -> split -> depth -> align -> fuse -> train -> export -> report, and the
+optional mesh (after train), which runs only when asked for (`recon mesh`, `recon run --mesh`).
 Asking for one stage runs the stages before it that are not done yet. Each stage's fingerprint is
 made of its own config, the input, and the fingerprints and finish times of the stages it depends on,
 so changing a config or re-running (`--force`) an upstream stage re-runs everything downstream.
@@ -30,6 +31,7 @@ from recon.stages.align import Config as AlignConfig
 from recon.stages.depth import Config as DepthConfig
 from recon.stages.frames import Config as FramesConfig
 from recon.stages.fuse import Config as FuseConfig
+from recon.stages.mesh import Config as MeshConfig
 from recon.stages.poses import Config as PosesConfig
 from recon.stages.split import Config as SplitConfig
 from recon.stages.train import Config as TrainConfig
@@ -59,6 +61,7 @@ TABLE: tuple[Stage, ...] = (
     Stage("train", ("fuse",), "recon.stages.train"),
     Stage("export", ("align", "fuse"), "recon.stages.export"),
     Stage("report", ("train", "export"), "recon.stages.report"),
+    Stage("mesh", ("train",), "recon.stages.mesh"),  # optional: no default target depends on it
 )
 BY_NAME = {s.name: s for s in TABLE}
 STAGES = tuple(s.name for s in TABLE)
@@ -76,6 +79,7 @@ class RunConfig:
     align: AlignConfig = field(default_factory=AlignConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
 @dataclass
@@ -94,10 +98,11 @@ def stage_config(name: str, cfg: RunConfig) -> Any:
     return getattr(cfg, name, None)
 
 
-def plan(until: str) -> list[str]:
-    """Stages needed to produce `until`, in pipeline order."""
-    if until not in STAGES:
-        raise ReconError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
+def plan(until: str, also: Sequence[str] = ()) -> list[str]:
+    """Stages needed to produce `until` and the stages in `also` (e.g. the optional "mesh"), in pipeline order."""
+    for name in (until, *also):
+        if name not in STAGES:
+            raise ReconError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     need: set[str] = set()
 
     def add(s: str) -> None:
@@ -107,7 +112,8 @@ def plan(until: str) -> list[str]:
         for d in DEPENDS[s]:
             add(d)
 
-    add(until)
+    for name in (until, *also):
+        add(name)
     return [s for s in STAGES if s in need]
 
 
@@ -119,10 +125,12 @@ def run_pipeline(
     force: tuple[str, ...] | list[str] = (),
     stages: list[str] | None = None,
     on_stage: Callable[[StageResult], None] | None = None,
+    also: Sequence[str] = (),
 ) -> list[StageResult]:
     """Run the stages needed for `until` in run directory `out`, holding its writer lock (recon.lock).
 
-    Finished stages whose fingerprint is unchanged are skipped; `force` names stages to redo.
+    Finished stages whose fingerprint is unchanged are skipped; `force` names stages to redo; `also` adds optional
+    stages (e.g. ("mesh",)) to those `until` needs.
     Returns one StageResult per stage considered. Raises ReconError on bad input or when another process
     writes into `out`, OSError (see recon.atomic.describe_os_error) when a file cannot be written.
     """
@@ -130,7 +138,7 @@ def run_pipeline(
     for f in force:
         if f not in STAGES:
             raise ReconError(f"--force {f}: unknown stage; stages are {', '.join(STAGES)}")
-    todo = stages if stages is not None else plan(until)
+    todo = stages if stages is not None else plan(until, also)
     with run_lock(out):
         paths = RunPaths(Path(out))
         manifest = Manifest(paths)

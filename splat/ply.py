@@ -63,10 +63,21 @@ def property_names(num_rest_bases: int) -> list[str]:
     return names
 
 
-def write_gaussian_ply(path: str | Path, gaussians: dict[str, np.ndarray]) -> None:
-    """Write a Gaussian set (dict of arrays, see module docstring) as a binary 3DGS PLY at `path`."""
+def write_gaussian_ply(path: str | Path, gaussians: dict[str, np.ndarray], pad_to_degree: int | None = None) -> None:
+    """Write a Gaussian set (dict of arrays, see module docstring) as a binary 3DGS PLY at `path`.
+
+    pad_to_degree: write this many SH bands (e.g. 3: the 45 f_rest_* of the original 3DGS layout, which some
+    viewers require), the bands that were not trained as zeros. None = the set's own degree.
+    """
     n = _check(gaussians)
     g = {k: np.asarray(gaussians[k], dtype=np.float32) for k in GAUSSIAN_KEYS}
+    if pad_to_degree is not None:
+        have = g["shN"].shape[1]
+        want = (int(pad_to_degree) + 1) ** 2 - 1
+        if not 0 <= pad_to_degree <= 4 or want < have:
+            degree = sh_degree_from_bases(have + 1)
+            raise SplatError(f"pad_to_degree must be in [{degree}, 4] for SH degree {degree}, got {pad_to_degree}")
+        g["shN"] = np.concatenate([g["shN"], np.zeros((n, want - have, 3), np.float32)], axis=1)
     rest = g["shN"].shape[1]
     # [N, K-1, 3] -> [N, 3, K-1] -> [N, 3*(K-1)]: channel-major, as 3DGS stores features_rest.
     f_rest = g["shN"].transpose(0, 2, 1).reshape(n, 3 * rest)

@@ -13,6 +13,7 @@ Only recon/ knows these files; depth/ and splat/ take and return the arrays insi
 | points/init.ply | `PointCloud` |
 | splat/gaussians.ply | `GaussiansFile` |
 | splat/checkpoint.pt | `Checkpoint` |
+| mesh/mesh.ply | `MeshFile` |
 | metrics.json | `Metrics` |
 | depth/alignment.json, depth/windows.json | `read_json_object` |
 | splat/train_log.jsonl | `read_jsonl` / `write_jsonl` |
@@ -23,7 +24,7 @@ from recon.artifacts.depth import AlignedDepth, DisparityMaps
 from recon.artifacts.frames import FramesIndex, read_rgb, read_rgb_stack
 from recon.artifacts.layout import RunPaths
 from recon.artifacts.records import Metrics, read_json_object, read_jsonl, write_jsonl
-from recon.artifacts.splats import Checkpoint, GaussiansFile, PointCloud
+from recon.artifacts.splats import Checkpoint, GaussiansFile, MeshFile, PointCloud
 from recon.artifacts.split import Split
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "DisparityMaps",
     "FramesIndex",
     "GaussiansFile",
+    "MeshFile",
     "Metrics",
     "PointCloud",
     "RunPaths",

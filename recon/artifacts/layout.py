@@ -116,6 +116,16 @@ class RunPaths:
         return self.splat_dir / "train_log.jsonl"
 
     @property
+    def export_ply(self) -> Path:
+        """`recon export ply RUN`: the trained Gaussians for viewers (with --full-sh: SH degree 3, zero-padded)."""
+        return self.root / "export" / "gaussians.ply"
+
+    @property
+    def mesh_ply(self) -> Path:
+        """Triangle mesh of the trained scene (`recon mesh`): binary PLY with vertex colours, SfM frame."""
+        return self.root / "mesh" / "mesh.ply"
+
+    @property
     def metrics_json(self) -> Path:
         return self.root / "metrics.json"
 

@@ -55,11 +55,12 @@ class GaussiansFile:
     def __len__(self) -> int:
         return len(self.params["means"])
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, pad_to_degree: int | None = None) -> None:
+        """Atomic write; pad_to_degree: splat.ply.write_gaussian_ply's (e.g. 3 = the full 3DGS SH layout)."""
         from splat.ply import write_gaussian_ply
 
         with atomic_path(path) as tmp:
-            write_gaussian_ply(tmp, self.params)
+            write_gaussian_ply(tmp, self.params, pad_to_degree)
 
     @classmethod
     def load(cls, path: str | Path) -> GaussiansFile:
@@ -72,6 +73,21 @@ class GaussiansFile:
             return cls(read_gaussian_ply(path))
         except SplatError as e:
             raise ReconError(str(e)) from e
+
+
+@dataclass
+class MeshFile:
+    """A triangle mesh (RUN/mesh/mesh.ply): vertices [M, 3] (scene units), triangles [F, 3], colours [M, 3] uint8."""
+
+    vertices: np.ndarray
+    triangles: np.ndarray
+    colors: np.ndarray
+
+    def save(self, path: str | Path) -> None:
+        from splat.mesh import write_mesh_ply
+
+        with atomic_path(path) as tmp:
+            write_mesh_ply(tmp, self.vertices, self.triangles, self.colors)
 
 
 def _plain(obj: Any, where: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from depth.geometry import opencv_to_opengl
-from recon.artifacts import AlignedDepth, CameraSet, RunPaths, Split
+from recon.artifacts import AlignedDepth, CameraSet, GaussiansFile, RunPaths, Split
 from recon.atomic import atomic_dir, write_json
 from recon.console import info
 from recon.errors import ReconError
@@ -262,3 +262,12 @@ def run(ctx: StageContext, cfg: Config | None = None) -> dict[str, Any]:
     out = export_transforms(paths, depth_files, ply, unit, split)
     info(f"nerfstudio export: {out} ({len(cams)} frames" + (f", depth PNG unit {unit:.3g})" if unit else ", no depth)"))
     return {"transforms.json": str(out)}
+
+
+def export_ply(paths: RunPaths, full_sh: bool = False) -> Path:
+    """`recon export ply RUN`: RUN/splat/gaussians.ply -> RUN/export/gaussians.ply (same SfM frame as
+    cameras.json), with full_sh the original 3DGS layout (SH degree 3: 45 f_rest_*, untrained bands zero)."""
+    g = GaussiansFile.load(paths.gaussians_ply)
+    g.save(paths.export_ply, pad_to_degree=3 if full_sh else None)
+    info(f"gaussians: {paths.export_ply} ({len(g)} Gaussians{', SH padded to degree 3' if full_sh else ''})")
+    return paths.export_ply

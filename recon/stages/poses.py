@@ -211,6 +211,9 @@ def _run_known(paths: RunPaths, cfg: Config, frames: FramesIndex) -> dict[str, A
         "seconds": {"undistort": undistort_s, **seconds, "total": round(time.perf_counter() - t_start, 3)},
         "config": config_record(cfg),
     }
+    if src.bounds is not None:
+        # per frame (cameras.json order) the pose file's (near, far) scene depth bounds (LLFF), null without a pose
+        sfm["bounds"] = [[float(v) for v in src.bounds[m]] if m is not None else None for m in match]
     # cameras.json: the given poses (not re-read from the model, so they round-trip exactly)
     CameraSet(
         width=W,

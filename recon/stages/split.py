@@ -5,6 +5,13 @@ computed on) equals `train` unless the run asked for `--prior-frames non-test` (
 the test views: what a video depth model sees of a clip whose test frames are held out) or `--prior-frames all`
 / `--prior-from-all-frames`. Whatever the prior set, alignment fits on its non-test frames only, and fusion and
 the depth loss use the training views' depth only.
+
+`protocol: llff` (`--split-protocol llff`) is the sparse-view benchmark protocol of LLFF papers (RegNeRF, FSGS,
+DNGaussian): test views are every 8th view (0, 8, 16, ...); the `train_views` N training views are
+np.round(np.linspace(0, len(rest) - 1, N)) over the remaining views (all of them when N = 0); the depth prior sees
+the training views only. Views are the input images in sorted order, all of them posed and at the input size:
+the stage refuses frames that were resized, sampled or de-duplicated (`LLFF_FRAMES` says how the frames stage
+must run; the CLI sets it), and the train stage trains and evaluates at the frame size.
 """
 
 from __future__ import annotations
@@ -22,6 +29,13 @@ from recon.errors import ReconError
 from recon.stages import StageContext
 
 PRIOR_MODES = ("train", "non-test", "all")
+PROTOCOLS = ("default", "llff")
+LLFF_TEST_EVERY = 8
+"""The LLFF protocol holds out views 0, 8, 16, ..."""
+LLFF_FRAMES: dict[str, Any] = {"max_size": 0, "max_frames": 0, "stride": 1, "target_fps": 0.0, "dedup": False}
+"""frames-stage settings of the llff protocol: every input image, at its own size."""
+LLFF_TRAIN: dict[str, Any] = {"max_size": 0, "downscale": 1.0}
+"""train-stage settings of the llff protocol: train and evaluate at the frame (input) size."""
 
 
 @dataclass
@@ -36,6 +50,8 @@ class Config:
     """Compute the depth prior on every frame (test views included): shorthand for prior_frames="all"."""
     prior_frames: Literal["train", "non-test", "all"] = "train"
     """Frames the depth prior is computed on: the training views, every frame but the test views, or all."""
+    protocol: Literal["default", "llff"] = "default"
+    """default: test_every / train_views as above; llff: the LLFF sparse-view benchmark protocol (module doc)."""
 
     def validate(self) -> Config:
         """ReconError unless every field is in range (see the field docs)."""
@@ -47,7 +63,24 @@ class Config:
             raise ReconError(f"split file {self.split_file} not found")
         flag(self.prior_from_all_frames, "split.prior_from_all_frames", ReconError)
         choice(self.prior_frames, "split.prior_frames", ReconError, PRIOR_MODES)
+        choice(self.protocol, "split.protocol", ReconError, PROTOCOLS)
+        if self.protocol == "llff":
+            self._validate_llff()
         return self
+
+    def _validate_llff(self) -> None:
+        """The llff protocol fixes the test views and the prior frames: settings that contradict it are errors."""
+        if self.split_file is not None:
+            raise ReconError("split.protocol llff chooses the views itself; it cannot be combined with a split file")
+        if self.test_every != LLFF_TEST_EVERY:
+            raise ReconError(
+                f"split.protocol llff holds out every {LLFF_TEST_EVERY}th view; split.test_every must be "
+                f"{LLFF_TEST_EVERY}, got {self.test_every}"
+            )
+        if self.prior_frames != "train" or self.prior_from_all_frames:
+            raise ReconError(
+                "split.protocol llff computes the depth prior on the training views only; prior_frames must be train"
+            )
 
 
 def evenly_spaced(candidates: list[int], n: int) -> list[int]:
@@ -60,6 +93,21 @@ def evenly_spaced(candidates: list[int], n: int) -> list[int]:
         return [candidates[len(candidates) // 2]]
     pos = np.round(np.linspace(0, len(candidates) - 1, n)).astype(int)
     return [candidates[p] for p in pos]
+
+
+def llff_split(num_frames: int, train_views: int) -> tuple[list[int], list[int]]:
+    """(train, test) of the LLFF protocol for `num_frames` views: test = every 8th view; train = `train_views`
+    views at np.round(np.linspace(0, len(rest) - 1, N)) of the rest (the rest when N = 0)."""
+    test = list(range(0, num_frames, LLFF_TEST_EVERY))
+    rest = [i for i in range(num_frames) if i % LLFF_TEST_EVERY]
+    if train_views > len(rest):
+        raise ReconError(
+            f"--train-views {train_views}: the llff protocol leaves {len(rest)} of {num_frames} views for training"
+        )
+    if train_views == 0:
+        return rest, test
+    pos = np.round(np.linspace(0, len(rest) - 1, train_views)).astype(int)
+    return [rest[p] for p in pos], test
 
 
 def _frame_names(files: list[str], aliases: list[list[str]] | None) -> dict[str, int]:
@@ -138,6 +186,14 @@ def make_split(
     any of `aliases[i]` (e.g. the source image name "r_12.png").
     """
     reg = np.ones(num_frames, bool) if registered is None else np.asarray(registered, bool)
+    if cfg.protocol == "llff":
+        train, test = llff_split(num_frames, cfg.train_views)
+        unposed = [i for i in train + test if not reg[i]]
+        if unposed:
+            raise ReconError(
+                f"split.protocol llff: views {sorted(unposed)} have no pose; the protocol needs them (pass --poses)"
+            )
+        return Split(train=train, test=test, prior=list(train), protocol=f"llff,train_views={cfg.train_views}")
     if cfg.split_file is not None:
         path = Path(cfg.split_file)
         train, test = read_split_file(path, num_frames, files, aliases)
@@ -172,8 +228,29 @@ def _source_names(paths: RunPaths, cams: CameraSet) -> list[list[str]]:
     return out
 
 
+def check_llff_frames(paths: RunPaths, cams: CameraSet) -> None:
+    """ReconError unless the run's frames are the input images one to one (sorted order) at their own size."""
+    from recon.known_poses import source_frame_count
+
+    frames = FramesIndex.load(paths.frames_json)
+    count = source_frame_count(frames.source, frames.source_type)
+    fix = (
+        "the protocol needs every input image as a frame at its size (frames.max_size=0, max_frames=0, stride=1, "
+        "dedup=false, as the CLI's --split-protocol llff sets them)"
+    )
+    if frames.source_type != "images":
+        raise ReconError(f"split.protocol llff needs an image folder as input, not a {frames.source_type}")
+    if count is not None and (len(cams) != count or [int(i) for i in cams.source_index] != list(range(count))):
+        raise ReconError(f"split.protocol llff: the run has {len(cams)} frames of the {count} input images; {fix}")
+    if frames.original_size is not None and tuple(frames.size) != tuple(frames.original_size):
+        (w, h), (W, H) = frames.size, frames.original_size
+        raise ReconError(f"split.protocol llff: frames are {w}x{h} but the input images are {W}x{H}; {fix}")
+
+
 def run(ctx: StageContext, cfg: Config) -> dict[str, Any]:
     cams = CameraSet.load(ctx.paths.cameras_json)
+    if cfg.protocol == "llff":
+        check_llff_frames(ctx.paths, cams)
     split = make_split(len(cams), cams.files, cfg, cams.registered, aliases=_source_names(ctx.paths, cams))
     split.validate(len(cams), cams.registered).save(ctx.paths.split_json)
     return {

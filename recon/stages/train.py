@@ -291,11 +291,25 @@ class _Setup:
     eval_masks: dict[int, np.ndarray] | None
 
 
+def _check_llff_size(cams: CameraSet, cfg: Config) -> None:
+    """The llff split protocol trains and evaluates at the frame (input) size: ReconError if the config would not."""
+    size = target_size(cams.width, cams.height, cfg.downscale, cfg.max_size)
+    if size != (cams.width, cams.height):
+        raise ReconError(
+            f"split.protocol llff evaluates at the frame size {cams.width}x{cams.height}, but train.max_size "
+            f"{cfg.max_size} and train.downscale {cfg.downscale:g} give {size[0]}x{size[1]}: set train.max_size=0 "
+            "and train.downscale=1 (the CLI's --split-protocol llff does)"
+        )
+
+
 def _setup(paths: RunPaths, cfg: Config, device: Any) -> _Setup:
     with _library_errors():
         use_depth = uses_depth(cfg) and not cfg.eval_only
     cams = CameraSet.load(paths.cameras_json)
-    train, test = training_views(paths, cams, Split.load(paths.split_json))
+    split = Split.load(paths.split_json)
+    if split.protocol.startswith("llff"):
+        _check_llff_size(cams, cfg)
+    train, test = training_views(paths, cams, split)
     prior = load_prior(paths, cams, train) if use_depth else None
     views = load_views(paths, cams, sorted(set(train) | set(test)), cfg, device, prior)
     size = (views.width, views.height)
