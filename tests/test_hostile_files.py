@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.cli_run import shared_icl_run
 
 from recon.artifacts import RunPaths
 
@@ -43,11 +44,6 @@ def evil_object_array(marker: Path) -> np.ndarray:
     arr = np.empty(1, dtype=object)
     arr[0] = Evil(marker)
     return arr
-
-
-def _icl_c2w() -> list[np.ndarray]:
-    lines = [ln for ln in (ICL / "trajectory.log").read_text().splitlines() if ln.strip()]
-    return [np.array([[float(v) for v in ln.split()] for ln in lines[k * 5 + 1 : k * 5 + 5]]) for k in range(5)]
 
 
 def recon(capsys, *args: str) -> tuple[int, str]:
@@ -75,26 +71,7 @@ def assert_one_line_error(rc: int, err: str, marker: Path | None = None, expect:
 @pytest.fixture(scope="module")
 def icl_run(tmp_path_factory) -> RunPaths:
     """A finished (through train) run made by the CLI: READ-ONLY, copy it with `run_copy`."""
-    from depth.geometry import opencv_to_opengl
-    from recon.cli import main
-
-    tmp = tmp_path_factory.mktemp("hostile")
-    poses = tmp / "icl_transforms.json"
-    frames = [
-        {"file_path": f"color/{i:05d}.jpg", "transform_matrix": opencv_to_opengl(c).tolist()}
-        for i, c in enumerate(_icl_c2w())
-    ]
-    poses.write_text(
-        json.dumps({"fl_x": 525.0, "fl_y": 525.0, "cx": 319.5, "cy": 239.5, "w": 640, "h": 480, "frames": frames})
-    )
-    out = tmp / "run"
-    rc = main(
-        ["train", str(ICL / "color"), "--out", str(out), "--preset", "cpu", "--max-size", "160", "--poses", str(poses)]
-        + ["--backend", "file", "--depth-files", str(ICL / "depth"), "--iterations", "4", "-q", "--set"]
-        + ["train.max_init_points=500", "train.max_size=96", "train.video_frames=0", "depth.preview=false"]
-    )
-    assert rc == 0
-    return RunPaths(out)
+    return shared_icl_run(tmp_path_factory)
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_writers import ICL, KITCHEN_VIDEO, one_error, recon, shared_icl_run, snapshot
+from support.cli_run import ICL, one_error, recon, shared_icl_run
+from test_writers import KITCHEN_VIDEO, snapshot
 
 from recon.artifacts import RunPaths
 

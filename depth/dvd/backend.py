@@ -25,7 +25,7 @@ DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 
 @dataclass
 class DVDConfig:
-    """Settings of the DVD depth backend (saved into RUN/manifest.json).
+    """Settings of the DVD depth backend (the application saves them with the run).
 
     stitch defaults to "global": the pipeline then fits ONE scale/shift of the whole disparity video to
     the SfM points, which needs windows that agree with each other everywhere. "chain" (the official
