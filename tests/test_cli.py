@@ -110,7 +110,16 @@ def test_ctrl_c_leaves_no_finished_looking_output_and_resumes(tmp_path):
     # All 450 frames of the clip: the interrupt must land while frames are still being written, even on a busy
     # machine (with 120 frames the stage sometimes finished between the poll and the signal).
     args = ["frames", str(VIDEO), "--out", str(run), "--no-dedup", "--max-frames", "450"]
-    proc = subprocess.Popen([*RECON, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell that starts the test suite in the background (`cmd &`) hands its children SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler: give the child the default disposition, as a terminal would.
+    proc = subprocess.Popen(
+        [*RECON, *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     manifest = run / "manifest.json"
     t0 = time.time()
     while time.time() - t0 < 120 and not list(run.glob(".frames.*.tmp/000010.png")):
