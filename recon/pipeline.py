@@ -201,7 +201,7 @@ def _one_stage(
     except KeyboardInterrupt:
         _record_end(manifest, name, "interrupted", t0, "interrupted by the user")
         raise
-    except ReconError as e:
+    except (ReconError, DepthError, SplatError) as e:  # one-line messages: recorded as the user sees them
         _record_end(manifest, name, "failed", t0, str(e))
         raise
     except OSError as e:

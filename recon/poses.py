@@ -588,7 +588,7 @@ def reconstruct(
     on_step: Callable[[str], None] = lambda status: None,
 ) -> tuple[Any, dict[str, float], dict[str, int]]:
     """Extract, match and map `image_dir/names` (resuming the finished steps that work/state.json records and
-    the database backs up), in a child process (recon.native.run_isolated).
+    the database backs up), in a child process (`run_isolated`).
 
     Returns the largest model (pycolmap.Reconstruction, distorted cameras, or None when mapping made none), the
     seconds of each step, and the registered-image count of every model made. `on_step(status)` is called

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -231,3 +232,43 @@ def open_image_folder(folder: Path, select: Selector) -> FrameSource:
 
     names = [files[i].name for i in wanted]
     return FrameSource("images", None, size, _exif_focal_px(first), len(wanted), gen(), names)
+
+
+def write_mp4(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float,
+    options: dict[str, str] | None = None,
+    pad: Literal["edge", "black"] = "edge",
+) -> None:
+    """Encode uint8 [T, H, W, 3] RGB frames as an mp4 at `path`, atomically (recon.atomic).
+
+    H.264 (libx264, with `options` such as {"crf": "20"}) where PyAV has it, else MPEG-4 part 2. yuv420p needs
+    even sizes: an odd height or width gets one more row / column, copied from the edge or black (`pad`).
+    """
+    from fractions import Fraction
+
+    import av
+
+    from recon.atomic import atomic_path
+
+    if len(frames) == 0:
+        raise ReconError(f"no frames to write to {path}")
+    h, w = frames[0].shape[:2]
+    H, W = h + h % 2, w + w % 2
+    codec: Literal["libx264", "mpeg4"] = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+            if codec == "libx264" and options:
+                stream.options = dict(options)
+            for f in frames:
+                f = np.asarray(f, np.uint8)
+                if f.shape[:2] != (H, W):
+                    widths = ((0, H - h), (0, W - w), (0, 0))
+                    f = np.pad(f, widths, mode="edge") if pad == "edge" else np.pad(f, widths)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)

@@ -33,11 +33,12 @@ from depth.preview import preview_frames
 from depth.result import DepthFrames, DepthResult
 from depth.stereo import StereoConfig
 from recon.artifacts import CameraSet, DisparityMaps, RunPaths, Split, read_rgb
-from recon.atomic import atomic_path, write_json
+from recon.atomic import write_json
 from recon.console import info, progress
 from recon.errors import ReconError
 from recon.sfm import load_reconstruction, sfm_observations
 from recon.stages import StageContext
+from recon.video import write_mp4
 
 Backend = Literal["auto", "dvd", "stereo", "file"]
 
@@ -167,25 +168,8 @@ def write_depth_video(path: str | Path, disparity: np.ndarray, fps: float = 10.0
     Odd sizes are padded by one black row/column (yuv420p needs even sizes). Returns the (lo, hi) disparity
     range mapped to the ends of the colour map.
     """
-    import av
-
     frames, value_range = preview_frames(disparity)
-    T, H, W, _ = frames.shape
-    H2, W2 = H + H % 2, W + W % 2
-    codec: Literal["libx264", "mpeg4"] = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=max(1, int(round(fps))))
-            stream.width, stream.height, stream.pix_fmt = W2, H2, "yuv420p"
-            if codec == "libx264":
-                stream.options = {"crf": "18", "preset": "veryfast"}
-            buf = np.zeros((H2, W2, 3), dtype=np.uint8)
-            for f in frames:
-                buf[:H, :W] = f
-                for packet in stream.encode(av.VideoFrame.from_ndarray(buf, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+    write_mp4(path, frames, fps, options={"crf": "18", "preset": "veryfast"}, pad="black")
     return value_range
 
 

@@ -36,6 +36,7 @@ from recon.console import debug, info, progress, warn
 from recon.errors import ReconError
 from recon.stages import StageContext
 from recon.stages.views import training_views
+from recon.video import write_mp4
 from splat.errors import SplatError
 from splat.gaussians import InitConfig, camera_lookat_bounds, initial_points, points_bounds
 from splat.trainer import Background, TrainConfig, Trainer, config_json, uses_depth
@@ -238,36 +239,6 @@ def save_png(path: Path, image: np.ndarray) -> None:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
-def write_video(path: Path, frames: np.ndarray, fps: float = 30.0) -> None:
-    """Encode uint8 [T,H,W,3] frames as H.264 mp4 (MPEG-4 part 2 if libx264 is missing), atomically.
-
-    Odd sizes are padded by one pixel (yuv420p needs even dimensions).
-    """
-    from fractions import Fraction
-
-    import av
-
-    if len(frames) == 0:
-        raise ReconError("no frames to write")
-    h, w = frames[0].shape[:2]
-    H, W = h + h % 2, w + w % 2
-    codec: Literal["libx264", "mpeg4"] = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
-            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-            if codec == "libx264":
-                stream.options = {"crf": "20"}
-            for f in frames:
-                f = np.asarray(f, np.uint8)
-                if f.shape[:2] != (H, W):
-                    f = np.pad(f, ((0, H - h), (0, W - w), (0, 0)), mode="edge")
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-
-
 def _save_checkpoint(paths: RunPaths, state: dict[str, Any], run_id: str, train: list[int]) -> None:
     Checkpoint(state).save(paths.checkpoint, run_id=run_id, train_views=train)
     write_jsonl(paths.splat_dir / "train_log.jsonl", state["log"])
@@ -382,7 +353,7 @@ def _render_video(paths: RunPaths, cfg: Config, trainer: Trainer, cams: CameraSe
     keys = cams.c2w[cams.registered]
     K = trainer.views.K[int(np.flatnonzero(cams.registered)[0])]
     frames = trainer.render_path(keys, K, cfg.video_frames)
-    write_video(paths.renders_mp4, frames, cfg.video_fps)
+    write_mp4(paths.renders_mp4, frames, cfg.video_fps, options={"crf": "20"}, pad="edge")
     debug(f"wrote {paths.renders_mp4} ({len(frames)} frames)")
 
 
