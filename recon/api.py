@@ -50,6 +50,7 @@ def make_config(preset: str = "auto", config: str | Path | None = None, **sectio
         sections: stage name -> {field: value}, e.g. train={"iterations": 500}.
     """
     from recon.config import apply_mapping, load_yaml, preset_config, validate_run_config
+    from recon.stages.split import protocol_settings
 
     cfg = preset_config(preset)
     if config is not None:
@@ -58,7 +59,7 @@ def make_config(preset: str = "auto", config: str | Path | None = None, **sectio
         if not isinstance(values, dict):
             raise ReconError(f"override {name}= must be a mapping of fields, e.g. {name}={{'field': value}}")
         cfg = apply_mapping(cfg, {name: values})
-    return validate_run_config(cfg)
+    return validate_run_config(protocol_settings(cfg))
 
 
 def run(

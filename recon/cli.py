@@ -263,7 +263,7 @@ def _protocol_settings(cfg, cmd: StageCommand):
     """Under split.protocol llff, the frames and train settings the protocol needs (recon.stages.split.LLFF_FRAMES,
     LLFF_TRAIN) replace the preset's (e.g. the cpu preset's 320 / 128 px caps); a flag asking otherwise is an
     error. Later --set overrides are checked by the split and train stages."""
-    from recon.stages.split import LLFF_FRAMES, LLFF_TRAIN
+    from recon.stages.split import LLFF_FRAMES, protocol_settings
 
     if cfg.split.protocol != "llff":
         return cfg
@@ -273,8 +273,7 @@ def _protocol_settings(cfg, cmd: StageCommand):
             raise ReconError(
                 f"--{name.replace('_', '-')} {_show(given)}: --split-protocol llff keeps every input image at its size"
             )
-    frames = dataclasses.replace(cfg.frames, **LLFF_FRAMES)
-    return dataclasses.replace(cfg, frames=frames, train=dataclasses.replace(cfg.train, **LLFF_TRAIN))
+    return protocol_settings(cfg)
 
 
 def _apply_saved(cfg, out: Path):

@@ -93,6 +93,10 @@ class PosesConfig:
     """Known poses instead of SfM: a COLMAP model folder or a transforms.json (nerfstudio/instant-ngp/Blender)."""
     retry: bool = True
     """When too few frames register, retry SfM with settings likely to help (recon.poses.sfm_attempts)."""
+    points_llff_train_views: int = -1
+    """Known poses (--poses): -1 triangulates the 3D points from the features of every frame; N >= 0 (set by
+    --split-protocol llff --train-views N) only from the training views of that llff split
+    (recon.stages.split.llff_split), since the protocol gives the method no other view."""
 
     CAMERA_MODELS = (
         "SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE", "FULL_OPENCV", "FOV",
@@ -110,6 +114,7 @@ class PosesConfig:
         choice(self.camera_model, "poses.camera_model", ReconError, self.CAMERA_MODELS)
         flag(self.single_camera, "poses.single_camera", ReconError)
         flag(self.retry, "poses.retry", ReconError)
+        number(self.points_llff_train_views, "poses.points_llff_train_views", ReconError, lo=-1, integer=True)
         number(self.focal_px, "poses.focal_px", ReconError, lo=0, hi=1e6, note="0 = from EXIF or focal_factor")
         number(self.focal_factor, "poses.focal_factor", ReconError, lo=0, hi=100, lo_open=True)
         number(self.max_num_features, "poses.max_num_features", ReconError, lo=16, hi=1_000_000, integer=True)

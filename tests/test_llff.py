@@ -139,7 +139,10 @@ def test_fern_run_keeps_size_views_and_bounds(fern_split_run):
     np.testing.assert_allclose(cams.c2w, load_pose_source(POSES, (504, 378)).c2w, atol=1e-12)
     bounds = np.load(POSES)[:, 15:]
     np.testing.assert_allclose(cams.sfm["bounds"], bounds)
-    assert cams.sfm["mapper"] == "known (llff)" and cams.sfm["points"] > 500
+    # the protocol gives the method the 3 training views only: the SfM points come from their features alone
+    # (373 points, 0.38 px when measured)
+    assert cams.sfm["mapper"] == "known (llff)" and cams.sfm["points"] > 250
+    assert cams.sfm["points_from"] == [1, 10, 19]
     assert cams.sfm["mean_reprojection_error_px"] < 1.5
     split = Split.load(run.split_json)
     assert (split.train, split.test, split.prior) == ([1, 10, 19], [0, 8, 16], [1, 10, 19])
@@ -165,6 +168,21 @@ def test_llff_refuses_resized_frames(fern_split_run, capsys):
     assert main(["frames", str(IMAGES), "--out", str(out), "--split-protocol", "llff", "--max-size", "320"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: --max-size 320: --split-protocol llff keeps every input image at its size"
+
+
+def test_llff_points_must_come_from_the_training_views(fern_split_run):
+    """The split stage refuses known-pose SfM points triangulated from other views than its training views (e.g.
+    --set split.train_views=6 after the poses stage ran with 3), and the API applies the protocol as the CLI does."""
+    from recon.api import make_config
+    from recon.stages.split import check_llff_points
+
+    cams = CameraSet.load(fern_split_run.cameras_json)
+    check_llff_points(cams, [1, 10, 19], 3)
+    with pytest.raises(ReconError, match=r"triangulated from views \[1, 10, 19\], not the training views \[1, 4, 7"):
+        check_llff_points(cams, llff_split(20, 6)[0], 6)
+    cfg = make_config("cpu", split={"protocol": "llff", "train_views": 6})
+    assert cfg.poses.points_llff_train_views == 6 and cfg.frames.max_size == 0 and cfg.train.max_size == 0
+    assert make_config("cpu").poses.points_llff_train_views == -1
 
 
 def _npy(path: Path, arr) -> Path:

@@ -166,6 +166,17 @@ def _match_pose_file(src: PoseSource, frames: FramesIndex, cfg: Config) -> tuple
     return match, method
 
 
+def _point_views(match: list[int | None], cfg: Config) -> list[int | None]:
+    """`match` with the frames whose features may not triangulate points set to None: under
+    cfg.points_llff_train_views >= 0 every frame but the llff split's training views."""
+    if cfg.points_llff_train_views < 0:
+        return match
+    from recon.stages.split import llff_split
+
+    train = set(llff_split(len(match), cfg.points_llff_train_views)[0])
+    return [m if i in train else None for i, m in enumerate(match)]
+
+
 def _run_known(paths: RunPaths, cfg: Config, frames: FramesIndex) -> dict[str, Any]:
     """The pose stage with cfg.poses: the same outputs as SfM, with the given poses."""
     assert cfg.poses is not None, "run() calls _run_known only when cfg.poses is set"
@@ -187,8 +198,9 @@ def _run_known(paths: RunPaths, cfg: Config, frames: FramesIndex) -> dict[str, A
         step = lambda status: bar.update(task, advance=1, status=status)  # noqa: E731
         work = paths.sfm_work_dir / "known"
         base = frames_key(frames)
+        point_match = _point_views(match, cfg)
         rec, seconds = triangulate_known(
-            work, paths.images_dir, out_names, match, cams, src.c2w, base, cfg, matcher, step
+            work, paths.images_dir, out_names, point_match, cams, src.c2w, base, cfg, matcher, step
         )
         step("done")
     if rec.num_points3D() == 0:
@@ -205,6 +217,7 @@ def _run_known(paths: RunPaths, cfg: Config, frames: FramesIndex) -> dict[str, A
         if rec.num_points3D()
         else None,
         "mapper": f"known ({src.kind})",
+        "points_from": [i for i, m in enumerate(point_match) if m is not None],
         "matched_by": method,
         "matcher": matcher,
         "distorted_camera": camera_record(cams.source[0], W, H),

@@ -16,6 +16,7 @@ must run; the CLI sets it), and the train stage trains and evaluates at the fram
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,20 @@ LLFF_FRAMES: dict[str, Any] = {"max_size": 0, "max_frames": 0, "stride": 1, "tar
 """frames-stage settings of the llff protocol: every input image, at its own size."""
 LLFF_TRAIN: dict[str, Any] = {"max_size": 0, "downscale": 1.0}
 """train-stage settings of the llff protocol: train and evaluate at the frame (input) size."""
+
+
+def protocol_settings(cfg: Any) -> Any:
+    """The RunConfig `cfg` with the settings split.protocol llff needs (every input image at its size, LLFF_FRAMES;
+    training and evaluation at that size, LLFF_TRAIN; SfM points from the training views only); other protocols
+    unchanged. The CLI and recon.api both apply it."""
+    if cfg.split.protocol != "llff":
+        return cfg
+    return dataclasses.replace(
+        cfg,
+        frames=dataclasses.replace(cfg.frames, **LLFF_FRAMES),
+        poses=dataclasses.replace(cfg.poses, points_llff_train_views=cfg.split.train_views),
+        train=dataclasses.replace(cfg.train, **LLFF_TRAIN),
+    )
 
 
 @dataclass
@@ -247,11 +262,27 @@ def check_llff_frames(paths: RunPaths, cams: CameraSet) -> None:
         raise ReconError(f"split.protocol llff: frames are {w}x{h} but the input images are {W}x{H}; {fix}")
 
 
+def check_llff_points(cams: CameraSet, train: list[int], train_views: int) -> None:
+    """With known poses, the llff protocol's SfM points must come from the training views only (the SfM init and
+    the depth alignment use them): ReconError when the poses stage triangulated them from other views."""
+    if not str(cams.sfm.get("mapper", "")).startswith("known"):
+        return
+    used = cams.sfm.get("points_from")
+    if used is None or sorted(used) != sorted(train):
+        raise ReconError(
+            f"split.protocol llff: the SfM points were triangulated from views {used}, not the training views "
+            f"{train}; re-run the poses stage with poses.points_llff_train_views={train_views} "
+            "(--split-protocol llff sets it)"
+        )
+
+
 def run(ctx: StageContext, cfg: Config) -> dict[str, Any]:
     cams = CameraSet.load(ctx.paths.cameras_json)
     if cfg.protocol == "llff":
         check_llff_frames(ctx.paths, cams)
     split = make_split(len(cams), cams.files, cfg, cams.registered, aliases=_source_names(ctx.paths, cams))
+    if cfg.protocol == "llff":
+        check_llff_points(cams, split.train, cfg.train_views)
     split.validate(len(cams), cams.registered).save(ctx.paths.split_json)
     return {
         "train views": len(split.train),
