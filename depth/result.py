@@ -36,6 +36,8 @@ class DepthFrames:
         index: [T] position of each frame in the whole sequence its names come from (e.g. the run's frames),
             or None (= 0..T-1); the `file` backend with match "order" uses it.
         sequence_length: frames in that whole sequence, or None (= T).
+        bounds: [T, 2] float64 (near, far) scene z-depth bounds per frame from the pose source (LLFF
+            poses_bounds.npy), or None; stereo sweeps between them instead of the SfM points' range.
     """
 
     images: np.ndarray
@@ -46,6 +48,7 @@ class DepthFrames:
     observed: list[np.ndarray] | None = None
     index: list[int] | None = None
     sequence_length: int | None = None
+    bounds: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
@@ -55,6 +58,13 @@ class DepthFrames:
         for what, items in (("observed", self.observed), ("index", self.index)):
             if items is not None and len(items) != len(self.images):
                 raise DepthError(f"{len(items)} {what} entries for {len(self.images)} frames")
+        if self.bounds is not None:
+            b = np.asarray(self.bounds, dtype=np.float64)
+            if b.shape != (len(self.images), 2) or not np.all(np.isfinite(b)) or np.any(b[:, 0] <= 0):
+                raise DepthError(f"depth bounds must be [T, 2] finite near > 0 per frame, got shape {b.shape}")
+            if np.any(b[:, 1] <= b[:, 0]):
+                raise DepthError("depth bounds must satisfy near < far for every frame")
+            self.bounds = b
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

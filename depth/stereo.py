@@ -1,17 +1,22 @@
 """Depth backend `stereo`: weights-free plane-sweep multi-view stereo on the SfM poses.
 
-For each reference frame:
-  1. neighbour views are chosen by overlap, viewing angle and triangulation angle (baseline);
-  2. `num_planes` fronto-parallel planes are swept, uniform in inverse depth over the frame's
-     near/far range (SfM point depths with a margin);
+For each reference frame, at two resolutions (`scale`, and `coarse_scale` for the fine level's holes):
+  1. neighbour views are chosen by overlap, viewing angle and triangulation angle (baseline); a frame with
+     none at `min_overlap` (few, far-apart views) takes those seeing `sparse_min_overlap` of it;
+  2. `num_planes` fronto-parallel planes are swept, uniform in inverse depth over the frame's near/far range
+     (the pose file's bounds when there are some, e.g. LLFF, else SfM point depths; widened by a margin);
   3. each neighbour is warped onto every plane with the plane-induced homography (torch
      `grid_sample`, batched over a chunk of planes) and compared with the reference by a windowed
      census (Hamming) or NCC cost, normalised to [0, 1];
   4. per hypothesis the best `best_k` neighbour costs are averaged (occlusion-robust), the volume is
-     box-filtered, and the winner takes all with parabolic sub-hypothesis refinement in inverse depth;
-  5. multi-view geometric consistency: each depth is projected into the other computed frames,
+     box-filtered, and the winner takes all with parabolic sub-hypothesis refinement in inverse depth; the
+     peak ratio (best cost / best cost >= 3 hypotheses away) measures how unique the match is;
+  5. pixels without texture (high-pass RMS below `min_texture`: sky, blank walls) are invalid;
+  6. multi-view geometric consistency: each depth is projected into the other computed frames,
      their depth is read there and projected back; a pixel is kept when at least `geo_min_views`
-     views agree within `geo_px` pixels and `geo_rel_depth` relative depth (their depths are averaged).
+     views agree within `geo_px` pixels and `geo_rel_depth` relative depth (their depths are averaged);
+  7. confidence = (1 - peak ratio) x the fraction of checked views that agree; small holes in textured
+     areas are filled edge-aware from confident neighbours (depth.stereo_filter), then by the coarse level.
 
 The output is z-depth in SCENE (SfM) units — the units of `c2w` — with 0 where no reliable depth was
 found, and a confidence in [0, 1]. It is metric geometry, not relative depth: the alignment needs no
@@ -42,6 +47,7 @@ from depth.device import resolve_device
 from depth.errors import DepthError
 from depth.geometry import invert_pose
 from depth.result import KIND_METRIC, DepthFrames, DepthResult, depth_to_disparity
+from depth.stereo_filter import fill_holes, match_confidence, texture_mask
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +56,15 @@ log = logging.getLogger(__name__)
 class StereoConfig:
     num_planes: int = 64
     """Depth hypotheses, uniform in inverse depth between near and far."""
-    num_views: int = 5
+    num_views: int = 8
     """Neighbour views considered per reference frame."""
     best_k: int = 3
     """Per hypothesis, the mean of the best k neighbour costs is used (occlusion robustness)."""
     scale: float = 0.5
     """Processing resolution as a fraction of the frame resolution; depth is upsampled back."""
+    coarse_scale: float = 0.25
+    """A second, coarser level (fraction of the frame resolution; 0 = off, must be < scale) fills the fine
+    level's holes: its windows span 4x the area, so weakly textured surfaces match there."""
     cost: Literal["census", "ncc"] = "census"
     """Matching cost: census transform + Hamming distance, or normalised cross-correlation."""
     window: int = 5
@@ -78,10 +87,28 @@ class StereoConfig:
     """Computed frames each depth is checked against (geometric consistency); 0 = no check."""
     geo_min_views: int = 1
     """A pixel is kept when at least this many of them agree."""
-    geo_px: float = 1.0
+    geo_px: float = 2.0
     """Forward-backward reprojection error threshold (pixels at processing resolution)."""
-    geo_rel_depth: float = 0.02
+    geo_rel_depth: float = 0.04
     """Relative depth difference threshold of the consistency check (about twice the matching noise)."""
+    sparse_min_overlap: float = 0.1
+    """A frame with no neighbour at `min_overlap` (few, far-apart views) takes those seeing at least this
+    fraction of it at its near, middle or far depth."""
+    min_texture: float = 0.005
+    """Pixels whose grey image (0-1) has a high-pass RMS below this over `texture_window`
+    (depth.stereo_filter.texture_mask) are invalid: sky, blank walls and blown-out areas cannot be matched
+    (their winner-take-all depth is speckle). 0 = off."""
+    texture_window: int = 5
+    """Window of the texture gate (odd, pixels at processing resolution)."""
+    confidence_ratio: float = 1.0
+    """Peak ratio (best cost / best cost >= 3 hypotheses away) at which the matching confidence reaches 0."""
+    fill_steps: int = 8
+    """Edge-aware hole filling: holes are filled at most this many pixels (processing resolution) deep from
+    confident depth of similar grey value (depth.stereo_filter.fill_holes); 0 = off."""
+    fill_sigma: float = 0.08
+    """Grey difference (0-1) scale of the filling's similarity weight."""
+    fill_min_confidence: float = 0.1
+    """Only depth with at least this confidence is propagated into holes."""
     plane_chunk: int = 16
     """Planes warped at once (bounds memory)."""
     device: str = "auto"
@@ -97,6 +124,7 @@ class StereoConfig:
         number(self.num_views, n + "num_views", DepthError, lo=1, hi=64, integer=True)
         number(self.best_k, n + "best_k", DepthError, lo=1, hi=64, integer=True)
         number(self.scale, n + "scale", DepthError, lo=0, hi=1, lo_open=True)
+        number(self.coarse_scale, n + "coarse_scale", DepthError, lo=0, hi=1, note="0 = off")
         choice(self.cost, n + "cost", DepthError, ("census", "ncc"))
         for name, value, lo in (("window", self.window, 3), ("aggregate", self.aggregate, 1)):
             number(value, n + name, DepthError, lo=lo, hi=31, integer=True, note="odd")
@@ -120,6 +148,15 @@ class StereoConfig:
             raise DepthError(f"{n}geo_min_views ({self.geo_min_views}) must be <= geo_views ({self.geo_views})")
         number(self.geo_px, n + "geo_px", DepthError, lo=0, hi=1000, lo_open=True)
         number(self.geo_rel_depth, n + "geo_rel_depth", DepthError, lo=0, hi=1, lo_open=True)
+        number(self.sparse_min_overlap, n + "sparse_min_overlap", DepthError, lo=0, hi=1)
+        number(self.min_texture, n + "min_texture", DepthError, lo=0, hi=1, note="0 = off")
+        number(self.texture_window, n + "texture_window", DepthError, lo=3, hi=31, integer=True, note="odd")
+        if self.texture_window % 2 == 0:
+            raise DepthError(f"{n}texture_window must be odd, got {self.texture_window}")
+        number(self.confidence_ratio, n + "confidence_ratio", DepthError, lo=0, hi=1, lo_open=True)
+        number(self.fill_steps, n + "fill_steps", DepthError, lo=0, hi=1000, integer=True, note="0 = off")
+        number(self.fill_sigma, n + "fill_sigma", DepthError, lo=0, hi=1, lo_open=True)
+        number(self.fill_min_confidence, n + "fill_min_confidence", DepthError, lo=0, hi=1)
         number(self.plane_chunk, n + "plane_chunk", DepthError, lo=1, hi=4096, integer=True)
         number(self.cpu_threads, n + "cpu_threads", DepthError, lo=0, hi=1024, integer=True, note="0 = torch's")
         if check_device:
@@ -335,9 +372,10 @@ def _plane_costs(
 
 def _winner_take_all(
     volume: torch.Tensor, inv_depths: torch.Tensor, max_cost: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best hypothesis of a cost volume [D,h,w] with parabolic refinement in hypothesis index (uniform in
-    inverse depth) -> (depth [h,w], 0 invalid; cost [h,w], 1 invalid). Border hypotheses are invalid."""
+    inverse depth) -> (depth [h,w], 0 invalid; cost [h,w], 1 invalid; peak ratio [h,w] in [0,1], 1 invalid).
+    Border hypotheses are invalid."""
     D = volume.shape[0]
     cost, idx = volume.min(0)
     cm = volume.gather(0, (idx - 1).clamp(0, D - 1)[None])[0]
@@ -348,7 +386,11 @@ def _winner_take_all(
     inv = inv_depths[0] + (idx.float() + offset) * step
     ok = (idx > 0) & (idx < D - 1) & (cost <= max_cost) & (inv > 0)
     depth = torch.where(ok, 1.0 / inv.clamp_min(1e-12), torch.zeros_like(inv))
-    return depth, torch.where(ok, cost, torch.ones_like(cost))
+    # peak ratio: best cost over the best cost at least 3 hypotheses away (1 = ambiguous, 0 = a sharp unique peak)
+    hyp = torch.arange(D, device=volume.device)[:, None, None]
+    second = torch.where((hyp - idx[None]).abs() > 2, volume, torch.full_like(volume, 2.0)).amin(0)
+    ratio = (cost / second.clamp_min(1e-6)).clamp(0.0, 1.0)
+    return depth, torch.where(ok, cost, torch.ones_like(cost)), torch.where(ok, ratio, torch.ones_like(ratio))
 
 
 def plane_sweep(
@@ -359,7 +401,7 @@ def plane_sweep(
     ref_from_src: list[np.ndarray],
     inv_depths: torch.Tensor,
     cfg: StereoConfig,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Winner-take-all plane sweep for one reference image.
 
     Args:
@@ -370,7 +412,8 @@ def plane_sweep(
             (src_w2c @ ref_c2w), scene units.
         inv_depths: [D] hypotheses (inverse z-depth, 1/scene units), monotonic.
     Returns:
-        (depth [h,w] float32 scene units, 0 invalid; best aggregated cost [h,w] in [0,1], 1 invalid).
+        (depth [h,w] float32 scene units, 0 invalid; best aggregated cost [h,w] in [0,1], 1 invalid;
+         peak ratio [h,w]: best cost / best cost >= 3 hypotheses away, in [0,1], 1 invalid).
     """
     dev = ref_img.device
     h, w = ref_img.shape
@@ -570,40 +613,46 @@ class _GreyFrames:
 
 
 def _sweep_frames(grey: _GreyFrames, K, Ks, c2w, frame_ids, pool, near, far, cfg, progress):
-    """Plane sweep of every frame of `frame_ids` -> (raw depth, cost, mid depth), each a dict by frame."""
+    """Plane sweep of every frame of `frame_ids` -> (raw depth, cost, peak ratio, mid depth), dicts by frame."""
     w, h = grey.small
     dev = grey.device
     raw: dict[int, torch.Tensor] = {}
     cost: dict[int, torch.Tensor] = {}
+    ratio: dict[int, torch.Tensor] = {}
     mid_depth: dict[int, float] = {}
     t0 = time.perf_counter()
     for n, r in enumerate(frame_ids):
         mid_depth[r] = float(math.sqrt(near[n] * far[n]))
-        nb = select_neighbours(
-            r,
-            pool,
-            K,
-            c2w,
-            grey.full,
-            mid_depth[r],
-            cfg.num_views,
-            cfg.max_view_angle_deg,
-            cfg.min_overlap,
-            cfg.target_angle_deg,
-        )
+        nb = _neighbours(r, pool, K, c2w, grey.full, (near[n], mid_depth[r], far[n]), cfg)
         if not nb:
             log.debug(f"stereo: frame {r} has no usable neighbour view; its depth is left empty")
             raw[r], cost[r] = torch.zeros(h, w, device=dev), torch.ones(h, w, device=dev)
+            ratio[r] = torch.ones(h, w, device=dev)
         else:
             inv_depths = torch.linspace(1.0 / far[n], 1.0 / near[n], cfg.num_planes, device=dev, dtype=torch.float32)
             ref_from_src = [invert_pose(c2w[j]) @ c2w[r] for j in nb]
-            raw[r], cost[r] = plane_sweep(
+            raw[r], cost[r], ratio[r] = plane_sweep(
                 grey[r], [grey[j] for j in nb], Ks[r], [Ks[j] for j in nb], ref_from_src, inv_depths, cfg
             )
         if progress is not None:
             progress(n + 1, len(frame_ids))
     log.debug(f"stereo: plane sweep {(time.perf_counter() - t0) / len(frame_ids):.2f} s/frame at {w}x{h}")
-    return raw, cost, mid_depth
+    return raw, cost, ratio, mid_depth
+
+
+def _neighbours(r: int, pool, K, c2w, size, depths: tuple[float, float, float], cfg: StereoConfig) -> list[int]:
+    """Neighbour views of frame r: `select_neighbours` at the middle depth; when none qualifies (few, far-apart
+    views), those overlapping at least `sparse_min_overlap` at the near, middle or far depth (best first)."""
+    args = (cfg.max_view_angle_deg, cfg.min_overlap, cfg.target_angle_deg)
+    nb = select_neighbours(r, pool, K, c2w, size, depths[1], cfg.num_views, *args)
+    if nb or cfg.sparse_min_overlap >= cfg.min_overlap:
+        return nb
+    sparse = (cfg.max_view_angle_deg, cfg.sparse_min_overlap, cfg.target_angle_deg)
+    for d in (depths[1], depths[0], depths[2]):
+        for j in select_neighbours(r, pool, K, c2w, size, d, cfg.num_views, *sparse):
+            if j not in nb:
+                nb.append(j)
+    return nb[: cfg.num_views]
 
 
 def _consistency(raw, K, Ks, c2w, frame_ids, mid_depth, size, cfg):
@@ -611,24 +660,51 @@ def _consistency(raw, K, Ks, c2w, frame_ids, mid_depth, size, cfg):
     if cfg.geo_views <= 0 or len(frame_ids) <= 1:
         geo = {r: (torch.zeros_like(raw[r]), raw[r]) for r in frame_ids}
         return geo, {r: [] for r in frame_ids}, dict.fromkeys(frame_ids, 0)
-    partners = {
-        r: select_neighbours(
-            r,
-            frame_ids,
-            K,
-            c2w,
-            size,
-            mid_depth[r],
-            cfg.geo_views,
-            cfg.max_view_angle_deg,
-            cfg.min_overlap * 0.5,
-            cfg.target_angle_deg,
-        )
-        for r in frame_ids
-    }
+    geo_cfg = StereoConfig(
+        num_views=cfg.geo_views,
+        max_view_angle_deg=cfg.max_view_angle_deg,
+        min_overlap=cfg.min_overlap * 0.5,
+        target_angle_deg=cfg.target_angle_deg,
+        sparse_min_overlap=min(cfg.sparse_min_overlap, cfg.min_overlap * 0.5),
+    )
+    partners = {r: _neighbours(r, frame_ids, K, c2w, size, (mid_depth[r],) * 3, geo_cfg) for r in frame_ids}
     geo = geometric_consistency(raw, {i: Ks[i] for i in frame_ids}, c2w, partners, cfg.geo_px, cfg.geo_rel_depth)
     need = {r: min(cfg.geo_min_views, len(partners[r])) for r in frame_ids}
     return geo, partners, need
+
+
+def _level(images, K, c2w, frame_ids, pool, near, far, cfg: StereoConfig, scale: float, dev, progress):
+    """One resolution level: sweep, texture gate, geometric check, confidence, hole filling.
+
+    Returns (grey frames at the level's size, {frame: depth [h,w] scene units, 0 invalid}, {frame: conf [h,w]})."""
+    grey = _GreyFrames(images, scale, dev)
+    (W, H), (w, h) = grey.full, grey.small
+    Ks = scale_intrinsics(K, w / W, h / H)
+    raw, _, ratio, mid_depth = _sweep_frames(grey, K, Ks, c2w, frame_ids, pool, near, far, cfg, progress)
+    textured = {r: texture_mask(grey[r], cfg.texture_window, cfg.min_texture) for r in frame_ids}
+    for r in frame_ids:  # textureless pixels (sky, blank walls) hold speckle: drop them before the check
+        raw[r] = torch.where(textured[r], raw[r], 0.0)
+    geo, partners, need = _consistency(raw, K, Ks, c2w, frame_ids, mid_depth, (W, H), cfg)
+    depth: dict[int, torch.Tensor] = {}
+    conf: dict[int, torch.Tensor] = {}
+    for r in frame_ids:
+        count, mean = geo[r]
+        valid = (raw[r] > 0) & (count >= need[r]) & (mean > 0)
+        c = match_confidence(ratio[r], count, len(partners[r]), valid, cfg.confidence_ratio)
+        mean = torch.where(valid, mean, 0.0)
+        fill = (cfg.fill_steps, cfg.fill_sigma, cfg.fill_min_confidence)
+        depth[r], conf[r] = fill_holes(mean, c, grey[r], *fill, allowed=textured[r])
+    return grey, depth, conf
+
+
+def _merge_coarse(depth, conf, c_depth: torch.Tensor, c_conf: torch.Tensor, allowed: torch.Tensor):
+    """Fine depth/conf [h,w] with its holes, where `allowed` [h,w], taken from the coarse level's [h',w']
+    (nearest upsampling), the coarse confidence halved (coarser depth is less precise at edges)."""
+    h, w = depth.shape
+    cd = F.interpolate(c_depth[None, None], size=(h, w), mode="nearest")[0, 0]
+    cc = F.interpolate(c_conf[None, None], size=(h, w), mode="nearest")[0, 0]
+    take = (depth <= 0) & (cd > 0) & allowed
+    return torch.where(take, cd, depth), torch.where(take, 0.5 * cc, conf)
 
 
 def _stereo_depth(
@@ -642,22 +718,19 @@ def _stereo_depth(
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[0] != T or images.shape[-1] != 3:
         raise DepthError(f"stereo: frames must be uint8 [T,H,W,3] with T={T}, got {images.shape}")
-    grey = _GreyFrames(images, cfg.scale, dev)
-    (W, H), (w, h) = grey.full, grey.small
-    Ks = scale_intrinsics(K, w / W, h / H)
-    raw, cost, mid_depth = _sweep_frames(grey, K, Ks, c2w, frame_ids, pool, near, far, cfg, progress)
-    geo, partners, need = _consistency(raw, K, Ks, c2w, frame_ids, mid_depth, (W, H), cfg)
-
+    grey, depth, conf = _level(images, K, c2w, frame_ids, pool, near, far, cfg, cfg.scale, dev, progress)
+    if 0 < cfg.coarse_scale < cfg.scale:
+        _, c_depth, c_conf = _level(images, K, c2w, frame_ids, pool, near, far, cfg, cfg.coarse_scale, dev, None)
+        for r in frame_ids:  # only where the fine level sees texture: coarse windows fatten thin structures
+            fine_tex = texture_mask(grey[r], cfg.texture_window, cfg.min_texture)
+            depth[r], conf[r] = _merge_coarse(depth[r], conf[r], c_depth[r], c_conf[r], fine_tex)
+    W, H = grey.full
     depth_out = np.zeros((len(frame_ids), H, W), np.float32)
     conf_out = np.zeros((len(frame_ids), H, W), np.float32)
     for n, r in enumerate(frame_ids):
-        count, mean = geo[r]
-        valid = (raw[r] > 0) & (count >= need[r]) & (mean > 0)
-        match_conf = (1.0 - cost[r] / max(cfg.max_cost, 1e-6)).clamp(0, 1)
-        geo_conf = (count / max(len(partners[r]), 1)).clamp(0, 1) if partners[r] else torch.ones_like(count)
-        conf = torch.where(valid, (0.5 + 0.5 * match_conf) * (0.5 + 0.5 * geo_conf), torch.zeros_like(count))
-        depth_out[n] = _upsample(mean, (W, H), valid).cpu().numpy()
-        conf_out[n] = _upsample(conf, (W, H), valid).cpu().numpy()
+        valid = depth[r] > 0
+        depth_out[n] = _upsample(depth[r], (W, H), valid).cpu().numpy()
+        conf_out[n] = _upsample(conf[r], (W, H), valid).cpu().numpy()
     conf_out[depth_out <= 0] = 0.0
     return depth_out, conf_out
 
@@ -719,18 +792,24 @@ class StereoBackend:
         self.cfg = cfg or StereoConfig()
 
     def estimate(self, frames: DepthFrames, progress: Callable[[int, int], None] | None = None) -> DepthResult:
-        """Depth of every frame, each frame's neighbours chosen among the others; needs K, c2w and points.
+        """Depth of every frame, each frame's neighbours chosen among the others; needs K, c2w and either the
+        pose file's near/far bounds (`frames.bounds`, used when present) or the SfM points.
 
-        The report holds the config, the per-frame depth range (near, far), coverage and timing.
+        The report holds the config, the per-frame depth range (near, far) and its source, coverage and timing.
         """
         cfg = self.cfg
         if frames.K is None or frames.c2w is None:
             raise DepthError("stereo needs the intrinsics and poses (K, c2w) of its frames")
-        if frames.points is None:
-            raise DepthError("stereo needs the SfM points to bound its depth range")
+        if frames.points is None and frames.bounds is None:
+            raise DepthError("stereo needs the SfM points or the poses' near/far bounds to bound its depth range")
         if len(frames) < 2:
             raise DepthError(f"stereo needs at least 2 posed frames, got {len(frames)}")
-        near, far = depth_range(frames.c2w, frames.points, frames.observed, cfg.range_percentiles)
+        if frames.bounds is not None:
+            near, far, range_from = frames.bounds[:, 0].copy(), frames.bounds[:, 1].copy(), "pose bounds"
+        else:
+            assert frames.points is not None  # checked above
+            near, far = depth_range(frames.c2w, frames.points, frames.observed, cfg.range_percentiles)
+            range_from = "sfm points"
         ids = list(range(len(frames)))
         t0 = time.perf_counter()
         depth, conf = stereo_depth(
@@ -744,6 +823,7 @@ class StereoBackend:
             "units": "scene",
             "config": asdict(cfg),
             "frames": len(frames),
+            "range_from": range_from,
             "near": near.tolist(),
             "far": far.tolist(),
             "coverage_mean": float(coverage.mean()),

@@ -79,13 +79,15 @@ def run(
     `run("clip.mp4", "out", frames={"max_frames": 24}, train={"iterations": 300})`.
     """
     from recon.console import configure_logging
-    from recon.pipeline import STAGES, run_pipeline
+    from recon.pipeline import STAGES, plan, run_pipeline
 
     configure_logging()  # the libraries' log records print like the stages' messages
     if until not in STAGES:
         raise ReconError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
     cfg = make_config(preset, config, **sections)
-    run_pipeline(input, out, cfg, force=tuple(force), stages=list(STAGES[: STAGES.index(until) + 1]))
+    # every stage up to `until` in pipeline order (the optional mesh only when asked for), the report last
+    upto = [s for s in STAGES[: STAGES.index(until) + 1] if s != "mesh" or until == "mesh"]
+    run_pipeline(input, out, cfg, force=tuple(force), stages=plan(until, also=upto))
     return load_run(out)
 
 

@@ -6,6 +6,8 @@
     recon export nerfstudio RUN
     recon mesh RUN                                   # optional: a triangle mesh (RUN/mesh/mesh.ply)
     recon report RUN
+    recon batch a.mp4 b.mp4 videos/ --out runs/batch [--address HOST:PORT]   # many scenes on a Ray cluster
+    recon view RUN                                   # the trained splat in the browser (prints the URL)
 
 Configuration: preset (configs/cpu.yaml or cuda.yaml, picked by device) <- --config FILE.yaml <- flags
 <- --set section.field=value. The merged config of a stage is saved in RUN/manifest.json when the stage succeeds.
@@ -261,7 +263,7 @@ def build_config(cmd: StageCommand):
 
 def _protocol_settings(cfg, cmd: StageCommand):
     """Under split.protocol llff, the frames and train settings the protocol needs (recon.stages.split.LLFF_FRAMES,
-    LLFF_TRAIN) replace the preset's (e.g. the cpu preset's 320 / 128 px caps); a flag asking otherwise is an
+    LLFF_TRAIN) replace the preset's (e.g. the cpu preset's 320 px frame cap); a flag asking otherwise is an
     error. Later --set overrides are checked by the split and train stages."""
     from recon.stages.split import LLFF_FRAMES, protocol_settings
 
@@ -433,6 +435,23 @@ class ExportCommand:
     """ply: write SH degree 3 (45 f_rest_* values, untrained bands zero), the layout every 3DGS viewer reads."""
 
 
+@dataclass
+class ViewCommand:
+    """Look at a trained run in the browser: the Gaussians rendered live, the cameras, the fused cloud
+    (recon.view; prints the URL; over SSH: ssh -L 8080:localhost:8080 HOST, then open http://localhost:8080)."""
+
+    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN")]
+    """Run directory with a trained splat (splat/gaussians.ply or splat/checkpoint.pt)."""
+    host: str = "127.0.0.1"
+    """Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network interface)."""
+    port: int = 8080
+    """Port to listen on (the next free one when it is busy)."""
+    max_size: Annotated[int, tyro.conf.arg(metavar="N")] = 1024
+    """Long side in pixels of the render once the camera stops (a quarter of it while it moves)."""
+    device: str = "auto"
+    """Torch device for rendering (auto, cpu, cuda, cuda:N)."""
+
+
 def _existing_run(run: Path):
     from recon.artifacts import RunPaths
 
@@ -485,14 +504,22 @@ def _export(cmd: ExportCommand) -> int:
     return 0
 
 
+def _view(cmd: ViewCommand) -> int:
+    from recon.view import ViewConfig, serve
+
+    return serve(cmd.run, ViewConfig(host=cmd.host, port=cmd.port, max_size=cmd.max_size, device=cmd.device))
+
+
 def _mesh(cmd: MeshCommand) -> int:
     """`recon mesh RUN`: the pipeline up to the optional mesh stage, in an existing run directory."""
     paths = _existing_run(cmd.run)
-    stage_cmd = StageCommand(out=paths.root, config=cmd.config, preset=cmd.preset, set=cmd.set, force=cmd.force)
-    return _stages(stage_cmd, "mesh")
+    refresh = paths.report_html.exists()  # the report shows the mesh: a run that has one gets it rewritten
+    force = (*cmd.force, "report") if refresh else tuple(cmd.force)
+    stage_cmd = StageCommand(out=paths.root, config=cmd.config, preset=cmd.preset, set=cmd.set, force=force)
+    return _stages(stage_cmd, "report" if refresh else "mesh", also=("mesh",))
 
 
-def _stages(cmd: StageCommand, name: str) -> int:
+def _stages(cmd: StageCommand, name: str, also: tuple[str, ...] = ()) -> int:
     from recon import console as con
     from recon.artifacts import RunPaths
     from recon.lock import run_lock
@@ -501,7 +528,7 @@ def _stages(cmd: StageCommand, name: str) -> int:
     con.configure_logging(0 if cmd.quiet else (2 if cmd.verbose else 1))
     with run_lock(cmd.out):  # before reading the saved configs: they are the base of this command's config
         cfg = build_config(cmd)
-        also = ("mesh",) if getattr(cmd, "mesh", False) else ()
+        also = (*also, "mesh") if getattr(cmd, "mesh", False) else also
         until = UNTIL.get(name, name)  # "mesh" (recon mesh) is a stage of its own
         results = run_pipeline(cmd.input, cmd.out, cfg, until=until, force=tuple(cmd.force), also=also)
     _summary_table(results, RunPaths(cmd.out))
@@ -581,14 +608,17 @@ def usage_error_line(text: str) -> str:
 
 def _dispatch(argv: list[str]) -> int:
     from recon import console as con
+    from recon.batch import BatchCommand, run_batch
 
     commands = _make_commands()
     all_cmds: dict[str, Callable[..., object]] = {
         **commands,
+        "batch": BatchCommand,
         "export": ExportCommand,
         "report": ReportCommand,
         "eval": EvalCommand,
         "mesh": MeshCommand,
+        "view": ViewCommand,
     }
     cmd = _parse(all_cmds, argv)
     con.configure_logging()
@@ -600,6 +630,10 @@ def _dispatch(argv: list[str]) -> int:
         return _export(cmd)
     if isinstance(cmd, MeshCommand):
         return _mesh(cmd)
+    if isinstance(cmd, ViewCommand):
+        return _view(cmd)
+    if isinstance(cmd, BatchCommand):
+        return run_batch(cmd)
     assert isinstance(cmd, StageCommand)
     return _stages(cmd, next(k for k, v in commands.items() if isinstance(cmd, v)))
 

@@ -1,7 +1,8 @@
 """Run orchestration: stages in order, each skipped when already done with the same inputs.
 
 Stages (in order): frames -> poses -> split -> depth -> align -> fuse -> train -> export -> report, and the
-optional mesh (after train), which runs only when asked for (`recon mesh`, `recon run --mesh`).
+optional mesh (after train), which runs only when asked for (`recon mesh`, `recon run --mesh`); a plan that has
+both runs the mesh before the report, which shows it.
 Asking for one stage runs the stages before it that are not done yet. Each stage's fingerprint is
 made of its own config, the input, and the fingerprints and finish times of the stages it depends on,
 so changing a config or re-running (`--force`) an upstream stage re-runs everything downstream.
@@ -114,7 +115,8 @@ def plan(until: str, also: Sequence[str] = ()) -> list[str]:
 
     for name in (until, *also):
         add(name)
-    return [s for s in STAGES if s in need]
+    last = [s for s in STAGES if s in need and s == "report"]  # the report shows every other stage's files
+    return [s for s in STAGES if s in need and s != "report"] + last
 
 
 def run_pipeline(

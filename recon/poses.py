@@ -4,10 +4,15 @@ Steps (COLMAP 4 on the CPU, through pycolmap):
     extract   SIFT features of RUN/frames/*.png into RUN/sfm_work/database.db. A video uses one shared
               camera (`camera_model`, SIMPLE_RADIAL by default) whose focal length starts from the EXIF
               focal length when the images carry one, else from 1.2 * max(W, H).
-    match     sequential matching (video: neighbours within `sequential_overlap`, plus quadratic
-              jumps) or exhaustive matching (image sets of at most 100 images).
+    match     sequential matching (video: frames 1, 2, 4, ..., 2^(sequential_overlap - 1) apart; optional
+              loop detection with a vocabulary tree built from the video's own features) or exhaustive
+              matching (image sets of at most 100 images).
     map       incremental (default) or global (GLOMAP) mapping; the model with the most registered
-              images is kept (RUN/sfm_work/sparse/N).
+              images is kept (RUN/sfm_work/sparse/N). Sequential matching of more than `keyframes_above`
+              (200) frames maps keyframes only (every s-th frame, s chosen from the feature motion), then
+              places each other frame by PnP against that model: mapping time follows the camera's path,
+              not the frame count (450 frames of 7-Scenes, benchmarks/poses.py: 114 keyframes, ~22 CPU s of
+              mapping instead of ~264 for every frame, ATE 3.25 vs 3.16 cm).
     undistort every frame, registered or not, is warped to a PINHOLE camera of the same size W x H
               (square pixels; the distortion-free camera COLMAP's undistorter chooses, uniformly scaled
               and centre-cropped to W x H so that no blank border appears).
@@ -68,9 +73,11 @@ class PosesConfig:
     matcher: Literal["auto", "sequential", "exhaustive"] = "auto"
     """Image pairs to match. auto: sequential for a video, exhaustive for an image set of <= 100 images."""
     sequential_overlap: int = 10
-    """Sequential matching: match each frame with this many following frames."""
+    """Sequential matching: pairs per frame: frames 1, 2, 4, ... 2^(overlap-1) on (quadratic_overlap), else the next
+    `overlap` frames."""
     quadratic_overlap: bool = True
-    """Sequential matching: also match frames 2^k apart (helps to close drift over longer videos)."""
+    """Sequential matching: frames 2^k apart instead of the next ones (COLMAP 4 pairs only those; reaches far back
+    over long videos, which helps against drift)."""
     camera_model: str = "SIMPLE_RADIAL"
     """COLMAP camera model estimated by SfM (SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV...)."""
     single_camera: bool = True
@@ -93,6 +100,17 @@ class PosesConfig:
     """Known poses instead of SfM: a COLMAP model folder or a transforms.json (nerfstudio/instant-ngp/Blender)."""
     retry: bool = True
     """When too few frames register, retry SfM with settings likely to help (recon.poses.sfm_attempts)."""
+    keyframes_above: int = 200
+    """Sequential matching of more frames than this: map keyframes only (`keyframe_motion`), then place each other
+    frame against the keyframes' model from its matches (PnP); mapping time then follows the camera's motion, not
+    the frame count (benchmarks/poses.py --table). 0 = map every frame."""
+    keyframe_motion: float = 0.05
+    """Keyframes: every s-th frame, s the largest stride at which features move at most this fraction of the
+    frames' long side between keyframes (90th percentile over the video) and keyframes stay matched
+    (recon.poses.keyframe_stride)."""
+    loop_detection: bool = False
+    """Sequential matching: also match every 10th frame with its most similar frames anywhere in the video
+    (COLMAP's loop detection, with a vocabulary tree built from the video's own features: no download)."""
     points_llff_train_views: int = -1
     """Known poses (--poses): -1 triangulates the 3D points from the features of every frame; N >= 0 (set by
     --split-protocol llff --train-views N) only from the training views of that llff split
@@ -114,6 +132,9 @@ class PosesConfig:
         choice(self.camera_model, "poses.camera_model", ReconError, self.CAMERA_MODELS)
         flag(self.single_camera, "poses.single_camera", ReconError)
         flag(self.retry, "poses.retry", ReconError)
+        number(self.keyframes_above, "poses.keyframes_above", ReconError, lo=0, integer=True, note="0 = never")
+        number(self.keyframe_motion, "poses.keyframe_motion", ReconError, lo=0, hi=1, lo_open=True)
+        flag(self.loop_detection, "poses.loop_detection", ReconError)
         number(self.points_llff_train_views, "poses.points_llff_train_views", ReconError, lo=-1, integer=True)
         number(self.focal_px, "poses.focal_px", ReconError, lo=0, hi=1e6, note="0 = from EXIF or focal_factor")
         number(self.focal_factor, "poses.focal_factor", ReconError, lo=0, hi=100, lo_open=True)
@@ -485,6 +506,8 @@ class SfmPlan:
     init_min_tri_angle: float | None
     keys: dict[str, str]
     attempt: str = AS_CONFIGURED.name
+    keyframe_motion_px: float = 0.0
+    """Map keyframes only, at most this feature motion (pixels; keyframe_stride) apart; 0 = map every frame."""
 
     @classmethod
     def make(cls, frames: FramesIndex, cfg: PosesConfig, attempt: Attempt = AS_CONFIGURED) -> SfmPlan:
@@ -492,11 +515,183 @@ class SfmPlan:
         mapper = attempt.mapper or cfg.mapper
         focal, focal_src = initial_focal_px(frames, cfg)
         single = cfg.single_camera or frames.source_type == "video"
+        kf_px = keyframe_motion_px(len(frames), max(frames.size), matcher, cfg)
         k_extract = settings_key(*frames_key(frames), cfg.camera_model, focal, focal_src, single, cfg.max_num_features)
-        k_match = settings_key(k_extract, matcher, cfg.sequential_overlap, cfg.quadratic_overlap)
-        k_map = settings_key(k_match, mapper, cfg.seed, cfg.min_registered, attempt.init_min_tri_angle)
+        match_settings: list[Any] = [k_extract, matcher, cfg.sequential_overlap, cfg.quadratic_overlap]
+        if cfg.loop_detection and matcher == "sequential":
+            match_settings.append("loop detection")
+        k_match = settings_key(*match_settings)
+        map_settings: list[Any] = [k_match, mapper, cfg.seed, cfg.min_registered, attempt.init_min_tri_angle]
+        if kf_px > 0:
+            map_settings += ["keyframes", kf_px, cfg.sequential_overlap]
+        k_map = settings_key(*map_settings)
         keys = {"extract": k_extract, "match": k_match, "map": k_map}
-        return cls(matcher, mapper, focal, focal_src, single, attempt.init_min_tri_angle, keys, attempt.name)
+        return cls(matcher, mapper, focal, focal_src, single, attempt.init_min_tri_angle, keys, attempt.name, kf_px)
+
+
+def keyframe_motion_px(num_frames: int, long_side: int, matcher: str, cfg: PosesConfig) -> float:
+    """The keyframe rule: sequential matching of more than cfg.keyframes_above frames maps keyframes at most
+    cfg.keyframe_motion * long_side pixels of feature motion apart (keyframe_stride); returns that bound in pixels,
+    or 0 = map every frame. The mapper stays cfg.mapper either way."""
+    if matcher != "sequential" or cfg.keyframes_above <= 0 or num_frames <= cfg.keyframes_above:
+        return 0.0
+    return float(cfg.keyframe_motion * long_side)
+
+
+# --------------------------------------------------------------------------------------------------
+# keyframes of a long video: map a subset, place the other frames against its model
+
+
+@dataclass
+class MatchGraph:
+    """What matching left in a COLMAP database: image ids and names in name (= video) order, keypoint positions
+    [K_i, 2] (pixels, COLMAP convention) per image id, and the inlier matches [M, 2] (keypoint index in the
+    first image, in the second) of every verified pair (id1, id2), id1 < id2."""
+
+    ids: list[int]
+    names: list[str]
+    keypoints: dict[int, np.ndarray]
+    pairs: dict[tuple[int, int], np.ndarray]
+
+    @classmethod
+    def read(cls, db_path: Path) -> MatchGraph:
+        import pycolmap
+
+        db = pycolmap.Database.open(db_path)
+        try:
+            images = sorted(db.read_all_images(), key=lambda im: im.name)
+            kps = {im.image_id: np.asarray(db.read_keypoints(im.image_id))[:, :2].astype(np.float64) for im in images}
+            pair_ids, geoms = db.read_two_view_geometries()
+        finally:
+            db.close()
+        pairs = {}
+        for pair_id, geom in zip(pair_ids, geoms):
+            m = np.asarray(geom.inlier_matches, dtype=np.int64).reshape(-1, 2)
+            if len(m):
+                pairs[pycolmap.pair_id_to_image_pair(pair_id)] = m
+        return cls([im.image_id for im in images], [im.name for im in images], kps, pairs)
+
+    def matches(self, a: int, b: int) -> np.ndarray | None:
+        """Inlier matches [M, 2] of images a and b (columns in the order a, b), or None when not a verified pair."""
+        if (a, b) in self.pairs:
+            return self.pairs[(a, b)]
+        m = self.pairs.get((b, a))
+        return None if m is None else m[:, ::-1]
+
+    def motion(self, a: int, b: int, min_inliers: int) -> float | None:
+        """Median image motion (pixels) of the features matched between a and b; None below min_inliers matches."""
+        m = self.matches(a, b)
+        if m is None or len(m) < min_inliers:
+            return None
+        return float(np.median(np.linalg.norm(self.keypoints[b][m[:, 1]] - self.keypoints[a][m[:, 0]], axis=1)))
+
+
+KEYFRAME_MIN_INLIERS = 100
+"""Frames one keyframe stride apart need this many inlier matches (COLMAP's initial pair needs 100) ..."""
+KEYFRAME_MIN_MATCHED = 0.9
+"""... in this fraction of such pairs at least."""
+
+
+def keyframe_strides(cfg: PosesConfig) -> list[int]:
+    """Keyframe strides whose keyframes are matched to each other by sequential matching, ascending. COLMAP's
+    sequential matcher (pycolmap 4.2.1) pairs frames 2^k apart (k < overlap) with quadratic_overlap, else 1..overlap
+    apart: so powers of two (up to 64), or strides that leave each keyframe two matched keyframes ahead."""
+    if cfg.quadratic_overlap:
+        return [2**k for k in range(min(cfg.sequential_overlap, 7))]
+    return list(range(1, max(1, cfg.sequential_overlap // 2) + 1))
+
+
+def keyframe_stride(graph: MatchGraph, max_motion_px: float, strides: list[int]) -> int:
+    """The largest stride s of `strides` (ascending) at which frames s apart are still matched (KEYFRAME_MIN_INLIERS
+    in KEYFRAME_MIN_MATCHED of the pairs) and move at most max_motion_px (90th percentile over the video of each
+    pair's median feature motion); 1 when none is. One stride for the whole video keeps every keyframe matched to
+    its keyframe neighbours."""
+    ids, best = graph.ids, 1
+    for s in strides:
+        motions = [graph.motion(ids[i], ids[i + s], KEYFRAME_MIN_INLIERS) for i in range(len(ids) - s)]
+        found = [m for m in motions if m is not None]
+        if not found or len(found) < KEYFRAME_MIN_MATCHED * len(motions) or np.percentile(found, 90) > max_motion_px:
+            break
+        best = s
+    return best
+
+
+def select_keyframes(graph: MatchGraph, max_motion_px: float, strides: list[int]) -> list[int]:
+    """Indices (into graph.ids, video order) of the keyframes: every keyframe_stride-th frame, and the last one."""
+    s = keyframe_stride(graph, max_motion_px, strides)
+    keys = list(range(0, len(graph.ids), s))
+    return keys if keys[-1] == len(graph.ids) - 1 else [*keys, len(graph.ids) - 1]
+
+
+PNP_MIN_INLIERS = 30
+"""Placing a frame against the keyframes' model needs this many 2D-3D inliers (COLMAP's abs_pose_min_num_inliers)."""
+
+
+def register_remaining(rec: Any, graph: MatchGraph) -> int:
+    """Give every frame of `graph` that `rec` lacks a pose from its matches to the frames with a pose (the 3D points
+    those features see; LO-RANSAC PnP + refinement, the shared camera held fixed) and add its inlier observations to
+    the points' tracks; passes in video order until no frame is added (a frame matched to no keyframe is placed from
+    the frames placed before it). COLMAP's mapper would also re-run bundle adjustment per frame; the keyframes'
+    model is already adjusted, so one PnP per frame suffices. Returns how many frames were placed."""
+    import pycolmap
+
+    cam_id = rec.images[next(iter(rec.reg_image_ids()))].camera_id
+    camera = rec.cameras[cam_id]
+    point_of = {
+        i: np.array([p.point3D_id if p.has_point3D() else -1 for p in rec.images[i].points2D])
+        for i in rec.reg_image_ids()
+    }
+    neighbours: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    for (a, b), m in graph.pairs.items():
+        neighbours.setdefault(a, []).append((b, m[:, 0], m[:, 1]))
+        neighbours.setdefault(b, []).append((a, m[:, 1], m[:, 0]))
+    placed, before = 0, -1
+    while placed > before:
+        before = placed
+        for i, name in zip(graph.ids, graph.names):
+            if i in point_of:
+                continue
+            links = [(mine, point_of[j][other]) for j, mine, other in neighbours.get(i, []) if j in point_of]
+            if not links:
+                continue
+            mine = np.concatenate([k[p >= 0] for k, p in links])
+            pids = np.concatenate([p[p >= 0] for _, p in links])
+            mine, first = np.unique(mine, return_index=True)  # a feature seen by several frames: its first 3D point
+            pids = pids[first]
+            if len(mine) < PNP_MIN_INLIERS:
+                continue
+            xyz = np.array([rec.points3D[int(p)].xyz for p in pids])
+            est = pycolmap.estimate_and_refine_absolute_pose(graph.keypoints[i][mine], xyz, camera)
+            if est is None or est["num_inliers"] < PNP_MIN_INLIERS:
+                continue
+            image = pycolmap.Image(name=name, keypoints=graph.keypoints[i], camera_id=cam_id, image_id=i)
+            rec.add_image_with_trivial_frame(image, est["cam_from_world"])
+            inl = np.asarray(est["inlier_mask"], dtype=bool)
+            point_of[i] = np.full(len(graph.keypoints[i]), -1, dtype=np.int64)
+            point_of[i][mine[inl]] = pids[inl]
+            for k, p in zip(mine[inl], pids[inl]):
+                rec.add_observation(int(p), pycolmap.TrackElement(i, int(k)))
+            placed += 1
+    return placed
+
+
+def map_step(db_path: Path, image_dir: Path, out_dir: Path, cfg: PosesConfig, plan: SfmPlan) -> tuple[dict, dict]:
+    """The map step: all frames, or (plan.keyframe_motion_px > 0) the keyframes and then the other frames placed
+    against the largest model, which is rewritten. Returns {N: reconstruction} and what to record of it."""
+    if plan.keyframe_motion_px <= 0:
+        return map_features(db_path, image_dir, out_dir, cfg, plan.mapper, plan.init_min_tri_angle), {}
+    graph = MatchGraph.read(db_path)
+    keys = select_keyframes(graph, plan.keyframe_motion_px, keyframe_strides(cfg))
+    names = [graph.names[k] for k in keys]
+    recs = map_features(db_path, image_dir, out_dir, cfg, plan.mapper, plan.init_min_tri_angle, names)
+    record: dict[str, Any] = {"keyframes": len(keys)}
+    if recs:
+        best = max(recs, key=lambda k: recs[k].num_reg_images())
+        t0 = time.perf_counter()
+        record["placed"] = register_remaining(recs[best], graph)
+        recs[best].write(out_dir / str(best))
+        record["register_seconds"] = round(time.perf_counter() - t0, 3)
+    return recs, record
 
 
 # --------------------------------------------------------------------------------------------------
@@ -549,38 +744,45 @@ def sfm_steps(
         state.forget("extract", "match", "map")
         db_path.unlink(missing_ok=True)
         shutil.rmtree(work / "sparse", ignore_errors=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         params = ""
         if plan.focal_source != "heuristic":
             cam = pycolmap.Camera.create_from_model_name(1, cfg.camera_model, plan.focal, size[0], size[1])
             params = cam.params_to_string()
         begin("extract")
         extract_sift(db_path, image_dir, names, cfg, cfg.camera_model, params, plan.single_camera)
-        counts = database_counts(db_path) or {}
-        state.mark("extract", keys["extract"], time.perf_counter() - t0, **_pick(counts, "images", "keypoints"))
+        counts = _pick(database_counts(db_path) or {}, "images", "keypoints")
+        state.mark("extract", keys["extract"], time.perf_counter() - t0, cpu_seconds=_cpu_since(c0), **counts)
     on_step(f"match ({plan.matcher})")
     if not state.done("match", keys["match"]):
         state.forget("match", "map")
         shutil.rmtree(work / "sparse", ignore_errors=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         begin("match")
         match_features(db_path, plan.matcher, cfg)
-        counts = database_counts(db_path) or {}
-        state.mark("match", keys["match"], time.perf_counter() - t0, **_pick(counts, "pairs", "inliers"))
+        counts = _pick(database_counts(db_path) or {}, "pairs", "inliers")
+        state.mark("match", keys["match"], time.perf_counter() - t0, cpu_seconds=_cpu_since(c0), **counts)
     on_step(f"map ({plan.mapper})")
     if not state.done("map", keys["map"]) or not (work / "sparse" / str(state.data["map"]["best"])).exists():
         state.forget("map")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         begin("map")
         with atomic_dir(work / "sparse") as tmp:
-            recs = map_features(db_path, image_dir, tmp, cfg, plan.mapper, plan.init_min_tri_angle)
+            recs, record = map_step(db_path, image_dir, tmp, cfg, plan)
             best = max(recs, key=lambda k: recs[k].num_reg_images()) if recs else None
         models = {str(k): r.num_reg_images() for k, r in recs.items()}
-        state.mark("map", keys["map"], time.perf_counter() - t0, best=best, models=models, attempt=plan.attempt)
+        record.update(best=best, models=models, attempt=plan.attempt, cpu_seconds=_cpu_since(c0))
+        state.mark("map", keys["map"], time.perf_counter() - t0, **record)
 
 
 def _pick(d: dict, *keys: str) -> dict:
     return {k: d[k] for k in keys if k in d}
+
+
+def _cpu_since(c0: float) -> float:
+    """CPU seconds of this process (all its threads) since time.process_time() was c0: a measure of the work that
+    a loaded machine distorts far less than wall time."""
+    return round(time.process_time() - c0, 3)
 
 
 def reconstruct(
@@ -905,11 +1107,42 @@ def match_features(db_path: Path, matcher: str, cfg: PosesConfig) -> None:
         pair = pycolmap.SequentialPairingOptions()
         pair.overlap = cfg.sequential_overlap
         pair.quadratic_overlap = cfg.quadratic_overlap
+        if cfg.loop_detection:
+            pair.loop_detection = True
+            pair.vocab_tree_path = str(build_vocab_tree(db_path, db_path.parent / "vocab_tree.bin", cfg.num_threads))
         pycolmap.match_sequential(db_path, matching_options=mopt, pairing_options=pair, device=pycolmap.Device.auto)
     elif matcher == "exhaustive":
         pycolmap.match_exhaustive(db_path, matching_options=mopt, device=pycolmap.Device.auto)
     else:
         raise ReconError(f"unknown matcher {matcher!r}: use 'auto', 'sequential' or 'exhaustive'")
+
+
+VOCAB_TREE_MAX_DESCRIPTORS = 100_000
+VOCAB_TREE_DESCRIPTORS_PER_WORD = 40
+"""Own vocabulary tree: k-means on up to 100k of the video's SIFT descriptors, one visual word per 40 of them
+(faiss, which pycolmap's VisualIndex uses, wants at least 39 training points per centroid)."""
+
+
+def build_vocab_tree(db_path: Path, out_path: Path, num_threads: int = -1) -> Path:
+    """A vocabulary tree (pycolmap.VisualIndex) for COLMAP's loop detection, built from the SIFT descriptors of the
+    database's own images and written to out_path. COLMAP's pretrained trees are downloads (none offline); a tree
+    of the video's own features serves to find which frames look alike within that video."""
+    import pycolmap
+
+    db = pycolmap.Database.open(db_path)
+    try:
+        descs = [np.asarray(db.read_descriptors(im.image_id).data) for im in db.read_all_images()]
+    finally:
+        db.close()
+    every = np.concatenate(descs)
+    sample = every[:: max(1, len(every) // VOCAB_TREE_MAX_DESCRIPTORS)].astype(np.float32)
+    index = pycolmap.VisualIndex.create(128, 64)  # SIFT descriptors (128-D), COLMAP's 64-D Hamming embedding
+    opt = pycolmap.VisualIndex.BuildOptions()
+    opt.num_visual_words = int(min(65536, max(16, len(sample) // VOCAB_TREE_DESCRIPTORS_PER_WORD)))
+    opt.num_iterations, opt.num_rounds, opt.num_threads = 25, 1, num_threads
+    index.build(opt, pycolmap.FeatureDescriptorsFloat(pycolmap.FeatureExtractorType.SIFT, sample))
+    index.write(out_path)
+    return out_path
 
 
 def map_features(
@@ -919,9 +1152,11 @@ def map_features(
     cfg: PosesConfig,
     mapper: str | None = None,
     init_min_tri_angle: float | None = None,
+    image_names: list[str] | None = None,
 ) -> dict[int, Any]:
     """Incremental or global mapping (`mapper`, default cfg.mapper) of the matched database into out_dir/N;
-    returns {N: reconstruction}. init_min_tri_angle: the incremental mapper's initial-pair angle (degrees)."""
+    returns {N: reconstruction}. init_min_tri_angle: the incremental mapper's initial-pair angle (degrees).
+    image_names: map only these images (None = all)."""
     import pycolmap
 
     mapper = mapper or cfg.mapper
@@ -930,6 +1165,8 @@ def map_features(
         opt.num_threads = cfg.num_threads
         opt.random_seed = cfg.seed
         opt.min_model_size = max(3, min(10, cfg.min_registered))
+        if image_names is not None:
+            opt.image_names = list(image_names)
         if init_min_tri_angle is not None:
             opt.mapper.init_min_tri_angle = float(init_min_tri_angle)
         return pycolmap.incremental_mapping(db_path, image_dir, out_dir, opt)
@@ -937,6 +1174,8 @@ def map_features(
         global_opt = pycolmap.GlobalPipelineOptions()
         global_opt.num_threads = cfg.num_threads
         global_opt.random_seed = cfg.seed
+        if image_names is not None:
+            global_opt.image_names = list(image_names)
         return pycolmap.global_mapping(db_path, image_dir, out_dir, global_opt)
     raise ReconError(f"unknown mapper {mapper!r}: use 'incremental' or 'global'")
 

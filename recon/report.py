@@ -3,10 +3,15 @@
 `build_report_html(paths)` reads every run file through recon.artifacts; the report stage
 (recon.stages.report) writes the page.
 
-Sections: stage times, frames, depth prior, cameras and SfM, depth alignment, fused point cloud,
-training curves, test renders with metrics. Every image is an inline base64 PNG (no external URL,
-script or font), so the file can be mailed or opened offline. A section whose stage has not run
-says so instead of failing; a section whose files are unreadable shows the one-line reason.
+Sections: stage times, frames, depth prior (with depth.mp4), cameras and SfM, depth alignment, fused point
+cloud, training curves, the rendered fly-through (splat/renders.mp4), test views (per-view PSNR / SSIM, each
+render | ground truth at its stored resolution with an error map), the trained splat's depth beside the aligned
+prior, the mesh (when `recon mesh` made one) and links to every file of the run. Figures made for the page are
+inline base64 PNGs; the videos and the stored test renders are linked relatively (src='splat/renders.mp4'), so
+the page works from the run directory or a copy of it, with no external URL, script or font. Every depth or error
+image carries a colour legend (colour bar with units and range). Images and render pairs enlarge on click (CSS
+only). A section whose stage has not run says so instead of failing; a section whose files are unreadable shows
+the one-line reason.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import html
 import io
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
@@ -39,10 +46,21 @@ from recon.console import warn
 
 STRIP_FRAMES = 8
 THUMB_HEIGHT = 120
-MAX_TEST_RENDERS = 6
-RENDER_HEIGHT = 240
+MAX_TEST_VIEWS = 24
+"""Test views shown with their render pair and error map (evenly picked); the metrics table lists all."""
+PAIR_MIN_WIDTH = 1200
+"""Render | ground-truth pairs narrower than this (pixels) are shown enlarged, up to 3x."""
+ERROR_MAP_MAX_SIZE = 640
+"""Long side (pixels) of the inline error maps."""
+SPLAT_DEPTH_VIEWS = 3
+"""Training views whose trained-splat depth is shown beside the aligned prior."""
 LOG_NON_LOSS = ("step", "psnr", "num_gaussians", "lr")
 _T = TypeVar("_T")
+
+
+DepthRenderer = Callable[[list[int], int], dict[int, np.ndarray]]
+"""(frame indices, longest side in pixels) -> frame index -> rendered z-depth [H, W] of the trained splat
+(scene units, 0 = no surface); the report stage passes one (recon.stages.report), the page only arranges."""
 
 
 class Missing(Exception):
@@ -76,19 +94,60 @@ def new_figure(width: float = 7.0, height: float = 3.5):
     return Figure(figsize=(width, height))
 
 
-def colorize(values: np.ndarray, valid: np.ndarray | None = None, cmap: str = "turbo") -> np.ndarray:
-    """Map a float image [H, W] to uint8 RGB [H, W, 3] with a 2-98 percentile range; invalid -> black."""
+def colorize(
+    values: np.ndarray,
+    valid: np.ndarray | None = None,
+    cmap: str = "turbo",
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Map a float image [H, W] to uint8 RGB [H, W, 3]; invalid -> black.
+
+    `value_range` (lo, hi) maps to the ends of the colour map (the range its legend shows); by default the
+    2-98 percentile of this image's valid values.
+    """
     from matplotlib import colormaps
 
     valid = np.isfinite(values) & (values > 0) if valid is None else valid & np.isfinite(values)
     out = np.zeros(values.shape + (3,), np.uint8)
     if not valid.any():
         return out
-    lo, hi = np.percentile(values[valid], [2, 98])
+    lo, hi = value_range if value_range is not None else np.percentile(values[valid], [2, 98])
     t = np.clip((values - lo) / max(hi - lo, 1e-12), 0, 1)
     rgb = (colormaps[cmap](t)[..., :3] * 255).astype(np.uint8)
     out[valid] = rgb[valid]
     return out
+
+
+def shared_range(maps: list[np.ndarray]) -> tuple[float, float]:
+    """One (lo, hi) colour range for several maps [H, W] (0 / non-finite = invalid): the 2-98 percentile of
+    their valid values together, so that one legend holds for all of them. (1, 2) when none is valid."""
+    values = np.concatenate([np.asarray(m, np.float64).ravel() for m in maps]) if maps else np.zeros(0)
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size == 0:
+        return 1.0, 2.0
+    lo, hi = (float(v) for v in np.percentile(values, [2, 98]))
+    return lo, hi if hi > lo else lo + max(abs(lo) * 1e-6, 1e-12)
+
+
+def legend(value_range: tuple[float, float], cmap: str, label: str, width: float = 6.0) -> str:
+    """<img class=legend>: a horizontal colour bar for `cmap` over `value_range`, titled `label` (say the units);
+    its alt text gives the label and the range."""
+    lo, hi = value_range
+    alt = f"colour legend: {label}, {cmap} from {_fmt(float(lo))} to {_fmt(float(hi))}"
+    return f"<img class=legend src='{legend_uri(value_range, cmap, label, width)}' alt='{_e(alt)}'>"
+
+
+def legend_uri(value_range: tuple[float, float], cmap: str, label: str, width: float = 6.0) -> str:
+    """A horizontal colour bar (PNG data URI) for `cmap` over `value_range`, titled `label` (say the units)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig = new_figure(width, 0.75)
+    ax = fig.add_axes((0.04, 0.5, 0.92, 0.25))
+    bar = fig.colorbar(ScalarMappable(Normalize(*value_range), cmap), cax=ax, orientation="horizontal")
+    bar.set_label(label, fontsize=9)
+    ax.tick_params(labelsize=8)
+    return figure_data_uri(fig)
 
 
 def strip(images: list[np.ndarray], height: int = THUMB_HEIGHT, gap: int = 4) -> np.ndarray:
@@ -187,18 +246,32 @@ def section_depth(paths: RunPaths) -> str:
         raise Missing("the depth stage computed no frame")
     pick = pick_evenly(have, STRIP_FRAMES)
     body = f"<p>backend <b>{_e(backend)}</b>, {_e(kind)}, computed on {len(have)} of {len(disparity)} frames.</p>"
-    body += _img(
-        png_data_uri(strip([colorize(disparity[i]) for i in pick])),
-        "disparity strip",
-        "disparity (near = red), frames " + ", ".join(map(str, pick)),
+    prior_label = f"prior {kind} ({backend} output, relative units{'; larger = nearer' if kind == 'disparity' else ''})"
+    vr = shared_range([disparity[i] for i in pick])
+    body += _depth_figure(
+        png_data_uri(strip([colorize(disparity[i], value_range=vr) for i in pick])),
+        legend(vr, "turbo", prior_label),
+        f"prior {kind} strip",
+        f"{kind}, frames " + ", ".join(map(str, pick)) + "; one colour range for the strip, black = invalid",
     )
     if paths.aligned_npz.exists():
         depth = AlignedDepth.load(paths.aligned_npz, disparity.shape).depth
-        body += _img(
-            png_data_uri(strip([colorize(depth[i], cmap="viridis") for i in pick])),
+        vr = shared_range([depth[i] for i in pick])
+        body += _depth_figure(
+            png_data_uri(strip([colorize(depth[i], cmap="viridis", value_range=vr) for i in pick])),
+            legend(vr, "viridis", "aligned z-depth (scene units of cameras.json)"),
             "aligned depth strip",
-            "aligned z-depth in scene units (near = dark), same frames; black = invalid",
+            "aligned z-depth, same frames; black = invalid",
         )
+    if paths.depth_preview_mp4.exists():
+        from depth.preview import robust_range
+
+        rec = _manifest_summary(paths, "depth").get("preview_range")  # the range the depth stage mapped
+        vr = (
+            (float(rec[0]), float(rec[1])) if isinstance(rec, list) and len(rec) == 2 else robust_range(disparity[have])
+        )
+        caption = "the prior on every computed frame, one colour range for the whole video"
+        body += _video(paths, paths.depth_preview_mp4, "depth preview video", caption, legend(vr, "turbo", prior_label))
     return body
 
 
@@ -397,50 +470,264 @@ def section_training(paths: RunPaths) -> str:
     return _img(figure_data_uri(fig), "training curves", f"{len(rows)} logged steps; last: " + _summary_text(last))
 
 
+def section_video(paths: RunPaths) -> str:
+    if not paths.renders_mp4.exists():
+        if paths.gaussians_ply.exists():
+            raise Missing("the train stage wrote no fly-through video (train.video_frames = 0)")
+        raise Missing("the train stage has not run (splat/renders.mp4 not found)")
+    caption = "the trained splat rendered along the camera path"
+    return _video(paths, paths.renders_mp4, "rendered fly-through", caption)
+
+
+def test_render_files(paths: RunPaths, indices: list[int]) -> dict[int, Path]:
+    """Frame index -> its stored render | ground-truth pair (splat/test_renders/<frame stem>.png, as the train
+    stage names them), for the `indices` whose file exists."""
+    stems = (
+        {i: Path(f).stem for i, f in enumerate(CameraSet.load(paths.cameras_json).files)}
+        if paths.cameras_json.exists()
+        else {}
+    )
+    out = {}
+    for i in indices:
+        f = paths.test_renders_dir / f"{stems.get(i, f'{i:06d}')}.png"
+        if f.exists():
+            out[i] = f
+    return out
+
+
+def error_map(pair: np.ndarray) -> np.ndarray:
+    """|render - ground truth| averaged over RGB, in [0, 1]: float [H, W] from a uint8 pair [H, 2W, 3]."""
+    w = pair.shape[1] // 2
+    render, gt = pair[:, :w].astype(np.float32), pair[:, w : 2 * w].astype(np.float32)
+    return np.abs(render - gt).mean(axis=2) / 255.0
+
+
 def section_renders(paths: RunPaths) -> str:
     have_renders = paths.test_renders_dir.exists() and any(paths.test_renders_dir.glob("*.png"))
     if not have_renders and not paths.metrics_json.exists():
         raise Missing("the train stage has not evaluated test views yet")
-    body = ""
+    body, per_view = "", []
     if paths.metrics_json.exists():
         metrics = Metrics.load(paths.metrics_json)
         body += _kv_table({k: v for k, v in metrics.summary.items() if not isinstance(v, (list, dict))})
-        per_view = [r for r in metrics.per_view if isinstance(r, dict)]
-        if per_view:
-            cols = [k for k in per_view[0] if isinstance(per_view[0][k], (int, float))]
-            head = "".join(f"<th>{_e(c)}</th>" for c in cols)
-            rows = "".join(
-                "<tr>" + "".join(f"<td class=num>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in per_view
-            )
-            body += f"<p>per test view</p><table><tr>{head}</tr>{rows}</table>"
-    if have_renders:
-        files = sorted(paths.test_renders_dir.glob("*.png"))
-        for f in pick_evenly(files, MAX_TEST_RENDERS):
-            image = read_rgb(f)
+        per_view = [r for r in metrics.per_view if isinstance(r, dict) and isinstance(r.get("index"), int)]
+    files = test_render_files(paths, [r["index"] for r in per_view])
+    named = [(f"view {i}", f) for i, f in files.items()]
+    if not per_view:  # no metrics.json: show the stored pairs by file name
+        named = [(f.stem, f) for f in sorted(paths.test_renders_dir.glob("*.png"))]
+    shown = pick_evenly(named, MAX_TEST_VIEWS)
+    if per_view:
+        body += _per_view_table(per_view, files, {f for _, f in shown})
+    if not shown:
+        return body
+    pairs = [read_rgb(f) for _, f in shown]
+    errors = [error_map(pair) for pair in pairs]
+    vr = (0.0, max(float(np.percentile(np.concatenate([e.ravel() for e in errors]), 99)), 0.02))
+    err_legend = legend(vr, "inferno", "|render - ground truth|, mean over RGB (intensity 0-1)", width=4.5)
+    rows = {r["index"]: r for r in per_view}
+    if len(shown) < len(named):
+        body += f"<p>{len(shown)} of {len(named)} test views shown (evenly spaced).</p>"
+    for (label, f), pair, err in zip(shown, pairs, errors):
+        row = rows.get(int(label.split()[-1])) if label.startswith("view ") else None
+        scores = f"PSNR {_fmt(row.get('psnr'))} dB, SSIM {_fmt(row.get('ssim'))}" if row else ""
+        w = pair.shape[1]
+        shown_w = max(w, min(3 * w, PAIR_MIN_WIDTH))  # small renders are shown enlarged (up to 3x)
+        pair_img = _zoom(_rel(paths, f), f"test render {f.stem}", f"min(100%,{shown_w}px)")
+        err_img = _zoom(png_data_uri(_shrink(colorize(err, err >= 0, "inferno", vr))), f"error map {f.stem}", "100%")
+        body += (
+            f"<figure class='view' id='{_anchor(f)}'>{pair_img}<div class='err depth' "
+            f"style='width:min(100%,{shown_w // 2}px)'>{err_img}"
+            f"{err_legend}</div>"
+            f"<figcaption>{_e(label)} ({_e(f.stem)}): render | ground truth at the stored {w // 2}x{pair.shape[0]} "
+            f"(click to enlarge); below, the error map. {_e(scores)}</figcaption></figure>"
+        )
+    return body
+
+
+def _per_view_table(per_view: list[dict[str, Any]], files: dict[int, Path], shown: set[Path]) -> str:
+    """The per-test-view metrics of metrics.json, exact values in data-v attributes; rows link to their pair."""
+    cols = [k for k in per_view[0] if k != "index" and isinstance(per_view[0][k], (int, float))]
+    head = "<th>view</th>" + "".join(f"<th>{_e(c)}</th>" for c in cols)
+    rows = ""
+    for r in per_view:
+        i, f = r["index"], files.get(r["index"])
+        view = f"<a href='#{_anchor(f)}'>{i}</a>" if f in shown and f is not None else str(i)
+        cells = "".join(
+            f"<td class=num data-k='{_e(c)}' data-v='{_e(repr(r.get(c)))}'>{_fmt(r.get(c))}</td>" for c in cols
+        )
+        rows += f"<tr data-view='{i}'><td>{view}</td>{cells}</tr>"
+    return f"<p>per test view (metrics.json)</p><table class=per-view><tr>{head}</tr>{rows}</table>"
+
+
+def section_splat_depth(paths: RunPaths, render_depth: DepthRenderer | None = None) -> str:
+    _need(paths.gaussians_ply, "train", "splat/gaussians.ply")
+    _need(paths.aligned_npz, "align", "depth/aligned.npz")
+    _need(paths.cameras_json, "pose", "cameras.json")
+    if render_depth is None:
+        raise Missing("no renderer was given (the report stage renders the splat's depth)")
+    cams = CameraSet.load(paths.cameras_json)
+    prior = AlignedDepth.load(paths.aligned_npz).depth
+    have = [i for i in range(min(len(prior), len(cams))) if (prior[i] > 0).any() and cams.registered[i]]
+    if not have:
+        raise Missing("the align stage aligned no frame")
+    pick = pick_evenly(have, SPLAT_DEPTH_VIEWS)
+    H, W = prior.shape[1:]
+    rendered = render_depth(pick, max(H, W))
+    vr = shared_range([prior[i] for i in pick] + [rendered[i] for i in pick])
+    depth_legend = legend(vr, "viridis", "z-depth (scene units of cameras.json)")
+    body = "<p>Left to right: the frame, the aligned depth prior, the trained splat's expected depth (where its "
+    body += "accumulated opacity reaches the report stage's threshold); one colour range for all, black = no value.</p>"
+    for i in pick:
+        frame = read_rgb(paths.root / cams.files[i])
+        p, d = prior[i], np.asarray(rendered[i], np.float32)
+        if d.shape != p.shape:  # the renderer's rounding of the size may differ by a pixel
+            d = np.asarray(Image.fromarray(d).resize((p.shape[1], p.shape[0]), Image.Resampling.NEAREST))
+        both = (p > 0) & (d > 0)
+        rel = float(np.mean(np.abs(d[both] - p[both]) / p[both])) if both.any() else float("nan")
+        images = [frame, colorize(p, cmap="viridis", value_range=vr), colorize(d, cmap="viridis", value_range=vr)]
+        body += _depth_figure(
+            png_data_uri(strip(images, height=int(np.clip(H, 160, 360)))),
+            depth_legend,
+            f"frame {i}: prior and trained depth",
+            f"frame {i}: mean |splat - prior| / prior = {_fmt(rel)} over {int(both.sum()):,} pixels both have",
+        )
+    return body
+
+
+def section_mesh(paths: RunPaths) -> str:
+    if not paths.mesh_ply.exists():
+        raise Missing("no mesh yet (`recon mesh RUN` or `recon run --mesh` writes mesh/mesh.ply)")
+    import open3d as o3d
+
+    mesh = o3d.io.read_triangle_mesh(paths.mesh_ply)
+    verts, tris = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+    body = f"<p><a href='{_rel(paths, paths.mesh_ply)}'>mesh/mesh.ply</a>: {len(verts):,} vertices, "
+    body += f"{len(tris):,} triangles"
+    if len(verts):
+        body += f", bounding box size {_e(np.round(np.ptp(verts, axis=0), 3).tolist())} (scene units)"
+    body += ".</p>"
+    mesh_done, train_done = (_manifest_stage(paths, n).get("finished", "") for n in ("mesh", "train"))
+    if mesh_done and train_done and mesh_done < train_done:
+        body += "<p class=error>The mesh is older than the trained splat: run `recon mesh RUN` again.</p>"
+    if len(tris) and paths.cameras_json.exists():
+        cams = CameraSet.load(paths.cameras_json)
+        ids = np.flatnonzero(cams.registered)
+        if ids.size:
+            i = int(ids[len(ids) // 2])
+            colour, shaded = mesh_preview(mesh, cams.K[i], cams.w2c[i], cams.width, cams.height)
             body += _img(
-                png_data_uri(strip([image], height=max(RENDER_HEIGHT, image.shape[0]))),
-                f"test render {f.stem}",
-                f"{f.stem}: render | ground truth",
+                png_data_uri(strip([colour, shaded], height=max(240, min(cams.height, 360)))),
+                "mesh preview",
+                f"the mesh ray-cast from camera {i}: vertex colours | shaded by its normals (white = no surface)",
             )
     return body
 
 
-SECTIONS: list[tuple[str, str, Callable[[RunPaths], str]]] = [
-    ("stages", "Stages and time", section_stages),
-    ("frames", "Frames", section_frames),
-    ("depth", "Depth prior", section_depth),
-    ("cameras", "Cameras and SfM", section_cameras),
-    ("alignment", "Depth alignment", section_alignment),
-    ("points", "Fused point cloud", section_points),
-    ("training", "Training", section_training),
-    ("renders", "Test views", section_renders),
-]
+def mesh_preview(mesh, K: np.ndarray, w2c: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ray-cast an open3d TriangleMesh (with vertex colours) into a pinhole camera: K [3, 3], w2c [4, 4] (OpenCV).
+
+    Returns (vertex colours interpolated on the hit triangles, grey Lambert shading with a head light), both
+    uint8 [height, width, 3] on white where no triangle is hit. open3d's RaycastingScene runs on the CPU without
+    a display, unlike its OffscreenRenderer.
+    """
+    import open3d as o3d
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
+    rays = o3d.t.geometry.RaycastingScene.create_rays_pinhole(
+        o3d.core.Tensor.from_numpy(np.asarray(K, np.float64)),
+        o3d.core.Tensor.from_numpy(np.ascontiguousarray(w2c, np.float64)),
+        width,
+        height,
+    )
+    hit = scene.cast_rays(rays)
+    ok = np.isfinite(hit["t_hit"].numpy())
+    prim = np.where(ok, hit["primitive_ids"].numpy().astype(np.int64), 0)
+    uv = hit["primitive_uvs"].numpy()
+    tris = np.asarray(mesh.triangles)[prim]  # [H, W, 3] vertex ids
+    colours = np.asarray(mesh.vertex_colors) if mesh.has_vertex_colors() else np.full((len(mesh.vertices), 3), 0.7)
+    bary = np.stack([1 - uv[..., 0] - uv[..., 1], uv[..., 0], uv[..., 1]], -1)[..., None]
+    colour = (colours[tris] * bary).sum(-2)
+    ray_dir = rays.numpy()[..., 3:]
+    ray_dir /= np.linalg.norm(ray_dir, axis=-1, keepdims=True)
+    lambert = np.abs((hit["primitive_normals"].numpy() * ray_dir).sum(-1))
+    shaded = np.repeat((0.15 + 0.85 * lambert)[..., None], 3, -1)
+    out = []
+    for img in (colour, shaded):
+        u8 = np.full((height, width, 3), 255, np.uint8)
+        u8[ok] = np.clip(np.round(img[ok] * 255), 0, 255).astype(np.uint8)
+        out.append(u8)
+    return out[0], out[1]
 
 
-def build_report_html(paths: RunPaths) -> str:
-    """The report page as a string (see module docstring)."""
+def run_files(paths: RunPaths) -> list[Path]:
+    """Every file of the run, relative to its root, sorted; hidden entries (the lock, unfinished atomic writes)
+    and the report page itself left out."""
+    if not paths.root.is_dir():
+        return []
+    out = []
+    for f in paths.root.rglob("*"):
+        rel = f.relative_to(paths.root)
+        if f.is_file() and not any(part.startswith(".") for part in rel.parts) and f != paths.report_html:
+            out.append(rel)
+    return sorted(out)
+
+
+def section_files(paths: RunPaths) -> str:
+    files = run_files(paths)
+    if not files:
+        raise Missing("the run directory holds no file yet")
+    groups: dict[str, list[Path]] = {}
+    for rel in files:
+        groups.setdefault(rel.parts[0] + "/" if len(rel.parts) > 1 else "", []).append(rel)
+    body = ""
+    for group, members in groups.items():
+        size = sum((paths.root / m).stat().st_size for m in members)
+        items = "".join(
+            f"<li><a href='{_rel(paths, paths.root / m)}'>{_e(m.as_posix())}</a> "
+            f"<span class=size>{_size((paths.root / m).stat().st_size)}</span></li>"
+            for m in members
+        )
+        if not group:
+            body += f"<ul class=files>{items}</ul>"
+            continue
+        opened = " open" if len(members) <= 12 else ""
+        body += (
+            f"<details{opened}><summary>{_e(group)} ({len(members)} files, {_size(size)})</summary>"
+            f"<ul class=files>{items}</ul></details>"
+        )
+    return f"<p>{len(files)} files, linked relative to this page.</p>" + body
+
+
+def sections(
+    render_depth: DepthRenderer | None = None,
+) -> list[tuple[str, str, Callable[[RunPaths], str]]]:
+    """The page's sections in order: (anchor, title, builder); `render_depth` draws the trained splat's depth."""
+    return [
+        ("stages", "Stages and time", section_stages),
+        ("frames", "Frames", section_frames),
+        ("depth", "Depth prior", section_depth),
+        ("cameras", "Cameras and SfM", section_cameras),
+        ("alignment", "Depth alignment", section_alignment),
+        ("points", "Fused point cloud", section_points),
+        ("training", "Training", section_training),
+        ("video", "Rendered fly-through", section_video),
+        ("renders", "Test views", section_renders),
+        ("splatdepth", "Trained depth beside the prior", partial(section_splat_depth, render_depth=render_depth)),
+        ("mesh", "Mesh", section_mesh),
+        ("files", "Files", section_files),
+    ]
+
+
+SECTIONS = sections()
+
+
+def build_report_html(paths: RunPaths, render_depth: DepthRenderer | None = None) -> str:
+    """The report page as a string (see module docstring); without `render_depth` the section of the trained
+    splat's depth says it is not available."""
     parts = []
-    for anchor, title, build in SECTIONS:
+    page_sections = sections(render_depth)
+    for anchor, title, build in page_sections:
         try:
             content = build(paths)
         except Missing as e:
@@ -449,7 +736,7 @@ def build_report_html(paths: RunPaths) -> str:
             warn(f"report: section '{title}' failed: {type(e).__name__}: {e}")
             content = f"<p class=error>Could not build this section: {_e(type(e).__name__)}: {_e(str(e))}</p>"
         parts.append(f"<section id='{anchor}'><h2>{_e(title)}</h2>{content}</section>")
-    nav = " · ".join(f"<a href='#{a}'>{_e(t)}</a>" for a, t, _ in SECTIONS)
+    nav = " · ".join(f"<a href='#{a}'>{_e(t)}</a>" for a, t, _ in page_sections)
     return (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         f"<title>DVD-Splat report: {_e(paths.root.name)}</title><style>{_CSS}</style></head><body>"
@@ -460,13 +747,19 @@ def build_report_html(paths: RunPaths) -> str:
 # ---------------------------------------------------------------- small HTML helpers
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;color:#222;padding:0 1em}
+body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1400px;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
 td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums}figure{margin:.6em 0}img{max-width:100%;height:auto}
 figcaption{font-size:.85em;color:#555}.missing{color:#777;font-style:italic}.error{color:#b00}
 .done{color:#2a7}.failed{color:#b00}.running,.interrupted{color:#c80}nav{font-size:.9em}code{font-size:.9em}
+video{width:min(100%,960px);background:#000;display:block}img.legend{display:block;max-width:min(100%,600px)}
+.zoom{cursor:zoom-in;display:inline-block;max-width:100%}.zoom input{display:none}
+.zoom input:checked+img{position:fixed;inset:0;margin:auto;width:98vw!important;height:96vh;max-width:none;
+object-fit:contain;z-index:10;cursor:zoom-out;background:rgba(0,0,0,.9);image-rendering:pixelated}
+ul.files{font-size:.85em;columns:2;margin:.3em 0}.size{color:#777}
+details{margin:.3em 0}summary{cursor:pointer}
 """
 
 
@@ -476,7 +769,71 @@ def _e(value: Any) -> str:
 
 def _img(uri: str, alt: str, caption: str | None = None) -> str:
     cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
-    return f"<figure><img src='{uri}' alt='{_e(alt)}'>{cap}</figure>"
+    return f"<figure>{_zoom(uri, alt)}{cap}</figure>"
+
+
+def _zoom(src: str, alt: str, width: str = "") -> str:
+    """An image that fills the window while clicked (a hidden checkbox and CSS: no script); `width` (CSS) sets
+    its size on the page, else its natural size up to the page width."""
+    css = f" style='width:{_e(width)}'" if width else ""
+    img_css = " style='width:100%'" if width else ""
+    return f"<label class=zoom{css}><input type=checkbox><img src='{src}' alt='{_e(alt)}'{img_css}></label>"
+
+
+def _depth_figure(uri: str, legend_img: str, alt: str, caption: str) -> str:
+    """A depth image with its colour legend (`legend`; class `depth`: every such figure carries an img.legend)."""
+    return f"<figure class=depth>{_zoom(uri, alt)}{legend_img}<figcaption>{_e(caption)}</figcaption></figure>"
+
+
+def _video(paths: RunPaths, file: Path, alt: str, caption: str, legend_img: str = "") -> str:
+    """An HTML5 <video> of a run file, linked relatively (H.264 mp4, which Chromium, Firefox and Safari play)."""
+    rel = _rel(paths, file)
+    cls = "video depth" if legend_img else "video"
+    return (
+        f"<figure class='{cls}'><video src='{rel}' title='{_e(alt)}' controls muted loop playsinline preload=auto>"
+        f"<a href='{rel}'>{_e(rel)}</a></video>{legend_img}<figcaption>{_e(caption)}: "
+        f"<a href='{rel}'>{_e(file.relative_to(paths.root).as_posix())}</a> "
+        f"({_size(file.stat().st_size)})</figcaption></figure>"
+    )
+
+
+def _rel(paths: RunPaths, file: Path) -> str:
+    """`file` (inside the run) as a URL relative to report.html, percent-encoded."""
+    return quote(file.relative_to(paths.root).as_posix())
+
+
+def _anchor(file: Path | None) -> str:
+    return "view-" + quote(file.stem if file else "none", safe="")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} GiB"
+
+
+def _shrink(image: np.ndarray, max_size: int = ERROR_MAP_MAX_SIZE) -> np.ndarray:
+    """uint8 [H, W, 3] resized so that its long side is at most `max_size` (never enlarged)."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_size:
+        return image
+    s = max_size / max(h, w)
+    return np.asarray(Image.fromarray(image).resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BOX))
+
+
+def _manifest_stage(paths: RunPaths, name: str) -> dict[str, Any]:
+    """The manifest's record of stage `name` ({} when there is none)."""
+    if not paths.manifest.exists():
+        return {}
+    st = read_json_object(paths.manifest, "manifest").get("stages", {}).get(name, {})
+    return st if isinstance(st, dict) else {}
+
+
+def _manifest_summary(paths: RunPaths, name: str) -> dict[str, Any]:
+    summary = _manifest_stage(paths, name).get("summary")
+    return summary if isinstance(summary, dict) else {}
 
 
 def _fmt(v: Any) -> str:

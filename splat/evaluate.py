@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from depth.geometry import backproject, invert_pose, project
+from splat.exposure import apply_affine, fit_affine
 from splat.fuse import depth_agreement
 from splat.losses import ssim, ssim_map
 
@@ -194,13 +195,19 @@ def evaluate_views(
         masks: view index -> [H,W] bool pixels to score for "psnr_masked" / "ssim_masked" (e.g. the
             co-visibility with the training views, `covisibility_mask`) and "mask_fraction".
     Returns:
-        {"psnr", "ssim", ["lpips"], ["depth_abs_rel", "depth_delta1"], ["psnr_masked", "ssim_masked",
-        "mask_fraction"], "per_view": [...], ["renders": {view: uint8 [H, 2W, 3] render | GT}]}; means over views.
+        {"psnr", "ssim", "psnr_cc", "ssim_cc" (after a per-view least-squares affine colour fit of the render to
+        the image, for exposure / white-balance changes no held-out view can predict), ["lpips"],
+        ["depth_abs_rel", "depth_delta1"], ["psnr_masked", "ssim_masked", "mask_fraction"], "per_view": [...],
+        ["renders": {view: uint8 [H, 2W, 3] render | GT}]}; means over views.
     """
     per_view, renders = [], {}
     for i, gt in images.items():
         rgb, depth, _alpha = render(i)
         row = {"index": int(i), "psnr": psnr(rgb, gt), "ssim": ssim_metric(rgb, gt)}
+        # A held-out view has no learned exposure: score it also after the least-squares affine colour map
+        # of the render onto the image (splat.exposure.fit_affine; the colour-corrected metric).
+        cc = apply_affine(rgb, fit_affine(rgb, gt)).clamp(0, 1)
+        row["psnr_cc"], row["ssim_cc"] = psnr(cc, gt), ssim_metric(cc, gt)
         if lpips is not None:
             row["lpips"] = lpips(rgb, gt)
         if masks is not None and i in masks:
@@ -221,6 +228,8 @@ def evaluate_views(
     for key in (
         "psnr",
         "ssim",
+        "psnr_cc",
+        "ssim_cc",
         "lpips",
         "depth_abs_rel",
         "depth_delta1",

@@ -1,13 +1,20 @@
-"""`rasterization`: one call to render 3D Gaussians, gsplat on CUDA, pure PyTorch on the CPU.
+"""`rasterization`: one call to render 3D Gaussians, gsplat on CUDA, compiled (numba) or PyTorch on the CPU.
 
 The call shape and output semantics are those of gsplat 1.4.0's `gsplat.rendering.rasterization`
 (pinhole cameras, not distributed), so a trainer and gsplat's densification strategies
 (`gsplat.strategy.DefaultStrategy`) work the same on either backend.
+
+On the CPU the compiled backend (`splat.numba_raster`, all cores) is the default; the pure-PyTorch one
+(`splat.cpu_raster`) is the fallback when numba cannot load or compile (one logged notice) and can be chosen
+with `backend="torch"` or the environment variable SPLAT_CPU_BACKEND=torch.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,7 +30,9 @@ from splat.cpu_raster import (
 from splat.errors import SplatError
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
-BACKENDS = ("auto", "gsplat", "torch")
+BACKENDS = ("auto", "gsplat", "numba", "torch")
+CPU_BACKEND_ENV = "SPLAT_CPU_BACKEND"  # what "auto" means on the CPU: "numba" (default) or "torch"
+log = logging.getLogger(__name__)
 
 
 def rasterization(
@@ -49,6 +58,7 @@ def rasterization(
     rasterize_mode: str = "classic",
     backend: str = "auto",
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    num_threads: int | None = None,
 ) -> tuple[Tensor, Tensor, dict]:
     """Rasterize N 3D Gaussians into C pinhole cameras (OpenCV axes).
 
@@ -69,7 +79,7 @@ def rasterization(
         sh_degree: see `colors`.
         packed: as gsplat: False -> per-camera arrays in meta are [C, N, ...];
             True -> [nnz, ...] over visible (camera, Gaussian) pairs with meta camera_ids/gaussian_ids.
-        tile_size: tile edge in pixels; None -> 16 for gsplat, 8 for the torch backend. A Gaussian
+        tile_size: tile edge in pixels; None -> 16 for gsplat, 8 for the CPU backends. A Gaussian
             reaches only pixels of tiles its 3-sigma box overlaps, so edges depend on this slightly.
         backgrounds: [C, D] colour behind the Gaussians (default black). Depth channels get 0.
         render_mode: "RGB" (colors), "D" (accumulated depth sum w_i z_i), "ED" (expected depth
@@ -78,8 +88,12 @@ def rasterization(
             (for DefaultStrategy(absgrad=True)).
         rasterize_mode: "classic" or "antialiased" (opacity times sqrt(det(cov) / det(cov + eps2d I)),
             Mip-Splatting's compensation).
-        backend: "auto" (gsplat when the tensors are on CUDA, else torch), "gsplat" or "torch".
+        backend: "auto" (gsplat when the tensors are on CUDA; on the CPU the environment variable
+            SPLAT_CPU_BACKEND, default "numba", falling back to "torch" with one logged notice when numba
+            cannot load or compile), "gsplat", "numba" (compiled, multi-core; SplatError if unavailable)
+            or "torch" (pure PyTorch). The two CPU backends give the same outputs up to rounding.
         chunk_elems: torch backend working-set size ([tiles x pixels x list] elements per chunk).
+        num_threads: numba backend threads; None = all cores this process may use (NUMBA_NUM_THREADS caps).
 
     Returns:
         render_colors: [C, height, width, X], X = D ("RGB"), 1 ("D", "ED"), D + 1 ("RGB+D", "RGB+ED").
@@ -100,7 +114,9 @@ def rasterization(
     if backend not in BACKENDS:
         raise SplatError(f"unknown render backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        backend = "gsplat" if means.is_cuda else "torch"
+        backend = "gsplat" if means.is_cuda else _auto_cpu_backend(means.dtype)
+    elif backend == "numba":
+        _require_numba(means)
     if backend == "gsplat":
         if not means.is_cuda:
             raise SplatError("render backend 'gsplat' needs CUDA tensors; use backend='torch' on the CPU")
@@ -140,6 +156,8 @@ def rasterization(
         absgrad=absgrad,
         rasterize_mode=rasterize_mode,
         chunk_elems=chunk_elems,
+        compiled=backend == "numba",
+        num_threads=num_threads,
     )
     return _rasterization_torch(
         means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height), backgrounds, opt
@@ -203,7 +221,7 @@ def _check_inputs(
 
 @dataclass(frozen=True)
 class _TorchOptions:
-    """The keyword options of `rasterization` that the torch backend uses (same meanings and defaults)."""
+    """The keyword options of `rasterization` that the CPU backends use (same meanings and defaults)."""
 
     near_plane: float
     far_plane: float
@@ -216,6 +234,8 @@ class _TorchOptions:
     absgrad: bool
     rasterize_mode: str
     chunk_elems: int
+    compiled: bool = False  # the numba kernels instead of cpu_raster's PyTorch ones
+    num_threads: int | None = None  # numba threads (None = default)
 
 
 def _rasterization_torch(
@@ -233,20 +253,7 @@ def _rasterization_torch(
 ) -> tuple[Tensor, Tensor, dict]:
     _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds, opt)
     N, C = means.shape[0], viewmats.shape[0]
-    radii, means2d, depths, conics, comp = project_gaussians(
-        means,
-        quats,
-        scales,
-        viewmats,
-        Ks,
-        width,
-        height,
-        eps2d=opt.eps2d,
-        near_plane=opt.near_plane,
-        far_plane=opt.far_plane,
-        radius_clip=opt.radius_clip,
-        calc_compensations=opt.rasterize_mode == "antialiased",
-    )
+    radii, means2d, depths, conics, comp = _project(means, quats, scales, viewmats, Ks, width, height, opt)
     opacities = opacities.repeat(C, 1)  # [C, N]
     if comp is not None:
         opacities = opacities * comp
@@ -263,30 +270,21 @@ def _rasterization_torch(
     else:
         splat_cams = torch.arange(C, device=means.device).repeat_interleave(N)
 
-    bins = bin_tiles(
-        means2d.detach().reshape(-1, 2),
-        radii.reshape(-1),
-        depths.detach().reshape(-1),
-        splat_cams,
-        C,
-        width,
-        height,
-        opt.tile_size,
-        conics=conics.detach().reshape(-1, 3),
-        opacities=opacities.detach().reshape(-1),
-    )
-    render_colors, render_alphas = rasterize_to_pixels(
-        means2d,
-        conics,
-        feats,
-        opacities,
-        bins,
-        width,
-        height,
-        backgrounds=backgrounds,
-        absgrad=opt.absgrad,
-        chunk_elems=opt.chunk_elems,
-    )
+    bin_args = (means2d.detach().reshape(-1, 2), radii.reshape(-1), depths.detach().reshape(-1), splat_cams, C)
+    cn, op = conics.detach().reshape(-1, 3), opacities.detach().reshape(-1)
+    bins: TileBins
+    if opt.compiled:
+        from splat import numba_raster
+
+        bins = nbins = numba_raster.bin_tiles(*bin_args, width, height, opt.tile_size, conics=cn, opacities=op)
+        render_colors, render_alphas = numba_raster.rasterize_to_pixels(
+            means2d, conics, feats, opacities, nbins, width, height, backgrounds, opt.absgrad, opt.num_threads
+        )
+    else:
+        bins = bin_tiles(*bin_args, width, height, opt.tile_size, conics=cn, opacities=op)
+        render_colors, render_alphas = rasterize_to_pixels(
+            means2d, conics, feats, opacities, bins, width, height, backgrounds, opt.absgrad, opt.chunk_elems
+        )
     if opt.render_mode in ("ED", "RGB+ED"):
         render_colors = torch.cat(
             [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1
@@ -294,6 +292,78 @@ def _rasterization_torch(
 
     meta = _meta(bins, camera_ids, gaussian_ids, radii, means2d, depths, conics, opacities, width, height, opt)
     return render_colors, render_alphas, meta
+
+
+def _project(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    opt: _TorchOptions,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """radii, means2d, depths, conics, compensations of the CPU backend in `opt` (see cpu_raster.project_gaussians).
+    The compiled projection gives Ks no gradient, so the PyTorch one serves when Ks asks for one."""
+    kw: dict[str, Any] = dict(
+        eps2d=opt.eps2d,
+        near_plane=opt.near_plane,
+        far_plane=opt.far_plane,
+        radius_clip=opt.radius_clip,
+        calc_compensations=opt.rasterize_mode == "antialiased",
+    )
+    if opt.compiled and not Ks.requires_grad:
+        from splat import numba_raster
+
+        return numba_raster.project_gaussians(
+            means, quats, scales, viewmats, Ks, width, height, threads=opt.num_threads, **kw
+        )
+    return project_gaussians(means, quats, scales, viewmats, Ks, width, height, **kw)
+
+
+_NUMBA_READY: dict[torch.dtype, str] = {}  # dtype -> "" (compiled) or why numba cannot serve
+_NOTICE_GIVEN: list[bool] = []
+
+
+def _numba_error(dtype: torch.dtype) -> str:
+    """Why the compiled backend cannot render `dtype` ("" when it can); imports and compiles (or loads from
+    numba's cache) the kernels on first use."""
+    if dtype not in (torch.float32, torch.float64):
+        return f"the compiled backend renders float32 and float64, not {dtype}"
+    if dtype not in _NUMBA_READY:
+        try:
+            from splat import numba_raster
+
+            numba_raster.compile_kernels(dtype)
+            _NUMBA_READY[dtype] = ""
+        except Exception as e:  # noqa: BLE001 - any import or compile failure: the PyTorch path serves instead
+            _NUMBA_READY[dtype] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return _NUMBA_READY[dtype]
+
+
+def _auto_cpu_backend(dtype: torch.dtype) -> str:
+    """'numba' or 'torch' for backend='auto' on the CPU: SPLAT_CPU_BACKEND, numba when it loads."""
+    choice = os.environ.get(CPU_BACKEND_ENV, "numba").strip().lower() or "numba"
+    if choice not in ("numba", "torch"):
+        raise SplatError(f"{CPU_BACKEND_ENV}={choice!r}: use 'numba' or 'torch'")
+    if choice == "torch":
+        return "torch"
+    why = _numba_error(dtype)
+    if not why:
+        return "numba"
+    if not _NOTICE_GIVEN:
+        _NOTICE_GIVEN.append(True)
+        log.warning("compiled CPU rasterizer unavailable (%s); using the slower PyTorch one", why)
+    return "torch"
+
+
+def _require_numba(means: Tensor) -> None:
+    if means.is_cuda:
+        raise SplatError("render backend 'numba' runs on the CPU; use backend='gsplat' for CUDA tensors")
+    why = _numba_error(means.dtype)
+    if why:
+        raise SplatError(f"render backend 'numba' unavailable: {why}")
 
 
 def _meta(
@@ -322,7 +392,7 @@ def _meta(
         "tile_width": bins.tile_width,
         "tile_height": bins.tile_height,
         "tiles_per_gauss": bins.tiles_per_splat.int().reshape(radii.shape),
-        "isect_ids": _isect_ids(bins, depths),
+        "isect_ids": bins.isect_ids if hasattr(bins, "isect_ids") else _isect_ids(bins, depths),
         "flatten_ids": bins.flatten_ids.int(),
         "isect_offsets": bins.tile_start.int().reshape(C, bins.tile_height, bins.tile_width),
         "width": width,

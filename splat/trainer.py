@@ -28,6 +28,7 @@ from depth.checks import choice, device, number, rng_seed
 from splat import evaluate as ev
 from splat.camera_path import render_path
 from splat.errors import SplatError
+from splat.exposure import apply_affine, identity
 from splat.gaussians import gaussians_from_points, to_numpy, to_parameters
 from splat.losses import DEPTH_LOSSES, depth_weight_at, exp_decay, photometric_loss
 from splat.ply import sh_degree_from_bases
@@ -105,11 +106,26 @@ class TrainConfig:
     covered by Gaussians; "fixed" trains on `background`; "auto" = "random" when `background` is automatic and
     the frames are opaque, else "fixed" (frames composited on a colour, or a colour you set: the images'
     backdrop is that colour). Evaluation and renders always use `background`."""
+    exposure: Literal["auto"] | bool = False
+    """Learn a per-image affine colour correction (3x4, exposure and white balance; splat.exposure) with the
+    Gaussians, applied to each training render before the loss. Off by default: on the apple clip (no visible
+    drift) it lowered raw test PSNR; it helps on clips whose exposure drifts. "auto" = on for video input, off for image
+    folders (the application decides from its input; the Trainer alone treats "auto" as off); measured by
+    benchmarks/exposure.py (README.md, "Exposure and white balance"). Test views are scored raw (psnr) and
+    after a least-squares affine colour fit (psnr_cc)."""
+    lr_exposure: float = 2e-2
+    """Adam learning rate of the corrections at step 0, decayed exponentially to lr_exposure_final."""
+    lr_exposure_final: float = 2e-3
     device: str = "auto"
     cpu_threads: int = 0
     """torch intra-op threads while training on the CPU (0 = torch's default). 1 is much faster on a
     machine whose cores are already busy (thread oversubscription)."""
     seed: int = 0
+    drop_rate: float = 0.0
+    """Random dropping of Gaussians (as DropGaussian, Park et al., CVPR 2025): every training step renders with
+    this fraction of the Gaussians removed at random and the others' opacity scaled by 1 / (1 - rate), so that a
+    Gaussian cannot fit one view alone; the rate grows linearly from 0 to `drop_rate` over the iterations. A
+    sparse-view regulariser (benchmarks/llff.py measures it); 0 = off. Evaluation and renders use every Gaussian."""
     checkpoint_every: int = 1000
     """Hand a checkpoint (`Trainer.state_dict`) to `fit`'s on_checkpoint every this many steps (0 = only at
     the end)."""
@@ -117,7 +133,7 @@ class TrainConfig:
 
     @classmethod
     def preset(cls, name: Literal["cpu", "cuda"], /, **overrides: Any) -> Self:
-        """Device-aware defaults: "cuda" = full quality; "cpu" = small images, minutes of training.
+        """Device-aware defaults: "cuda" = full quality; "cpu" = the frames' size, minutes of training.
 
         `overrides` replace preset fields (e.g. `TrainConfig.preset("cpu", iterations=200)`).
         """
@@ -131,12 +147,14 @@ class TrainConfig:
         if name == "cuda":
             return dict(device="cuda")
         if name == "cpu":
+            # Trains and evaluates at the frame size (the cpu frames preset stores a 320 px long side) with SH
+            # degree 3 (from step 450); per-step costs at 320 px in benchmarks/README.md, "training step profile".
             return dict(
                 device="cpu",
                 iterations=600,
-                max_size=128,
-                sh_degree=1,
-                sh_degree_interval=200,
+                max_size=0,
+                sh_degree=3,
+                sh_degree_interval=150,
                 num_random=5_000,
                 max_init_points=20_000,
                 max_gaussians=40_000,
@@ -166,6 +184,7 @@ class TrainConfig:
         count("sh_degree", 0, 4)
         count("sh_degree_interval", 1)
         number(self.ssim_lambda, n + "ssim_lambda", SplatError, lo=0, hi=1)
+        number(self.drop_rate, n + "drop_rate", SplatError, lo=0, hi=0.9, note="0 = off")
         choice(self.depth_loss, n + "depth_loss", SplatError, tuple(DEPTH_LOSSES) + ("none",))
         number(self.depth_weight, n + "depth_weight", SplatError, lo=0, hi=1000)
         number(self.depth_weight_final, n + "depth_weight_final", SplatError, lo=0, hi=1, note="1 = constant")
@@ -176,7 +195,10 @@ class TrainConfig:
         for name in ("refine_every", "reset_every"):
             count(name, 1)
         number(self.grow_grad2d, n + "grow_grad2d", SplatError, lo=0, hi=1, lo_open=True)
-        for name in ("lr_means", "lr_means_final", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"):
+        if not (isinstance(self.exposure, bool) or (isinstance(self.exposure, str) and self.exposure == "auto")):
+            raise SplatError(f"{n}exposure must be true, false or auto, got {self.exposure!r}")
+        lrs = ("lr_means", "lr_means_final", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN")
+        for name in (*lrs, "lr_exposure", "lr_exposure_final"):
             number(getattr(self, name), n + name, SplatError, lo=0, hi=10)
         number(self.downscale, n + "downscale", SplatError, lo=1, hi=64, note="1 = frame resolution")
         count("max_size", 0, 100_000, note="0 = no cap")
@@ -270,22 +292,27 @@ def render(
     height: int,
     sh_degree: int,
     background: torch.Tensor,
+    opacity_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Render one view of Gaussians in the trainer's parameter layout (pre-activation).
 
     Args:
         viewmat: [4,4] w2c (OpenCV). K: [3,3] pixels at (width, height). background: [3].
+        opacity_scale: optional [N] factor on the opacities (0 drops a Gaussian; Trainer's drop_rate).
     Returns:
         rgb [H,W,3], expected depth [H,W], alpha [H,W], meta (gsplat's info dict, means2d with grad).
     """
     from splat.render import rasterization
 
     colors = torch.cat([params["sh0"], params["shN"]], dim=1)
+    opacities = torch.sigmoid(params["opacities"])
+    if opacity_scale is not None:
+        opacities = (opacities * opacity_scale).clamp(max=1.0)
     out, alpha, meta = rasterization(
         means=params["means"],
         quats=params["quats"],
         scales=torch.exp(params["scales"]),
-        opacities=torch.sigmoid(params["opacities"]),
+        opacities=opacities,
         colors=colors,
         viewmats=viewmat[None],
         Ks=K[None],
@@ -318,7 +345,17 @@ def make_optimizers(
         "sh0": cfg.lr_sh0,
         "shN": cfg.lr_shN,
     }
-    return {k: torch.optim.Adam([{"params": params[k], "lr": lrs[k], "name": k}], eps=1e-15) for k in params.keys()}
+    fused = _fused_adam(params["means"].device)
+    return {
+        k: torch.optim.Adam([{"params": params[k], "lr": lrs[k], "name": k}], eps=1e-15, fused=fused)
+        for k in params.keys()
+    }
+
+
+def _fused_adam(device: torch.device) -> bool | None:
+    """torch's fused Adam (one kernel per step instead of a dozen ops; ~3x faster per step on the CPU,
+    benchmarks/README.md "training step profile") where it runs: CPU and CUDA; None = torch's default elsewhere."""
+    return True if device.type in ("cpu", "cuda") else None
 
 
 def make_strategy(cfg: TrainConfig, device: torch.device):
@@ -371,7 +408,8 @@ def _to_cpu(obj: Any) -> Any:
 # validation of a state_dict read from a file
 
 STATE_KEYS = ("step", "params", "optimizers", "strategy_state", "rng_numpy", "rng_torch", "log", "elapsed_s", "extent")
-"""What `Trainer.state_dict()` always writes (also "rng_cuda" and "config")."""
+"""What `Trainer.state_dict()` always writes (also "rng_cuda", "config", and "exposure" / "exposure_optimizer",
+None when exposure correction is off; a state without them is one trained without it)."""
 _PER_GAUSSIAN_STATE = ("grad2d", "count", "radii")  # gsplat DefaultStrategy's per-Gaussian accumulators
 
 
@@ -477,7 +515,22 @@ def check_state(state: Any) -> int:
         raise SplatError(f"'extent' is {extent!r}, not positive")
     if not isinstance(state["log"], list) or not all(isinstance(r, dict) for r in state["log"]):
         raise SplatError("'log' is not a list of log rows")
+    _check_exposure(state)
     return n
+
+
+def _check_exposure(state: dict[str, Any]) -> None:
+    """The optional colour corrections: None, or a finite float [T, 3, 4] tensor with one Adam state over it."""
+    A = state.get("exposure")
+    if A is None:
+        return
+    if not isinstance(A, torch.Tensor) or not A.is_floating_point() or A.ndim != 3 or tuple(A.shape[1:]) != (3, 4):
+        got = tuple(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
+        raise SplatError(f"'exposure' is {got}, expected a float tensor (T, 3, 4)")
+    if not bool(torch.isfinite(A).all()):
+        raise SplatError("'exposure' holds NaN or infinite values")
+    if state.get("exposure_optimizer") is not None:
+        _check_optimizer("exposure", state["exposure_optimizer"], A)
 
 
 def _view_order(rng: np.random.Generator, train: list[int]) -> list[int]:
@@ -522,9 +575,22 @@ class Trainer:
         self._capped = False
         self.optimizers: dict[str, torch.optim.Optimizer] | None = None
         self.strategy = self.strategy_state = None
+        self.exposure: torch.nn.Parameter | None = None
+        """[T, 3, 4] learned deltas D of the colour corrections (splat.exposure), one per frame of the views; None
+        when off. Training view i is corrected by A_i = I + D_i - mean over the training views of D: the mean
+        correction is the identity, so the Gaussians hold the training views' average exposure (the colour a
+        held-out view is rendered in) instead of drifting to an arbitrary one."""
+        self.exposure_optimizer: torch.optim.Optimizer | None = None
         if trainable:
             self._check_views()
             self.optimizers = make_optimizers(params, cfg, self.extent)
+            if cfg.exposure is True:
+                self.exposure = torch.nn.Parameter(torch.zeros(len(views.K), 3, 4, device=self.device))
+                self.exposure_optimizer = torch.optim.Adam(
+                    [{"params": [self.exposure], "lr": cfg.lr_exposure, "name": "exposure"}],
+                    eps=1e-15,
+                    fused=_fused_adam(self.device),
+                )
             self.strategy = make_strategy(cfg, self.device)
             self.strategy_state = (
                 self.strategy.initialize_state(scene_scale=self.extent)
@@ -619,6 +685,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(list(state["rng_cuda"]))
         trainer.global_step, trainer.log = int(state["step"]), [dict(r) for r in state["log"]]
         trainer.elapsed = float(state["elapsed_s"])
+        trainer._load_exposure(state)
         trainer.strategy.check_sanity(trainer.params, trainer.optimizers)
         log.info("resuming from step %d of %d", trainer.global_step, cfg.iterations)
         return trainer
@@ -652,7 +719,10 @@ class Trainer:
         i = self._order.pop()
         sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
         bg = torch.rand(3, device=self.device) if self.background.training == "random" else self.bg_color
-        rgb, depth, alpha, meta = render(self.params, v.viewmats[i], v.K[i], v.width, v.height, sh_degree, bg)
+        drop = self._drop_scale(step)
+        rgb, depth, alpha, meta = render(self.params, v.viewmats[i], v.K[i], v.width, v.height, sh_degree, bg, drop)
+        if self.exposure is not None:
+            rgb = apply_affine(rgb, self._correction(i))  # this image's exposure / white balance
         gt = v.images[i]
         loss, terms = photometric_loss(rgb, gt, cfg.ssim_lambda)
         row: dict[str, Any] = {"step": step + 1, **terms}
@@ -675,6 +745,15 @@ class Trainer:
         self.global_step += 1
         return row
 
+    def _drop_scale(self, step: int) -> torch.Tensor | None:
+        """[N] opacity factors of this step's random dropping (0 = dropped, 1 / (1 - rate) kept); None when off."""
+        rate = self.cfg.drop_rate * min(1.0, (step + 1) / max(self.cfg.iterations, 1))
+        if rate <= 0.0:
+            return None
+        means = self.params["means"]
+        keep = torch.rand(len(means), device=means.device) >= rate
+        return keep.to(means.dtype) / (1.0 - rate)
+
     def _depth_term(self, i: int, depth: torch.Tensor, alpha: torch.Tensor, row: dict[str, Any]) -> torch.Tensor:
         cfg = self.cfg
         w = depth_weight_at(self.global_step, cfg.depth_weight, cfg.depth_weight_final, cfg.iterations)
@@ -694,6 +773,12 @@ class Trainer:
         for o in self.optimizers.values():
             o.step()
             o.zero_grad(set_to_none=True)
+        if self.exposure_optimizer is not None:
+            lr = exp_decay(step, cfg.lr_exposure, cfg.lr_exposure_final, cfg.iterations)
+            for g in self.exposure_optimizer.param_groups:
+                g["lr"] = lr
+            self.exposure_optimizer.step()
+            self.exposure_optimizer.zero_grad(set_to_none=True)
         if cfg.strategy == "mcmc":
             self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step, meta, lr=means_lr)
         else:
@@ -765,7 +850,50 @@ class Trainer:
             "elapsed_s": float(self.elapsed),
             "extent": float(self.extent),
             "config": config_json(self.cfg),
+            "exposure": None if self.exposure is None else torch.from_numpy(self.corrections()),
+            "exposure_optimizer": None
+            if self.exposure_optimizer is None
+            else _to_cpu(self.exposure_optimizer.state_dict()),
         }
+
+    def _load_exposure(self, state: dict[str, Any]) -> None:
+        """The corrections and their optimiser of a state_dict (SplatError if exposure was on there but is off
+        here, or the other way round)."""
+        saved = state.get("exposure")
+        if (saved is None) != (self.exposure is None):
+            was, now = ("false", "true") if saved is None else ("true", "false")
+            raise SplatError(f"the saved state was trained with train.exposure={was}, not {now}: resume with {was}")
+        if saved is None or self.exposure is None or self.exposure_optimizer is None:
+            return
+        if tuple(saved.shape) != tuple(self.exposure.shape):
+            raise SplatError(
+                f"the saved exposure corrections have shape {tuple(saved.shape)}, these views need "
+                f"{tuple(self.exposure.shape)}"
+            )
+        with torch.no_grad():  # deltas D = A - I give the saved corrections back (their mean over train is 0)
+            self.exposure.copy_(saved.to(self.device) - identity(len(saved), self.device))
+        if state.get("exposure_optimizer") is not None:
+            try:
+                self.exposure_optimizer.load_state_dict(state["exposure_optimizer"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as e:
+                raise SplatError(f"the saved exposure optimizer does not fit ({str(e).splitlines()[0]})") from e
+
+    def _correction(self, i: int) -> torch.Tensor:
+        """[3, 4] correction of training view i (see `self.exposure`), differentiable in the deltas."""
+        assert self.exposure is not None, "exposure correction is on"
+        D = self.exposure
+        return torch.eye(3, 4, device=D.device) + D[i] - D[self.train].mean(0)
+
+    @torch.no_grad()
+    def corrections(self) -> np.ndarray | None:
+        """The learned colour corrections float32 [T, 3, 4] (frame i: rgb' = A[i, :, :3] @ rgb + A[i, :, 3]; their
+        mean over the training views is the identity; identity for frames not trained on), or None when off."""
+        if self.exposure is None:
+            return None
+        A = identity(len(self.exposure), self.device)
+        for i in self.train:
+            A[i] = self._correction(i)
+        return A.cpu().numpy()
 
     def gaussians(self) -> dict[str, np.ndarray]:
         """The Gaussians as float32 numpy arrays in splat.ply's layout (means, scales, quats, opacities, sh0, shN)."""

@@ -44,6 +44,7 @@ def meshed_run(redkitchen_sfm_run, tmp_path_factory) -> RunPaths:
         depth_loss="none",
         iterations=300,
         max_size=128,
+        sh_degree=1,  # below 3, so that --full-sh has bands to pad
         refine_start=50,
         refine_every=50,
         refine_stop=250,
@@ -150,7 +151,7 @@ def test_mesh_is_an_optional_stage():
     from recon.pipeline import RunConfig, plan
 
     assert "mesh" not in plan("report")
-    assert plan("report", ("mesh",)) == [*plan("report"), "mesh"]
+    assert plan("report", ("mesh",)) == [*plan("report")[:-1], "mesh", "report"]  # the report shows the mesh
     assert plan("mesh") == [*plan("train"), "mesh"]
     assert isinstance(RunConfig().mesh, mesh_stage.Config)
 
@@ -163,7 +164,7 @@ def test_full_sh_ply_export(meshed_run, capsys):
     from splat.ply import read_gaussian_ply
 
     trained = read_gaussian_ply(meshed_run.gaussians_ply)
-    assert trained["shN"].shape[1] == 3  # the CPU preset trains SH degree 1
+    assert trained["shN"].shape[1] == 3  # the fixture trains SH degree 1
     assert main(["export", "ply", str(meshed_run.root), "--full-sh"]) == 0
     names = PlyData.read(str(meshed_run.export_ply))["vertex"].data.dtype.names
     assert sum(n.startswith("f_rest_") for n in names) == 45
@@ -175,3 +176,18 @@ def test_full_sh_ply_export(meshed_run, capsys):
         np.testing.assert_array_equal(full[k], trained[k])
     assert main(["export", "ply", str(meshed_run.root)]) == 0  # without --full-sh: the trained degree
     assert read_gaussian_ply(meshed_run.export_ply)["shN"].shape[1] == 3
+
+
+def test_recon_mesh_rewrites_an_existing_report(tmp_path, capsys):
+    """`recon mesh RUN` on a run that has a report rewrites it so that it shows the mesh (link and preview)."""
+    from support.cli_run import make_icl_run, recon
+
+    paths = make_icl_run(tmp_path)
+    rc, err = recon(capsys, "report", paths.root)
+    assert rc == 0, err
+    assert "href='mesh/mesh.ply'" not in paths.report_html.read_text()
+    rc, err = recon(capsys, "mesh", paths.root, "--set", "mesh.max_size=96", "mesh.min_alpha=0.05")
+    assert rc == 0, err
+    assert paths.mesh_ply.exists()
+    html = paths.report_html.read_text()
+    assert "href='mesh/mesh.ply'" in html and paths.report_html.stat().st_mtime >= paths.mesh_ply.stat().st_mtime

@@ -1,5 +1,5 @@
-"""splat.render.rasterization (torch backend) against the brute-force reference, gradcheck, edge cases,
-gsplat's DefaultStrategy on its meta, a real RGB-D frame, and gsplat itself where CUDA exists."""
+"""splat.render.rasterization (both CPU backends: numba and torch) against the brute-force reference, gradcheck,
+edge cases, gsplat's DefaultStrategy on its meta, a real RGB-D frame, and gsplat itself where CUDA exists."""
 
 from __future__ import annotations
 
@@ -91,6 +91,13 @@ def _compare(scene, names, atol=1e-9, rtol=1e-7, **kwargs):
 PARAMS = ["means", "quats", "scales", "opacities", "colors"]
 
 
+@pytest.fixture(autouse=True, params=["numba", "torch"])
+def cpu_backend(request, monkeypatch):
+    """Every test here runs on both CPU backends (SPLAT_CPU_BACKEND chooses what backend="auto" uses)."""
+    monkeypatch.setenv("SPLAT_CPU_BACKEND", request.param)
+    return request.param
+
+
 def test_matches_reference_rgb_ed_sh_background_two_cameras():
     scene = make_scene(0)
     bg = torch.tensor([[0.2, 0.5, 0.9], [1.0, 0.0, 0.3]], dtype=torch.float64)
@@ -121,7 +128,7 @@ def test_saturation_clamp_and_early_stop_match_reference(monkeypatch):
     for name, value in (("T_MIN", 0.0), ("_LOG_ALPHA_MAX", 0.0)):
         with monkeypatch.context() as m:
             m.setattr(cpu_raster, name, value)
-            other, _, _ = rasterization(**scene, render_mode="RGB+ED")
+            other, _, _ = rasterization(**scene, render_mode="RGB+ED", backend="torch")
         assert (other - rgb.detach()).abs().max() > 1e-6, name
 
 

@@ -85,14 +85,20 @@ def test_random_fill_adds_points_inside_the_training_cameras_view(redkitchen_sfm
     assert fill.std(0).min() > 0.2 * (hi - lo).min()  # spread over the box, not a clump
 
 
-def test_stereo_on_three_far_apart_views_says_how_to_get_a_prior(redkitchen_run_copy):
-    """3 training views spread over the whole 15 s clip share too little for plane-sweep stereo; the error
-    names the way out (compute the prior on every non-test frame) instead of a bare failure."""
+def test_stereo_gives_a_prior_on_three_far_apart_views(redkitchen_run_copy):
+    """3 training views spread over the whole 15 s clip share little: plane-sweep stereo falls back to a looser
+    overlap rule (depth.stereo sparse_min_overlap) and still gives each view a confident partial prior (before:
+    "no valid depth on any of the 3 prior frames"; measured: about 20 % of the pixels of each view)."""
+    from recon.artifacts import DisparityMaps
     from recon.atomic import write_json
     from recon.stages import StageContext, depth
 
     paths = redkitchen_run_copy
     write_json(paths.split_json, {"protocol": "test", "train": [0, 30, 59], "test": [8, 16], "prior": [0, 30, 59]})
-    with pytest.raises(ReconError, match="no valid depth on any of the 3 prior frames: .*--prior-frames non-test"):
-        depth.run(StageContext(paths), depth.Config(backend="stereo", preview=False))
-    assert not paths.disparity_npz.exists()
+    depth.run(StageContext(paths), depth.Config(backend="stereo", preview=False))
+    maps = DisparityMaps.load(paths.disparity_npz)
+    disp = np.asarray(maps.disparity)
+    for i in (0, 30, 59):
+        valid = disp[i] > 0
+        assert 0.08 < valid.mean() < 0.9, (i, valid.mean())
+        assert np.isfinite(disp[i][valid]).all()

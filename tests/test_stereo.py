@@ -21,7 +21,7 @@ from depth import stereo as S
 from depth.errors import DepthError
 from depth.geometry import invert_pose
 from depth.metrics import depth_metrics
-from depth.result import depth_to_disparity, disparity_to_depth
+from depth.result import DepthFrames, depth_to_disparity, disparity_to_depth
 from recon.artifacts.cameras import CameraSet
 from recon.stages.depth import depth_frames
 
@@ -81,6 +81,8 @@ def test_plane_sweep_recovers_known_plane(plane_scene, cost):
     cfg = S.StereoConfig(
         cost=cost, scale=1.0, num_planes=48, num_views=4, best_k=3, geo_views=0, device="cpu", cpu_threads=1
     )
+    # the sweep's own geometry on every pixel: no texture gate, coarse level or hole filling (tested below)
+    cfg.min_texture, cfg.coarse_scale, cfg.fill_steps = 0.0, 0.0, 0
     threads = torch.get_num_threads()
     depth, conf = S.stereo_depth(frames, K, c2w, [0], (1.4, 3.0), cfg)
     assert torch.get_num_threads() == threads  # restored
@@ -183,6 +185,7 @@ def kitchen_stereo(redkitchen_sfm_run, redkitchen_gt):
     med = depth_metrics(depth * s, gt, align="median")
     reg_gt = np.stack([_registered_gt(redkitchen_gt.read_depth(cams.source_index[i]), W, H) for i in gt_ids])
     m_reg = depth_metrics(depth * s, reg_gt)
+    m_reg_med = depth_metrics(depth * s, reg_gt, align="median")
     sfm_ratio = _sfm_point_ratio(paths, cams, gt_ids, depth)
     gt_over_sfm = _sfm_point_ratio(paths, cams, gt_ids, gt / s)  # GT depth / (SfM point depth x s)
     print(
@@ -192,7 +195,8 @@ def kitchen_stereo(redkitchen_sfm_run, redkitchen_gt):
         f"stereo / SfM point depth: median {sfm_ratio[0]:.4f}, {sfm_ratio[1]:.1%} within 2 % | "
         f"GT depth / (SfM point depth x s): median {gt_over_sfm[0]:.4f} | "
         f"vs GT registered to colour: AbsRel {m_reg['abs_rel']:.4f} delta1 {m_reg['delta1']:.4f} "
-        f"coverage {m_reg['coverage']:.3f}"
+        f"coverage {m_reg['coverage']:.3f}, median-scaled AbsRel {m_reg_med['abs_rel']:.4f} "
+        f"(scale {m_reg_med['scale']:.3f})"
     )
     return {
         "s": s,
@@ -203,6 +207,8 @@ def kitchen_stereo(redkitchen_sfm_run, redkitchen_gt):
         "metrics": m,
         "median": med,
         "registered": m_reg,
+        "registered_median": m_reg_med,
+        "reg_gt": reg_gt,
         "sfm_ratio": sfm_ratio,
     }
 
@@ -241,7 +247,7 @@ def test_redkitchen_stereo_vs_registered_gt(kitchen_stereo):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known data limit, measured: AbsRel 0.103 vs target 0.09 under the issue's protocol, because the SfM "
+    reason="known data limit, measured: AbsRel 0.107 vs target 0.09 under the issue's protocol, because the SfM "
     "structure is ~8.6% shallower than 7-Scenes GT depth after the trajectory Sim(3) scale (also seen by the "
     "alignment tests) and GT depth is not registered to colour; the bar is kept, not loosened",
 )
@@ -315,3 +321,123 @@ def test_stereo_backend_on_run_frames_reads_only_given_frames(redkitchen_sfm_run
     one = depth_frames(paths, cams, ids[:1], sfm=True)
     with pytest.raises(DepthError, match="at least 2"):
         S.StereoBackend(cfg).estimate(one)
+
+
+# ------------------------------------------------------------------------------------------------
+# coverage goal, confidence, sparse views, pose bounds, textureless regions
+
+
+def test_redkitchen_coverage_goal(kitchen_stereo):
+    """Issue 16 goal: >= 60 % of the GT-valid pixels get depth while the AbsRel over them is <= 0.07, against GT
+    registered to colour, after one median scale over all frames. The trajectory Sim(3) scale adds the SfM
+    structure's own ~9 % bias (GT depth / (SfM point depth x s) = 1.09, xfail above), which no stereo can remove."""
+    cov, med = kitchen_stereo["registered"]["coverage"], kitchen_stereo["registered_median"]
+    assert cov >= 0.60 and med["abs_rel"] <= 0.07, (cov, med["abs_rel"])
+    assert med["delta1"] >= 0.90
+
+
+def test_redkitchen_confidence_ranks_errors(kitchen_stereo):
+    """The confidence means something: the more confident half of the valid pixels has the smaller error."""
+    k = kitchen_stereo
+    d = k["depth"] * k["s"] * k["registered_median"]["scale"]
+    gt, conf = k["reg_gt"], k["conf"]
+    ok = (d > 0) & (gt > 0)
+    rel, c = np.abs(d[ok] - gt[ok]) / gt[ok], conf[ok]
+    hi = c >= np.median(c)
+    assert rel[hi].mean() < 0.8 * rel[~hi].mean(), (rel[hi].mean(), rel[~hi].mean())
+
+
+def test_redkitchen_three_sparse_views(redkitchen_sfm_run, redkitchen_gt):
+    """Three views over ~4 s of the video (frames 2, 11, 17: video frames 15, 84, 129, all with GT), nothing else
+    to match against: depth on a good part of each view, more than with the settings before issue 16."""
+    from depth.geometry import umeyama
+
+    paths = redkitchen_sfm_run
+    cams = CameraSet.load(paths.cameras_json)
+    ids = [2, 11, 17]
+    assert all(cams.registered[i] for i in ids)
+    frames = depth_frames(paths, cams, ids, sfm=True)
+    depth = disparity_to_depth(S.StereoBackend().estimate(frames).disparity)
+    reg = [i for i in range(len(cams)) if cams.registered[i]]
+    s, _, _ = umeyama(cams.centers[reg], redkitchen_gt.centers([cams.source_index[i] for i in reg]))
+    gt = np.stack(
+        [_registered_gt(redkitchen_gt.read_depth(cams.source_index[i]), cams.width, cams.height) for i in ids]
+    )
+    m = depth_metrics(depth * s, gt, align="median")
+    print(f"\n3 sparse redkitchen views: coverage {m['coverage']:.3f} median-scaled AbsRel {m['abs_rel']:.4f}")
+    assert (depth > 0).mean(axis=(1, 2)).min() > 0.15 and m["coverage"] >= 0.25
+    assert m["abs_rel"] <= 0.12 and m["delta1"] >= 0.8
+    # negative control, the settings before issue 16 (5 views, 1 px / 2 % check, no texture gate, coarse level,
+    # filling or sparse fallback): less depth (measured 0.19 vs 0.26 of all pixels)
+    old = S.StereoConfig(num_views=5, geo_px=1.0, geo_rel_depth=0.02, sparse_min_overlap=0.4, min_texture=0.0)
+    old.coarse_scale, old.fill_steps = 0.0, 0
+    before = disparity_to_depth(S.StereoBackend(old).estimate(frames).disparity)
+    print(f"before: coverage {(before > 0).mean():.3f}, after {(depth > 0).mean():.3f}")
+    assert (depth > 0).mean() > 1.2 * (before > 0).mean()
+
+
+FERN = Path(__file__).resolve().parents[2] / "shared" / "data" / "llff_fern_504x378"
+
+
+@pytest.fixture(scope="module")
+def fern_posed(tmp_path_factory):
+    """fern (504x378) with its LLFF poses, by the CLI up to the depth stage (stereo prior on the 3 training views
+    of the llff protocol; points triangulated with the poses fixed)."""
+    from recon.artifacts import RunPaths
+    from recon.cli import main
+
+    out = tmp_path_factory.mktemp("fern_stereo") / "run"
+    argv = ["depth", str(FERN / "images_8"), "--out", str(out), "--preset", "cpu", "-q", "--backend", "stereo"]
+    llff = ["--poses", str(FERN / "poses_bounds.npy"), "--split-protocol", "llff", "--train-views", "3"]
+    assert main([*argv, *llff]) == 0
+    return RunPaths(out)
+
+
+def test_fern_three_training_views_use_pose_bounds(fern_posed):
+    """The LLFF protocol's 3 training views [1, 10, 19]: the sweep spans the poses_bounds.npy near/far, and the
+    depth agrees with the SfM points triangulated from all 20 views (an independent reference), unbiased."""
+    paths = fern_posed
+    cams = CameraSet.load(paths.cameras_json)
+    train = [1, 10, 19]
+    frames = depth_frames(paths, cams, train, sfm=True)
+    assert frames.bounds is not None
+    np.testing.assert_allclose(frames.bounds, np.load(FERN / "poses_bounds.npy")[train, 15:])
+    result = S.StereoBackend().estimate(frames)
+    assert result.report["range_from"] == "pose bounds" and result.report["near"] == frames.bounds[:, 0].tolist()
+    depth = disparity_to_depth(result.disparity)
+    ratio, within = _sfm_point_ratio(paths, cams, train, depth)
+    print(
+        f"\nfern 3 views: coverage {(depth > 0).mean():.3f}, stereo / SfM depth median {ratio:.4f}, {within:.1%} in 2 %"
+    )
+    assert (depth > 0).mean(axis=(1, 2)).min() >= 0.7
+    assert abs(ratio - 1) < 0.01 and within > 0.5
+    valid = depth[depth > 0]
+    margin = S.StereoConfig().range_margin
+    assert valid.min() >= frames.bounds[:, 0].min() / (1 + margin) * 0.99
+    assert valid.max() <= frames.bounds[:, 1].max() * (1 + margin) * 1.01
+    # the depth stage got the same bounds: its prior on the training views is this depth
+    import json
+
+    stage = json.loads(paths.windows_json.read_text())["report"]
+    assert stage["range_from"] == "pose bounds" and stage["near"] == result.report["near"]
+    with pytest.raises(DepthError, match="near < far"):
+        DepthFrames(images=frames.images, names=frames.names, bounds=frames.bounds[:, ::-1])
+
+
+def test_textureless_region_is_invalid(plane_scene):
+    """A smooth ramp (like a sky gradient) painted over the top third of every view of the textured plane is
+    marked invalid; with the texture gate (and the coarse level, hole filling) off it gets speckle depth."""
+    frames, K, c2w, gt0 = plane_scene
+    frames = frames.copy()
+    ramp = np.linspace(150, 200, 40)[:, None, None] + np.linspace(0, 10, 160)[None, :, None]
+    frames[:, :40] = np.broadcast_to(ramp, (40, 160, 3)).round().astype(np.uint8)
+    cfg = S.StereoConfig(scale=1.0, num_planes=48, num_views=4, geo_views=4, device="cpu")
+    depth, conf = S.stereo_depth(frames, K, c2w, [0, 1, 2, 3, 4], (1.4, 3.0), cfg)
+    top, rest = depth[0, 4:36, 8:-8], depth[0, 50:, 8:-8]
+    assert (top > 0).mean() < 0.02 and (rest > 0).mean() > 0.6
+    ok = rest > 0
+    assert np.median(np.abs(rest[ok] / gt0[50:, 8:-8][ok] - 1)) < 0.015
+    off = S.StereoConfig(scale=1.0, num_planes=48, num_views=4, geo_views=4, device="cpu", min_texture=0.0)
+    off.coarse_scale, off.fill_steps = 0.0, 0
+    d_off, _ = S.stereo_depth(frames, K, c2w, [0, 1, 2, 3, 4], (1.4, 3.0), off)
+    assert (d_off[0, 4:36, 8:-8] > 0).mean() > 0.1

@@ -442,6 +442,42 @@ def test_ssim_and_psnr_against_skimage():
     assert psnr(torch.from_numpy(b), torch.from_numpy(a)) == pytest.approx(-10 * np.log10(mse), abs=1e-3)
 
 
+def test_training_ssim_zero_pads_like_the_2d_window():
+    """The loss SSIM (separable blur, "same" zero padding) equals SSIM written out with the full 11x11 Gaussian
+    window and zero padding (scipy), per pixel, in float64; and its gradient matches finite differences."""
+    from scipy.signal import correlate2d
+
+    from splat.losses import ssim_map
+
+    rng = np.random.default_rng(1)
+    a, b = rng.random((23, 31, 3)), rng.random((23, 31, 3))
+    x = np.arange(11) - 5.0
+    g = np.exp(-(x**2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    blur = lambda m: correlate2d(m, w, mode="same", boundary="fill")  # noqa: E731
+    want = np.empty((3, 23, 31))
+    for c in range(3):
+        p, q = a[..., c], b[..., c]
+        mp, mq = blur(p), blur(q)
+        vp, vq, cov = blur(p * p) - mp**2, blur(q * q) - mq**2, blur(p * q) - mp * mq
+        want[c] = ((2 * mp * mq + 1e-4) * (2 * cov + 9e-4)) / ((mp**2 + mq**2 + 1e-4) * (vp + vq + 9e-4))
+    got = ssim_map(torch.from_numpy(a)[None], torch.from_numpy(b)[None])[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    small = torch.from_numpy(a[:9, :12]).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: ssim(t[None], torch.from_numpy(b[:9, :12])[None]), (small,))
+
+
+def test_cpu_preset_trains_at_the_stored_frame_size():
+    """The cpu preset's frames stage stores frames at a 320 px long side and training keeps that size (no
+    further cap), so the apple clip's 320x178 frames train and evaluate at 320x178."""
+    from recon.config import preset_config
+    from splat.views import target_size
+
+    cfg = preset_config("cpu")
+    assert cfg.frames.max_size == 320
+    assert target_size(320, 178, cfg.train.downscale, cfg.train.max_size) == (320, 178)
+
+
 def test_depth_losses():
     rng = np.random.default_rng(1)
     prior = torch.from_numpy(rng.uniform(1, 3, (30, 40)).astype(np.float32))

@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from depth.checks import choice, device, flag, number, path_exists
 from depth.dvd.weights import DVD_DEFAULT_FILE, resolve_weights
 from depth.errors import DepthError
 from depth.result import KIND_RELATIVE, DepthFrames, DepthResult
+
+if TYPE_CHECKING:  # depth.dvd.clip imports torch; the configs load without it
+    from depth.dvd.clip import WindowRunner
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ class DVDConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     vae_tiling: bool = False  # diffusers' spatial VAE tiling (less memory at large sizes)
     lora_alpha: float | None = None  # None = config's lora.alpha (= rank for the release)
+    workers: int = 0  # windows computed at once by the application's scheduler (0 = its default); see DVDBackend
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -66,6 +70,7 @@ class DVDConfig:
             raise DepthError(f"DVD window {self.window} / overlap {self.overlap}: need 0 <= overlap < window")
         number(self.height, f"{where}.height", DepthError, lo=16, hi=8192, integer=True)
         number(self.width, f"{where}.width", DepthError, lo=16, hi=8192, integer=True)
+        number(self.workers, f"{where}.workers", DepthError, lo=0, hi=4096, integer=True)
         number(self.lora_alpha, f"{where}.lora_alpha", DepthError, lo=0, hi=1e6, lo_open=True, optional=True)
         flag(self.allow_download, f"{where}.allow_download", DepthError)
         flag(self.vae_tiling, f"{where}.vae_tiling", DepthError)
@@ -124,12 +129,18 @@ def _model_report(reg, paths, cfg: DVDConfig) -> dict[str, Any]:
 
 
 class DVDBackend:
-    """DVD video depth: relative disparity for a frame sequence (weights resolved on first use)."""
+    """DVD video depth: relative disparity for a frame sequence (weights resolved on first use).
+
+    `window_runner` (depth.dvd.clip.WindowRunner) computes the clip's windows; None = here, one after the
+    other. The application passes one that spreads them over `cfg.workers` devices (this library schedules
+    nothing itself); with stitch "global" the result is the same either way.
+    """
 
     name = "dvd"
 
-    def __init__(self, cfg: DVDConfig | None = None):
+    def __init__(self, cfg: DVDConfig | None = None, window_runner: WindowRunner | None = None):
         self.cfg = cfg or DVDConfig()
+        self.window_runner = window_runner
 
     def estimate(self, frames: DepthFrames, progress: Callable[[int, int], None] | None = None) -> DepthResult:
         """Relative disparity float32 [T, H, W] at the frames' resolution (larger = nearer, affine-invariant).
@@ -143,6 +154,9 @@ class DVDBackend:
         cfg.validate()
         if len(frames) == 0:
             raise DepthError("DVD depth: no frames given")
+        runner = self.window_runner
+        if runner is not None and not getattr(runner, "needs_model", True):  # every window computed elsewhere
+            return self._estimate_elsewhere(frames, runner, progress)
         t0 = time.perf_counter()
         reg, paths = load_regressor(cfg)
         t_load = time.perf_counter() - t0
@@ -156,19 +170,34 @@ class DVDBackend:
             f"~{cfg.height}x{cfg.width}, {reg.device} {str(reg.dtype).removeprefix('torch.')}, stitch {cfg.stitch}"
         )
         disparity, report = reg.predict_with_report(
-            frames.images,
-            height=cfg.height,
-            width=cfg.width,
-            window=cfg.window,
-            overlap=cfg.overlap,
-            stitch=cfg.stitch,
-            progress=progress,
+            frames.images, cfg.height, cfg.width, cfg.window, cfg.overlap, cfg.stitch, progress, runner
         )
         report.update(
             _model_report(reg, paths, cfg),
             load_seconds=t_load,
             seconds_per_frame=report["seconds"] / len(frames),
             peak_device_memory_bytes=int(torch.cuda.max_memory_allocated(reg.device)) if cuda else None,
+        )
+        windows = list(report.get("windows", []))
+        return DepthResult(disparity, KIND_RELATIVE, self.name, windows=windows, report=report)
+
+    def _estimate_elsewhere(
+        self, frames: DepthFrames, runner: WindowRunner, progress: Callable[[int, int], None] | None
+    ) -> DepthResult:
+        """`estimate` when the runner computes every window on its own workers: no model is loaded here."""
+        from depth.dvd.clip import predict_clip
+
+        cfg = self.cfg
+        paths = resolve_weights(cfg.dvd_weights, cfg.vae_weights, cfg.cache_dir, cfg.allow_download, cfg.dvd_file)
+        log.info(f"DVD depth: {len(frames)} frames, windows of {cfg.window} (overlap {cfg.overlap}) on workers")
+        disparity, report = predict_clip(
+            None, frames.images, cfg.height, cfg.width, cfg.window, cfg.overlap, cfg.stitch, progress, runner
+        )
+        report.update(
+            backend="dvd",
+            config=cfg.to_dict(),
+            weights={"dit": str(paths.dit), "vae": str(paths.vae), "model_config": str(cfg.dvd_config or "default")},
+            seconds_per_frame=report["seconds"] / len(frames),
         )
         windows = list(report.get("windows", []))
         return DepthResult(disparity, KIND_RELATIVE, self.name, windows=windows, report=report)

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from depth.device import resolve_device
-from depth.dvd import windows
+from depth.dvd import clip
+from depth.dvd.clip import WindowRunner
 from depth.dvd.config import DVDModelConfig
 from depth.dvd.convert import (
     LoraMergeInfo,
@@ -339,62 +340,18 @@ class DVDRegressor:
         overlap: int = 21,
         stitch: str = "chain",
         progress: Callable[[int, int], None] | None = None,
+        runner: WindowRunner | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Whole-clip inference: resize -> windows -> 4n+1 pad -> per-window pass -> stitch -> resize back.
 
         frames: uint8 [T, H0, W0, 3], or any sequence whose slices `frames[a:b]` give such arrays (read
         lazily, one window at a time). Returns (disparity float32 [T, H0, W0], report) where report holds
         `processing_size`, `windows` (list of WindowInfo dicts: start/end/padding/scale_raw/scale/shift/
-        residual_before/residual_after/seconds) and timing. Only one window is on the device at a time.
+        residual_before/residual_after/seconds/worker) and timing. Only one window is on the device at a time.
+        `runner` computes the windows (depth.dvd.clip.WindowRunner; default: here, in order, `run_sequential`),
+        e.g. spread over several devices by the application; the stitching is the same either way.
         """
-        num_frames = len(frames)
-        first = np.asarray(frames[0:1])
-        if first.ndim != 4 or first.shape[-1] != 3:
-            raise DepthError(f"DVD expects RGB frames [T, H, W, 3], got {first.shape[1:]} per frame")
-        if first.dtype != np.uint8:
-            raise DepthError(
-                f"DVD predict expects uint8 frames (0-255), got {first.dtype}; use predict_window for floats"
-            )
-        h0, w0 = int(first.shape[1]), int(first.shape[2])
-        h, w = windows.processing_size(h0, w0, height, width)
-        spans = windows.plan_windows(num_frames, window, overlap)
-        outputs: list[np.ndarray] = []
-        seconds: list[float] = []
-        t_start = time.perf_counter()
-        for i, (start, end) in enumerate(spans):
-            t0 = time.perf_counter()
-            clip = np.asarray(frames[start:end])
-            if clip.shape[1:] != (h0, w0, 3):
-                raise DepthError(f"frames {start}..{end - 1} have shape {clip.shape[1:]}, expected {(h0, w0, 3)}")
-            xt = torch.from_numpy(clip.astype(np.float32) / 255.0).permute(0, 3, 1, 2)  # [L, 3, H0, W0]
-            x = windows.resize_bilinear(xt, (h, w)).permute(0, 2, 3, 1).numpy()  # [L, h, w, 3]
-            del xt
-            out = self.predict_window(windows.temporal_pad(x))[: end - start]
-            outputs.append(out)
-            seconds.append(time.perf_counter() - t0)
-            log.debug(f"DVD window {i + 1}/{len(spans)} frames [{start}, {end}) in {seconds[-1]:.1f}s")
-            del clip, x
-            self._free()
-            if progress is not None:
-                progress(i + 1, len(spans))
-        stitched, infos = windows.stitch(outputs, spans, num_frames, stitch)
-        for info, sec in zip(infos, seconds):
-            info.seconds = sec
-        del outputs
-        disparity = windows.resize_bilinear(torch.from_numpy(stitched)[:, None], (h0, w0))[:, 0].numpy()
-        report = {
-            "processing_size": [h, w],
-            "input_size": [h0, w0],
-            "num_frames": num_frames,
-            "window": window,
-            "overlap": overlap,
-            "stitch": stitch,
-            "windows": [info.to_dict() for info in infos],
-            "seconds": time.perf_counter() - t_start,
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
-        }
-        return np.ascontiguousarray(disparity, dtype=np.float32), report
+        return clip.predict_clip(self, frames, height, width, window, overlap, stitch, progress, runner)
 
     def _free(self) -> None:
         gc.collect()

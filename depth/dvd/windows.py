@@ -120,6 +120,7 @@ class WindowInfo:
     residual_before: float | None = None  # raw window vs stitched result (no alignment)
     residual_after: float | None = None  # aligned window vs stitched result
     seconds: float | None = None
+    worker: str | None = None  # who computed the window when a scheduler spread them (depth.dvd.clip)
 
     def to_dict(self) -> dict:
         return asdict(self)

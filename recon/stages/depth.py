@@ -17,6 +17,7 @@ Writes:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 
 from depth.backend import DepthBackend, make_backend, select_backend
 from depth.checks import choice, flag, number
-from depth.dvd.backend import DVDConfig
+from depth.dvd.backend import DVDBackend, DVDConfig
 from depth.errors import DepthError
 from depth.file import FileDepthConfig
 from depth.preview import preview_frames
@@ -34,6 +35,7 @@ from depth.result import DepthFrames, DepthResult
 from depth.stereo import StereoConfig
 from recon.artifacts import CameraSet, DisparityMaps, RunPaths, Split, read_rgb
 from recon.atomic import write_json
+from recon.cluster import dvd_windows
 from recon.console import info, progress
 from recon.errors import ReconError
 from recon.sfm import load_reconstruction, sfm_observations
@@ -108,9 +110,18 @@ def _sfm_points(paths: RunPaths, cams: CameraSet, frame_ids: list[int]) -> tuple
     return points, observed
 
 
+def _pose_bounds(cams: CameraSet, frame_ids: list[int]) -> np.ndarray | None:
+    """[len(frame_ids), 2] (near, far) from cameras.json sfm.bounds (LLFF poses); None unless every frame has them."""
+    rows = cams.sfm.get("bounds")
+    if not isinstance(rows, list) or len(rows) != len(cams) or any(rows[i] is None for i in frame_ids):
+        return None
+    return np.array([rows[i] for i in frame_ids], np.float64).reshape(len(frame_ids), 2)
+
+
 def depth_frames(paths: RunPaths, cams: CameraSet, frame_ids: list[int], sfm: bool = False) -> DepthFrames:
     """What a depth backend gets for the run's frames `frame_ids`: their images (read here, and only
-    these), names, K, c2w and their positions among the run's frames; with `sfm` also the SfM points."""
+    these), names, K, c2w, their positions among the run's frames and the pose file's near/far bounds (LLFF);
+    with `sfm` also the SfM points."""
     files = [cams.files[i] for i in frame_ids]
     missing = [paths.root / f for f in files if not (paths.root / f).exists()]
     if missing:
@@ -121,6 +132,7 @@ def depth_frames(paths: RunPaths, cams: CameraSet, frame_ids: list[int], sfm: bo
     images = np.stack([read_rgb(paths.root / f, size, resize=False) for f in files])
     points, observed = _sfm_points(paths, cams, frame_ids) if sfm else (None, None)
     return DepthFrames(
+        bounds=_pose_bounds(cams, frame_ids),
         images=images,
         names=files,
         K=cams.K[frame_ids],
@@ -216,7 +228,10 @@ def run(ctx: StageContext, cfg: Config) -> dict[str, Any]:
     posed = _posed_frames(name, prior, cams)
     frames = depth_frames(paths, cams, posed, sfm=name == "stereo")
     t0 = time.perf_counter()
-    result = _estimate(backend, frames).validate(len(frames), frames.size)
+    with dvd_windows(cfg.dvd) if name == "dvd" else contextlib.nullcontext() as runner:
+        if isinstance(backend, DVDBackend):  # its windows on Ray actors with depth.dvd.workers > 1 (recon.cluster)
+            backend.window_runner = runner
+        result = _estimate(backend, frames).validate(len(frames), frames.size)
     seconds = time.perf_counter() - t0
     disp_sub, conf_sub = _on_prior(result, posed, prior)
     if name == "stereo":

@@ -262,6 +262,21 @@ class _Setup:
     eval_masks: dict[int, np.ndarray] | None
 
 
+def resolve_exposure(paths: RunPaths, cfg: Config) -> Config:
+    """`cfg` with train.exposure "auto" decided: when resuming or evaluating, as the checkpoint was trained;
+    else on for video input (frames.json source_type "video"), off for image folders and runs without
+    frames.json."""
+    import dataclasses
+
+    if cfg.exposure != "auto":
+        return cfg
+    if (cfg.resume or cfg.eval_only) and paths.checkpoint.exists():
+        on = Checkpoint.load(paths.checkpoint).state.get("exposure") is not None
+    else:
+        on = paths.frames_json.exists() and FramesIndex.load(paths.frames_json).source_type == "video"
+    return dataclasses.replace(cfg, exposure=on)
+
+
 def _check_llff_size(cams: CameraSet, cfg: Config) -> None:
     """The llff split protocol trains and evaluates at the frame (input) size: ReconError if the config would not."""
     size = target_size(cams.width, cams.height, cfg.downscale, cfg.max_size)
@@ -293,7 +308,8 @@ def _setup(paths: RunPaths, cfg: Config, device: Any) -> _Setup:
     )
     info(
         f"train: {len(train)} train / {len(test)} test views at {views.width}x{views.height} on {device}, "
-        f"init={cfg.init}, depth_loss={cfg.depth_loss if use_depth else 'none'}"
+        f"init={cfg.init}, depth_loss={cfg.depth_loss if use_depth else 'none'}, "
+        f"exposure={'on' if cfg.exposure is True else 'off'}"
     )
     return _Setup(cams, train, test, views, background, use_depth, gt_depth, eval_masks)
 
@@ -372,6 +388,7 @@ def _summary(cfg: Config, trainer: Trainer, s: _Setup, metrics: dict, extra: dic
         "init": cfg.init,
         "depth_loss": cfg.depth_loss if s.use_depth else "none",
         "strategy": cfg.strategy,
+        "exposure": cfg.exposure is True,
         "background": [round(float(c), 4) for c in bg.color],
         "background_source": bg.source,
         "train_background": bg.training,
@@ -379,6 +396,7 @@ def _summary(cfg: Config, trainer: Trainer, s: _Setup, metrics: dict, extra: dic
 
 
 def _train(paths: RunPaths, cfg: Config, device: Any, callback: Callable[[int, dict], None] | None) -> dict[str, Any]:
+    cfg = resolve_exposure(paths, cfg)
     s = _setup(paths, cfg, device)
     trainer = _trainer(paths, cfg, s)
     extra: dict[str, Any] = {}
@@ -394,6 +412,8 @@ def _train(paths: RunPaths, cfg: Config, device: Any, callback: Callable[[int, d
     summary = {**_summary(cfg, trainer, s, metrics, extra), "lpips_available": lpips_available}
     Metrics(summary, metrics.get("per_view", []), config_json(cfg)).save(paths.metrics_json)
     msg = f"test PSNR {summary.get('psnr', float('nan')):.2f} dB, SSIM {summary.get('ssim', float('nan')):.3f}"
+    if "psnr_cc" in summary:
+        msg += f" (colour-corrected: {summary['psnr_cc']:.2f} dB)"
     if "psnr_masked" in summary:
         msg += f" (co-visible pixels: {summary['psnr_masked']:.2f} dB, {summary['ssim_masked']:.3f})"
     if "depth_abs_rel" in summary:

@@ -1,0 +1,193 @@
+"""LLFF sparse-view benchmark on fern: {SfM, random, depth-fused} init x {depth loss off, on} x N views x seeds.
+
+The published protocol (RegNeRF / FSGS / DNGaussian / CoR-GS / DropGaussian): the 20 fern views at 504x378
+(`images_8`), the dataset's poses (poses_bounds.npy, `--poses`), test views 0, 8, 16 (every 8th), N training views
+by np.linspace over the other 17, training and evaluation at 504x378, PSNR / SSIM (LPIPS when its weights are on
+disk). The method sees the N training views only: the SfM points are triangulated from their features with the
+given poses (`poses.points_llff_train_views`), the weights-free stereo prior is computed on them
+(`depth.backend stereo`, the only prior without downloadable weights here), alignment and fusion use them.
+
+Each N is prepared once with the project's stages (recon.api.run up to fuse, `split.protocol llff`), then every
+(init, depth loss, seed) trains on a copy of that run with the train stage (recon.stages.train.run): the same code
+path as `recon run ... --split-protocol llff --train-views N`. Rows give mean +- std over the seeds.
+
+    .venv/bin/python benchmarks/llff.py                                  # N = 3 6 9, 3 seeds, 600 iterations
+    .venv/bin/python benchmarks/llff.py --views 3 --seeds 0 --iterations 300 --inits depth sfm
+
+The published figures beside the table average the 8 LLFF scenes at 3 views; fern alone is one of them, so they
+are a reference point, not a like-for-like comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recon import api
+from recon.artifacts import RunPaths
+from recon.console import set_verbosity
+from recon.errors import ReconError
+from recon.stages import StageContext
+
+FERN = Path(__file__).resolve().parents[2] / "shared" / "data" / "llff_fern_504x378"
+PUBLISHED_3VIEW = {  # PSNR dB, 3 training views, mean of the 8 LLFF scenes (papers' tables)
+    "3DGS": 15.52,
+    "DNGaussian": 19.12,
+    "FSGS": 20.31,
+    "CoR-GS": 20.45,
+    "DropGaussian": 20.76,
+}
+
+
+def prepare(scene: Path, n: int, out: Path, backend: str) -> tuple[RunPaths, float, str | None]:
+    """frames -> poses (given, points from the training views) -> split (llff, N) -> depth -> align -> fuse, once.
+
+    Returns (run, seconds, why the depth prior is missing or None)."""
+    run_dir = out / f"n{n}" / "base"
+    sections: dict[str, Any] = dict(
+        poses={"poses": str(scene / "poses_bounds.npy")},
+        split={"protocol": "llff", "train_views": n},
+        depth={"backend": backend},
+    )
+    t0 = time.perf_counter()
+    api.run(scene / "images_8", run_dir, until="split", preset="cpu", **sections)
+    why = None
+    try:
+        api.run(scene / "images_8", run_dir, until="fuse", preset="cpu", **sections)
+    except ReconError as e:  # no depth prior: the depth-init and depth-loss rows are skipped
+        why = str(e)
+    return RunPaths(run_dir), time.perf_counter() - t0, why
+
+
+def copy_run(base: RunPaths, dst: Path) -> RunPaths:
+    """A copy of the prepared run without any training output."""
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(base.root, dst, ignore=shutil.ignore_patterns("splat", "metrics.json", "report.html", "sfm_work"))
+    return RunPaths(dst)
+
+
+def train_config(args: argparse.Namespace, init: str, depth_loss: str, seed: int):
+    """The CPU preset at the protocol's size (504x378: max_size 0, downscale 1), with the benchmark's settings."""
+    from recon.stages.train import Config as TrainConfig
+
+    over: dict[str, Any] = dict(
+        init=init,
+        depth_loss=depth_loss,
+        iterations=args.iterations,
+        seed=seed,
+        max_size=0,
+        downscale=1.0,
+        video_frames=0,
+        cpu_threads=args.threads,
+    )
+    for item in args.set:
+        key, _, value = item.partition("=")
+        over[key] = json.loads(value)
+    return TrainConfig.preset("cpu", **over)
+
+
+def train_one(base: RunPaths, args: argparse.Namespace, init: str, dl: str, seed: int) -> dict | None:
+    """Train and evaluate one variant on a copy of `base`; the metrics row, or None when it cannot run."""
+    from recon.stages.train import run as run_train
+
+    paths = copy_run(base, base.root.parent / f"{init}_{dl}_s{seed}")
+    t0 = time.perf_counter()
+    try:
+        s = run_train(StageContext(paths), train_config(args, init, dl, seed))
+    except ReconError as e:
+        print(f"  {init}/{dl}/seed {seed}: {e}", flush=True)
+        return None
+    row = {"init": init, "depth_loss": dl, "seed": seed, "psnr": s["psnr"], "ssim": s["ssim"]}
+    row.update(lpips=s.get("lpips"), gaussians=s["num_gaussians"], wall_s=time.perf_counter() - t0)
+    if not args.keep:
+        shutil.rmtree(paths.root, ignore_errors=True)
+    return row
+
+
+def bench_views(args: argparse.Namespace, n: int) -> list[dict]:
+    """Prepare N views once, then every (init, depth loss, seed)."""
+    base, prep_s, why = prepare(args.scene, n, args.out, args.depth_backend)
+    print(f"[N={n}] prepared in {prep_s:.0f} s" + (f"; no depth prior: {why}" if why else ""), flush=True)
+    rows = []
+    for init in args.inits:
+        for dl in args.depth_losses:
+            if why and (init == "depth" or dl != "none"):
+                continue
+            for seed in args.seeds:
+                row = train_one(base, args, init, dl, seed)
+                if row is not None:
+                    rows.append({"views": n, **row})
+                    print(f"  {init:6s} {dl:10s} seed {seed}: PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.3f}  "
+                          f"{row['wall_s']:.0f} s", flush=True)  # fmt: skip
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and std over seeds per (views, init, depth loss)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["views"], r["init"], r["depth_loss"]), []).append(r)
+    out = []
+    for (n, init, dl), rs in groups.items():
+        agg = {"views": n, "init": init, "depth_loss": dl, "seeds": len(rs)}
+        for k in ("psnr", "ssim", "lpips", "wall_s"):
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            agg[k] = (float(np.mean(vals)), float(np.std(vals))) if vals else None
+        out.append(agg)
+    return out
+
+
+def table(summary: list[dict], iterations: int) -> str:
+    f = lambda v, p: "-" if v is None else f"{v[0]:.{p}f} ± {v[1]:.{p}f}"  # noqa: E731
+    lines = [
+        f"fern, LLFF protocol, 504x378, {iterations} iterations (CPU preset otherwise), mean ± std over seeds",
+        "|  N | init   | depth loss | seeds |        PSNR   |        SSIM     |       LPIPS     |    wall s   |",
+        "|----|--------|------------|-------|---------------|-----------------|-----------------|-------------|",
+    ]
+    for a in summary:
+        lines.append(
+            f"| {a['views']:2d} | {a['init']:6s} | {a['depth_loss']:10s} | {a['seeds']:5d} | {f(a['psnr'], 2):>13s} | "
+            f"{f(a['ssim'], 3):>15s} | {f(a['lpips'], 3):>15s} | {f(a['wall_s'], 0):>11s} |"
+        )
+    pub = ", ".join(f"{k} {v:.2f}" for k, v in PUBLISHED_3VIEW.items())
+    lines.append(f"published 3-view PSNR, mean of the 8 LLFF scenes (not fern alone): {pub}")
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scene", type=Path, default=FERN, help="LLFF scene folder with images_8/ and poses_bounds.npy")
+    ap.add_argument("--views", type=int, nargs="+", default=[3, 6, 9])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--inits", nargs="+", default=["sfm", "random", "depth"], choices=["sfm", "random", "depth"])
+    ap.add_argument("--depth-losses", nargs="+", default=["none", "l1-inverse"])
+    ap.add_argument("--iterations", type=int, default=600)
+    ap.add_argument("--depth-backend", default="stereo")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for training (0 = all)")
+    ap.add_argument("--set", nargs="*", default=[], help="extra train fields, KEY=JSON (e.g. drop_rate=0.1)")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/llff_bench"))
+    ap.add_argument("--keep", action="store_true", help="keep every trained variant's run directory")
+    ap.add_argument("--json", type=Path, help="write the per-seed rows and the summary here")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    set_verbosity(1 if args.verbose else 0)
+    rows = [row for n in args.views for row in bench_views(args, n)]
+    summary = summarise(rows)
+    print()
+    print(table(summary, args.iterations))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
