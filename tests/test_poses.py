@@ -286,9 +286,11 @@ def test_keyframe_rule_and_selection():
 def test_long_video_maps_keyframes_and_places_the_rest(redkitchen_gt, tmp_path):
     """The long-video path on a dense clip, the first 96 frames of the redkitchen video at 30 fps (3.2 s, 0.56 m of
     camera path), with the rule's frame count lowered from 200 to 64 to trigger it: a few keyframes are mapped, every
-    other frame is placed against them, and all poses stay on the GT trajectory. Measured (5 runs; the threaded
-    mapper is not deterministic): 25 keyframes (stride 4), 13-24 of them in the largest model, 96/96 placed, ATE
-    0.85-1.77 cm. Mapping every frame of this clip (keyframes_above=0) registers only ~30/96 (21 models)."""
+    other frame is placed against them, one global bundle adjustment refines all, and all poses stay on the GT
+    trajectory. Measured (9 runs; the threaded mapper is not deterministic): 25 keyframes (stride 4), 8-24 of them in
+    the largest model, 96/96 placed, ATE 0.79-1.54 cm, reprojection error 0.58-0.71 px (0.91-0.95 px before the final
+    adjustment; without it CI once saw ATE 2.23 cm and 1.10 px). Mapping every frame of this clip (keyframes_above=0)
+    registers only ~30/96 (21 models)."""
     with av.open(str(KITCHEN / "video_30fps.mp4")) as c:
         frames = [f.to_ndarray(format="rgb24")[::2, ::2] for _, f in zip(range(96), c.decode(video=0))]
     video = tmp_path / "dense.mp4"
@@ -303,4 +305,6 @@ def test_long_video_maps_keyframes_and_places_the_rest(redkitchen_gt, tmp_path):
     print(f"\ndense clip: {keys} keyframes + {placed} placed = {n}/96 registered, ATE {100 * rmse:.2f} cm")
     assert len(cs) == 96 and keys <= 48 and n >= 94 and n - keys <= placed < n
     assert rmse <= 0.03
-    assert 0 < cs.sfm["mean_reprojection_error_px"] < 1.0
+    assert 0 < cs.sfm["mean_reprojection_error_px"] < 0.9
+    adjusted = state["map"]["adjusted"]
+    assert adjusted["reproj_after_px"] < adjusted["reproj_before_px"] and adjusted["dropped"] > 0
