@@ -2,6 +2,7 @@
 
   .venv/bin/python benchmarks/batch.py                 # 4 small scenes with 1 and 2 workers + overhead
   .venv/bin/python benchmarks/batch.py --scenes 6      # more scenes (the two smallest real clips, repeated)
+  .venv/bin/python benchmarks/batch.py --iterations 300  # CPU-bound scenes (training dominates)
   .venv/bin/python benchmarks/batch.py --dvd           # DVD windows per second: plain path vs Ray actors
                                                        # (tiny reference model; --device cuda on a GPU)
 
@@ -40,8 +41,14 @@ from recon.cluster import LoopbackNamespace, token_env  # noqa: E402
 
 VIDEOS = ROOT.parent / "shared" / "data" / "real_videos"
 CLIPS = [VIDEOS / "cotracker_cat.mp4", VIDEOS / "cotracker_apple.mp4"]
-SMALL = ["--preset", "cpu", "--max-frames", "8", "--max-size", "160", "--iterations", "20", "--backend", "stereo"]
-SMALL += ["--set", "train.video_frames=0", "depth.preview=false", "train.max_size=96", "-q"]
+
+
+def scene_options(iterations: int) -> list[str]:
+    """recon batch options of one small scene: 8 frames at 160 px, stereo depth, training at 96 px."""
+    opts = ["--preset", "cpu", "--max-frames", "8", "--max-size", "160", "--iterations", str(iterations)]
+    opts += ["--backend", "stereo", "--set", "train.video_frames=0", "depth.preview=false", "train.max_size=96"]
+    return [*opts, "-q"]
+
 
 LOAD = [0.0]
 RAY_TEMPS: list[str] = []
@@ -67,14 +74,14 @@ with cluster.connect(node_ip="127.0.0.2", num_cpus=1, temp_dir=sys.argv[1]):
 """
 
 
-def run_batch(net: LoopbackNamespace, workers: int, scenes: int, work: Path) -> dict:
+def run_batch(net: LoopbackNamespace, workers: int, scenes: int, work: Path, iterations: int) -> dict:
     """One `recon batch` of `scenes` small scenes on a local cluster of `workers` CPUs."""
     out = work / f"out-{workers}"
     shutil.rmtree(out, ignore_errors=True)
     inputs = [str(CLIPS[i % len(CLIPS)]) for i in range(scenes)]
     cmd = [*net.wrap, sys.executable, "-m", "recon.cli", "batch", *inputs, "--out", str(out)]
     cmd += ["--num-cpus", str(workers), "--cpus-per-scene", "1", "--node-ip-address", "127.0.0.2"]
-    cmd += ["--temp-dir", _ray_temp(), *SMALL]
+    cmd += ["--temp-dir", _ray_temp(), *scene_options(iterations)]
     t0, t0_wall = time.perf_counter(), time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=token_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ready_wall = None
@@ -165,6 +172,7 @@ def dvd_table(net: LoopbackNamespace, work: Path, device: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, default=4)
+    ap.add_argument("--iterations", type=int, default=20, help="training steps per scene (more: more CPU-bound)")
     ap.add_argument("--dvd", action="store_true", help="DVD windows per second: plain path vs one Ray actor")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
@@ -175,7 +183,8 @@ def main() -> None:
             if args.dvd:
                 dvd_table(net, work, args.device)
             else:
-                batch_table([run_batch(net, w, args.scenes, work) for w in (1, 2)])
+                print(f"scenes: {' '.join(scene_options(args.iterations))}")
+                batch_table([run_batch(net, w, args.scenes, work, args.iterations) for w in (1, 2)])
                 noop_overhead(net, work)
     finally:
         for path in [str(work), *RAY_TEMPS]:

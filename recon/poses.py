@@ -12,8 +12,9 @@ Steps (COLMAP 4 on the CPU, through pycolmap):
               (200) frames maps keyframes only (every s-th frame, s chosen from the feature motion), then
               places each other frame by PnP against that model and bundle-adjusts them all once (as COLMAP's
               mapper ends), dropping observations over 4 px: mapping time follows the camera's path,
-              not the frame count (450 frames of 7-Scenes, benchmarks/poses.py: 114 keyframes, 154 s in all on an idle 2-core machine, ~22 CPU s of
-              mapping instead of ~264 for every frame, ATE 3.25 vs 3.16 cm).
+              not the frame count (450 frames of 7-Scenes, benchmarks/poses.py: 114 keyframes, 154 s in all
+              on an idle 2-core machine, ~22 CPU s of mapping instead of ~264 for every frame, ATE 3.25 vs
+              3.16 cm).
     undistort every frame, registered or not, is warped to a PINHOLE camera of the same size W x H
               (square pixels; the distortion-free camera COLMAP's undistorter chooses, uniformly scaled
               and centre-cropped to W x H so that no blank border appears).
@@ -90,7 +91,8 @@ class PosesConfig:
     max_num_features: int = 8192
     """SIFT features per image at most."""
     num_threads: int = -1
-    """CPU threads for COLMAP (-1 = all)."""
+    """CPU threads for COLMAP (-1 = this process's share: torch.get_num_threads(), all cores unless a Ray task's
+    CPUs or torch.set_num_threads say fewer; recon.poses.colmap_threads)."""
     seed: int = 0
     """Random seed for COLMAP's RANSAC and mappers (-1 = random)."""
     min_registered: int = 3
@@ -153,6 +155,15 @@ class PosesConfig:
 
 # --------------------------------------------------------------------------------------------------
 # undistortion (pure functions on pycolmap cameras)
+
+
+def colmap_threads(num_threads: int) -> int:
+    """COLMAP's thread count for poses.num_threads: itself when >= 1; for -1 torch's intra-op threads, which are
+    all cores unless this process was given fewer (a Ray scene task sets them to its CPUs: COLMAP's own -1 would
+    take every core of the machine whatever the task's share, and oversubscribe it)."""
+    import torch
+
+    return num_threads if num_threads >= 1 else max(1, torch.get_num_threads())
 
 
 def min_registered_frames(cfg: PosesConfig, num_frames: int) -> int:

@@ -413,9 +413,11 @@ def bin_tiles(
     tile_size: int,
     conics: Tensor | None = None,
     opacities: Tensor | None = None,
+    threads: int | None = None,
 ) -> NumbaBins:
     """Compiled `splat.cpu_raster.bin_tiles` (same arguments, same lists): splats listed front to back in every
-    tile their +-radius box overlaps, less the pairs where alpha stays below 1/255 (with conics and opacities)."""
+    tile their +-radius box overlaps, less the pairs where alpha stays below 1/255 (with conics and opacities);
+    threads: numba threads (None = default_threads())."""
     tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
     n_tiles = n_cameras * tile_width * tile_height
     tmin, span, tiles_per_splat = _tile_boxes(means2d, radii, tile_size, tile_width, tile_height)
@@ -429,10 +431,11 @@ def bin_tiles(
     cn, op = np.zeros((0, 3), m2.dtype), np.zeros(0, m2.dtype)  # empty: no alpha test
     if conics is not None and opacities is not None:
         cn, op = _np(conics), _np(opacities)
-    _box_pairs(
-        order, box_off, tmin.numpy(), span.numpy(), camera_ids.numpy(), m2, cn, op, tile_size, tile_width,
-        tile_height, pair_tile,
-    )  # fmt: skip
+    with _Threads(threads):
+        _box_pairs(
+            order, box_off, tmin.numpy(), span.numpy(), camera_ids.numpy(), m2, cn, op, tile_size, tile_width,
+            tile_height, pair_tile,
+        )  # fmt: skip
     depth_bits = depths.detach().float().contiguous().view(torch.int32).long().numpy()
     flatten_ids, isect_tiles, isect_ids, tile_start, tile_count, slot = _sort_pairs(
         order, box_off, pair_tile, n_tiles, tile_width * tile_height, depth_bits
@@ -695,13 +698,14 @@ def _max_threads() -> int:
 
 
 class _Threads:
-    """Runs a block with `n` numba threads (None: numba's default, all cores unless NUMBA_NUM_THREADS says fewer).
+    """Runs a block with `n` numba threads (None: default_threads()).
     numba's thread count is per calling thread, so the backward pass sets it again."""
 
     def __init__(self, n: int | None):
-        self.n = min(n or _max_threads(), _max_threads())
+        self.n = min(n or default_threads(), _max_threads())
 
     def __enter__(self):
+        self.torch_threads = torch.get_num_threads()
         self.prev = numba.get_num_threads()
         numba.set_num_threads(self.n)
         self.chunk = numba.set_parallel_chunksize(_CHUNK)
@@ -710,12 +714,18 @@ class _Threads:
     def __exit__(self, *exc):
         numba.set_parallel_chunksize(self.chunk)
         numba.set_num_threads(self.prev)
+        # numba's OpenMP layer and torch share one libgomp: numba's count would become torch's (train.cpu_threads=1
+        # then trained on every core after the first render), so torch's own count is put back
+        if torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
         return False
 
 
 def default_threads() -> int:
-    """Threads the compiled backend uses by default: the cores this process may run on (NUMBA_NUM_THREADS caps)."""
-    return min(len(os.sched_getaffinity(0)), _max_threads())
+    """Threads the compiled backend uses by default: torch's intra-op threads (so torch.set_num_threads, which
+    train.cpu_threads and a Ray task's CPUs set, governs both: two scenes sharing a machine do not oversubscribe it),
+    at most the cores this process may run on and NUMBA_NUM_THREADS."""
+    return max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0)), _max_threads()))
 
 
 class _Project(torch.autograd.Function):

@@ -93,7 +93,8 @@ def rasterization(
             cannot load or compile), "gsplat", "numba" (compiled, multi-core; SplatError if unavailable)
             or "torch" (pure PyTorch). The two CPU backends give the same outputs up to rounding.
         chunk_elems: torch backend working-set size ([tiles x pixels x list] elements per chunk).
-        num_threads: numba backend threads; None = all cores this process may use (NUMBA_NUM_THREADS caps).
+        num_threads: numba backend threads; None = torch.get_num_threads() (at most the cores this process may
+            use and NUMBA_NUM_THREADS).
 
     Returns:
         render_colors: [C, height, width, X], X = D ("RGB"), 1 ("D", "ED"), D + 1 ("RGB+D", "RGB+ED").
@@ -276,7 +277,9 @@ def _rasterization_torch(
     if opt.compiled:
         from splat import numba_raster
 
-        bins = nbins = numba_raster.bin_tiles(*bin_args, width, height, opt.tile_size, conics=cn, opacities=op)
+        bins = nbins = numba_raster.bin_tiles(
+            *bin_args, width, height, opt.tile_size, conics=cn, opacities=op, threads=opt.num_threads
+        )
         render_colors, render_alphas = numba_raster.rasterize_to_pixels(
             means2d, conics, feats, opacities, nbins, width, height, backgrounds, opt.absgrad, opt.num_threads
         )

@@ -7,6 +7,7 @@ backend's, results independent of the thread count, and the fallback to PyTorch 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import pytest
@@ -191,3 +192,28 @@ def test_kernels_load_inside_no_grad(monkeypatch):
     monkeypatch.setattr(render_mod, "_NUMBA_READY", {})
     with torch.no_grad():
         assert render_mod._numba_error(torch.float32) == ""
+
+
+def test_default_threads_follow_torch():
+    """No thread count given: the compiled backend uses torch's intra-op threads (train.cpu_threads and a Ray task's
+    CPUs set those), so two scenes sharing the cores do not each take all of them; and rendering leaves torch's
+    thread count as it was (numba's OpenMP layer shares torch's libgomp: before, train.cpu_threads=1 trained on
+    both cores after the first render)."""
+    import numba
+
+    from splat.numba_raster import _Threads, compile_kernels, default_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert default_threads() == 1
+        with _Threads(None) as t:
+            assert t.n == 1 and numba.get_num_threads() == 1
+        with _Threads(2):  # numba and torch share libgomp: torch's count must survive numba's
+            pass
+        compile_kernels(torch.float32)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        assert default_threads() == min(2, len(os.sched_getaffinity(0)), numba.config.NUMBA_NUM_THREADS)
+    finally:
+        torch.set_num_threads(before)

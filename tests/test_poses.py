@@ -308,3 +308,20 @@ def test_long_video_maps_keyframes_and_places_the_rest(redkitchen_gt, tmp_path):
     assert 0 < cs.sfm["mean_reprojection_error_px"] < 0.9
     adjusted = state["map"]["adjusted"]
     assert adjusted["reproj_after_px"] < adjusted["reproj_before_px"] and adjusted["dropped"] > 0
+
+
+def test_colmap_threads_follow_the_process_share():
+    """poses.num_threads -1 means this process's share of the cores (torch's threads: a Ray scene task sets them to
+    its CPUs), not COLMAP's every core of the machine; an explicit count is kept."""
+    import torch
+
+    from recon.poses import colmap_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert colmap_threads(-1) == 1 and colmap_threads(3) == 3
+        torch.set_num_threads(2)
+        assert colmap_threads(-1) == 2
+    finally:
+        torch.set_num_threads(before)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from recon.poses import (
     SfmOutcome,
     camera_record,
     camera_set_from_reconstruction,
+    colmap_threads,
     config_record,
     diagnose_sfm,
     frames_key,
@@ -57,6 +59,7 @@ def load_frames(paths: RunPaths) -> FramesIndex:
 
 def run(ctx: StageContext, cfg: Config) -> dict[str, Any]:
     frames = load_frames(ctx.paths)
+    cfg = replace(cfg, num_threads=colmap_threads(cfg.num_threads))
     if cfg.poses is not None:
         return _run_known(ctx.paths, cfg, frames)
     return _run_sfm(ctx.paths, cfg, frames)
