@@ -3,15 +3,17 @@
 Every input (a video, an image folder, or a folder of videos, expanded) is one scene, run by one Ray task
 that calls the same pipeline as `recon run` (recon.pipeline.run_pipeline) into DIR/<name>/, holding that
 run's writer lock (recon.lock): a batch run and a single run of a scene are interchangeable. A task asks for
-`--cpus-per-scene` CPUs (torch then uses as many threads) and, when the cluster has GPUs, one GPU (DVD depth
-and training); Ray runs as many at once as the cluster holds and retries a task whose node is lost (the
-retry waits for the lock of the lost attempt, and the pipeline redoes only unfinished stages). A finished
-scene's stages are skipped, so running the same command again resumes a killed batch.
+`--cpus-per-scene` CPUs (torch, the compiled rasterizer and COLMAP then use as many threads) and, when the
+cluster has GPUs, one GPU (DVD depth and training); Ray runs as many at once as the cluster holds and retries
+a task whose node is lost (the retry waits for the lock of the lost attempt, and the pipeline redoes only
+unfinished stages). A finished scene's stages are skipped, so running the same command again resumes a killed
+batch.
 
 DIR/batch.json (rewritten atomically as scenes start and finish), per scene: input, run, status (queued,
 running, done, skipped = everything was done earlier, failed), seconds, started / finished (the last
 attempt's local times on its node), node, attempts, metrics (the run's summary figures), error (one line)
-and the status of each stage ("ran" / "skipped"). One failing scene never stops the others.
+and the status of each stage ("ran" / "skipped"). One failing scene never stops the others. One batch per DIR
+at a time (DIR/.batch.lock, recon.lock.batch_lock): a second `recon batch` on DIR fails at once with one line.
 """
 
 from __future__ import annotations
@@ -343,6 +345,7 @@ def run_batch(cmd: BatchCommand) -> int:
 
     from recon import cluster
     from recon.console import configure_logging
+    from recon.lock import batch_lock
     from recon.pipeline import plan
 
     configure_logging(0 if cmd.quiet else (2 if cmd.verbose else 1))
@@ -353,8 +356,7 @@ def run_batch(cmd: BatchCommand) -> int:
     scenes = expand_inputs(cmd.input)
     build_config(scene_command(cmd, scenes[0]))  # a bad option fails here, once, before any cluster starts
     state = BatchState(cmd, scenes, plan("report", ("mesh",) if cmd.mesh else ()))
-    cmd.out.mkdir(parents=True, exist_ok=True)
-    with cluster.connect(cmd.address, cmd.node_ip_address, cmd.num_cpus, cmd.temp_dir) as address:
+    with batch_lock(cmd.out), cluster.connect(cmd.address, cmd.node_ip_address, cmd.num_cpus, cmd.temp_dir) as address:
         cluster.check_shared_dir(cmd.out)
         tracker = _tracker()
         state.write(address)

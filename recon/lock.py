@@ -84,8 +84,8 @@ def clean_temporaries(root: Path) -> list[Path]:
     return removed
 
 
-def _acquire(root: Path) -> tuple[int, bool]:
-    """Open and flock RUN/.lock (creating RUN); returns (descriptor, whether RUN was created)."""
+def _acquire(root: Path, name: str = LOCK_NAME) -> tuple[int, bool]:
+    """Open and flock RUN/`name` (creating RUN); returns (descriptor, whether RUN was created)."""
     if root.exists() and not root.is_dir():
         raise _os_error(errno.ENOTDIR, root, "cannot use run directory")
     created = not root.exists()
@@ -94,7 +94,7 @@ def _acquire(root: Path) -> tuple[int, bool]:
     except OSError as e:
         e.action = "cannot create run directory"  # type: ignore[attr-defined]
         raise
-    lock = root / LOCK_NAME
+    lock = root / name
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
@@ -126,11 +126,11 @@ def _os_error(code: int, path: Path, action: str) -> OSError:
     return e
 
 
-def _release(root: Path, fd: int, created: bool) -> None:
+def _release(root: Path, fd: int, created: bool, name: str = LOCK_NAME) -> None:
     """Unlock; a RUN this lock created and nothing else wrote into is removed again (while still locked)."""
     try:
-        if created and [p.name for p in root.iterdir()] == [LOCK_NAME]:
-            (root / LOCK_NAME).unlink()
+        if created and [p.name for p in root.iterdir()] == [name]:
+            (root / name).unlink()
             root.rmdir()
     except OSError:
         pass
@@ -162,6 +162,22 @@ def run_lock(root: str | os.PathLike) -> Iterator[Path]:
     finally:
         del _held[key]
         _release(root, fd, created)
+
+
+BATCH_LOCK_NAME = ".batch.lock"
+
+
+@contextlib.contextmanager
+def batch_lock(root: str | os.PathLike) -> Iterator[Path]:
+    """Hold the lock of batch folder `root` (DIR/.batch.lock; created if missing): one `recon batch` per DIR, so
+    batch.json has one writer. A second batch fails at once with `ROOT is in use by process PID since TIME`.
+    Unlike run_lock it removes no temporaries: the scene runs inside DIR have their own locks and writers."""
+    root = Path(root)
+    fd, created = _acquire(root, BATCH_LOCK_NAME)
+    try:
+        yield root
+    finally:
+        _release(root, fd, created, BATCH_LOCK_NAME)
 
 
 def is_held(root: str | os.PathLike) -> bool:

@@ -592,7 +592,10 @@ def _tile_bwd(g, col, cx, cy, gpix, head, absgrad, k, v):
     nx, ny, D = cx.shape[0], cy.shape[0], col.shape[1]
     trans, prefix = np.full(nx * ny, k[4]), np.full(nx * ny, k[5])
     done = np.zeros(nx * ny, np.bool_)
+    live = nx * ny
     for j in range(g.shape[0]):
+        if live == 0:
+            break  # every pixel saturated: the splats behind get no gradient (their rows stay 0)
         gj = g[j]
         a, b, c = gj[2], gj[3], gj[4]
         v_mx = v_my = v_a = v_b = v_c = v_o = abs_x = abs_y = k[5]
@@ -612,6 +615,7 @@ def _tile_bwd(g, col, cx, cy, gpix, head, absgrad, k, v):
                 next_t = trans[p] * (k[4] - alpha)
                 if next_t <= k[3]:
                     done[p] = True
+                    live -= 1
                     continue
                 w = alpha * trans[p]
                 gc = k[5]

@@ -116,6 +116,32 @@ def test_scene_waits_for_the_lock_of_a_lost_attempt(tmp_path):
     assert 0.5 < waited < 30
 
 
+def test_one_batch_per_folder(tmp_path, short_tmp):
+    """Two `recon batch` commands on one DIR: the second fails at once with one line naming the first (its PID),
+    before a cluster starts or batch.json is written; the scene runs inside DIR keep their own locks, and the
+    batch lock leaves their temporary files alone."""
+    out = tmp_path / "out"
+    (out / "scene").mkdir(parents=True)
+    pending = out / "scene" / ".cameras.abcd1234.tmp"  # a single run's writer at work inside DIR
+    pending.write_text("partial")
+    code = "import sys, time\nfrom recon.lock import batch_lock\nwith batch_lock(sys.argv[1]):\n"
+    code += "    print('held', flush=True)\n    time.sleep(60)\n"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cmd = [*RECON, str(CAT), "--out", str(out), "--node-ip-address", "127.0.0.2", "--temp-dir", short_tmp, *SMALL]
+        with LoopbackNamespace() as net:  # were the lock not taken first, Ray would start on loopback only
+            second = subprocess.run([*net.wrap, *cmd], cwd=ROOT, env=token_env(), capture_output=True, text=True,
+                                    timeout=300)  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert second.returncode != 0 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    assert second.stderr.strip().splitlines() == [f"error: {out} is in use by process {holder.pid} since " +
+                                                   second.stderr.split(" since ")[1].strip()]  # fmt: skip
+    assert not (out / "batch.json").exists() and pending.read_text() == "partial"
+
+
 def test_local_batch_failing_input_and_resume_after_kill(tmp_path, short_tmp):
     """A local cluster, two clips and one unreadable input; the batch is killed mid-way and run again."""
     bad = tmp_path / "bad.mp4"
