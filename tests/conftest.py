@@ -99,13 +99,15 @@ def redkitchen_gt() -> RedkitchenGT:
 
 @pytest.fixture(scope="session")
 def redkitchen_sfm_run(tmp_path_factory):
-    """Frames + poses + split on 60 frames (320x240) of the redkitchen video, once per session."""
+    """Frames + poses + split on 60 frames (320x240) of the redkitchen video, once per session. COLMAP runs on one
+    thread: its threaded mapper is not deterministic, and the Sim(3) scale of the result moved the stereo test's
+    AbsRel by +-0.005 between runs (0.0856 / 0.0901 against its 0.09 bar)."""
     from recon.artifacts.layout import RunPaths
     from recon.stages import StageContext, frames, poses, split
 
     paths = RunPaths(tmp_path_factory.mktemp("redkitchen_sfm"))
     frames.run(StageContext(paths, KITCHEN_VIDEO), frames.Config(max_frames=60, max_size=320))
-    poses.run(StageContext(paths), poses.Config())
+    poses.run(StageContext(paths), poses.Config(num_threads=1))
     split.run(StageContext(paths), split.Config())
     return paths
 

@@ -202,6 +202,7 @@ def test_two_node_cluster_loses_its_worker_mid_batch(tmp_path, monkeypatch, shor
             private += [f'mount -t tmpfs tmpfs {hidden} && exec "$0" "$@"']
             worker = start_node("127.0.0.3", temp, address=head.address, num_cpus=1, wrap=[*net.wrap, *private])
             nodes.append(worker)
+            _wait_for_nodes(net, head.address, 2)  # a loaded machine registers the worker after `ray start` ends
             join = ["--address", head.address, "--node-ip-address", "127.0.0.2", *SMALL]
             refused = subprocess.run([*net.wrap, *RECON, str(CAT), "--out", str(hidden), *join], cwd=ROOT,
                                      capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -231,6 +232,24 @@ def test_two_node_cluster_loses_its_worker_mid_batch(tmp_path, monkeypatch, shor
         assert rec["status"] == "done" and rec["error"] is None, rec
         _assert_complete_run(out / name)
         assert rec["metrics"]["num_gaussians"] == json.loads((out / name / "metrics.json").read_text())["num_gaussians"]
+
+
+WAIT_NODES = """
+import sys, time
+import ray
+ray.init(address=sys.argv[1], _node_ip_address="127.0.0.2", log_to_driver=False)
+deadline = time.monotonic() + 120
+while len([n for n in ray.nodes() if n.get("Alive")]) < int(sys.argv[2]) and time.monotonic() < deadline:
+    time.sleep(0.5)
+print(len([n for n in ray.nodes() if n.get("Alive")]))
+"""
+
+
+def _wait_for_nodes(net: LoopbackNamespace, address: str, count: int) -> None:
+    """Wait (at most 2 min) until the cluster at `address` lists `count` alive nodes."""
+    out = subprocess.run([*net.wrap, sys.executable, "-c", WAIT_NODES, address, str(count)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.split()[-1] == str(count), out.stderr[-2000:]
 
 
 def _running_on(scenes: dict, node: str) -> str | None:
