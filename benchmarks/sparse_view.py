@@ -304,7 +304,10 @@ def _add_variant_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--views", nargs="+", type=int, default=[3])
     ap.add_argument("--inits", nargs="+", default=["random", "sfm", "depth"], choices=["random", "sfm", "depth"])
     ap.add_argument(
-        "--depth-losses", nargs="+", default=["none", "l1-inverse"], choices=["none", "l1-inverse", "pearson"]
+        "--depth-losses",
+        nargs="+",
+        default=["none", "l1-inverse"],
+        choices=["none", "l1-inverse", "pearson", "patch-pearson"],
     )
     ap.add_argument("--depth-weight", type=float, default=None, help="override TrainConfig.depth_weight")
     ap.add_argument(

@@ -206,7 +206,8 @@ class StageCommand:
     init: Annotated[Literal["depth", "sfm", "random"] | None, _opt("train.init", "{depth,sfm,random}")] = None
     """Gaussian initialisation."""
     depth_loss: Annotated[
-        Literal["none", "l1-inverse", "pearson"] | None, _opt("train.depth_loss", "{none,l1-inverse,pearson}")
+        Literal["none", "l1-inverse", "pearson", "patch-pearson"] | None,
+        _opt("train.depth_loss", "{none,l1-inverse,pearson,patch-pearson}"),
     ] = None
     """Depth regulariser."""
     device: Annotated[str | None, _opt("train.device", "DEVICE")] = None

@@ -130,7 +130,50 @@ def depth_pearson(
     return 1.0 - corr
 
 
-DEPTH_LOSSES = {"l1-inverse": depth_l1_inverse, "pearson": depth_pearson}
+PATCH_SIZE = 16
+"""Side in pixels of the square patches of `depth_patch_pearson`."""
+
+
+def _patches(x: torch.Tensor, p: int) -> torch.Tensor:
+    """[..., H, W] -> [..., H // p, W // p, p * p] (the trailing rows and columns that do not fill a patch dropped)."""
+    h, w = x.shape[-2] // p * p, x.shape[-1] // p * p
+    x = x[..., :h, :w].unflatten(-2, (h // p, p)).unflatten(-1, (w // p, p))  # [..., nh, p, nw, p]
+    return x.transpose(-3, -2).flatten(-2)
+
+
+def depth_patch_pearson(
+    pred_depth: torch.Tensor, prior_depth: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean over 16x16 patches of 1 - the Pearson correlation of rendered and prior inverse depth in the patch.
+
+    A local depth normalisation (as DNGaussian's, Li et al. CVPR 2024, and the patch correlation of SparseGS):
+    each patch is compared up to its own scale and shift, so a prior whose error is a smooth, low-frequency
+    distortion (a monocular or few-view stereo prior) still teaches the fine relative shape. Patches with fewer
+    than a quarter of their pixels valid, or a flat prior (std below 1e-3 of its mean), are left out. Shapes as
+    in `depth_l1_inverse`; with `weight` the correlations are weighted.
+    """
+    p = PATCH_SIZE
+    m = mask & (prior_depth > 0)
+    w = m.to(pred_depth.dtype) if weight is None else m.to(pred_depth.dtype) * weight
+    a = _patches(1.0 / pred_depth.clamp_min(1e-6), p)
+    b = _patches(torch.where(m, 1.0 / prior_depth.clamp_min(1e-6), torch.zeros_like(prior_depth)), p)
+    w = _patches(w, p)
+    ws = w.sum(-1, keepdim=True)
+    wn = w / ws.clamp_min(1e-12)
+    ma, mb = (wn * a).sum(-1, keepdim=True), (wn * b).sum(-1, keepdim=True)
+    a, b = a - ma, b - mb
+    # A patch the render fills with one flat Gaussian has zero variance, and d sqrt(v) / dv is infinite there:
+    # the rendered spread is floored at 1e-3 of the patch's mean disparity.
+    va = (wn * a * a).sum(-1) + (1e-3 * ma.squeeze(-1).detach()) ** 2
+    vb = (wn * b * b).sum(-1)
+    keep = (_patches(m.to(pred_depth.dtype), p).sum(-1) >= p * p / 4) & (vb.sqrt() > 1e-3 * mb.squeeze(-1).abs())
+    if not bool(keep.any()):
+        return pred_depth.sum() * 0.0
+    corr = (wn * a * b).sum(-1)[keep] / torch.sqrt(va[keep] * vb[keep])
+    return (1.0 - corr).mean()
+
+
+DEPTH_LOSSES = {"l1-inverse": depth_l1_inverse, "pearson": depth_pearson, "patch-pearson": depth_patch_pearson}
 
 
 def exp_decay(step: int, start: float, final: float, max_steps: int) -> float:

@@ -65,10 +65,11 @@ class TrainConfig:
     sh_degree_interval: int = 1000
     """Raise the active SH degree by one every this many steps (until sh_degree)."""
     ssim_lambda: float = 0.2
-    depth_loss: Literal["none", "l1-inverse", "pearson"] = "l1-inverse"
+    depth_loss: Literal["none", "l1-inverse", "pearson", "patch-pearson"] = "l1-inverse"
     """Depth-prior loss against the aligned depth, each pixel weighted by the prior's confidence (1 for DVD and
-    file priors): L1 of inverse depth, or 1 - Pearson correlation of inverse depth (chosen by
-    benchmarks/sparse_view.py: benchmarks/README.md, "depth_loss")."""
+    file priors): L1 of inverse depth, 1 - Pearson correlation of inverse depth, or that correlation per 16x16
+    patch (local depth normalisation, as DNGaussian; splat.losses.depth_patch_pearson). Chosen by
+    benchmarks/sparse_view.py and benchmarks/llff.py: benchmarks/README.md, "depth_loss"."""
     depth_weight: float = 0.5
     """Weight of the depth loss at step 0 (benchmarks/README.md, "depth_weight")."""
     depth_weight_final: float = 0.1
@@ -389,7 +390,7 @@ def make_strategy(cfg: TrainConfig, device: torch.device):
 def uses_depth(cfg: TrainConfig) -> bool:
     """Whether training uses a depth prior (raises SplatError for an unknown depth loss)."""
     if cfg.depth_loss not in ("none", *DEPTH_LOSSES):
-        raise SplatError(f"unknown depth loss '{cfg.depth_loss}' (choose none, l1-inverse or pearson)")
+        raise SplatError(f"unknown depth loss '{cfg.depth_loss}' (choose none, l1-inverse, pearson or patch-pearson)")
     return cfg.depth_loss != "none" and cfg.depth_weight > 0
 
 

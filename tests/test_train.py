@@ -26,7 +26,7 @@ from recon.stages.train import run as run_stage
 from splat.camera_path import interpolate_path
 from splat.errors import SplatError
 from splat.evaluate import depth_metrics, psnr
-from splat.losses import depth_l1_inverse, depth_pearson, depth_weight_at, exp_decay, ssim
+from splat.losses import depth_l1_inverse, depth_patch_pearson, depth_pearson, depth_weight_at, exp_decay, ssim
 from splat.ply import read_gaussian_ply
 from splat.trainer import Trainer, render, resolve_background, training_background
 from splat.views import TrainViews
@@ -495,6 +495,30 @@ def test_depth_losses():
     pred.requires_grad_(True)
     depth_l1_inverse(pred * 1.1, prior, mask).backward()
     assert torch.isfinite(pred.grad).all() and pred.grad[5:].abs().sum() > 0 and pred.grad[:5].abs().sum() == 0
+
+
+def test_patch_pearson_ignores_a_per_patch_affine_error():
+    """The patch loss compares each 16x16 patch up to its own scale and shift of disparity: a prior distorted by a
+    different affine map per patch costs nothing there, while the whole-image Pearson sees the distortion."""
+    rng = np.random.default_rng(2)
+    pred = torch.from_numpy(rng.uniform(1, 3, (48, 64))).requires_grad_(True)  # 3 x 4 patches
+    scale = torch.from_numpy(rng.uniform(0.3, 3.0, (3, 4))).repeat_interleave(16, 0).repeat_interleave(16, 1)
+    shift = torch.from_numpy(rng.uniform(0.0, 1.0, (3, 4))).repeat_interleave(16, 0).repeat_interleave(16, 1)
+    prior = 1.0 / (scale / pred.detach() + shift)
+    prior[:8] = 0.0  # half of the first patch row invalid: still used (>= 1/4 valid)
+    prior[:, :13] = 0.0  # 13 of the first patch column's 16 pixel columns invalid: that patch column is left out
+    mask = torch.ones_like(prior, dtype=torch.bool)
+    assert float(depth_patch_pearson(pred, prior, mask)) == pytest.approx(0.0, abs=2e-5)  # the 1e-3 spread floor
+    assert float(depth_pearson(pred, prior, mask)) > 0.05
+    noise = torch.from_numpy(rng.uniform(1, 3, (48, 64)))
+    assert float(depth_patch_pearson(noise, prior, mask)) > 0.8
+    loss = depth_patch_pearson(pred * (1 + 0.1 * noise), prior, mask)
+    loss.backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad[8:, 16:].abs().sum() > 0
+    assert pred.grad[:, :16].abs().sum() == 0 and pred.grad[:8].abs().sum() == 0
+    flat = torch.full((48, 64), 2.0, dtype=torch.float64, requires_grad=True)  # one Gaussian filling every patch
+    depth_patch_pearson(flat, prior, mask).backward()
+    assert torch.isfinite(flat.grad).all() and flat.grad.abs().sum() > 0
 
 
 def test_schedules():

@@ -65,9 +65,10 @@ class DVDSplatModelConfig(SplatfactoModelConfig):
     """splatfacto's settings plus the DVD-Splat depth prior (defaults as in `splat.trainer.TrainConfig`)."""
 
     _target: type = field(default_factory=lambda: DVDSplatModel)
-    depth_loss: Literal["none", "l1-inverse", "pearson"] = _TRAIN_DEFAULTS.depth_loss
+    depth_loss: Literal["none", "l1-inverse", "pearson", "patch-pearson"] = _TRAIN_DEFAULTS.depth_loss
     """Depth-prior loss against the run's aligned depth: 'l1-inverse' (L1 on inverse depth),
-    'pearson' (1 - correlation of inverse depth, scale-free) or 'none' (see splat.losses)."""
+    'pearson' (1 - correlation of inverse depth, scale-free), 'patch-pearson' (that correlation per 16x16 patch)
+    or 'none' (see splat.losses)."""
     depth_weight: float = _TRAIN_DEFAULTS.depth_weight
     """Weight of the depth loss at step 0."""
     depth_weight_final: float = _TRAIN_DEFAULTS.depth_weight_final
