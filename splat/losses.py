@@ -154,7 +154,8 @@ def depth_patch_pearson(
     """
     p = PATCH_SIZE
     m = mask & (prior_depth > 0)
-    w = m.to(pred_depth.dtype) if weight is None else m.to(pred_depth.dtype) * weight
+    valid = m.to(pred_depth.dtype)
+    w = valid if weight is None else valid * weight
     a = _patches(1.0 / pred_depth.clamp_min(1e-6), p)
     b = _patches(torch.where(m, 1.0 / prior_depth.clamp_min(1e-6), torch.zeros_like(prior_depth)), p)
     w = _patches(w, p)
@@ -166,7 +167,7 @@ def depth_patch_pearson(
     # the rendered spread is floored at 1e-3 of the patch's mean disparity.
     va = (wn * a * a).sum(-1) + (1e-3 * ma.squeeze(-1).detach()) ** 2
     vb = (wn * b * b).sum(-1)
-    keep = (_patches(m.to(pred_depth.dtype), p).sum(-1) >= p * p / 4) & (vb.sqrt() > 1e-3 * mb.squeeze(-1).abs())
+    keep = (_patches(valid, p).sum(-1) >= p * p / 4) & (vb.sqrt() > 1e-3 * mb.squeeze(-1).abs())
     if not bool(keep.any()):
         return pred_depth.sum() * 0.0
     corr = (wn * a * b).sum(-1)[keep] / torch.sqrt(va[keep] * vb[keep])

@@ -236,12 +236,12 @@ def test_two_node_cluster_loses_its_worker_mid_batch(tmp_path, monkeypatch, shor
 
 WAIT_NODES = """
 import sys, time
-import ray
-ray.init(address=sys.argv[1], _node_ip_address="127.0.0.2", log_to_driver=False)
-deadline = time.monotonic() + 120
-while len([n for n in ray.nodes() if n.get("Alive")]) < int(sys.argv[2]) and time.monotonic() < deadline:
-    time.sleep(0.5)
-print(len([n for n in ray.nodes() if n.get("Alive")]))
+from recon.cluster import alive_nodes, connect
+with connect(sys.argv[1], "127.0.0.2"):
+    deadline = time.monotonic() + 120
+    while len(alive_nodes()) < int(sys.argv[2]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    print(len(alive_nodes()))
 """
 
 
