@@ -242,6 +242,7 @@ class Browser:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: close() stops the helpers that write the profile too
         )
         port_file = Path(self.profile.name) / "DevToolsActivePort"
         deadline = time.monotonic() + timeout
@@ -289,7 +290,20 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
+            _stop_group(self.proc.pid)  # chromium's helpers outlive it and still write the profile (seen in CI)
             self.profile.cleanup()
+
+
+def _stop_group(pgid: int, timeout: float = 30.0) -> None:
+    """SIGKILL process group `pgid` and wait until none of its processes is left."""
+    deadline = time.monotonic() + timeout
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+        while time.monotonic() < deadline:
+            os.killpg(pgid, 0)
+            time.sleep(0.05)
+    except ProcessLookupError:
+        return
 
 
 def settled(view, at: np.ndarray, timeout: float = 60.0, quiet: float = 0.5):
