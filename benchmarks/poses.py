@@ -11,9 +11,11 @@ them far less than wall time). `default` marks the variant PosesConfig() picks a
 
 --ladder: the SfM retry ladder (recon.poses.sfm_attempts) on the shared real clips and 7-Scenes (control), with
 the CPU preset's frames (48 frames, long side 320) or --max-frames/--max-size: every attempt is run on its own
-(features reused) and the table gives clip, frames, size, attempt, registered and seconds.
+(features reused) and the table gives clip, frames, size, attempt, registered frames (those that keep a pose: see
+recon.poses.drop_unsupported_frames) and seconds. COLMAP's threaded mapper is not deterministic: --seeds K runs every
+attempt with seeds 0..K-1 and gives the registered counts of all of them.
 
-    .venv/bin/python benchmarks/poses.py --ladder [--max-frames 48] [--max-size 320]
+    .venv/bin/python benchmarks/poses.py --ladder [--max-frames 48] [--max-size 320] [--seeds 4] [--clips ...]
 """
 
 from __future__ import annotations
@@ -123,24 +125,30 @@ def result_row(paths: RunPaths, cfg: PosesConfig, label: str, gt: dict[int, np.n
 def ladder(root: Path, args: argparse.Namespace) -> None:
     """Each attempt of the retry ladder on each clip (frames as the CPU preset makes them); prints the table."""
     rows = []
-    for clip, video in CLIPS.items():
+    for clip in args.clips:
+        video = CLIPS[clip]
         paths = RunPaths(root / clip)
         shutil.rmtree(paths.root, ignore_errors=True)
         frames_stage.run(StageContext(paths, video), FramesConfig(max_frames=args.max_frames, max_size=args.max_size))
         frames = FramesIndex.load(paths.frames_json)
         names = [Path(f).name for f in frames.files]
-        cfg = PosesConfig(mapper=args.mapper, num_threads=args.threads)
-        for attempt in sfm_attempts(frames, cfg):
-            plan = SfmPlan.make(frames, cfg, attempt)
-            t0 = time.perf_counter()
-            rec, _, _ = reconstruct(paths.sfm_work_dir, paths.frames_dir, names, frames.size, plan, cfg)
-            n = rec.num_reg_images() if rec is not None else 0
-            rows.append((clip, len(names), "x".join(map(str, frames.size)), attempt.name, n, time.perf_counter() - t0))
-            print(f"{clip}: {attempt.name}: {n}/{len(names)}", file=sys.stderr, flush=True)
-    print(f"\nSfM retry ladder, frames: max {args.max_frames}, long side {args.max_size} px, threads {args.threads}")
-    print("| clip | frames | size | attempt | registered | seconds |\n|---|---|---|---|---|---|")
-    for clip, n, size, name, reg, sec in rows:
-        print(f"| {clip} | {n} | {size} | {name} | {reg}/{n} | {sec:.1f} |")
+        for attempt in sfm_attempts(frames, PosesConfig()):
+            counts, t0 = [], time.perf_counter()
+            for seed in range(args.seeds):
+                cfg = PosesConfig(mapper=args.mapper, num_threads=args.threads, seed=seed)
+                plan = SfmPlan.make(frames, cfg, attempt)
+                rec, _, _ = reconstruct(paths.sfm_work_dir, paths.frames_dir, names, frames.size, plan, cfg)
+                counts.append(rec.num_reg_images() if rec is not None else 0)
+            sec = (time.perf_counter() - t0) / args.seeds
+            rows.append((clip, len(names), "x".join(map(str, frames.size)), attempt.name, counts, sec))
+            print(f"{clip}: {attempt.name}: {counts} of {len(names)}", file=sys.stderr, flush=True)
+    print(
+        f"\nSfM retry ladder, frames: max {args.max_frames}, long side {args.max_size} px, threads {args.threads}, "
+        f"seeds 0-{args.seeds - 1}"
+    )
+    print("| clip | frames | size | attempt | registered (per seed) | seconds (mean) |\n|---|---|---|---|---|---|")
+    for clip, n, size, name, counts, sec in rows:
+        print(f"| {clip} | {n} | {size} | {name} | {' '.join(map(str, counts))} | {sec:.1f} |")
 
 
 def main() -> None:
@@ -154,6 +162,8 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="sizes x variants table (the default mode)")
     ap.add_argument("--ladder", action="store_true", help="the SfM retry ladder on the shared clips")
     ap.add_argument("--max-frames", type=int, default=48, help="--ladder: frames per clip")
+    ap.add_argument("--seeds", type=int, default=1, help="--ladder: COLMAP seeds 0..K-1 per attempt")
+    ap.add_argument("--clips", nargs="+", choices=list(CLIPS), default=list(CLIPS), help="--ladder's clips")
     args = ap.parse_args()
     set_verbosity(0)
     if args.ladder:

@@ -481,10 +481,13 @@ class Attempt:
     mapper: str | None = None
     init_min_tri_angle: float | None = None
     """Incremental mapper: smallest triangulation angle (degrees) of the initial image pair (COLMAP: 16)."""
+    min_tri_angle: float | None = None
+    """Incremental mapper: smallest triangulation angle (degrees) of a new point and of a kept one (COLMAP: 1.5)."""
 
 
 AS_CONFIGURED = Attempt("as configured")
 RELAXED_INIT_DEG = 4.0
+RELAXED_TRI_DEG = 0.5
 EXHAUSTIVE_RETRY_MAX_IMAGES = 200
 
 
@@ -493,7 +496,10 @@ def sfm_attempts(frames: FramesIndex, cfg: PosesConfig) -> list[Attempt]:
 
     Measured on the shared clips (benchmarks/poses.py --ladder): a panning camera (little parallax between
     frames) finds no initial pair with COLMAP's 16-degree triangulation angle; 4 degrees is enough.
-    Exhaustive matching adds the far-apart pairs that sequential matching never compares.
+    Exhaustive matching adds the far-apart pairs that sequential matching never compares; with it, points down to
+    0.5 degrees of triangulation angle are kept: on the roller-coaster clip COLMAP's 1.5-degree filter emptied every
+    model it made in 4 of 4 seeds (frames kept, 0-3 points: no usable pose), 0.5 degrees gave 23-48 supported frames
+    in 10 of 10 seeds (the sequential matches gained nothing from it: 2 of 4 seeds failed either way).
     """
     if not cfg.retry:
         return [AS_CONFIGURED]
@@ -502,7 +508,8 @@ def sfm_attempts(frames: FramesIndex, cfg: PosesConfig) -> list[Attempt]:
     )
     out = [AS_CONFIGURED, relaxed]
     if resolve_matcher(frames, cfg) != "exhaustive" and len(frames) <= EXHAUSTIVE_RETRY_MAX_IMAGES:
-        out.append(Attempt("exhaustive matching, relaxed initial pair", "exhaustive", "incremental", RELAXED_INIT_DEG))
+        name = f"exhaustive matching, relaxed initial pair and triangulation (>= {RELAXED_TRI_DEG:g} deg)"
+        out.append(Attempt(name, "exhaustive", "incremental", RELAXED_INIT_DEG, RELAXED_TRI_DEG))
     return out
 
 
@@ -515,11 +522,14 @@ class SfmPlan:
     focal: float
     focal_source: str
     single_camera: bool
-    init_min_tri_angle: float | None
+    attempt_settings: Attempt
     keys: dict[str, str]
-    attempt: str = AS_CONFIGURED.name
     keyframe_motion_px: float = 0.0
     """Map keyframes only, at most this feature motion (pixels; keyframe_stride) apart; 0 = map every frame."""
+
+    @property
+    def attempt(self) -> str:
+        return self.attempt_settings.name
 
     @classmethod
     def make(cls, frames: FramesIndex, cfg: PosesConfig, attempt: Attempt = AS_CONFIGURED) -> SfmPlan:
@@ -534,11 +544,14 @@ class SfmPlan:
             match_settings.append("loop detection")
         k_match = settings_key(*match_settings)
         map_settings: list[Any] = [k_match, mapper, cfg.seed, cfg.min_registered, attempt.init_min_tri_angle]
+        if attempt.min_tri_angle is not None:
+            map_settings.append(attempt.min_tri_angle)
+        map_settings.append(f"frames observe >= {MIN_IMAGE_POINTS} points")  # models mapped before this rule are redone
         if kf_px > 0:
             map_settings += ["keyframes", kf_px, cfg.sequential_overlap]
         k_map = settings_key(*map_settings)
         keys = {"extract": k_extract, "match": k_match, "map": k_map}
-        return cls(matcher, mapper, focal, focal_src, single, attempt.init_min_tri_angle, keys, attempt.name, kf_px)
+        return cls(matcher, mapper, focal, focal_src, single, attempt, keys, kf_px)
 
 
 def keyframe_motion_px(num_frames: int, long_side: int, matcher: str, cfg: PosesConfig) -> float:
@@ -737,15 +750,45 @@ def drop_far_observations(rec: Any, max_px: float) -> int:
     return removed
 
 
+MIN_IMAGE_POINTS = 15
+"""A registered frame must observe at least this many triangulated points to keep its pose. COLMAP registers a
+frame with >= 30 PnP inliers, but its later filters (triangulation angle, reprojection error) can strip a panning
+camera's points afterwards: the roller-coaster clip has given models of 9 and of 19 frames with 1 and 3 points in
+all, whose poses nothing constrains; healthy models of the same clip see 265-326 points per frame."""
+
+
+def drop_unsupported_frames(rec: Any, min_points: int = MIN_IMAGE_POINTS) -> int:
+    """Deregister every frame of `rec` that observes fewer than min_points triangulated points, repeatedly (a
+    deregistered frame takes its observations along, and points left with < 2 views go); returns how many went."""
+    dropped = 0
+    while weak := [i for i in rec.reg_image_ids() if rec.images[i].num_points3D < min_points]:
+        for i in weak:
+            rec.deregister_frame(rec.images[i].frame_id)
+        dropped += len(weak)
+    return dropped
+
+
 def map_step(db_path: Path, image_dir: Path, out_dir: Path, cfg: PosesConfig, plan: SfmPlan) -> tuple[dict, dict]:
-    """The map step: all frames, or (plan.keyframe_motion_px > 0) the keyframes and then the other frames placed
-    against the largest model, which is rewritten. Returns {N: reconstruction} and what to record of it."""
+    """The map step (`map_models`), then every model's frames without support dropped (drop_unsupported_frames;
+    the models changed are rewritten). Returns {N: reconstruction} and what to record of it."""
+    recs, record = map_models(db_path, image_dir, out_dir, cfg, plan)
+    unsupported = {str(k): n for k, rec in recs.items() if (n := drop_unsupported_frames(rec))}
+    for k in unsupported:
+        recs[int(k)].write(out_dir / k)
+    if unsupported:
+        record["unsupported_frames_dropped"] = unsupported
+    return recs, record
+
+
+def map_models(db_path: Path, image_dir: Path, out_dir: Path, cfg: PosesConfig, plan: SfmPlan) -> tuple[dict, dict]:
+    """All frames mapped, or (plan.keyframe_motion_px > 0) the keyframes and then the other frames placed against
+    the largest model, which is rewritten. Returns {N: reconstruction} and what to record of it."""
     if plan.keyframe_motion_px <= 0:
-        return map_features(db_path, image_dir, out_dir, cfg, plan.mapper, plan.init_min_tri_angle), {}
+        return map_features(db_path, image_dir, out_dir, cfg, plan.mapper, plan.attempt_settings), {}
     graph = MatchGraph.read(db_path)
     keys = select_keyframes(graph, plan.keyframe_motion_px, keyframe_strides(cfg))
     names = [graph.names[k] for k in keys]
-    recs = map_features(db_path, image_dir, out_dir, cfg, plan.mapper, plan.init_min_tri_angle, names)
+    recs = map_features(db_path, image_dir, out_dir, cfg, plan.mapper, plan.attempt_settings, names)
     record: dict[str, Any] = {"keyframes": len(keys)}
     if recs:
         best = max(recs, key=lambda k: recs[k].num_reg_images())
@@ -1216,11 +1259,11 @@ def map_features(
     out_dir: Path,
     cfg: PosesConfig,
     mapper: str | None = None,
-    init_min_tri_angle: float | None = None,
+    attempt: Attempt = AS_CONFIGURED,
     image_names: list[str] | None = None,
 ) -> dict[int, Any]:
     """Incremental or global mapping (`mapper`, default cfg.mapper) of the matched database into out_dir/N;
-    returns {N: reconstruction}. init_min_tri_angle: the incremental mapper's initial-pair angle (degrees).
+    returns {N: reconstruction}. attempt: the incremental mapper's triangulation angles when not None (degrees).
     image_names: map only these images (None = all)."""
     import pycolmap
 
@@ -1232,8 +1275,10 @@ def map_features(
         opt.min_model_size = max(3, min(10, cfg.min_registered))
         if image_names is not None:
             opt.image_names = list(image_names)
-        if init_min_tri_angle is not None:
-            opt.mapper.init_min_tri_angle = float(init_min_tri_angle)
+        if attempt.init_min_tri_angle is not None:
+            opt.mapper.init_min_tri_angle = float(attempt.init_min_tri_angle)
+        if attempt.min_tri_angle is not None:
+            opt.triangulation.min_angle = opt.mapper.filter_min_tri_angle = float(attempt.min_tri_angle)
         return pycolmap.incremental_mapping(db_path, image_dir, out_dir, opt)
     if mapper == "global":
         global_opt = pycolmap.GlobalPipelineOptions()

@@ -325,3 +325,31 @@ def test_colmap_threads_follow_the_process_share():
         assert colmap_threads(-1) == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_frames_without_points_lose_their_pose(redkitchen_sfm_run):
+    """COLMAP's filters can strip a model's points after its frames registered (CI once kept a roller-coaster model
+    of 19 frames and 3 points in all): such frames are deregistered, and a healthy model keeps every frame."""
+    from recon.poses import MIN_IMAGE_POINTS, drop_unsupported_frames
+
+    work = redkitchen_sfm_run.sfm_work_dir
+    best = json.loads((work / "state.json").read_text())["map"]["best"]
+    rec = pycolmap.Reconstruction(work / "sparse" / str(best))
+    n_reg, n_points = rec.num_reg_images(), rec.num_points3D()
+    assert drop_unsupported_frames(rec) == 0 and rec.num_reg_images() == n_reg and rec.num_points3D() == n_points
+
+    weak = sorted(rec.reg_image_ids())[n_reg // 2]
+    seen = [i for i, p in enumerate(rec.images[weak].points2D) if p.has_point3D()]
+    for idx in seen[MIN_IMAGE_POINTS - 1 :]:
+        pid = rec.images[weak].points2D[idx].point3D_id
+        if rec.points3D[pid].track.length() > 2:
+            rec.delete_observation(weak, idx)
+        else:
+            rec.delete_point3D(pid)
+    assert drop_unsupported_frames(rec) == 1 and rec.num_reg_images() == n_reg - 1
+    assert not rec.images[weak].has_pose
+    assert all(rec.images[i].num_points3D >= MIN_IMAGE_POINTS for i in rec.reg_image_ids())
+
+    for pid in list(rec.point3D_ids())[3:]:
+        rec.delete_point3D(pid)
+    assert drop_unsupported_frames(rec) == n_reg - 1 and rec.num_reg_images() == 0

@@ -13,15 +13,13 @@ import io
 import json
 import re
 import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import unquote
-from urllib.request import urlopen
 
 import numpy as np
 import pytest
+from support.chromium import Chromium, needs_chromium
 
 from depth.geometry import opencv_to_opengl
 from recon.artifacts import AlignedDepth, CameraSet, RunPaths, read_rgb
@@ -30,8 +28,6 @@ from recon.report import SECTIONS, error_map, mesh_preview, render_points, run_f
 from recon.stages.report import splat_depth, write_report
 
 ICL = Path(__file__).resolve().parents[2] / "shared" / "data" / "icl_nuim_livingroom_5frames"
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 
 
 def icl_c2w() -> list[np.ndarray]:
@@ -322,70 +318,20 @@ ZOOM_JS = """(() => { const label = document.querySelector('label.zoom'); if (!l
 def load_in_chromium(page: Path, timeout: float = 60.0) -> dict:
     """Open `page` in headless Chromium; return console errors, exceptions, requested URLs, images, videos
     (VIDEOS_JS) and the click-to-enlarge check (ZOOM_JS)."""
-    import websocket
-
-    with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.Popen(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-extensions",
-                "--no-first-run",
-                "--mute-audio",
-                "--remote-allow-origins=*",
-                "--remote-debugging-port=0",
-                f"--user-data-dir={profile}",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    with Chromium("--disable-gpu", timeout=timeout) as browser:
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            browser.call(f"{domain}.enable")
+        browser.call("Page.navigate", url=page.resolve().as_uri())
+        deadline = time.monotonic() + timeout
+        while not any(e.get("method") == "Page.loadEventFired" for e in browser.events):
+            assert time.monotonic() < deadline, "the page did not finish loading"
+            browser.receive()
+        images = browser.evaluate(
+            "JSON.stringify(Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]))"
         )
-        try:
-            port_file = Path(profile) / "DevToolsActivePort"
-            deadline = time.monotonic() + timeout
-            while not (port_file.exists() and port_file.read_text().strip()):
-                assert proc.poll() is None and time.monotonic() < deadline, "chromium did not start"
-                time.sleep(0.1)
-            port = int(port_file.read_text().split()[0])
-            targets = json.loads(urlopen(f"http://127.0.0.1:{port}/json/list", timeout=timeout).read())
-            ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
-            ws = websocket.create_connection(ws_url, timeout=timeout, suppress_origin=True)
-            ids = iter(range(1, 10**6))
-            events: list[dict] = []
-
-            def call(method: str, **params) -> dict:
-                msg_id = next(ids)
-                ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
-                while True:
-                    msg = json.loads(ws.recv())
-                    if msg.get("id") == msg_id:
-                        assert "error" not in msg, msg
-                        return msg.get("result", {})
-                    events.append(msg)
-
-            for domain in ("Page", "Runtime", "Log", "Network"):
-                call(f"{domain}.enable")
-            call("Page.navigate", url=page.resolve().as_uri())
-            while not any(e.get("method") == "Page.loadEventFired" for e in events):
-                assert time.monotonic() < deadline, "the page did not finish loading"
-                events.append(json.loads(ws.recv()))
-            js = (
-                "JSON.stringify(Array.from(document.images)"
-                ".map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]))"
-            )
-            images = json.loads(call("Runtime.evaluate", expression=js, returnByValue=True)["result"]["value"])
-            videos = json.loads(
-                call("Runtime.evaluate", expression=VIDEOS_JS, awaitPromise=True, returnByValue=True)["result"]["value"]
-            )
-            zoom = json.loads(call("Runtime.evaluate", expression=ZOOM_JS, returnByValue=True)["result"]["value"])
-            ws.close()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        videos = browser.evaluate(VIDEOS_JS, awaitPromise=True)
+        zoom = browser.evaluate(ZOOM_JS)
+        events = browser.events
     requests = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
     return {"errors": page_errors(events), "images": images, "requests": requests, "videos": videos, "zoom": zoom}
 

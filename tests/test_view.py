@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from urllib.request import urlopen
 
 import numpy as np
 import pytest
+from support.chromium import Chromium, needs_chromium
 
 from recon.artifacts import CameraSet, RunPaths
 from recon.cli import main
@@ -43,8 +42,6 @@ from recon.view import (
     viser_to_opencv,
 )
 
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 MAX_SIZE = 256  # refined render size of the browser tests (pixels, long side)
 
 
@@ -217,54 +214,13 @@ def test_the_command_prints_its_url_and_serves_the_page(trained: RunPaths):
 # in headless Chromium
 
 
-class Browser:
-    """Headless Chromium on a page, driven over the DevTools protocol (as tests/test_report.py)."""
+class Browser(Chromium):
+    """Headless Chromium (support.chromium) showing the page at `url`."""
 
     def __init__(self, url: str, timeout: float = 60.0) -> None:
-        import websocket
-
-        self.profile = tempfile.TemporaryDirectory()
-        self.proc = subprocess.Popen(
-            [
-                str(CHROMIUM),
-                "--headless",
-                "--no-sandbox",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-extensions",
-                "--no-first-run",
-                "--mute-audio",
-                "--window-size=800,600",
-                "--remote-allow-origins=*",
-                "--remote-debugging-port=0",
-                f"--user-data-dir={self.profile.name}",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: close() stops the helpers that write the profile too
-        )
-        port_file = Path(self.profile.name) / "DevToolsActivePort"
-        deadline = time.monotonic() + timeout
-        while not (port_file.exists() and port_file.read_text().strip()):
-            assert self.proc.poll() is None and time.monotonic() < deadline, "chromium did not start"
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        targets = json.loads(urlopen(f"http://127.0.0.1:{port}/json/list", timeout=timeout).read())
-        ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
-        self.ws = websocket.create_connection(ws_url, timeout=timeout, suppress_origin=True)
-        self.ids = iter(range(1, 10**6))
+        super().__init__("--window-size=800,600", timeout=timeout)
         self.call("Page.enable")
         self.call("Page.navigate", url=url)
-
-    def call(self, method: str, **params) -> dict:
-        msg_id = next(self.ids)
-        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == msg_id:
-                assert "error" not in msg, msg
-                return msg.get("result", {})
 
     def canvas(self) -> np.ndarray:
         """Screenshot of the largest canvas (the 3D view): uint8 [h, w, 3]."""
@@ -274,36 +230,9 @@ class Browser:
             "JSON.stringify(Array.from(document.querySelectorAll('canvas')).map(c => c.getBoundingClientRect())"
             ".map(r => [r.x, r.y, r.width, r.height]).sort((a, b) => b[2] * b[3] - a[2] * a[3])[0])"
         )
-        x, y, w, h = (
-            int(round(v)) for v in json.loads(self.call("Runtime.evaluate", expression=js)["result"]["value"])
-        )
+        x, y, w, h = (int(round(v)) for v in self.evaluate(js))
         png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
         return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[y : y + h, x : x + w]
-
-    def close(self) -> None:
-        try:
-            self.ws.close()
-        finally:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-            _stop_group(self.proc.pid)  # chromium's helpers outlive it and still write the profile (seen in CI)
-            self.profile.cleanup()
-
-
-def _stop_group(pgid: int, timeout: float = 30.0) -> None:
-    """SIGKILL process group `pgid` and wait until none of its processes is left."""
-    deadline = time.monotonic() + timeout
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-        while time.monotonic() < deadline:
-            os.killpg(pgid, 0)
-            time.sleep(0.05)
-    except ProcessLookupError:
-        return
 
 
 def settled(view, at: np.ndarray, timeout: float = 60.0, quiet: float = 0.5):
