@@ -41,7 +41,6 @@ numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]  # type: ign
 _JIT: dict[str, Any] = dict(cache=True, nogil=True, error_model="numpy")
 _REACH_MARGIN = 1e-3  # as cpu_raster._reaches_tile: never drops a pair that contributes
 _SKIP_MARGIN = 1e-4  # sigma beyond log(255 opacity) + this: alpha < 1/255 for sure, skip exp
-_CHUNK = 4  # prange iterations handed out at a time (tiles differ a lot in work)
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,25 +562,28 @@ def _tile_fwd(g, col, cx, cy, trans, acc, k):
 @njit(parallel=True, **_JIT)
 def _raster_fwd(
     means2d, conics, colors, opac, flatten_ids, tile_start, tile_count, tile_size, tile_width, tile_height, k, out,
-    trans,
+    trans, tiles, bounds,
 ):  # fmt: skip
-    """Front-to-back compositing, parallel over tiles. out [C, H, W, D] (sum of w_i c_i, no background) and
-    trans [C, H, W] (final transmittance) are written for every pixel; k = _consts(dtype)."""
+    """Front-to-back compositing, parallel over the workers of _deal_tiles (tiles, bounds). out [C, H, W, D] (sum
+    of w_i c_i, no background) and trans [C, H, W] (final transmittance) are written for every pixel;
+    k = _consts(dtype)."""
     C, H, W, D = out.shape
     per_cam = tile_width * tile_height
-    for t in prange(tile_start.shape[0]):
-        cam, local = t // per_cam, t % per_cam
-        y0, x0 = (local // tile_width) * tile_size, (local % tile_width) * tile_size
-        cx, cy = _centres(x0, min(tile_size, W - x0), k), _centres(y0, min(tile_size, H - y0), k)
-        nx, ny = cx.shape[0], cy.shape[0]
-        g, col = _gather(means2d, conics, colors, opac, flatten_ids, tile_start[t], tile_count[t])
-        tr, acc = np.empty(nx * ny, k.dtype), np.empty((nx * ny, D), k.dtype)
-        _tile_fwd(g, col, cx, cy, tr, acc, k)
-        for ry in range(ny):
-            for rx in range(nx):
-                trans[cam, y0 + ry, x0 + rx] = tr[ry * nx + rx]
-                for d in range(D):
-                    out[cam, y0 + ry, x0 + rx, d] = acc[ry * nx + rx, d]
+    for w in prange(bounds.shape[0] - 1):
+        for i in range(bounds[w], bounds[w + 1]):
+            t = tiles[i]
+            cam, local = t // per_cam, t % per_cam
+            y0, x0 = (local // tile_width) * tile_size, (local % tile_width) * tile_size
+            cx, cy = _centres(x0, min(tile_size, W - x0), k), _centres(y0, min(tile_size, H - y0), k)
+            nx, ny = cx.shape[0], cy.shape[0]
+            g, col = _gather(means2d, conics, colors, opac, flatten_ids, tile_start[t], tile_count[t])
+            tr, acc = np.empty(nx * ny, k.dtype), np.empty((nx * ny, D), k.dtype)
+            _tile_fwd(g, col, cx, cy, tr, acc, k)
+            for ry in range(ny):
+                for rx in range(nx):
+                    trans[cam, y0 + ry, x0 + rx] = tr[ry * nx + rx]
+                    for d in range(D):
+                        out[cam, y0 + ry, x0 + rx, d] = acc[ry * nx + rx, d]
 
 
 @njit(**_JIT)
@@ -642,42 +644,79 @@ def _tile_bwd(g, col, cx, cy, gpix, head, absgrad, k, v):
             v[j, 6 + D], v[j, 7 + D] = abs_x, abs_y
 
 
+@njit(**_JIT)
+def _pixel_heads(cam, y0, x0, nx, ny, out, trans, backgrounds, v_colors, v_alphas, k):
+    """A tile's gpix [P, D] = dL/dcolour and head [P] = tail + sum_i w_i g.c_i per pixel (see _raster_bwd)."""
+    D = out.shape[3]
+    gpix, head = np.empty((nx * ny, D), k.dtype), np.empty(nx * ny, k.dtype)
+    for ry in range(ny):
+        for rx in range(nx):
+            py, px, p = y0 + ry, x0 + rx, ry * nx + rx
+            tail = -v_alphas[cam, py, px, 0]
+            head[p] = k[5]
+            for d in range(D):
+                gpix[p, d] = v_colors[cam, py, px, d]
+                head[p] += gpix[p, d] * out[cam, py, px, d]
+                if backgrounds.shape[0] > 0:
+                    tail += gpix[p, d] * backgrounds[cam, d]
+            head[p] += tail * trans[cam, py, px]
+    return gpix, head
+
+
+@njit(**_JIT)
+def _deal_tiles(tile_count, n_workers):
+    """The tiles dealt to n_workers lists of near-equal work, heaviest tile first to the least-loaded worker
+    (longest-processing-time rule; work = the tile's pairs + 8 for its per-tile cost): worker w composites
+    tiles[bounds[w] : bounds[w + 1]] (int64).
+
+    Why by hand: numba's prange gives each thread one contiguous block of its range whatever
+    set_parallel_chunksize says (measured with numba 0.68 on its omp and workqueue layers), and the tiles of a
+    scene differ in work: 50k Gaussians at 320x240 put 41k pairs in the top half of the tiles and 120k in the
+    bottom one, so 2 threads composited only ~1.25x faster than one."""
+    n = tile_count.shape[0]
+    load = np.zeros(n_workers, np.int64)
+    owner = np.empty(n, np.int64)
+    for t in np.argsort(-tile_count, kind="mergesort"):
+        w = np.argmin(load)
+        owner[t] = w
+        load[w] += tile_count[t] + 8
+    bounds = np.zeros(n_workers + 1, np.int64)
+    for t in range(n):
+        bounds[owner[t] + 1] += 1
+    bounds = np.cumsum(bounds)
+    tiles, fill = np.empty(n, np.int64), bounds[:-1].copy()
+    for t in range(n):
+        tiles[fill[owner[t]]] = t
+        fill[owner[t]] += 1
+    return tiles, bounds
+
+
 @njit(parallel=True, **_JIT)
 def _raster_bwd(
     means2d, conics, colors, opac, flatten_ids, tile_start, tile_count, tile_size, tile_width, tile_height, k,
-    out, trans, backgrounds, v_colors, v_alphas, absgrad, v_pairs,
+    out, trans, backgrounds, v_colors, v_alphas, absgrad, v_pairs, tiles, bounds,
 ):  # fmt: skip
-    """Gradients per (tile, splat) pair, parallel over tiles: v_pairs [n_isects, K] rows (means2d x, y,
-    conic a, b, c, opacity, colour [D], then |dL/dmeans2d| x, y when absgrad), pair i in row i only.
+    """Gradients per (tile, splat) pair, parallel over the workers of _deal_tiles: v_pairs [n_isects, K] rows
+    (means2d x, y, conic a, b, c, opacity, colour [D], then |dL/dmeans2d| x, y when absgrad), pair i in row i only.
 
     Per pixel, front to back with T_i^incl = T_i (1 - alpha_i):
     dL/dalpha_i = -(tail + sum_{j>i} w_j g.c_j - T_i^incl g.c_i) / (1 - alpha_i), tail = T_final (g.bg - dL/dA).
     """
     C, H, W, D = out.shape
     per_cam = tile_width * tile_height
-    has_bg = backgrounds.shape[0] > 0
-    for t in prange(tile_start.shape[0]):
-        cam, local = t // per_cam, t % per_cam
-        y0, x0 = (local // tile_width) * tile_size, (local % tile_width) * tile_size
-        cx, cy = _centres(x0, min(tile_size, W - x0), k), _centres(y0, min(tile_size, H - y0), k)
-        nx, ny = cx.shape[0], cy.shape[0]
-        start, n = tile_start[t], tile_count[t]
-        g, col = _gather(means2d, conics, colors, opac, flatten_ids, start, n)
-        gpix, head = np.empty((nx * ny, D), k.dtype), np.empty(nx * ny, k.dtype)
-        for ry in range(ny):
-            for rx in range(nx):
-                py, px, p = y0 + ry, x0 + rx, ry * nx + rx
-                tail = -v_alphas[cam, py, px, 0]
-                head[p] = k[5]
-                for d in range(D):
-                    gpix[p, d] = v_colors[cam, py, px, d]
-                    head[p] += gpix[p, d] * out[cam, py, px, d]
-                    if has_bg:
-                        tail += gpix[p, d] * backgrounds[cam, d]
-                head[p] += tail * trans[cam, py, px]
-        v = np.zeros((n, v_pairs.shape[1]), k.dtype)
-        _tile_bwd(g, col, cx, cy, gpix, head, absgrad, k, v)
-        v_pairs[start : start + n] = v
+    for w in prange(bounds.shape[0] - 1):
+        for i in range(bounds[w], bounds[w + 1]):
+            t = tiles[i]
+            cam, local = t // per_cam, t % per_cam
+            y0, x0 = (local // tile_width) * tile_size, (local % tile_width) * tile_size
+            cx, cy = _centres(x0, min(tile_size, W - x0), k), _centres(y0, min(tile_size, H - y0), k)
+            nx, ny = cx.shape[0], cy.shape[0]
+            start, n = tile_start[t], tile_count[t]
+            g, col = _gather(means2d, conics, colors, opac, flatten_ids, start, n)
+            gpix, head = _pixel_heads(cam, y0, x0, nx, ny, out, trans, backgrounds, v_colors, v_alphas, k)
+            v = np.zeros((n, v_pairs.shape[1]), k.dtype)
+            _tile_bwd(g, col, cx, cy, gpix, head, absgrad, k, v)
+            v_pairs[start : start + n] = v
 
 
 @njit(parallel=True, **_JIT)
@@ -712,11 +751,9 @@ class _Threads:
         self.torch_threads = torch.get_num_threads()
         self.prev = numba.get_num_threads()
         numba.set_num_threads(self.n)
-        self.chunk = numba.set_parallel_chunksize(_CHUNK)
         return self
 
     def __exit__(self, *exc):
-        numba.set_parallel_chunksize(self.chunk)
         numba.set_num_threads(self.prev)
         # numba's OpenMP layer and torch share one libgomp: numba's count would become torch's (train.cpu_threads=1
         # then trained on every core after the first render), so torch's own count is put back
@@ -815,11 +852,12 @@ class _Rasterize(torch.autograd.Function):
         C, dtype = bins.n_cameras, arrays[0].dtype
         out, trans = np.empty((C, height, width, D), dtype), np.empty((C, height, width), dtype)
         tiling = (bins.flatten_ids.numpy(), bins.tile_start.numpy(), bins.tile_count.numpy(), bins.tile_size)
-        with _Threads(threads):
-            _raster_fwd(*arrays, *tiling, bins.tile_width, bins.tile_height, _consts(dtype), out, trans)
+        with _Threads(threads) as pool:
+            deal = _deal_tiles(bins.tile_count.numpy(), pool.n)
+            _raster_fwd(*arrays, *tiling, bins.tile_width, bins.tile_height, _consts(dtype), out, trans, *deal)
         out_t, trans_t = torch.from_numpy(out), torch.from_numpy(trans)[..., None]
         render = out_t if backgrounds is None else out_t + trans_t * backgrounds[:, None, None, :]
-        ctx.arrays, ctx.tiling, ctx.bins, ctx.threads = arrays, tiling, bins, threads
+        ctx.arrays, ctx.tiling, ctx.bins, ctx.threads, ctx.deal = arrays, tiling, bins, threads, deal
         ctx.absgrad, ctx.means2d = absgrad, means2d if absgrad else None
         ctx.shapes = (means2d.shape, conics.shape, colors.shape, opacities.shape)
         ctx.save_for_backward(backgrounds, out_t, trans_t)
@@ -837,7 +875,7 @@ class _Rasterize(torch.autograd.Function):
             _raster_bwd(
                 *ctx.arrays, *ctx.tiling, bins.tile_width, bins.tile_height, _consts(dtype), out_t.numpy(),
                 trans_t.numpy()[..., 0],
-                bg, _np(v_render), _np(v_alphas), ctx.absgrad, v_pairs,
+                bg, _np(v_render), _np(v_alphas), ctx.absgrad, v_pairs, *ctx.deal,
             )  # fmt: skip
             _sum_pairs(bins.order, bins.box_off, bins.slot, v_pairs, v_splats)
         v = torch.from_numpy(v_splats)

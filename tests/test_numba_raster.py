@@ -217,3 +217,26 @@ def test_default_threads_follow_torch():
         assert default_threads() == min(2, len(os.sched_getaffinity(0)), numba.config.NUMBA_NUM_THREADS)
     finally:
         torch.set_num_threads(before)
+
+
+def test_tiles_are_dealt_to_workers_in_equal_shares():
+    """numba's prange hands each thread one contiguous block, and a scene's tiles differ in work (the benchmark
+    scene: 41k pairs in the top half of the tiles, 120k in the bottom one), so the rasterizer deals the tiles to its
+    workers itself: every tile exactly once, and work shares within one tile's work of each other (LPT)."""
+    import numpy as np
+
+    from splat.numba_raster import _deal_tiles
+
+    rng = np.random.default_rng(0)
+    skewed = np.concatenate([rng.integers(0, 40, 600), rng.integers(100, 900, 600)]).astype(np.int64)
+    for counts in (skewed, np.zeros(7, np.int64), np.array([5000, 1, 1, 1], np.int64)):
+        for workers in (1, 2, 3, 8):
+            tiles, bounds = _deal_tiles(counts, workers)
+            assert bounds[0] == 0 and bounds[-1] == len(counts) and np.all(np.diff(bounds) >= 0)
+            assert np.array_equal(np.sort(tiles), np.arange(len(counts)))
+            loads = np.array([(counts[tiles[a:b]] + 8).sum() for a, b in zip(bounds[:-1], bounds[1:])])
+            assert loads.max() - loads.min() <= counts.max() + 8
+    halves = [(skewed[:600] + 8).sum(), (skewed[600:] + 8).sum()]
+    tiles, bounds = _deal_tiles(skewed, 2)
+    dealt = [(skewed[tiles[a:b]] + 8).sum() for a, b in zip(bounds[:-1], bounds[1:])]
+    assert max(dealt) / min(dealt) < 1.01 < max(halves) / min(halves)
