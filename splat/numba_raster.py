@@ -352,42 +352,49 @@ def _box_pairs(order, box_off, tmin, span, cams, means2d, conics, opac, tile_siz
                 k += 1
 
 
-@njit(**_JIT)
-def _sort_pairs(order, box_off, pair_tile, n_tiles, per_cam, depth_bits):
+@njit(parallel=True, **_JIT)
+def _sort_pairs(order, box_off, pair_tile, n_tiles, per_cam, depth_bits, n_chunks):
     """Stable counting sort of the kept pairs by tile (pairs arrive nearest splat first, so each tile's list is
-    front to back). Returns flatten_ids, isect_tiles, isect_ids (gsplat's keys: camera | tile | float32 depth bits,
-    as splat.render._isect_ids) [n_isects], tile_start, tile_count [n_tiles] and slot [n_box_pairs] (sorted
-    position of each box pair, -1 when dropped)."""
-    tile_count = np.zeros(n_tiles, np.int64)
-    for k in range(pair_tile.shape[0]):
-        if pair_tile[k] >= 0:
-            tile_count[pair_tile[k]] += 1
-    tile_start = np.empty(n_tiles, np.int64)
+    front to back), parallel over n_chunks runs of splats with equal pair counts (a histogram per run; run c's
+    pairs of a tile follow those of runs < c). Returns flatten_ids, isect_tiles, isect_ids (gsplat's keys:
+    camera | tile | float32 depth bits, as splat.render._isect_ids) [n_isects], tile_start, tile_count [n_tiles]
+    and slot [n_box_pairs] (sorted position of each box pair, -1 when dropped)."""
+    rows = np.searchsorted(box_off, np.linspace(0, box_off[-1], n_chunks + 1)[1:-1])
+    cuts = np.concatenate((np.zeros(1, np.int64), rows.astype(np.int64), np.full(1, order.shape[0], np.int64)))
+    hist = np.zeros((n_chunks, n_tiles), np.int64)
+    for c in prange(n_chunks):
+        for k in range(box_off[cuts[c]], box_off[cuts[c + 1]]):
+            if pair_tile[k] >= 0:
+                hist[c, pair_tile[k]] += 1
+    tile_count, tile_start = hist.sum(axis=0), np.empty(n_tiles, np.int64)
+    cursor = np.empty((n_chunks, n_tiles), np.int64)
     total = 0
     for t in range(n_tiles):
         tile_start[t] = total
-        total += tile_count[t]
+        for c in range(n_chunks):
+            cursor[c, t] = total
+            total += hist[c, t]
     tile_bits = 0
     while (1 << tile_bits) <= per_cam:
         tile_bits += 1  # per_cam.bit_length()
-    cursor = tile_start.copy()
     flatten_ids, isect_tiles, isect_ids = (
         np.empty(total, np.int64),
         np.empty(total, np.int64),
         np.empty(total, np.int64),
     )
     slot = np.full(pair_tile.shape[0], -1, np.int64)
-    for r in range(order.shape[0]):
-        s = order[r]
-        for k in range(box_off[r], box_off[r + 1]):
-            t = pair_tile[k]
-            if t >= 0:
-                pos = cursor[t]
-                cursor[t] += 1
-                flatten_ids[pos], isect_tiles[pos], slot[k] = s, t, pos
-                isect_ids[pos] = (
-                    ((t // per_cam) << (32 + tile_bits)) | ((t % per_cam) << 32) | (depth_bits[s] & 0xFFFFFFFF)
-                )
+    for c in prange(n_chunks):
+        for r in range(cuts[c], cuts[c + 1]):
+            s = order[r]
+            for k in range(box_off[r], box_off[r + 1]):
+                t = pair_tile[k]
+                if t >= 0:
+                    pos = cursor[c, t]
+                    cursor[c, t] += 1
+                    flatten_ids[pos], isect_tiles[pos], slot[k] = s, t, pos
+                    isect_ids[pos] = (
+                        ((t // per_cam) << (32 + tile_bits)) | ((t % per_cam) << 32) | (depth_bits[s] & 0xFFFFFFFF)
+                    )
     return flatten_ids, isect_tiles, isect_ids, tile_start, tile_count, slot
 
 
@@ -398,6 +405,19 @@ class NumbaBins(TileBins):
     box_off: np.ndarray  # [V + 1] first box pair of each
     slot: np.ndarray  # [n_box_pairs] sorted intersection of each box pair, -1 = dropped
     isect_ids: Tensor  # [n_isects] gsplat's intersection keys for meta
+
+
+def _nearest_first(visible: np.ndarray, depth_bits: np.ndarray) -> np.ndarray:
+    """visible [V] (splat ids, ascending) ordered by depth, nearest first, ties in id order: a stable argsort.
+    depth_bits [S] int32: the float32 depths' bits. Sorts one int64 key per splat (depth bits made monotonic in
+    the high half, the position in the low half: unique keys, so any sort is stable), which numpy's SIMD sort does
+    in 0.5 ms for 50k splats where torch's and numpy's stable float argsorts take 3.2 ms."""
+    bits = depth_bits[visible]
+    neg = bits >> 31  # -1 for negative floats: flip their magnitude bits so that the ints order as the floats, and
+    bits = (bits ^ (neg & 0x7FFFFFFF)) - neg  # shift them up by one so that -0.0 ties with 0.0
+    keys = (bits.astype(np.int64) << 32) | np.arange(visible.shape[0], dtype=np.int64)
+    keys.sort()
+    return visible[keys & 0xFFFFFFFF]
 
 
 @torch.no_grad()
@@ -420,8 +440,9 @@ def bin_tiles(
     tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
     n_tiles = n_cameras * tile_width * tile_height
     tmin, span, tiles_per_splat = _tile_boxes(means2d, radii, tile_size, tile_width, tile_height)
-    visible = torch.nonzero(tiles_per_splat > 0).squeeze(1)
-    order = visible[torch.argsort(depths[visible], stable=True)].numpy()
+    visible = torch.nonzero(tiles_per_splat > 0).squeeze(1).numpy()
+    depth_bits = depths.detach().float().contiguous().view(torch.int32).numpy()
+    order = _nearest_first(visible, depth_bits)
     counts = tiles_per_splat.numpy()[order]
     box_off = np.zeros(order.shape[0] + 1, np.int64)
     np.cumsum(counts, out=box_off[1:])
@@ -430,15 +451,14 @@ def bin_tiles(
     cn, op = np.zeros((0, 3), m2.dtype), np.zeros(0, m2.dtype)  # empty: no alpha test
     if conics is not None and opacities is not None:
         cn, op = _np(conics), _np(opacities)
-    with _Threads(threads):
+    with _Threads(threads) as pool:
         _box_pairs(
             order, box_off, tmin.numpy(), span.numpy(), camera_ids.numpy(), m2, cn, op, tile_size, tile_width,
             tile_height, pair_tile,
         )  # fmt: skip
-    depth_bits = depths.detach().float().contiguous().view(torch.int32).long().numpy()
-    flatten_ids, isect_tiles, isect_ids, tile_start, tile_count, slot = _sort_pairs(
-        order, box_off, pair_tile, n_tiles, tile_width * tile_height, depth_bits
-    )
+        flatten_ids, isect_tiles, isect_ids, tile_start, tile_count, slot = _sort_pairs(
+            order, box_off, pair_tile, n_tiles, tile_width * tile_height, depth_bits.astype(np.int64), pool.n
+        )
     bins = NumbaBins(
         tile_size,
         tile_width,

@@ -240,3 +240,43 @@ def test_tiles_are_dealt_to_workers_in_equal_shares():
     tiles, bounds = _deal_tiles(skewed, 2)
     dealt = [(skewed[tiles[a:b]] + 8).sum() for a, b in zip(bounds[:-1], bounds[1:])]
     assert max(dealt) / min(dealt) < 1.01 < max(halves) / min(halves)
+
+
+def test_nearest_first_is_a_stable_depth_sort():
+    """bin_tiles orders splats by one int64 key sort; it must equal a stable argsort of the float depths, with
+    ties (equal depths) in id order and negative depths before positive ones."""
+    import numpy as np
+
+    from splat.numba_raster import _nearest_first
+
+    rng = np.random.default_rng(1)
+    depths = rng.choice(np.array([-2.5, -0.5, -0.0, 0.0, 0.01, 1.0, 3.0, 1e30], np.float32), 5000)
+    depths[::7] = rng.normal(size=depths[::7].shape).astype(np.float32) * 10
+    visible = np.sort(rng.choice(5000, 3000, replace=False)).astype(np.int64)
+    want = visible[torch.argsort(torch.from_numpy(depths[visible]), stable=True).numpy()]
+    assert np.array_equal(_nearest_first(visible, depths.view(np.int32)), want)
+
+
+def test_compiled_bins_equal_the_torch_bins_with_any_thread_count():
+    """The compiled bin_tiles (parallel counting sort: one histogram per run of splats) lists the same pairs in the
+    same front-to-back order as splat.cpu_raster.bin_tiles, with 1, 2 or 3 threads, two cameras, with and without
+    the alpha test."""
+    from splat.cpu_raster import bin_tiles as torch_bins
+    from splat.cpu_raster import project_gaussians
+    from splat.numba_raster import bin_tiles as numba_bins
+
+    s = make_scene(8, n=3000, n_cams=2, width=96, height=72, dtype=torch.float32)
+    radii, means2d, depths, conics, _ = project_gaussians(
+        s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"], 96, 72
+    )
+    C, N = radii.shape
+    cams = torch.arange(C).repeat_interleave(N)
+    args = (means2d.reshape(-1, 2), radii.reshape(-1), depths.reshape(-1), cams, C, 96, 72, 8)
+    opac = s["opacities"].expand(C, N).reshape(-1)
+    for alpha_test in ({}, dict(conics=conics.reshape(-1, 3), opacities=opac)):
+        want = torch_bins(*args, **alpha_test)
+        assert want.flatten_ids.numel() > 10_000
+        for threads in (1, 2, 3):
+            got = numba_bins(*args, **alpha_test, threads=threads)
+            for name in ("flatten_ids", "tile_start", "tile_count", "isect_tiles", "tiles_per_splat"):
+                assert torch.equal(getattr(got, name), getattr(want, name)), (name, threads)
