@@ -12,9 +12,8 @@ Steps (COLMAP 4 on the CPU, through pycolmap):
               (200) frames maps keyframes only (every s-th frame, s chosen from the feature motion), then
               places each other frame by PnP against that model and bundle-adjusts them all once (as COLMAP's
               mapper ends), dropping observations over 4 px: mapping time follows the camera's path,
-              not the frame count (450 frames of 7-Scenes, benchmarks/poses.py: 114 keyframes, 154 s in all
-              on an idle 2-core machine, ~22 CPU s of mapping instead of ~264 for every frame, ATE 3.25 vs
-              3.16 cm).
+              not the frame count (450 frames of 7-Scenes, benchmarks/poses.py: 114 keyframes, 98 s in all
+              on an idle 2-core machine where mapping every frame takes 147 s, ATE 3.24 vs 3.19 cm).
     undistort every frame, registered or not, is warped to a PINHOLE camera of the same size W x H
               (square pixels; the distortion-free camera COLMAP's undistorter chooses, uniformly scaled
               and centre-cropped to W x H so that no blank border appears).
