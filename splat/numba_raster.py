@@ -544,6 +544,15 @@ def _pair_alpha(gj, dx, bdy, cdy2, k):
 
 
 @njit(**_JIT)
+def _tile_at(t, tile_size, tile_width, tile_height, W, H, k):
+    """Global tile t: its camera, first pixel row y0 and column x0, and its pixel-centre x [nx] and y [ny]."""
+    per_cam = tile_width * tile_height
+    cam, local = t // per_cam, t % per_cam
+    y0, x0 = (local // tile_width) * tile_size, (local % tile_width) * tile_size
+    return cam, y0, x0, _centres(x0, min(tile_size, W - x0), k), _centres(y0, min(tile_size, H - y0), k)
+
+
+@njit(**_JIT)
 def _tile_fwd(g, col, cx, cy, trans, acc, k):
     """Front-to-back compositing of one tile, splat after splat over its pixels (centres cx [nx], cy [ny]; pixel
     p = row * nx + column). Writes trans [P] (final transmittance) and acc [P, D] (sum of w_i c_i)."""
@@ -588,13 +597,10 @@ def _raster_fwd(
     of w_i c_i, no background) and trans [C, H, W] (final transmittance) are written for every pixel;
     k = _consts(dtype)."""
     C, H, W, D = out.shape
-    per_cam = tile_width * tile_height
     for w in prange(bounds.shape[0] - 1):
         for i in range(bounds[w], bounds[w + 1]):
             t = tiles[i]
-            cam, local = t // per_cam, t % per_cam
-            y0, x0 = (local // tile_width) * tile_size, (local % tile_width) * tile_size
-            cx, cy = _centres(x0, min(tile_size, W - x0), k), _centres(y0, min(tile_size, H - y0), k)
+            cam, y0, x0, cx, cy = _tile_at(t, tile_size, tile_width, tile_height, W, H, k)
             nx, ny = cx.shape[0], cy.shape[0]
             g, col = _gather(means2d, conics, colors, opac, flatten_ids, tile_start[t], tile_count[t])
             tr, acc = np.empty(nx * ny, k.dtype), np.empty((nx * ny, D), k.dtype)
@@ -723,13 +729,10 @@ def _raster_bwd(
     dL/dalpha_i = -(tail + sum_{j>i} w_j g.c_j - T_i^incl g.c_i) / (1 - alpha_i), tail = T_final (g.bg - dL/dA).
     """
     C, H, W, D = out.shape
-    per_cam = tile_width * tile_height
     for w in prange(bounds.shape[0] - 1):
         for i in range(bounds[w], bounds[w + 1]):
             t = tiles[i]
-            cam, local = t // per_cam, t % per_cam
-            y0, x0 = (local // tile_width) * tile_size, (local % tile_width) * tile_size
-            cx, cy = _centres(x0, min(tile_size, W - x0), k), _centres(y0, min(tile_size, H - y0), k)
+            cam, y0, x0, cx, cy = _tile_at(t, tile_size, tile_width, tile_height, W, H, k)
             nx, ny = cx.shape[0], cy.shape[0]
             start, n = tile_start[t], tile_count[t]
             g, col = _gather(means2d, conics, colors, opac, flatten_ids, start, n)
