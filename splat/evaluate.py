@@ -6,6 +6,7 @@ Images are float tensors [H,W,3] in [0,1]; depths are [H,W] z-depth with 0 = inv
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from collections.abc import Callable
@@ -104,13 +105,14 @@ def covisibility_mask(
 def lpips_weights_on_disk() -> bool:
     """True when both LPIPS parts are already local: torchmetrics' linear heads and the AlexNet backbone.
 
-    Nothing is ever downloaded; without the backbone in torch's hub cache LPIPS is skipped.
+    Nothing is ever downloaded; without the backbone in torch's hub cache LPIPS is skipped. torchmetrics is
+    found without importing it: its import (torch._dynamo, scipy.signal, matplotlib) costs 1.3-2.4 s, which every
+    run without the weights would pay for nothing.
     """
-    try:
-        import torchmetrics
-    except ImportError:
+    spec = importlib.util.find_spec("torchmetrics")
+    if spec is None or not spec.submodule_search_locations:
         return False
-    heads = Path(torchmetrics.__file__).parent / "functional" / "image" / "lpips_models" / "alex.pth"
+    heads = Path(next(iter(spec.submodule_search_locations))) / "functional" / "image" / "lpips_models" / "alex.pth"
     ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
     backbone = list(ckpt_dir.glob("alexnet-owt-*.pth")) if ckpt_dir.exists() else []
     return heads.exists() and bool(backbone)

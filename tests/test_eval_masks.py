@@ -87,3 +87,33 @@ def test_covisibility_on_7scenes_ground_truth(redkitchen_gt):
     assert far < 0.5 * near
     assert frac([447], occlusion=False) >= far  # the occlusion test only removes pixels
     assert frac([9, 447]) >= near  # any training view counts
+
+
+LPIPS_CHECK = """
+import json, sys
+from splat.evaluate import lpips_weights_on_disk
+found = lpips_weights_on_disk()
+loaded = "torchmetrics" in sys.modules
+import torchmetrics, pathlib
+heads = pathlib.Path(torchmetrics.__file__).parent / "functional" / "image" / "lpips_models" / "alex.pth"
+print(json.dumps([found, loaded, heads.exists()]))
+"""
+
+
+@pytest.mark.parametrize("backbone", [False, True])
+def test_lpips_weight_check_finds_the_files_without_importing_torchmetrics(tmp_path, backbone):
+    """The check runs in every training stage: it must not pay torchmetrics' import (1.3-2.4 s here)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if backbone:  # torch's hub cache with an AlexNet checkpoint: the check then says yes (heads ship with torchmetrics)
+        (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+        (tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth").write_bytes(b"x")
+    env = {**os.environ, "TORCH_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", LPIPS_CHECK], env=env, capture_output=True, text=True, check=True)
+    found, loaded, heads = json.loads(out.stdout.splitlines()[-1])
+    assert not loaded
+    assert heads  # torchmetrics ships its linear heads
+    assert found is backbone
