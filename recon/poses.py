@@ -50,8 +50,10 @@ import resource
 import shutil
 import signal
 import sqlite3
+import sys
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -952,7 +954,8 @@ def run_isolated(
     level = verbosity()
     log_path.write_bytes(b"")
     proc = ctx.Process(target=_child_main, args=(send, target, args, log_path, level), daemon=True)
-    proc.start()
+    with _main_hidden_from_children():
+        proc.start()
     send.close()
     step, outcome = "", None
     try:
@@ -981,6 +984,23 @@ def run_isolated(
     if outcome is not None:
         raise ReconError(outcome[1] if outcome[0] == "recon_error" else f"{what} failed: {outcome[1]}")
     raise ReconError(_crash_message(what, proc.exitcode, log_path, level))
+
+
+@contextlib.contextmanager
+def _main_hidden_from_children() -> Iterator[None]:
+    """While a spawned child starts, hide this process's `__main__` from multiprocessing.
+
+    A spawned child first runs its parent's main script again (as `__mp_main__`), to find functions defined
+    there. The COLMAP child needs nothing from it (its target lives in this module), and in a Ray worker that
+    script is Ray's default_worker.py, whose `import ray` costs ~2.9 s of CPU per scene here. multiprocessing
+    has no switch for this; a bare stand-in module (no file, no spec) during `start()` is what it checks.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def _crash_message(what: str, exitcode: int | None, log_path: Path, level: int) -> str:

@@ -140,3 +140,28 @@ def test_colmap_log_only_with_verbose(small_run, tmp_path):
     assert verbose.returncode == 0, verbose.stderr
     assert len(GLOG.findall(verbose.stderr)) > 10
     assert not GLOG.search(verbose.stdout)  # stdout stays the result table
+
+
+MAIN_SCRIPT = """
+import sys
+from pathlib import Path
+with open(sys.argv[1], "a") as f:  # runs again in any child that re-executes this script
+    f.write("main script ran\\n")
+if __name__ == "__main__":
+    from recon.poses import run_isolated
+    from support.isolated import write_file
+    run_isolated(write_file, (sys.argv[2],), lambda status: None, Path(sys.argv[3]), {"write": "writing"})
+"""
+
+
+def test_the_colmap_child_does_not_run_the_parents_main_script(tmp_path):
+    """A Ray worker's main script is Ray's default_worker.py (`import ray`: ~2.9 s per scene): a spawned
+    child would run it again before COLMAP starts. The child must start from recon.poses alone."""
+    script, marker, result = tmp_path / "main.py", tmp_path / "marker.txt", tmp_path / "child.txt"
+    script.write_text(MAIN_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
+    cmd = [sys.executable, str(script), str(marker), str(result), str(tmp_path / "colmap.log")]
+    subprocess.run(cmd, env=env, check=True, timeout=120)
+    assert result.read_text() == "child"  # the child ran its target
+    assert marker.read_text().splitlines() == ["main script ran"]  # and the script only once, in the parent
