@@ -48,10 +48,12 @@ DASHBOARD_AGENT_LISTEN_PORT_NAME = "dashboard_agent_listen_port"
 METRICS_AGENT_PORT_NAME = "metrics_agent_port"
 METRICS_EXPORT_PORT_NAME = "metrics_export_port"
 RUNTIME_ENV_AGENT_PORT_NAME = "runtime_env_agent_port"
-GROUP_GUARD = ["sh", "-c", 'trap "kill -KILL 0" TERM INT HUP; "$@" & wait', "sh"]
-"""Runs `ray start --block` in the background of a shell that SIGKILLs the whole process group (every Ray
-process of the node: some of Ray's agents outlive a killed `ray start`) when it is signalled, which is
-how a node is stopped and how it dies with the process that started it (see `start_node`)."""
+GROUP_GUARD = ["sh", "-c", 'trap "pkill -KILL -s 0; kill -KILL 0" TERM INT HUP; "$@" & wait', "sh"]
+"""Runs `ray start --block` in the background of a shell, in a session of its own, that SIGKILLs every process
+of that session when it is signalled: the node's process group (some of Ray's agents outlive a killed `ray
+start`) and Ray's workers, which the raylet puts in process groups of their own (they would go on computing,
+and writing their runs, for ~2 s after their raylet died). This is how a node is stopped and how it dies with
+the process that started it (see `start_node`). pkill is procps' (scripts/setup.sh)."""
 
 
 def ray_executable() -> str:
@@ -80,9 +82,12 @@ class RayNode:
     log_path: Path
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the node's process group (SIGKILL: the node dies at once, as a lost machine would)."""
+        """Signal the node's process group (SIGTERM: GROUP_GUARD then SIGKILLs its whole session); SIGKILL goes
+        to every process of the session at once, workers included, as when a machine is lost."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
+        if sig == signal.SIGKILL:
+            _signal_session(self.proc.pid, sig)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every process of the node (GROUP_GUARD turns SIGTERM into SIGKILL for the whole group)."""
@@ -94,6 +99,14 @@ class RayNode:
         self.kill(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
+
+
+def _signal_session(sid: int, sig: int) -> None:
+    """Send `sig` to every process of session `sid` (Linux /proc; elsewhere only the group is signalled)."""
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if os.getsid(int(entry.name)) == sid:
+                os.kill(int(entry.name), sig)
 
 
 def start_node(
