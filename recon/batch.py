@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,6 +35,8 @@ from recon.errors import ReconError
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 LOCK_WAIT_S = 120.0
 """How long a scene task waits for its run's lock (held by an attempt on a node that is being lost)."""
+RESERVED_NAMES = ("batch.json", ".batch", ".batch.lock")
+"""DIR's own entries, which no scene may be named."""
 TASK_RETRIES = 4
 """Retries of a scene task whose worker or node dies (Ray's own fault tolerance)."""
 
@@ -69,7 +72,7 @@ class Scene:
 def expand_inputs(inputs: tuple[Path, ...]) -> list[Scene]:
     """Inputs -> scenes: a folder with videos and no images gives one scene per video, any other path one
     scene (a missing or unreadable one fails in its own scene with the frames stage's message). Names are
-    the file stems / folder names, made unique with -2, -3..."""
+    the file stems / folder names, made unique with -2, -3... (and never one of DIR's own files)."""
     from recon.video import IMAGE_EXTENSIONS
 
     paths: list[Path] = []
@@ -80,7 +83,7 @@ def expand_inputs(inputs: tuple[Path, ...]) -> list[Scene]:
             paths += videos
         else:
             paths.append(p)
-    scenes, used = [], set()
+    scenes, used = [], set(RESERVED_NAMES)
     for p in paths:
         base = (p.stem if p.suffix.lower() in VIDEO_SUFFIXES else p.name) or "scene"
         name, k = base, 1
@@ -161,13 +164,13 @@ def run_metrics(run: Path) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
 
 
-def scene_task(cmd: StageCommand, mesh: bool, name: str, tracker: Any) -> dict[str, Any]:
+def scene_task(cmd: StageCommand, mesh: bool, name: str, starts: StartRecords) -> dict[str, Any]:
     """Body of the Ray task of one scene: never raises; returns its batch.json record."""
     from recon import console as con
     from recon.cluster import node_label, use_task_threads
 
     node = node_label().split(":")[0]
-    tracker.started.remote(name, node)
+    starts.add(name, node)
     use_task_threads()
     con.configure_logging(0)  # the driver shows the progress table; stages print errors only
     t0 = time.perf_counter()
@@ -184,17 +187,45 @@ def scene_task(cmd: StageCommand, mesh: bool, name: str, tracker: Any) -> dict[s
     return record
 
 
-class Tracker:
-    """Ray actor on the driver's node: which scene started where, and how often (attempts)."""
+@dataclass(frozen=True)
+class StartRecords:
+    """DIR/.batch/starts/<scene>/<attempt>.json ({"node": IP}): which scene started where, and how often.
 
-    def __init__(self) -> None:
-        self.starts: dict[str, list[str]] = {}
+    Every attempt of a scene task writes one file as it starts (the folder is shared by every node, which
+    `recon batch` checks first); the driver lists them. Files rather than a Ray actor: an actor is one more
+    worker process (Ray's import alone is ~3 s of CPU while the first scenes start, then ~1 % of a core for
+    the driver's polls), taken from the cores the scenes need. A new batch on DIR starts with none (`clear`).
+    """
 
-    def started(self, name: str, node: str) -> None:
-        self.starts.setdefault(name, []).append(node)
+    folder: Path
 
-    def snapshot(self) -> dict[str, list[str]]:
-        return self.starts
+    @classmethod
+    def of(cls, out: Path) -> StartRecords:
+        return cls(out / ".batch" / "starts")
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def add(self, scene: str, node: str) -> None:
+        from recon.atomic import write_json
+
+        (self.folder / scene).mkdir(parents=True, exist_ok=True)
+        write_json(self.folder / scene / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json", {"node": node})
+
+    def load(self) -> dict[str, list[str]]:
+        """{scene: [node of each attempt, oldest first]}; a file that cannot be read is not counted."""
+        from recon.artifacts import read_json_object
+
+        out: dict[str, list[str]] = {}
+        for scene in sorted(p for p in self.folder.glob("*") if p.is_dir()):
+            nodes = []
+            for f in sorted(scene.glob("*.json")):  # names start with time_ns: 19 digits, so oldest first
+                with contextlib.suppress(ReconError, OSError, ValueError):
+                    nodes.append(str(read_json_object(f, "batch start record")["node"]))
+            out[scene.name] = nodes
+        return out
 
 
 def _now(ms: bool = False) -> str:
@@ -288,7 +319,7 @@ class BatchState:
         return t
 
 
-def _submit(cmd: BatchCommand, scenes: list[Scene], tracker: Any) -> dict[Any, Scene]:
+def _submit(cmd: BatchCommand, scenes: list[Scene], starts: StartRecords) -> dict[Any, Scene]:
     """One Ray task per scene: `--cpus-per-scene` CPUs, plus a GPU when the cluster has GPUs."""
     import ray
 
@@ -298,20 +329,10 @@ def _submit(cmd: BatchCommand, scenes: list[Scene], tracker: Any) -> dict[Any, S
     task = ray.remote(scene_task).options(
         num_cpus=cmd.cpus_per_scene, num_gpus=gpu, max_retries=TASK_RETRIES, retry_exceptions=False
     )
-    return {task.remote(scene_command(cmd, s), cmd.mesh, s.name, tracker): s for s in scenes}
+    return {task.remote(scene_command(cmd, s), cmd.mesh, s.name, starts): s for s in scenes}
 
 
-def _tracker() -> Any:
-    """The Tracker actor, pinned to the driver's node (it must outlive any other node)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = ray.get_runtime_context().get_node_id()
-    strategy = NodeAffinitySchedulingStrategy(here, soft=False)
-    return ray.remote(Tracker).options(num_cpus=0, scheduling_strategy=strategy).remote()
-
-
-def _follow(state: BatchState, refs: dict[Any, Scene], tracker: Any, address: str) -> None:
+def _follow(state: BatchState, refs: dict[Any, Scene], starts: StartRecords, address: str) -> None:
     """Wait for every scene task, refreshing batch.json and the live table as scenes start and finish."""
     import ray
     from rich.live import Live
@@ -320,7 +341,11 @@ def _follow(state: BatchState, refs: dict[Any, Scene], tracker: Any, address: st
 
     title = f"recon batch: {state.cmd.out}"
     last: Any = None
-    with Live(state.table(title, live=True), console=console, refresh_per_second=2, transient=True) as live:
+    # The table is drawn once per round and only on a terminal: building and drawing it costs ~11 ms for four
+    # scenes, which Live's own 2 Hz refresh thread spent again and again on a core the scenes need.
+    shown = console.is_terminal
+    live = Live(state.table(title, live=True) if shown else "", console=console, auto_refresh=False, transient=True)
+    with live if shown else contextlib.nullcontext():
         while refs:
             done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=1.0)
             for ref in done:
@@ -329,13 +354,13 @@ def _follow(state: BatchState, refs: dict[Any, Scene], tracker: Any, address: st
                     state.results[scene.name] = ray.get(ref)
                 except ray.exceptions.RayError as e:  # retries exhausted: the scene is lost, the batch goes on
                     state.results[scene.name] = {"status": "failed", "error": f"lost: {one_line(e)}"}
-            with contextlib.suppress(ray.exceptions.RayError):
-                state.starts = ray.get(tracker.snapshot.remote(), timeout=30)
+            state.starts = starts.load()
             snapshot = state.records()
             if snapshot != last:
                 state.write(address)
                 last = snapshot
-            live.update(state.table(title, live=True))
+            if shown:
+                live.update(state.table(title, live=True), refresh=True)
 
 
 def run_batch(cmd: BatchCommand) -> int:
@@ -358,9 +383,10 @@ def run_batch(cmd: BatchCommand) -> int:
     state = BatchState(cmd, scenes, plan("report", ("mesh",) if cmd.mesh else ()))
     with batch_lock(cmd.out), cluster.connect(cmd.address, cmd.node_ip_address, cmd.num_cpus, cmd.temp_dir) as address:
         cluster.check_shared_dir(cmd.out)
-        tracker = _tracker()
+        starts = StartRecords.of(cmd.out)
+        starts.clear()  # attempts of an earlier (killed) batch on DIR
         state.write(address)
-        _follow(state, _submit(cmd, scenes, tracker), tracker, address)
+        _follow(state, _submit(cmd, scenes, starts), starts, address)
     Console(highlight=False).print(state.table(f"recon batch: {cmd.out}", live=False))
     failed = [n for n, r in state.records().items() if r["status"] == "failed"]
     if failed:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from recon.artifacts import RunPaths
-from recon.batch import Scene, expand_inputs, lock_waiting
+from recon.batch import Scene, StartRecords, expand_inputs, lock_waiting
 from recon.cluster import LoopbackNamespace, token_env
 from recon.errors import ReconError
 from recon.lock import _TMP_DIR, _TMP_FILE
@@ -76,6 +76,11 @@ def _assert_complete_run(run: Path) -> None:
     assert (run / "splat" / "gaussians.ply").stat().st_size > 0 and (run / "report.html").exists()
 
 
+def _all_done(run: Path) -> bool:
+    stages = read_manifest(RunPaths(run))["stages"]
+    return all(stages.get(s, {}).get("status") == "done" for s in STAGES)
+
+
 def test_expand_inputs_names_and_folders(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -94,6 +99,23 @@ def test_expand_inputs_names_and_folders(tmp_path):
         Scene("cotracker_cat-2", CAT),
         Scene("missing", tmp_path / "missing.mp4"),
     ]
+    own = tmp_path / "own"  # inputs named like DIR's own files get another name
+    for name in ("batch.json", ".batch"):
+        (own / name).mkdir(parents=True)
+    assert [s.name for s in expand_inputs((own / "batch.json", own / ".batch"))] == ["batch.json-2", ".batch-2"]
+
+
+def test_start_records_count_attempts_and_nodes(tmp_path):
+    """Each attempt of a scene task leaves one record in the shared folder; a new batch starts with none."""
+    starts = StartRecords.of(tmp_path)
+    assert starts.load() == {}
+    starts.add("cat", "127.0.0.3")
+    starts.add("cat", "127.0.0.2")  # the retry after node 127.0.0.3 was lost
+    starts.add("apple", "127.0.0.2")
+    (starts.folder / "apple" / "123-broken.json").write_text("{")  # half a file is not an attempt
+    assert starts.load() == {"apple": ["127.0.0.2"], "cat": ["127.0.0.3", "127.0.0.2"]}
+    starts.clear()
+    assert starts.load() == {}
 
 
 def test_scene_waits_for_the_lock_of_a_lost_attempt(tmp_path):
@@ -160,8 +182,13 @@ def test_local_batch_failing_input_and_resume_after_kill(tmp_path, short_tmp):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(first.pid, signal.SIGKILL)
             first.wait(30)
-        _wait_for(lambda: not net.pids(), 60)  # the local cluster died with its driver: nothing left behind
+        # the local cluster dies with its driver, its workers too (in process groups of their own, they went on
+        # computing and writing their runs for ~2 s before they noticed), so nothing is left behind
+        t_kill = time.monotonic()
+        _wait_for(lambda: not net.pids(), 60)
+        assert time.monotonic() - t_kill < 1.5
         killed = _batch_json(out)
+        complete = [n for n in killed if (out / n / "manifest.json").exists() and _all_done(out / n)]
         again = subprocess.run([*net.wrap, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
     errors = [ln for ln in again.stderr.splitlines() if ln.startswith("error:")]
     assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-3000:]
@@ -170,10 +197,12 @@ def test_local_batch_failing_input_and_resume_after_kill(tmp_path, short_tmp):
     assert scenes["bad"]["status"] == "failed" and "not a readable video" in scenes["bad"]["error"]
     assert "\n" not in scenes["bad"]["error"]
     finished_before = [n for n, r in killed.items() if r["status"] == "done"]
+    assert finished_before and set(finished_before) <= set(complete)
+    assert len(complete) < 2  # the kill caught a scene mid-way
     for name in ("cotracker_cat", "cotracker_apple"):
         rec = scenes[name]
         assert rec["node"] == "127.0.0.2" and rec["error"] is None and rec["metrics"]["num_gaussians"] > 0
-        assert rec["status"] == ("skipped" if name in finished_before else "done")
+        assert rec["status"] == ("skipped" if name in complete else "done")  # a finished run is not redone
         _assert_complete_run(out / name)
     assert "cotracker_apple" in again.stdout and "not a readable video" in again.stdout  # the summary table
 
