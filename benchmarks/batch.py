@@ -3,6 +3,7 @@
   .venv/bin/python benchmarks/batch.py                 # 4 small scenes with 1 and 2 workers + overhead
   .venv/bin/python benchmarks/batch.py --scenes 6      # more scenes (the two smallest real clips, repeated)
   .venv/bin/python benchmarks/batch.py --iterations 300  # CPU-bound scenes (training dominates)
+  .venv/bin/python benchmarks/batch.py --iterations 300 --rounds 3 --plain  # + the machine's own 2-process ceiling
   .venv/bin/python benchmarks/batch.py --dvd           # DVD windows per second: plain path vs Ray actors
                                                        # (tiny reference model; --device cuda on a GPU)
 
@@ -95,8 +96,11 @@ def run_batch(net: LoopbackNamespace, workers: int, scenes: int, work: Path, ite
     records = json.loads((out / "batch.json").read_text())["scenes"]
     seconds = [r["seconds"] for r in records.values()]
     last = max(datetime.fromisoformat(r["finished"]).timestamp() for r in records.values())
-    phase = last - (ready_wall or t0_wall)
-    return {"workers": workers, "wall": end - t0, "phase": phase, "scene_seconds": seconds}
+    begin = ready_wall or t0_wall
+    timeline = [
+        (name, datetime.fromisoformat(r["started"]).timestamp() - begin, r["seconds"]) for name, r in records.items()
+    ]
+    return {"workers": workers, "wall": end - t0, "phase": last - begin, "scene_seconds": seconds, "timeline": timeline}
 
 
 def batch_table(results: list[dict]) -> None:
@@ -110,11 +114,49 @@ def batch_table(results: list[dict]) -> None:
             f"| {r['workers']} | {n} | {r['wall']:.1f} | {r['phase']:.1f} | {n / r['phase'] * 3600:.0f} "
             f"| {base / r['phase']:.2f}x |"
         )
+    for r in results:
+        print(f"\n{r['workers']} worker(s), scenes by start (s from the batch start: start + seconds inside the task):")
+        print("  " + ", ".join(f"{n} {t:.1f}+{s:.1f}" for n, t, s in sorted(r["timeline"], key=lambda x: x[1])))
+        print(f"  sum of the scenes' seconds {sum(r['scene_seconds']):.1f}")
     one = results[0]
     n, mean = len(one["scene_seconds"]), statistics.mean(one["scene_seconds"])
     overhead = (one["phase"] - sum(one["scene_seconds"])) / n
     print(f"\nmean scene time inside its task (1 worker): {mean:.2f} s")
     print(f"Ray overhead per scene task (1 worker): {overhead:.2f} s = {100 * overhead / mean:.1f} % of a scene")
+
+
+def plain_pair(scenes: int, work: Path, iterations: int) -> float:
+    """The machine's own ceiling for two scenes at once, without Ray: `scenes` plain `recon run` processes (one
+    torch thread each, the batch's scene options) one after another, then two at a time; returns the speed-up."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(i: int) -> subprocess.Popen:
+        out = work / f"plain-{i}"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [sys.executable, "-m", "recon.cli", "run", str(CLIPS[i % len(CLIPS)]), "--out", str(out)]
+        return subprocess.Popen([*cmd, *scene_options(iterations)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+
+    t0 = time.perf_counter()
+    for i in range(scenes):
+        run(i).wait()
+    one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(0, scenes, 2):
+        pair = [run(i), run(i + 1)] if i + 1 < scenes else [run(i)]
+        for proc in pair:
+            proc.wait()
+    return one / (time.perf_counter() - t0)
+
+
+def rounds_table(rounds: list[tuple[dict, dict, float | None]]) -> None:
+    """Speed-up of every round (1 and 2 workers run back to back, so they share the machine's mood)."""
+    print("\n| round | 1 worker: scene phase s | 2 workers: scene phase s | speed-up | plain processes, 2 at a time |")
+    print("|---|---|---|---|---|")
+    for k, (one, two, plain) in enumerate(rounds, 1):
+        ceiling = f"{plain:.2f}x" if plain is not None else "-"
+        print(f"| {k} | {one['phase']:.1f} | {two['phase']:.1f} | {one['phase'] / two['phase']:.2f}x | {ceiling} |")
+    ups = [one["phase"] / two["phase"] for one, two, _ in rounds]
+    print(f"median speed-up with 2 workers: {statistics.median(ups):.2f}x over {len(ups)} round(s)")
 
 
 def noop_overhead(net: LoopbackNamespace, work: Path) -> None:
@@ -175,6 +217,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=20, help="training steps per scene (more: more CPU-bound)")
     ap.add_argument("--dvd", action="store_true", help="DVD windows per second: plain path vs one Ray actor")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat 1 and 2 workers back to back (the VM's speed drifts)")
+    ap.add_argument("--plain", action="store_true", help="each round also: the scenes as plain processes, 2 at once")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="recon-batch-bench-"))
     LOAD[0] = os.getloadavg()[0]
@@ -184,7 +228,14 @@ def main() -> None:
                 dvd_table(net, work, args.device)
             else:
                 print(f"scenes: {' '.join(scene_options(args.iterations))}")
-                batch_table([run_batch(net, w, args.scenes, work, args.iterations) for w in (1, 2)])
+                rounds = []
+                for _ in range(args.rounds):
+                    one, two = (run_batch(net, w, args.scenes, work, args.iterations) for w in (1, 2))
+                    plain = plain_pair(args.scenes, work, args.iterations) if args.plain else None
+                    rounds.append((one, two, plain))
+                batch_table([one, two])
+                if args.rounds > 1 or args.plain:
+                    rounds_table(rounds)
                 noop_overhead(net, work)
     finally:
         for path in [str(work), *RAY_TEMPS]:
