@@ -31,11 +31,15 @@ import tyro
 
 from recon.cli import Flag, StageCommand, build_config
 from recon.errors import ReconError
+from recon.lock import BATCH_LOCK_NAME
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 LOCK_WAIT_S = 120.0
 """How long a scene task waits for its run's lock (held by an attempt on a node that is being lost)."""
-RESERVED_NAMES = ("batch.json", ".batch", ".batch.lock")
+BATCH_JSON = "batch.json"
+BATCH_DIR = ".batch"
+"""DIR/.batch/: the batch's own bookkeeping (StartRecords)."""
+RESERVED_NAMES = (BATCH_JSON, BATCH_DIR, BATCH_LOCK_NAME)
 """DIR's own entries, which no scene may be named."""
 TASK_RETRIES = 4
 """Retries of a scene task whose worker or node dies (Ray's own fault tolerance)."""
@@ -201,7 +205,7 @@ class StartRecords:
 
     @classmethod
     def of(cls, out: Path) -> StartRecords:
-        return cls(out / ".batch" / "starts")
+        return cls(out / BATCH_DIR / "starts")
 
     def clear(self) -> None:
         import shutil
@@ -272,7 +276,7 @@ class BatchState:
         from recon.atomic import write_json
 
         write_json(
-            self.cmd.out / "batch.json",
+            self.cmd.out / BATCH_JSON,
             {"version": 1, "dir": str(self.cmd.out), "address": address, "updated": _now(), "scenes": self.records()},
         )
 

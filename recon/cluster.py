@@ -90,7 +90,7 @@ class RayNode:
             _signal_session(self.proc.pid, sig)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop every process of the node (GROUP_GUARD turns SIGTERM into SIGKILL for the whole group)."""
+        """Stop every process of the node (GROUP_GUARD turns SIGTERM into SIGKILL for its whole session)."""
         self.kill(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
