@@ -136,15 +136,18 @@ def plain_pair(scenes: int, work: Path, iterations: int) -> float:
         cmd = [sys.executable, "-m", "recon.cli", "run", str(CLIPS[i % len(CLIPS)]), "--out", str(out)]
         return subprocess.Popen([*cmd, *scene_options(iterations)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
+    def finish(procs: list[subprocess.Popen]) -> None:
+        codes = [proc.wait() for proc in procs]  # every run waited for; a failed one makes no ceiling
+        if any(codes):
+            raise SystemExit(f"plain recon run failed: {procs[0].args!s}")
+
     t0 = time.perf_counter()
     for i in range(scenes):
-        run(i).wait()
+        finish([run(i)])
     one = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(0, scenes, 2):
-        pair = [run(i), run(i + 1)] if i + 1 < scenes else [run(i)]
-        for proc in pair:
-            proc.wait()
+        finish([run(i), run(i + 1)] if i + 1 < scenes else [run(i)])
     return one / (time.perf_counter() - t0)
 
 
