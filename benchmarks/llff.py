@@ -45,21 +45,26 @@ PUBLISHED_3VIEW = {  # PSNR dB, 3 training views, mean of the 8 LLFF scenes (pap
 }
 
 
+def sections(scene: Path, n: int, backend: str) -> dict[str, Any]:
+    """The stage overrides of the protocol run (recon.api.run / make_config keyword sections)."""
+    return dict(
+        poses={"poses": str(scene / "poses_bounds.npy")},
+        split={"protocol": "llff", "train_views": n},
+        depth={"backend": backend},
+    )
+
+
 def prepare(scene: Path, n: int, out: Path, backend: str) -> tuple[RunPaths, float, str | None]:
     """frames -> poses (given, points from the training views) -> split (llff, N) -> depth -> align -> fuse, once.
 
     Returns (run, seconds, why the depth prior is missing or None)."""
     run_dir = out / f"n{n}" / "base"
-    sections: dict[str, Any] = dict(
-        poses={"poses": str(scene / "poses_bounds.npy")},
-        split={"protocol": "llff", "train_views": n},
-        depth={"backend": backend},
-    )
+    sections_ = sections(scene, n, backend)
     t0 = time.perf_counter()
-    api.run(scene / "images_8", run_dir, until="split", preset="cpu", **sections)
+    api.run(scene / "images_8", run_dir, until="split", preset="cpu", **sections_)
     why = None
     try:
-        api.run(scene / "images_8", run_dir, until="fuse", preset="cpu", **sections)
+        api.run(scene / "images_8", run_dir, until="fuse", preset="cpu", **sections_)
     except ReconError as e:  # no depth prior: the depth-init and depth-loss rows are skipped
         why = str(e)
     return RunPaths(run_dir), time.perf_counter() - t0, why
