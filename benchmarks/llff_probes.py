@@ -11,6 +11,9 @@ the training views, alignment, fusion); every probe below trains the CPU preset 
              them; 5000 points back-projected from them replace the 5000 random fill points (init_random_fill).
   fill-far   the same, each hole taking the farthest (smallest inverse) depth around it (holes are mostly
              background seen past a foreground edge).
+  frustum    the 5000 random fill points drawn in the training views' frustums (a random view, a uniform
+             pixel, a depth uniform between 0.8 x the 1st and 1.2 x the 99th percentile of the fused points'
+             depth) instead of in the 1-99 % box of the SfM points (which a few SfM points move).
   prune      Gaussians more than 10 % in front of a confident (>= 0.3) prior depth in some training view are
              removed every 100 steps up to densification's end (a prior-based form of CoR-GS's co-pruning: a
              Gaussian in front of the surface a training view sees is a floater that fits that view only).
@@ -50,7 +53,7 @@ from recon.artifacts.depth import DisparityMaps  # noqa: E402
 from recon.console import set_verbosity  # noqa: E402
 from recon.stages import StageContext  # noqa: E402
 
-PROBES = ["oracle", "fill-mean", "fill-far", "prune", "edge-loss"]
+PROBES = ["oracle", "fill-mean", "fill-far", "frustum", "prune", "edge-loss"]
 REFERENCE_LOSS = {"edge-loss": "l1-inverse"}  # every other probe is compared with depth loss "none"
 
 
@@ -101,8 +104,9 @@ def probe_oracle(paths: RunPaths, cfg: Any) -> None:
     fuse.run(StageContext(paths), cfg.fuse)
 
 
-def probe_fill(paths: RunPaths, far: bool, count: int = 5000, seed: int = 0) -> None:
-    """Add `count` points back-projected from the prior's holes (every 2nd pixel) to the fused init."""
+def probe_fill(paths: RunPaths, far: bool, keep: int, count: int = 5000, seed: int = 0) -> None:
+    """The init as the reference draws it (`keep` of the fused points; 0 = all), with `count` points back-projected from
+    the prior's holes (every 2nd pixel) in place of the `count` random fill points."""
     from depth.geometry import backproject
 
     cams, train = _train_views(paths)
@@ -120,9 +124,39 @@ def probe_fill(paths: RunPaths, far: bool, count: int = 5000, seed: int = 0) -> 
         xyz.append(backproject(depth, cams.K[v], cams.c2w[v], mask=sel))
         rgb.append(read_rgb(paths.root / cams.files[v], (cams.width, cams.height), resize=False)[sel])
     fx, fc = np.concatenate(xyz), np.concatenate(rgb)
-    pick = np.random.default_rng(seed).choice(len(fx), min(count, len(fx)), replace=False)
-    xyz_all = np.concatenate([cloud.xyz, fx[pick]]).astype(np.float32)
-    PointCloud(xyz_all, np.concatenate([cloud.rgb, fc[pick]]).astype(np.uint8), None).save(paths.init_ply)
+    rng = np.random.default_rng(seed)
+    fused = rng.choice(len(cloud.xyz), min(keep or len(cloud.xyz), len(cloud.xyz)), replace=False)
+    pick = rng.choice(len(fx), min(count, len(fx)), replace=False)
+    xyz_all = np.concatenate([cloud.xyz[fused], fx[pick]]).astype(np.float32)
+    PointCloud(xyz_all, np.concatenate([cloud.rgb[fused], fc[pick]]).astype(np.uint8), None).save(paths.init_ply)
+
+
+def probe_frustum(paths: RunPaths, keep: int, count: int = 5000, seed: int = 0) -> None:
+    """The init as the reference draws it (`keep` of the fused points; 0 = all), with the `count` random fill
+    points drawn in the training views' frustums instead of the SfM points' box: a random training view, a
+    uniform pixel, a depth uniform in [0.8 x 1st, 1.2 x 99th percentile] of the fused points' depth in the
+    training views; random colours, as the box fill's."""
+    from depth.geometry import invert_pose
+
+    cams, train = _train_views(paths)
+    cloud = PointCloud.load(paths.init_ply)
+    z = []
+    for v in train:
+        w2c = invert_pose(cams.c2w[v])
+        zv = (cloud.xyz @ w2c[:3, :3].T + w2c[:3, 3])[:, 2]
+        z.append(zv[zv > 0])
+    near, far = 0.8 * np.percentile(np.concatenate(z), 1), 1.2 * np.percentile(np.concatenate(z), 99)
+    rng = np.random.default_rng(seed)
+    view = rng.choice(train, count)
+    u, r = rng.random(count) * cams.width, rng.random(count) * cams.height
+    d = near + rng.random(count) * (far - near)
+    K, c2w = cams.K[view], cams.c2w[view]
+    cam = np.stack([(u - K[:, 0, 2]) / K[:, 0, 0], (r - K[:, 1, 2]) / K[:, 1, 1], np.ones(count)], 1) * d[:, None]
+    xyz = np.einsum("nij,nj->ni", c2w[:, :3, :3], cam) + c2w[:, :3, 3]
+    rgb = (rng.random((count, 3)) * 255).astype(np.uint8)
+    fused = rng.choice(len(cloud.xyz), min(keep or len(cloud.xyz), len(cloud.xyz)), replace=False)
+    xyz_all = np.concatenate([cloud.xyz[fused], xyz]).astype(np.float32)
+    PointCloud(xyz_all, np.concatenate([cloud.rgb[fused], rgb]), None).save(paths.init_ply)
 
 
 def probe_edge_loss(paths: RunPaths, jump: float = 0.05, dilate: int = 3) -> None:
@@ -187,12 +221,15 @@ def pruning(paths: RunPaths, every: int = 100, until: int = 450, tol: float = 0.
         yield removed
 
 
-def _changes(probe: str, paths: RunPaths, cfg: Any) -> tuple[dict[str, Any], Callable[[], Any]]:
+def _changes(probe: str, paths: RunPaths, cfg: Any, train_cfg: Any) -> tuple[dict[str, Any], Callable[[], Any]]:
     """Apply `probe` to the run copy `paths`; (train overrides, context the training runs in)."""
     if probe == "oracle":
         probe_oracle(paths, cfg)
     elif probe in ("fill-mean", "fill-far"):
-        probe_fill(paths, far=probe == "fill-far")
+        probe_fill(paths, probe == "fill-far", train_cfg.max_init_points, train_cfg.init_random_fill)
+        return {"init_random_fill": 0, "max_init_points": 0}, nullcontext
+    elif probe == "frustum":
+        probe_frustum(paths, train_cfg.max_init_points, train_cfg.init_random_fill)
         return {"init_random_fill": 0, "max_init_points": 0}, nullcontext
     elif probe == "edge-loss":
         probe_edge_loss(paths)
@@ -219,8 +256,9 @@ def run_probe(base: RunPaths, probe: str, args: argparse.Namespace, cfg: Any) ->
     for seed in args.seeds:
         name = f"{probe}_s{seed}"
         paths = llff.copy_run(base, base.root.parent / name)
-        over, ctx = _changes(probe, paths, cfg) if probe != "reference" else ({}, nullcontext)
         loss = args.loss or REFERENCE_LOSS.get(probe, "none")
+        train_cfg = llff.train_config(args, "depth", loss, seed)
+        over, ctx = _changes(probe, paths, cfg, train_cfg) if probe != "reference" else ({}, nullcontext)
         row = {"probe": probe, "seed": seed, "loss": loss, **train(paths, args, loss, seed, over, ctx)}
         print(f"  {probe:10s} {loss:10s} seed {seed}: PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.3f}", flush=True)
         rows.append(row)
@@ -236,6 +274,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for training (0 = all)")
     ap.add_argument("--loss", help="depth loss of every row (default: none; l1-inverse for edge-loss)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/llff_probes"))
+    ap.add_argument("--no-reference", action="store_true", help="skip the unchanged run (already measured)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     set_verbosity(1 if args.verbose else 0)
@@ -246,7 +285,7 @@ def main() -> None:
     cfg = api.make_config("cpu", **llff.sections(llff.FERN, args.views, "stereo"))
     refs = sorted({args.loss or REFERENCE_LOSS.get(p, "none") for p in args.probes})
     rows = []
-    for loss in refs:  # the unchanged run with each loss the probes are compared with
+    for loss in [] if args.no_reference else refs:  # the unchanged run with each loss the probes are compared with
         rows += run_probe(base, "reference", argparse.Namespace(**{**vars(args), "loss": loss}), cfg)
     for probe in args.probes:
         rows += run_probe(base, probe, args, cfg)
