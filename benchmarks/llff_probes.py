@@ -84,6 +84,12 @@ def _train_views(paths: RunPaths) -> tuple[CameraSet, list[int]]:
     return CameraSet.load(paths.cameras_json), sorted(Split.load(paths.split_json).prior)
 
 
+def _budget(n: int, keep: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of `keep` of n fused points drawn at random (0 = all): the reference's init budget
+    (max_init_points), drawn here because the probe's init is written with max_init_points 0."""
+    return rng.choice(n, min(keep or n, n), replace=False)
+
+
 def probe_oracle(paths: RunPaths, cfg: Any) -> None:
     """Replace the training views' prior by stereo with all views as neighbours; align and fuse again."""
     from depth.result import depth_to_disparity
@@ -105,8 +111,8 @@ def probe_oracle(paths: RunPaths, cfg: Any) -> None:
 
 
 def probe_fill(paths: RunPaths, far: bool, keep: int, count: int = 5000, seed: int = 0) -> None:
-    """The init as the reference draws it (`keep` of the fused points; 0 = all), with `count` points back-projected from
-    the prior's holes (every 2nd pixel) in place of the `count` random fill points."""
+    """The init with the reference's budget (`keep` of the fused points, `_budget`), with `count` points
+    back-projected from the prior's holes (every 2nd pixel) in place of the `count` random fill points."""
     from depth.geometry import backproject
 
     cams, train = _train_views(paths)
@@ -125,14 +131,14 @@ def probe_fill(paths: RunPaths, far: bool, keep: int, count: int = 5000, seed: i
         rgb.append(read_rgb(paths.root / cams.files[v], (cams.width, cams.height), resize=False)[sel])
     fx, fc = np.concatenate(xyz), np.concatenate(rgb)
     rng = np.random.default_rng(seed)
-    fused = rng.choice(len(cloud.xyz), min(keep or len(cloud.xyz), len(cloud.xyz)), replace=False)
+    fused = _budget(len(cloud.xyz), keep, rng)
     pick = rng.choice(len(fx), min(count, len(fx)), replace=False)
     xyz_all = np.concatenate([cloud.xyz[fused], fx[pick]]).astype(np.float32)
     PointCloud(xyz_all, np.concatenate([cloud.rgb[fused], fc[pick]]).astype(np.uint8), None).save(paths.init_ply)
 
 
 def probe_frustum(paths: RunPaths, keep: int, count: int = 5000, seed: int = 0) -> None:
-    """The init as the reference draws it (`keep` of the fused points; 0 = all), with the `count` random fill
+    """The init with the reference's budget (`keep` of the fused points, `_budget`), with the `count` random fill
     points drawn in the training views' frustums instead of the SfM points' box: a random training view, a
     uniform pixel, a depth uniform in [0.8 x 1st, 1.2 x 99th percentile] of the fused points' depth in the
     training views; random colours, as the box fill's."""
@@ -154,7 +160,7 @@ def probe_frustum(paths: RunPaths, keep: int, count: int = 5000, seed: int = 0) 
     cam = np.stack([(u - K[:, 0, 2]) / K[:, 0, 0], (r - K[:, 1, 2]) / K[:, 1, 1], np.ones(count)], 1) * d[:, None]
     xyz = np.einsum("nij,nj->ni", c2w[:, :3, :3], cam) + c2w[:, :3, 3]
     rgb = (rng.random((count, 3)) * 255).astype(np.uint8)
-    fused = rng.choice(len(cloud.xyz), min(keep or len(cloud.xyz), len(cloud.xyz)), replace=False)
+    fused = _budget(len(cloud.xyz), keep, rng)
     xyz_all = np.concatenate([cloud.xyz[fused], xyz]).astype(np.float32)
     PointCloud(xyz_all, np.concatenate([cloud.rgb[fused], rgb]), None).save(paths.init_ply)
 
