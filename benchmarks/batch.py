@@ -138,8 +138,9 @@ def plain_pair(scenes: int, work: Path, iterations: int) -> float:
 
     def finish(procs: list[subprocess.Popen]) -> None:
         codes = [proc.wait() for proc in procs]  # every run waited for; a failed one makes no ceiling
-        if any(codes):
-            raise SystemExit(f"plain recon run failed: {procs[0].args!s}")
+        failed = [proc for proc, code in zip(procs, codes) if code]
+        if failed:
+            raise SystemExit(f"plain recon run failed: {failed[0].args!s}")
 
     t0 = time.perf_counter()
     for i in range(scenes):
