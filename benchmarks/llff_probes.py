@@ -13,7 +13,9 @@ the training views, alignment, fusion); every probe below trains the CPU preset 
              background seen past a foreground edge).
   frustum    the 5000 random fill points drawn in the training views' frustums (a random view, a uniform
              pixel, a depth uniform between 0.8 x the 1st and 1.2 x the 99th percentile of the fused points'
-             depth) instead of in the 1-99 % box of the SfM points (which a few SfM points move).
+             depth) instead of in the 1-99 % box of the SfM points (which a few SfM points move). Since 2026-12-02
+             the trainer itself draws the fill in the frustums (half at the scene's depths): the reference is no
+             longer the box, and this probe measures uniform depth against that default.
   prune      Gaussians more than 10 % in front of a confident (>= 0.3) prior depth in some training view are
              removed every 100 steps up to densification's end (a prior-based form of CoR-GS's co-pruning: a
              Gaussian in front of the surface a training view sees is a floater that fits that view only).

@@ -46,7 +46,8 @@ class TrainConfig:
 
     iterations: int = 30_000
     init: Literal["depth", "sfm", "random"] = "depth"
-    """Initial Gaussians: the depth-fused cloud, the SfM points, or random points in the scene bounds."""
+    """Initial Gaussians: the depth-fused cloud, the SfM points, or random points (in the box the training cameras
+    look at when they converge on an object, else in their frustums between the scene points' near and far depth)."""
     num_random: int = 100_000
     """Points for --init random."""
     max_init_points: int = 0
@@ -54,7 +55,7 @@ class TrainConfig:
     init_random_fill: int = 5_000
     """Random points added to a depth / SfM init: Gaussians for what the depth prior or the SfM points do
     not cover (pixels without valid depth, space no training view saw), which would otherwise render as
-    background (benchmarks/README.md, "init_random_fill"). 0 = off."""
+    background (benchmarks/README.md, "init_random_fill"); drawn where --init random draws. 0 = off."""
     sfm_min_train_views: int = 2
     """--init sfm: keep SfM points observed by at least this many training views (0 = all points, even
     those only held-out test views saw)."""

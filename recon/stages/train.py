@@ -38,7 +38,14 @@ from recon.stages import StageContext
 from recon.stages.views import training_views
 from recon.video import write_mp4
 from splat.errors import SplatError
-from splat.gaussians import InitConfig, camera_lookat_bounds, initial_points, points_bounds
+from splat.gaussians import (
+    FillRegion,
+    Frustums,
+    InitConfig,
+    camera_lookat_bounds,
+    initial_points,
+    visible_depths,
+)
 from splat.trainer import Background, TrainConfig, Trainer, config_json, uses_depth
 from splat.views import TrainViews, resize_nearest, target_size
 
@@ -185,12 +192,35 @@ def composited_on(paths: RunPaths) -> tuple[float, float, float] | None:
     return FramesIndex.load(paths.frames_json).composited_on if paths.frames_json.exists() else None
 
 
+def reference_points(paths: RunPaths, points: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray | None:
+    """The points that give the scene's depth range for random points: the init's own points (depth / SfM),
+    else the run's SfM points, else its fused points, else None. xyz [N,3] scene units."""
+    from recon.sfm import read_sfm_points
+
+    if points is not None and len(points[0]):
+        return np.asarray(points[0])
+    if paths.sfm_dir.exists():
+        return read_sfm_points(paths.sfm_dir)[0]
+    if paths.init_ply.exists():
+        return PointCloud.load(paths.init_ply).xyz
+    return None
+
+
 def read_initial_points(
-    paths: RunPaths, cfg: TrainConfig, cams: CameraSet, train: list[int], rng: np.random.Generator
+    paths: RunPaths,
+    cfg: TrainConfig,
+    cams: CameraSet,
+    train: list[int],
+    rng: np.random.Generator,
+    seen: list[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The initial points of --init depth | sfm | random (with cfg.init_random_fill random points added to a
     depth or SfM init): xyz float32 [N,3], rgb uint8 [N,3]. Random points fill the box the training cameras look
-    at, else the SfM / fused points' box."""
+    at when they converge on an object, else the frustums of the `seen` frames (the frames the method may look
+    at: the training views and the depth prior's frames; default the training views) at the depths of the scene's
+    points in them (`reference_points`, `splat.gaussians.frustum_points`): a box around the SfM points of a
+    forward-facing scene leaves the near field empty and moves with a few outlying points (benchmarks/README.md,
+    "init_random_fill")."""
     from recon.sfm import read_sfm_points
 
     icfg = InitConfig(
@@ -211,20 +241,23 @@ def read_initial_points(
         points = read_sfm_points(paths.sfm_dir, names, cfg.sfm_min_train_views)
         debug(f"sfm init: {len(points[0])} points seen by >= {cfg.sfm_min_train_views} of {len(train)} training views")
 
-    def bounds() -> tuple[np.ndarray, np.ndarray]:
+    def region() -> FillRegion:
         box = camera_lookat_bounds(cams.c2w[train], cams.K[train], cams.width, cams.height)
-        if box is None and paths.sfm_dir.exists():
-            box = points_bounds(read_sfm_points(paths.sfm_dir)[0])
-        if box is None and paths.init_ply.exists():
-            box = points_bounds(PointCloud.load(paths.init_ply).xyz)
-        if box is None:
+        if box is not None:
+            return box
+        ref = reference_points(paths, points)
+        if ref is None:
             raise ReconError(
                 "random points need scene bounds: cameras do not converge and the run has no SfM or fused points"
             )
-        return box
+        views = seen or train
+        c2w, K = cams.c2w[views], cams.K[views]
+        depths = visible_depths(ref, c2w, K, cams.width, cams.height)
+        debug(f"random points in the frustums of {len(views)} frames, at the depths of {len(ref)} scene points")
+        return Frustums(c2w, K, cams.width, cams.height, depths)
 
     with _library_errors():
-        return initial_points(icfg, points, bounds, rng)
+        return initial_points(icfg, points, region, rng)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,6 +293,9 @@ class _Setup:
     use_depth: bool
     gt_depth: dict[int, np.ndarray] | None
     eval_masks: dict[int, np.ndarray] | None
+    seen: list[int]
+    """The frames the method may look at (training and depth-prior frames, never a test view): their frustums
+    hold the random points when the training cameras do not converge."""
 
 
 def resolve_exposure(paths: RunPaths, cfg: Config) -> Config:
@@ -311,7 +347,8 @@ def _setup(paths: RunPaths, cfg: Config, device: Any) -> _Setup:
         f"init={cfg.init}, depth_loss={cfg.depth_loss if use_depth else 'none'}, "
         f"exposure={'on' if cfg.exposure is True else 'off'}"
     )
-    return _Setup(cams, train, test, views, background, use_depth, gt_depth, eval_masks)
+    seen = sorted((set(train) | set(split.prior)) - set(test))
+    return _Setup(cams, train, test, views, background, use_depth, gt_depth, eval_masks, seen)
 
 
 def _trainer(paths: RunPaths, cfg: Config, s: _Setup) -> Trainer:
@@ -331,7 +368,7 @@ def _trainer(paths: RunPaths, cfg: Config, s: _Setup) -> Trainer:
         state = Checkpoint.load(paths.checkpoint, expected_run_id=s.cams.run_id(), expected_train_views=s.train).state
         return Trainer.from_state(state, s.views, cfg, train=s.train, background=s.background)
     rng = np.random.default_rng(cfg.seed)
-    xyz, rgb = read_initial_points(paths, cfg, s.cams, s.train, rng)
+    xyz, rgb = read_initial_points(paths, cfg, s.cams, s.train, rng, seen=s.seen)
     return Trainer.from_points(xyz, rgb, s.views, cfg, rng=rng, train=s.train, background=s.background)
 
 
