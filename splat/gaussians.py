@@ -141,9 +141,10 @@ def visible_depths(
     Returns:
         T float64 arrays of depths (scene units); raises SplatError when no camera sees any point.
     """
+    xyz = np.asarray(xyz, np.float64)
     out = []
     for w2c, k in zip(invert_pose(np.asarray(c2w, np.float64)), np.asarray(K, np.float64)):
-        uv, z = project(np.asarray(xyz, np.float64), k, w2c)
+        uv, z = project(xyz, k, w2c)
         ok = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= width) & (uv[:, 1] >= 0) & (uv[:, 1] <= height)
         zs = np.sort(z[ok])
         out.append(zs[:: max(1, len(zs) // max_points)])

@@ -47,7 +47,8 @@ class TrainConfig:
     iterations: int = 30_000
     init: Literal["depth", "sfm", "random"] = "depth"
     """Initial Gaussians: the depth-fused cloud, the SfM points, or random points (in the box the training cameras
-    look at when they converge on an object, else in their frustums between the scene points' near and far depth)."""
+    look at when they converge on an object, else in the frustums of the frames the method sees, at and around the
+    scene points' depths: splat.gaussians.frustum_points)."""
     num_random: int = 100_000
     """Points for --init random."""
     max_init_points: int = 0
