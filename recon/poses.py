@@ -54,7 +54,7 @@ import sys
 import time
 import types
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -484,6 +484,12 @@ class Attempt:
     """Incremental mapper: smallest triangulation angle (degrees) of the initial image pair (COLMAP: 16)."""
     min_tri_angle: float | None = None
     """Incremental mapper: smallest triangulation angle (degrees) of a new point and of a kept one (COLMAP: 1.5)."""
+    seed_offset: int = 0
+    """Added to poses.seed for the mapper's random choices (RANSAC, initial pair); ignored when the seed is -1."""
+
+    def mapper_seed(self, seed: int) -> int:
+        """COLMAP's random seed for this try from poses.seed (-1 stays -1: random)."""
+        return seed + self.seed_offset if seed >= 0 else seed
 
 
 AS_CONFIGURED = Attempt("as configured")
@@ -501,6 +507,9 @@ def sfm_attempts(frames: FramesIndex, cfg: PosesConfig) -> list[Attempt]:
     0.5 degrees of triangulation angle are kept: on the roller-coaster clip COLMAP's 1.5-degree filter emptied every
     model it made in 4 of 4 seeds (frames kept, 0-3 points: no usable pose), 0.5 degrees gave 23-48 supported frames
     in 10 of 10 seeds (the sequential matches gained nothing from it: 2 of 4 seeds failed either way).
+    The last rung is tried once more with the next COLMAP seed: the mapper's random choices (RANSAC, the initial
+    pair) decide a panning clip, and its threads make even one seed vary from run to run (the roller-coaster's
+    exhaustive rung placed 0 of 48 frames once under load, 28-48 in the seeds measured).
     """
     if not cfg.retry:
         return [AS_CONFIGURED]
@@ -511,6 +520,8 @@ def sfm_attempts(frames: FramesIndex, cfg: PosesConfig) -> list[Attempt]:
     if resolve_matcher(frames, cfg) != "exhaustive" and len(frames) <= EXHAUSTIVE_RETRY_MAX_IMAGES:
         name = f"exhaustive matching, relaxed initial pair and triangulation (>= {RELAXED_TRI_DEG:g} deg)"
         out.append(Attempt(name, "exhaustive", "incremental", RELAXED_INIT_DEG, RELAXED_TRI_DEG))
+    if cfg.seed >= 0:
+        out.append(replace(out[-1], name=f"{out[-1].name}, COLMAP seed {cfg.seed + 1}", seed_offset=1))
     return out
 
 
@@ -547,6 +558,8 @@ class SfmPlan:
         map_settings: list[Any] = [k_match, mapper, cfg.seed, cfg.min_registered, attempt.init_min_tri_angle]
         if attempt.min_tri_angle is not None:
             map_settings.append(attempt.min_tri_angle)
+        if attempt.seed_offset:
+            map_settings.append(("seed", attempt.mapper_seed(cfg.seed)))
         map_settings.append(f"frames observe >= {MIN_IMAGE_POINTS} points")  # models mapped before this rule are redone
         if kf_px > 0:
             map_settings += ["keyframes", kf_px, cfg.sequential_overlap]
@@ -1290,7 +1303,7 @@ def map_features(
     if mapper == "incremental":
         opt = pycolmap.IncrementalPipelineOptions()
         opt.num_threads = cfg.num_threads
-        opt.random_seed = cfg.seed
+        opt.random_seed = attempt.mapper_seed(cfg.seed)
         opt.min_model_size = max(3, min(10, cfg.min_registered))
         if image_names is not None:
             opt.image_names = list(image_names)
@@ -1302,7 +1315,7 @@ def map_features(
     if mapper == "global":
         global_opt = pycolmap.GlobalPipelineOptions()
         global_opt.num_threads = cfg.num_threads
-        global_opt.random_seed = cfg.seed
+        global_opt.random_seed = attempt.mapper_seed(cfg.seed)
         if image_names is not None:
             global_opt.image_names = list(image_names)
         return pycolmap.global_mapping(db_path, image_dir, out_dir, global_opt)

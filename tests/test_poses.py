@@ -245,6 +245,25 @@ def test_rollercoaster_poses_with_default_settings(tmp_path):
     assert 0 < cs.sfm["mean_reprojection_error_px"] < 1.0 and cs.sfm["points"] > 100
 
 
+def test_retry_ladder_ends_with_a_second_seed():
+    """The last rung of the SfM ladder is tried again with the next COLMAP seed (its own map key, so its model is
+    not the cached one of the same settings); a random seed (-1) has no such rung."""
+    from recon.poses import SfmPlan, sfm_attempts
+
+    video = FramesIndex(source="v.mp4", source_type="video", size=(320, 180), frames=[{"file": "f", "source_index": 0}])
+    video = replace(video, frames=video.frames * 48)
+    cfg = PosesConfig(seed=3)
+    ladder = sfm_attempts(video, cfg)
+    assert [a.seed_offset for a in ladder] == [0, 0, 0, 1]
+    last, again = ladder[-2], ladder[-1]
+    assert (again.matcher, again.init_min_tri_angle, again.min_tri_angle) == ("exhaustive", 4.0, 0.5)
+    assert again.name == f"{last.name}, COLMAP seed 4" and again.mapper_seed(cfg.seed) == 4
+    plans = [SfmPlan.make(video, cfg, a) for a in (last, again)]
+    assert plans[0].keys["match"] == plans[1].keys["match"] and plans[0].keys["map"] != plans[1].keys["map"]
+    assert [a.seed_offset for a in sfm_attempts(video, PosesConfig(seed=-1))] == [0, 0, 0]
+    assert again.mapper_seed(-1) == -1 and sfm_attempts(video, PosesConfig(retry=False)) == [ladder[0]]
+
+
 def test_keyframe_rule_and_selection():
     """Long sequential videos map keyframes (recon.poses.keyframe_motion_px): the rule as documented, and keyframes
     chosen by feature motion, the matches' gap bound and broken pairs, on a synthetic match graph."""
