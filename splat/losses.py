@@ -177,6 +177,60 @@ def depth_patch_pearson(
 DEPTH_LOSSES = {"l1-inverse": depth_l1_inverse, "pearson": depth_pearson, "patch-pearson": depth_patch_pearson}
 
 
+def warp_from_shifted_view(image: torch.Tensor, disparity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward warp of a view rendered with the camera moved along its own x axis, into the reference view.
+
+    A point at z-depth Z seen at pixel (u, v) of the reference camera is seen at (u - f t / Z, v) by the camera
+    moved t scene units along x (same rotation and intrinsics); disparity = f t / Z in pixels.
+
+    Args:
+        image: [H, W, C] the render at the moved camera.
+        disparity: [H, W] pixels, f t / Z for every reference pixel (differentiable: gradients reach Z).
+    Returns:
+        warped [H, W, C] (bilinear; the moved view's colour at each reference pixel), inside [H, W] bool: the
+        sample lies in the moved image.
+    """
+    H, W = disparity.shape
+    u = torch.arange(W, device=disparity.device, dtype=disparity.dtype).expand(H, W) - disparity
+    v = torch.arange(H, device=disparity.device, dtype=disparity.dtype)[:, None].expand(H, W)
+    grid = torch.stack([2 * u / max(W - 1, 1) - 1, 2 * v / max(H - 1, 1) - 1], dim=-1)
+    warped = F.grid_sample(image.permute(2, 0, 1)[None], grid[None], mode="bilinear", align_corners=True)
+    return warped[0].permute(1, 2, 0), (u >= 0) & (u <= W - 1)
+
+
+def binocular_loss(
+    shifted_rgb: torch.Tensor,
+    depth: torch.Tensor,
+    alpha: torch.Tensor,
+    gt: torch.Tensor,
+    f_t: float,
+    smooth: float = 0.05,
+) -> torch.Tensor:
+    """Self-supervised stereo consistency (as Binocular3DGS, Han et al., NeurIPS 2024): the render at the camera
+    moved t along its x axis, warped back by the rendered depth, must reproduce the ground-truth image; plus an
+    edge-aware smoothness of the disparity. Wrong depth warps the wrong colours in, so the loss corrects depth
+    that a single view cannot see.
+
+    Args:
+        shifted_rgb: [H, W, 3] render at the moved camera. depth: [H, W] rendered z-depth at the reference camera
+            (scene units). alpha: [H, W] its coverage (pixels under 0.5 are left out). gt: [H, W, 3] the
+            reference image. f_t: focal length (px) x t (scene units), signed. smooth: weight of the smoothness.
+    """
+    disparity = f_t / depth.clamp_min(1e-6)
+    warped, inside = warp_from_shifted_view(shifted_rgb, disparity)
+    m = inside & (alpha.detach() > 0.5)
+    if not bool(m.any()):
+        return shifted_rgb.sum() * 0.0
+    l1 = (warped - gt).abs().mean(dim=-1)[m].mean()
+    if smooth <= 0:
+        return l1
+    d = disparity * m
+    edge_x = torch.exp(-(gt[:, 1:] - gt[:, :-1]).abs().mean(dim=-1))
+    edge_y = torch.exp(-(gt[1:] - gt[:-1]).abs().mean(dim=-1))
+    tv = ((d[:, 1:] - d[:, :-1]).abs() * edge_x).mean() + ((d[1:] - d[:-1]).abs() * edge_y).mean()
+    return l1 + smooth * tv
+
+
 def exp_decay(step: int, start: float, final: float, max_steps: int) -> float:
     """Log-linear interpolation from `start` (step 0) to `final` (step max_steps), clamped after."""
     if max_steps <= 0 or start <= 0 or final <= 0:

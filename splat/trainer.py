@@ -30,7 +30,7 @@ from splat.camera_path import render_path
 from splat.errors import SplatError
 from splat.exposure import apply_affine, identity
 from splat.gaussians import gaussians_from_points, to_numpy, to_parameters
-from splat.losses import DEPTH_LOSSES, depth_weight_at, exp_decay, photometric_loss
+from splat.losses import DEPTH_LOSSES, binocular_loss, depth_weight_at, exp_decay, photometric_loss
 from splat.ply import sh_degree_from_bases
 from splat.views import TrainViews
 
@@ -129,6 +129,27 @@ class TrainConfig:
     this fraction of the Gaussians removed at random and the others' opacity scaled by 1 / (1 - rate), so that a
     Gaussian cannot fit one view alone; the rate grows linearly from 0 to `drop_rate` over the iterations. A
     sparse-view regulariser (benchmarks/llff.py measures it); 0 = off. Evaluation and renders use every Gaussian."""
+    opacity_reset_at_start: bool = True
+    """gsplat's DefaultStrategy resets (clamps) every opacity to 2 x its prune_opa = 0.01 after step 0, because its
+    periodic reset fires at step % reset_every == 0 (gsplat issue / PR #735; 3DGS counts from 1 and does not), so
+    init_opacity above 0.01 lasts one step. False undoes that reset, so init_opacity is what training starts from.
+    True keeps gsplat's behaviour, which every figure in benchmarks/README.md was measured with."""
+    opacity_decay: float = 1.0
+    """Every step from refine_start on, each Gaussian's opacity is multiplied by this factor (as Binocular3DGS,
+    Han et al., NeurIPS 2024: 0.995): a Gaussian the photometric loss does not keep pulling up fades below the
+    pruning threshold, which removes floaters that fit one view. A sparse-view regulariser (benchmarks/llff.py
+    measures it); 1 = off."""
+    binocular_weight: float = 0.0
+    """Weight of the self-supervised stereo consistency (as Binocular3DGS; splat.losses.binocular_loss): each step
+    from binocular_start on also renders the training view's camera moved sideways, warps that render back by the
+    rendered depth and compares it with the training image. A sparse-view regulariser (benchmarks/llff.py measures
+    it; one extra render per step); 0 = off."""
+    binocular_disparity_px: float = 16.0
+    """Largest sideways move of binocular_weight, as the disparity in pixels it gives at the view's median rendered
+    depth (the move is drawn uniform in [-1, 1] x that; scale-free, unlike a move in scene units)."""
+    binocular_start: float = 0.66
+    """binocular_weight acts from this fraction of the iterations on (Binocular3DGS: 20k of 30k), once the
+    Gaussians hold a geometry to warp with."""
     checkpoint_every: int = 1000
     """Hand a checkpoint (`Trainer.state_dict`) to `fit`'s on_checkpoint every this many steps (0 = only at
     the end)."""
@@ -188,6 +209,10 @@ class TrainConfig:
         count("sh_degree_interval", 1)
         number(self.ssim_lambda, n + "ssim_lambda", SplatError, lo=0, hi=1)
         number(self.drop_rate, n + "drop_rate", SplatError, lo=0, hi=0.9, note="0 = off")
+        number(self.opacity_decay, n + "opacity_decay", SplatError, lo=0.5, hi=1, note="1 = off")
+        number(self.binocular_weight, n + "binocular_weight", SplatError, lo=0, hi=100, note="0 = off")
+        number(self.binocular_disparity_px, n + "binocular_disparity_px", SplatError, lo=0, hi=1000, lo_open=True)
+        number(self.binocular_start, n + "binocular_start", SplatError, lo=0, hi=1)
         choice(self.depth_loss, n + "depth_loss", SplatError, tuple(DEPTH_LOSSES) + ("none",))
         number(self.depth_weight, n + "depth_weight", SplatError, lo=0, hi=1000)
         number(self.depth_weight_final, n + "depth_weight_final", SplatError, lo=0, hi=1, note="1 = constant")
@@ -353,6 +378,12 @@ def make_optimizers(
         k: torch.optim.Adam([{"params": params[k], "lr": lrs[k], "name": k}], eps=1e-15, fused=fused)
         for k in params.keys()
     }
+
+
+def decay_opacity_logits(logits: torch.Tensor, factor: float) -> torch.Tensor:
+    """The opacity logits [N] of opacities sigmoid(logits) * factor (factor in (0, 1]); same shape and dtype."""
+    opacity = torch.sigmoid(logits) * factor
+    return torch.log(opacity) - torch.log1p(-opacity)
 
 
 def _fused_adam(device: torch.device) -> bool | None:
@@ -731,6 +762,8 @@ class Trainer:
         row: dict[str, Any] = {"step": step + 1, **terms}
         if self.use_depth:
             loss = loss + self._depth_term(i, depth, alpha, row)
+        if cfg.binocular_weight > 0 and step >= cfg.binocular_start * cfg.iterations:
+            loss = loss + self._binocular_term(i, depth, alpha, (sh_degree, bg, drop), row)
         if cfg.strategy == "mcmc":
             # MCMC's opacity and scale regularisers (its paper's defaults).
             p = self.params
@@ -757,6 +790,27 @@ class Trainer:
         keep = torch.rand(len(means), device=means.device) >= rate
         return keep.to(means.dtype) / (1.0 - rate)
 
+    def _binocular_term(
+        self, i: int, depth: torch.Tensor, alpha: torch.Tensor, how: tuple, row: dict[str, Any]
+    ) -> torch.Tensor:
+        """binocular_weight x splat.losses.binocular_loss for training view i, the camera moved a random signed
+        distance along its x axis (up to binocular_disparity_px of disparity at the median rendered depth)."""
+        cfg, v = self.cfg, self.views
+        covered = alpha.detach() > 0.5
+        if not bool(covered.any()):
+            return depth.sum() * 0.0
+        fx = float(v.K[i][0, 0])
+        z_med = float(depth.detach()[covered].median())
+        t = (2 * float(torch.rand(())) - 1) * cfg.binocular_disparity_px * z_med / fx
+        viewmat = v.viewmats[i].clone()
+        viewmat[0, 3] -= t  # camera centre moved +t along its own x axis: x_cam' = x_cam - t
+        shifted, _, _, _ = render(self.params, viewmat, v.K[i], v.width, v.height, *how)
+        if self.exposure is not None:
+            shifted = apply_affine(shifted, self._correction(i))  # compared with image i, as the main render
+        bl = binocular_loss(shifted, depth, alpha, v.images[i], fx * t)
+        row["binocular"] = float(bl.detach())
+        return cfg.binocular_weight * bl
+
     def _depth_term(self, i: int, depth: torch.Tensor, alpha: torch.Tensor, row: dict[str, Any]) -> torch.Tensor:
         cfg = self.cfg
         w = depth_weight_at(self.global_step, cfg.depth_weight, cfg.depth_weight_final, cfg.iterations)
@@ -776,6 +830,9 @@ class Trainer:
         for o in self.optimizers.values():
             o.step()
             o.zero_grad(set_to_none=True)
+        if cfg.opacity_decay < 1.0 and step >= cfg.refine_start:
+            with torch.no_grad():
+                self.params["opacities"].copy_(decay_opacity_logits(self.params["opacities"], cfg.opacity_decay))
         if self.exposure_optimizer is not None:
             lr = exp_decay(step, cfg.lr_exposure, cfg.lr_exposure_final, cfg.iterations)
             for g in self.exposure_optimizer.param_groups:
@@ -785,9 +842,15 @@ class Trainer:
         if cfg.strategy == "mcmc":
             self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step, meta, lr=means_lr)
         else:
+            keep = None
+            if step == 0 and not cfg.opacity_reset_at_start:
+                keep = self.params["opacities"].detach().clone()  # no growth or pruning at step 0: same Gaussians
             self.strategy.step_post_backward(
                 self.params, self.optimizers, self.strategy_state, step, meta, packed=False
             )
+            if keep is not None:
+                with torch.no_grad():
+                    self.params["opacities"].copy_(keep)
             if not self._capped and len(self.params["means"]) >= cfg.max_gaussians:
                 self.strategy.refine_stop_iter = step + 1  # densification stops at the cap (pruning too)
                 self._capped = True

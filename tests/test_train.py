@@ -239,6 +239,65 @@ def test_trainer_on_arrays_fits_and_scores(lego_run, one_thread):
     assert all(isinstance(v, np.ndarray) and np.isfinite(v).all() for v in g.values())
 
 
+def test_opacity_decay_multiplies_every_opacity_from_refine_start(lego_run, one_thread):
+    """TrainConfig.opacity_decay (Binocular3DGS): with the opacities' learning rate at 0 and no densification, every
+    opacity after 30 steps is init_opacity x factor^(30 - refine_start); factor 1 leaves them as they were. (The
+    init opacity is below 0.01, where gsplat's reset at step 0 would clamp it: TrainConfig.opacity_reset_at_start.)"""
+    from splat.gaussians import random_points
+    from splat.trainer import decay_opacity_logits
+
+    logits = torch.linspace(-8.0, 8.0, 101)
+    torch.testing.assert_close(torch.sigmoid(decay_opacity_logits(logits, 0.9)), 0.9 * torch.sigmoid(logits))
+    views, train, _, box = _array_views(lego_run)
+    xyz, rgb = random_points(box, 300, np.random.default_rng(0))
+    opacity = {}
+    for factor in (1.0, 0.9):
+        cfg = _lib_cfg(
+            iterations=30, refine_start=10, refine_stop=10, lr_opacities=0.0, opacity_decay=factor, init_opacity=0.008
+        )
+        trainer = Trainer.from_points(xyz, rgb, views, cfg, train=train)
+        trainer.fit()
+        opacity[factor] = torch.sigmoid(trainer.params["opacities"].detach())
+    assert len(opacity[0.9]) == len(opacity[1.0]) == 300
+    torch.testing.assert_close(opacity[1.0], torch.full((300,), 0.008), rtol=1e-5, atol=0)
+    torch.testing.assert_close(opacity[0.9], torch.full((300,), 0.008 * 0.9**20), rtol=1e-4, atol=0)
+    with pytest.raises(SplatError, match="opacity_decay"):
+        _lib_cfg(opacity_decay=1.5).validate()
+
+
+def test_opacity_reset_at_start_is_gsplats_and_can_be_undone(lego_run, one_thread):
+    """gsplat's DefaultStrategy clamps the opacities to 0.01 after step 0 (its reset at step % reset_every == 0);
+    opacity_reset_at_start=False keeps init_opacity (opacities' learning rate 0 and no densification here)."""
+    from splat.gaussians import random_points
+
+    views, train, _, box = _array_views(lego_run)
+    xyz, rgb = random_points(box, 200, np.random.default_rng(0))
+    opacity = {}
+    for reset in (True, False):
+        cfg = _lib_cfg(iterations=5, refine_start=10, refine_stop=10, lr_opacities=0.0, opacity_reset_at_start=reset)
+        trainer = Trainer.from_points(xyz, rgb, views, cfg, train=train)
+        trainer.fit()
+        opacity[reset] = torch.sigmoid(trainer.params["opacities"].detach())
+    torch.testing.assert_close(opacity[True], torch.full((200,), 0.01), rtol=1e-5, atol=0)
+    torch.testing.assert_close(opacity[False], torch.full((200,), 0.1), rtol=1e-5, atol=0)
+
+
+def test_binocular_consistency_trains_from_its_start(lego_run, one_thread):
+    """binocular_weight > 0: the stereo term (tests/test_binocular.py checks its warp) is in the log from
+    binocular_start x iterations on, finite, and the lego test views still gain as without it."""
+    from splat.gaussians import random_points
+
+    views, train, test, box = _array_views(lego_run)
+    xyz, rgb = random_points(box, 600, np.random.default_rng(0))
+    cfg = _lib_cfg(binocular_weight=1.0, binocular_start=0.5, binocular_disparity_px=4.0)
+    trainer = Trainer.from_points(xyz, rgb, views, cfg, train=train)
+    before = trainer.evaluate(test)
+    trainer.fit()
+    steps = [r["step"] for r in trainer.log if "binocular" in r]
+    assert steps and min(steps) > 30 and all(np.isfinite(r["binocular"]) for r in trainer.log if "binocular" in r)
+    assert trainer.evaluate(test)["psnr"] > before["psnr"] + 2.0
+
+
 def test_state_dict_round_trips_through_checkpoint_and_resumes(lego_run, tmp_path, one_thread):
     """state_dict() -> Checkpoint (torch.load weights_only=True) -> from_state, resumed to the end, equals
     the uninterrupted run."""
