@@ -382,8 +382,7 @@ def make_optimizers(
 
 def decay_opacity_logits(logits: torch.Tensor, factor: float) -> torch.Tensor:
     """The opacity logits [N] of opacities sigmoid(logits) * factor (factor in (0, 1]); same shape and dtype."""
-    opacity = torch.sigmoid(logits) * factor
-    return torch.log(opacity) - torch.log1p(-opacity)
+    return torch.logit(torch.sigmoid(logits) * factor)
 
 
 def _fused_adam(device: torch.device) -> bool | None:
