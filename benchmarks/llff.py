@@ -77,34 +77,31 @@ def copy_run(base: RunPaths, dst: Path) -> RunPaths:
     return RunPaths(dst)
 
 
-def train_config(args: argparse.Namespace, init: str, depth_loss: str, seed: int):
-    """The CPU preset at the protocol's size (504x378: max_size 0, downscale 1), with the benchmark's settings."""
-    from recon.stages.train import Config as TrainConfig
-
+def train_config(args: argparse.Namespace, init: str, depth_loss: str, seed: int, n: int):
+    """The train config `recon run --preset cpu --split-protocol llff --train-views N` uses (504x378, the
+    sparse-view settings for N <= 9: recon.stages.split.SPARSE_TRAIN), with the benchmark's settings."""
     over: dict[str, Any] = dict(
         init=init,
         depth_loss=depth_loss,
         iterations=args.iterations,
         seed=seed,
-        max_size=0,
-        downscale=1.0,
         video_frames=0,
         cpu_threads=args.threads,
     )
     for item in args.set:
         key, _, value = item.partition("=")
         over[key] = json.loads(value)
-    return TrainConfig.preset("cpu", **over)
+    return api.make_config("cpu", split={"protocol": "llff", "train_views": n}, train=over).train
 
 
-def train_one(base: RunPaths, args: argparse.Namespace, init: str, dl: str, seed: int) -> dict | None:
+def train_one(base: RunPaths, args: argparse.Namespace, init: str, dl: str, seed: int, n: int) -> dict | None:
     """Train and evaluate one variant on a copy of `base`; the metrics row, or None when it cannot run."""
     from recon.stages.train import run as run_train
 
     paths = copy_run(base, base.root.parent / f"{init}_{dl}_s{seed}")
     t0 = time.perf_counter()
     try:
-        s = run_train(StageContext(paths), train_config(args, init, dl, seed))
+        s = run_train(StageContext(paths), train_config(args, init, dl, seed, n))
     except ReconError as e:
         print(f"  {init}/{dl}/seed {seed}: {e}", flush=True)
         return None
@@ -125,7 +122,7 @@ def bench_views(args: argparse.Namespace, n: int) -> list[dict]:
             if why and (init == "depth" or dl != "none"):
                 continue
             for seed in args.seeds:
-                row = train_one(base, args, init, dl, seed)
+                row = train_one(base, args, init, dl, seed, n)
                 if row is not None:
                     rows.append({"views": n, **row})
                     print(f"  {init:6s} {dl:10s} seed {seed}: PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.3f}  "

@@ -249,7 +249,7 @@ def _changes(probe: str, paths: RunPaths, cfg: Any, train_cfg: Any) -> tuple[dic
 def train(paths: RunPaths, args: argparse.Namespace, loss: str, seed: int, over: dict, ctx: Callable) -> dict:
     from recon.stages.train import run as run_train
 
-    base = llff.train_config(args, "depth", loss, seed)
+    base = llff.train_config(args, "depth", loss, seed, args.views)
     t0 = time.perf_counter()
     with ctx() as removed:
         s = run_train(StageContext(paths), dataclasses.replace(base, **over))
@@ -265,7 +265,7 @@ def run_probe(base: RunPaths, probe: str, args: argparse.Namespace, cfg: Any) ->
         name = f"{probe}_s{seed}"
         paths = llff.copy_run(base, base.root.parent / name)
         loss = args.loss or REFERENCE_LOSS.get(probe, "none")
-        train_cfg = llff.train_config(args, "depth", loss, seed)
+        train_cfg = llff.train_config(args, "depth", loss, seed, args.views)
         over, ctx = _changes(probe, paths, cfg, train_cfg) if probe != "reference" else ({}, nullcontext)
         row = {"probe": probe, "seed": seed, "loss": loss, **train(paths, args, loss, seed, over, ctx)}
         print(f"  {probe:10s} {loss:10s} seed {seed}: PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.3f}", flush=True)

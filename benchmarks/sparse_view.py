@@ -52,6 +52,7 @@ from recon.artifacts import CameraSet, RunPaths, Split  # noqa: E402
 from recon.console import set_verbosity  # noqa: E402
 from recon.errors import ReconError  # noqa: E402
 from recon.stages import StageContext  # noqa: E402
+from recon.stages.split import SPARSE_FUSE, SPARSE_MIN_GAUSSIANS, SPARSE_TRAIN, SPARSE_VIEWS  # noqa: E402
 
 DATA = Path("/work/shared/data")
 LEGO = DATA / "nerf_synthetic_lego_train100_400px"
@@ -178,11 +179,14 @@ def prepare(
     prior_frames: str = "train",
     seven_poses: str = "sfm",
     seven_span: tuple[int, int] = (0, 449),
+    sparse: bool = True,
 ) -> tuple[RunPaths, Path | None, float, str | None]:
     """Run frames..fuse once for (dataset, n).
 
     Returns:
         (run, GT depth npz in cameras.json order or None, seconds, why the depth prior is missing or None).
+        With `sparse`, N <= 9 views fuse with the sparse-view settings `recon run --train-views N` uses
+        (recon.stages.split.SPARSE_FUSE; this benchmark gives its views as a split file, which does not set them).
         Beside the GT depth npz, eval_mask.npz holds the test views' co-visibility masks (pixels some
         training view observes, from GT depth and GT poses alone, so every variant is scored on the same
         pixels) for the masked metrics.
@@ -209,7 +213,7 @@ def prepare(
         poses={"poses": str(tj)} if tj is not None else {},
         split={"split_file": str(split), "prior_frames": prior_frames},
         depth={"backend": depth_backend},
-        fuse={"min_views": fuse_min_views},
+        fuse={**(SPARSE_FUSE if sparse and n <= SPARSE_VIEWS else {}), "min_views": fuse_min_views},
     )
     api.run(folder, run_dir, until="split", preset="cpu", **sections)
     depth_error = None
@@ -372,6 +376,12 @@ def _add_run_args(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per training")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--no-sparse-settings",
+        action="store_true",
+        help="fuse and train with the preset's settings, not the sparse-view ones (recon.stages.split.SPARSE_*)",
+    )
+    ap.add_argument("--set", nargs="*", default=[], help="extra train fields, KEY=JSON (e.g. opacity_decay=0.99)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/sparse_view_bench"))
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -397,10 +407,15 @@ def _variants(args: argparse.Namespace, dataset: str, gt_npz: Path | None, depth
     return variants
 
 
-def _train_config(args: argparse.Namespace, init: str, dl: str, gt_npz: Path | None):
+def _train_config(args: argparse.Namespace, init: str, dl: str, n: int, gt_npz: Path | None):
     from recon.stages.train import Config as TrainConfig
 
-    over = dict(
+    preset = "cuda" if args.device.startswith("cuda") else "cpu"
+    over: dict[str, Any] = {}
+    if n <= SPARSE_VIEWS and not args.no_sparse_settings:  # what `recon run --train-views N` starts from
+        cap = max(TrainConfig.preset(preset).max_gaussians, SPARSE_MIN_GAUSSIANS)
+        over.update(SPARSE_TRAIN, max_gaussians=cap)
+    over.update(
         init=init,
         depth_loss=dl,
         iterations=args.iterations,
@@ -417,7 +432,10 @@ def _train_config(args: argparse.Namespace, init: str, dl: str, gt_npz: Path | N
         over["depth_weight"] = args.depth_weight
     if args.random_fill is not None:
         over["init_random_fill"] = args.random_fill
-    return TrainConfig.preset("cuda" if args.device.startswith("cuda") else "cpu", **over)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        over[key] = json.loads(value)
+    return TrainConfig.preset(preset, **over)
 
 
 def _row(dataset: str, n: int, init: str, dl: str, prior: str, s: dict, wall_s: float) -> dict:
@@ -456,6 +474,7 @@ def _bench_views(args: argparse.Namespace, dataset: str, n: int) -> list[dict]:
             args.prior_frames,
             args.seven_poses,
             tuple(args.seven_span),
+            not args.no_sparse_settings,
         )
     except ReconError as e:
         print(f"[{dataset} N={n}] preparation failed: {e}", flush=True)
@@ -475,7 +494,7 @@ def _bench_views(args: argparse.Namespace, dataset: str, n: int) -> list[dict]:
             paths = copy_run(base, dst)
         t0 = time.perf_counter()
         try:
-            s = run_train(StageContext(paths), _train_config(args, init, dl, gt_npz))
+            s = run_train(StageContext(paths), _train_config(args, init, dl, n, gt_npz))
         except ReconError as e:
             print(f"[{dataset} N={n}] {init}/{dl}/{prior}: {e}", flush=True)
             continue

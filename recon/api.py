@@ -50,16 +50,21 @@ def make_config(preset: str = "auto", config: str | Path | None = None, **sectio
         sections: stage name -> {field: value}, e.g. train={"iterations": 500}.
     """
     from recon.config import apply_mapping, load_yaml, preset_config, validate_run_config
-    from recon.stages.split import protocol_settings
+    from recon.stages.split import protocol_settings, sparse_settings, sparse_view
 
-    cfg = preset_config(preset)
-    if config is not None:
-        cfg = apply_mapping(cfg, load_yaml(config))
-    for name, values in sections.items():
-        if not isinstance(values, dict):
-            raise ReconError(f"override {name}= must be a mapping of fields, e.g. {name}={{'field': value}}")
-        cfg = apply_mapping(cfg, {name: values})
-    return validate_run_config(protocol_settings(cfg))
+    def build(cfg):
+        if config is not None:
+            cfg = apply_mapping(cfg, load_yaml(config))
+        for name, values in sections.items():
+            if not isinstance(values, dict):
+                raise ReconError(f"override {name}= must be a mapping of fields, e.g. {name}={{'field': value}}")
+            cfg = apply_mapping(cfg, {name: values})
+        return protocol_settings(cfg)
+
+    cfg = build(preset_config(preset))
+    if sparse_view(cfg):  # the sparse-view settings sit between the preset and everything the caller set
+        cfg = build(sparse_settings(preset_config(preset)))
+    return validate_run_config(cfg)
 
 
 def run(

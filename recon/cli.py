@@ -245,17 +245,23 @@ def _given_flag(cmd: StageCommand, message: str) -> str:
 
 
 def build_config(cmd: StageCommand):
-    """Merge preset, saved run configs, --config, flags and --set into a RunConfig."""
+    """Merge preset, (a sparse-view run's settings,) saved run configs, --config, flags and --set into a RunConfig."""
     from recon.config import apply_mapping, load_yaml, nest, parse_set, preset_config, validate_run_config
+    from recon.stages.split import sparse_settings, sparse_view
 
-    cfg = preset_config(cmd.preset)
-    cfg = _apply_saved(cfg, cmd.out)
-    if cmd.config is not None:
-        cfg = apply_mapping(cfg, load_yaml(cmd.config))
-    cfg = _protocol_settings(apply_mapping(cfg, _flag_overrides(cmd)), cmd)
-    for item in cmd.set:
-        keys, value = parse_set(item)
-        cfg = apply_mapping(cfg, nest(keys, value))
+    def build(cfg):
+        cfg = _apply_saved(cfg, cmd.out)
+        if cmd.config is not None:
+            cfg = apply_mapping(cfg, load_yaml(cmd.config))
+        cfg = _protocol_settings(apply_mapping(cfg, _flag_overrides(cmd)), cmd)
+        for item in cmd.set:
+            keys, value = parse_set(item)
+            cfg = apply_mapping(cfg, nest(keys, value))
+        return cfg
+
+    cfg = build(preset_config(cmd.preset))
+    if sparse_view(cfg):  # the sparse-view settings sit between the preset and the run's saved configs, flags, --set
+        cfg = build(sparse_settings(preset_config(cmd.preset)))
     try:
         return validate_run_config(cfg)
     except ReconError as e:

@@ -138,15 +138,17 @@ class TrainConfig:
     """Every step from refine_start on, each Gaussian's opacity is multiplied by this factor (as Binocular3DGS,
     Han et al., NeurIPS 2024: 0.995): a Gaussian the photometric loss does not keep pulling up fades below the
     pruning threshold, which removes floaters that fit one view. A sparse-view regulariser (benchmarks/llff.py
-    measures it); 1 = off."""
+    measures it; recon's sparse-view settings set 0.995); 1 = off."""
     binocular_weight: float = 0.0
     """Weight of the self-supervised stereo consistency (as Binocular3DGS; splat.losses.binocular_loss): each step
     from binocular_start on also renders the training view's camera moved sideways, warps that render back by the
     rendered depth and compares it with the training image. A sparse-view regulariser (benchmarks/llff.py measures
-    it; one extra render per step); 0 = off."""
-    binocular_disparity_px: float = 16.0
-    """Largest sideways move of binocular_weight, as the disparity in pixels it gives at the view's median rendered
-    depth (the move is drawn uniform in [-1, 1] x that; scale-free, unlike a move in scene units)."""
+    it; one extra render per step; recon's sparse-view settings set 1.0); 0 = off."""
+    binocular_disparity: float = 0.032
+    """Largest sideways move of binocular_weight, as the disparity it gives at the view's median rendered depth, in
+    image widths (0.032 = 16 px at LLFF's 504 px; the move is drawn uniform in [-1, 1] x that). Scale-free and
+    resolution-free: a move in pixels would be 5x larger in image terms at 100 px than at 504 px, which cost 1.6 dB
+    on 7-Scenes (benchmarks/README.md, "sparse-view settings")."""
     binocular_start: float = 0.66
     """binocular_weight acts from this fraction of the iterations on (Binocular3DGS: 20k of 30k), once the
     Gaussians hold a geometry to warp with."""
@@ -211,7 +213,7 @@ class TrainConfig:
         number(self.drop_rate, n + "drop_rate", SplatError, lo=0, hi=0.9, note="0 = off")
         number(self.opacity_decay, n + "opacity_decay", SplatError, lo=0.5, hi=1, note="1 = off")
         number(self.binocular_weight, n + "binocular_weight", SplatError, lo=0, hi=100, note="0 = off")
-        number(self.binocular_disparity_px, n + "binocular_disparity_px", SplatError, lo=0, hi=1000, lo_open=True)
+        number(self.binocular_disparity, n + "binocular_disparity", SplatError, lo=0, hi=1, lo_open=True)
         number(self.binocular_start, n + "binocular_start", SplatError, lo=0, hi=1)
         choice(self.depth_loss, n + "depth_loss", SplatError, tuple(DEPTH_LOSSES) + ("none",))
         number(self.depth_weight, n + "depth_weight", SplatError, lo=0, hi=1000)
@@ -793,14 +795,14 @@ class Trainer:
         self, i: int, depth: torch.Tensor, alpha: torch.Tensor, how: tuple, row: dict[str, Any]
     ) -> torch.Tensor:
         """binocular_weight x splat.losses.binocular_loss for training view i, the camera moved a random signed
-        distance along its x axis (up to binocular_disparity_px of disparity at the median rendered depth)."""
+        distance along its x axis (up to binocular_disparity image widths of disparity at the median rendered depth)."""
         cfg, v = self.cfg, self.views
         covered = alpha.detach() > 0.5
         if not bool(covered.any()):
             return depth.sum() * 0.0
         fx = float(v.K[i][0, 0])
         z_med = float(depth.detach()[covered].median())
-        t = (2 * float(torch.rand(())) - 1) * cfg.binocular_disparity_px * z_med / fx
+        t = (2 * float(torch.rand(())) - 1) * cfg.binocular_disparity * v.width * z_med / fx
         viewmat = v.viewmats[i].clone()
         viewmat[0, 3] -= t  # camera centre moved +t along its own x axis: x_cam' = x_cam - t
         shifted, _, _, _ = render(self.params, viewmat, v.K[i], v.width, v.height, *how)

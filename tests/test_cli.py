@@ -39,6 +39,32 @@ def test_config_layers_preset_yaml_flags_set(tmp_path):
         build_config(StageCommand(set=("frames.max_frames=many",)))
 
 
+def test_sparse_view_settings_sit_between_the_preset_and_the_users_settings(tmp_path):
+    """--train-views 1..9 starts from the sparse-view settings (recon.stages.split.SPARSE_*); a YAML file, a flag or
+    --set still overrides each of them; 10 views or all frames keep the preset's values; recon.api does the same."""
+    from recon import api
+    from recon.stages.split import SPARSE_FUSE, SPARSE_MIN_GAUSSIANS, SPARSE_TRAIN
+
+    dense = build_config(StageCommand(preset="cpu"))
+    for cfg in (
+        build_config(StageCommand(preset="cpu", train_views=3)),
+        api.make_config("cpu", split={"train_views": 9}),
+    ):
+        assert {k: getattr(cfg.fuse, k) for k in SPARSE_FUSE} == SPARSE_FUSE
+        assert {k: getattr(cfg.train, k) for k in SPARSE_TRAIN} == SPARSE_TRAIN
+        assert cfg.train.max_gaussians == SPARSE_MIN_GAUSSIANS > dense.train.max_gaussians
+        assert cfg.train.iterations == dense.train.iterations  # what the sparse settings do not name stays the preset's
+    assert (dense.fuse.stride, dense.train.opacity_decay, dense.train.binocular_weight) == (2, 1.0, 0.0)
+    yml = tmp_path / "c.yaml"
+    yml.write_text("fuse:\n  stride: 3\n")
+    cmd = StageCommand(preset="cpu", train_views=3, config=yml, set=("train.binocular_weight=0",))
+    cfg = build_config(cmd)
+    assert (cfg.fuse.stride, cfg.fuse.voxel_divisions, cfg.train.binocular_weight) == (3, 1024, 0.0)
+    assert api.make_config("cpu", split={"train_views": 3}, train={"opacity_decay": 1.0}).train.opacity_decay == 1.0
+    ten = build_config(StageCommand(preset="cpu", train_views=10))
+    assert (ten.fuse.stride, ten.train.max_init_points, ten.train.opacity_decay) == (2, 20_000, 1.0)
+
+
 @pytest.mark.parametrize(
     "make, expect",
     [

@@ -289,7 +289,7 @@ def test_binocular_consistency_trains_from_its_start(lego_run, one_thread):
 
     views, train, test, box = _array_views(lego_run)
     xyz, rgb = random_points(box, 600, np.random.default_rng(0))
-    cfg = _lib_cfg(binocular_weight=1.0, binocular_start=0.5, binocular_disparity_px=4.0)
+    cfg = _lib_cfg(binocular_weight=1.0, binocular_start=0.5, binocular_disparity=4.0 / 100)
     trainer = Trainer.from_points(xyz, rgb, views, cfg, train=train)
     before = trainer.evaluate(test)
     trainer.fit()

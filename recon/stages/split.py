@@ -53,6 +53,35 @@ def protocol_settings(cfg: Any) -> Any:
     )
 
 
+SPARSE_VIEWS = 9
+"""A run asking for at most this many training views (split.train_views 1..9: the papers' 3, 6 and 9) is a
+sparse-view run and starts from SPARSE_FUSE / SPARSE_TRAIN instead of the preset's values."""
+SPARSE_FUSE: dict[str, Any] = {"stride": 1, "voxel_divisions": 1024}
+"""fuse-stage settings of a sparse-view run: every pixel of the few training views back-projected, voxels half the
+default edge, so the initial Gaussians hold the prior at the image's resolution (benchmarks/README.md, "sparse-view
+settings")."""
+SPARSE_TRAIN: dict[str, Any] = {"max_init_points": 0, "opacity_decay": 0.995, "binocular_weight": 1.0}
+"""train-stage settings of a sparse-view run: every fused point kept, and Binocular3DGS's two regularisers."""
+SPARSE_MIN_GAUSSIANS = 200_000
+"""A sparse-view run's train.max_gaussians is at least this (the CPU preset's 40k would stop densification of a
+dense init before it starts)."""
+
+
+def sparse_view(cfg: Any) -> bool:
+    """Whether RunConfig `cfg` asks for a sparse-view run (split.train_views in 1..SPARSE_VIEWS)."""
+    return 0 < cfg.split.train_views <= SPARSE_VIEWS
+
+
+def sparse_settings(cfg: Any) -> Any:
+    """RunConfig `cfg` (a preset) with the sparse-view settings (SPARSE_FUSE, SPARSE_TRAIN, SPARSE_MIN_GAUSSIANS).
+    The CLI and recon.api put them between the preset and the user's config, flags and --set, so each of those
+    still overrides them."""
+    train = dict(SPARSE_TRAIN, max_gaussians=max(cfg.train.max_gaussians, SPARSE_MIN_GAUSSIANS))
+    return dataclasses.replace(
+        cfg, fuse=dataclasses.replace(cfg.fuse, **SPARSE_FUSE), train=dataclasses.replace(cfg.train, **train)
+    )
+
+
 @dataclass
 class Config:
     test_every: int = 8
