@@ -41,7 +41,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -410,7 +410,7 @@ def _variants(args: argparse.Namespace, dataset: str, gt_npz: Path | None, depth
 def _train_config(args: argparse.Namespace, init: str, dl: str, n: int, gt_npz: Path | None):
     from recon.stages.train import Config as TrainConfig
 
-    preset = "cuda" if args.device.startswith("cuda") else "cpu"
+    preset: Literal["cpu", "cuda"] = "cuda" if args.device.startswith("cuda") else "cpu"
     over: dict[str, Any] = {}
     if n <= SPARSE_VIEWS and not args.no_sparse_settings:  # what `recon run --train-views N` starts from
         cap = max(TrainConfig.preset(preset).max_gaussians, SPARSE_MIN_GAUSSIANS)
