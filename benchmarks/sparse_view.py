@@ -52,7 +52,7 @@ from recon.artifacts import CameraSet, RunPaths, Split  # noqa: E402
 from recon.console import set_verbosity  # noqa: E402
 from recon.errors import ReconError  # noqa: E402
 from recon.stages import StageContext  # noqa: E402
-from recon.stages.split import SPARSE_FUSE, SPARSE_MIN_GAUSSIANS, SPARSE_TRAIN, SPARSE_VIEWS  # noqa: E402
+from recon.stages.split import SPARSE_FUSE, SPARSE_VIEWS, sparse_train_settings  # noqa: E402
 
 DATA = Path("/work/shared/data")
 LEGO = DATA / "nerf_synthetic_lego_train100_400px"
@@ -413,8 +413,7 @@ def _train_config(args: argparse.Namespace, init: str, dl: str, n: int, gt_npz: 
     preset: Literal["cpu", "cuda"] = "cuda" if args.device.startswith("cuda") else "cpu"
     over: dict[str, Any] = {}
     if n <= SPARSE_VIEWS and not args.no_sparse_settings:  # what `recon run --train-views N` starts from
-        cap = max(TrainConfig.preset(preset).max_gaussians, SPARSE_MIN_GAUSSIANS)
-        over.update(SPARSE_TRAIN, max_gaussians=cap)
+        over.update(sparse_train_settings(TrainConfig.preset(preset).max_gaussians))
     over.update(
         init=init,
         depth_loss=dl,

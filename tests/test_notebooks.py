@@ -122,7 +122,7 @@ def test_sparse_view_is_published_with_its_outputs():
     assert all(c.outputs for c in code[3:]), "every cell after the set-up prints or draws something"
     rows = results_table(book)
     assert {(r["init"], r["depth_loss"]) for r in rows} == {
-        (i, d) for i in ("sfm", "random", "depth") for d in ("none", "l1-inverse")
+        (i, d) for i in ("sfm", "depth") for d in ("none", "l1-inverse")
     }
     assert count_images(book) >= 3  # the depth prior, PSNR bars, renders beside GT
     assert "DESIGN.md" not in "".join(c.source for c in book.cells)

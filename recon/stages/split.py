@@ -72,11 +72,17 @@ def sparse_view(cfg: Any) -> bool:
     return 0 < cfg.split.train_views <= SPARSE_VIEWS
 
 
+def sparse_train_settings(max_gaussians: int) -> dict[str, Any]:
+    """The train fields a sparse-view run starts from, given the preset's max_gaussians: SPARSE_TRAIN, and
+    max_gaussians raised to SPARSE_MIN_GAUSSIANS."""
+    return dict(SPARSE_TRAIN, max_gaussians=max(max_gaussians, SPARSE_MIN_GAUSSIANS))
+
+
 def sparse_settings(cfg: Any) -> Any:
-    """RunConfig `cfg` (a preset) with the sparse-view settings (SPARSE_FUSE, SPARSE_TRAIN, SPARSE_MIN_GAUSSIANS).
+    """RunConfig `cfg` (a preset) with the sparse-view settings (SPARSE_FUSE, sparse_train_settings).
     The CLI and recon.api put them between the preset and the user's config, flags and --set, so each of those
     still overrides them."""
-    train = dict(SPARSE_TRAIN, max_gaussians=max(cfg.train.max_gaussians, SPARSE_MIN_GAUSSIANS))
+    train = sparse_train_settings(cfg.train.max_gaussians)
     return dataclasses.replace(
         cfg, fuse=dataclasses.replace(cfg.fuse, **SPARSE_FUSE), train=dataclasses.replace(cfg.train, **train)
     )
