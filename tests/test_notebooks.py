@@ -94,7 +94,11 @@ def execute_with_defaults(name: str, out: Path) -> nbformat.NotebookNode:
             cell.outputs, cell.execution_count = [], None
     inject_parameters(book, {"OUT": str(out)})
     NotebookClient(
-        book, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+        book,
+        timeout=1800,
+        iopub_timeout=120,  # a cell's outputs were once dropped after the default 4 s wait (CI, 2026-12-03)
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
     ).execute()
     return book
 
