@@ -43,12 +43,23 @@ def inject_parameters(book: nbformat.NotebookNode, values: dict) -> None:
     book.cells.insert(idx + 1, cell)
 
 
-def execute(name: str, tmp_path: Path) -> nbformat.NotebookNode:
+def run_book(book: nbformat.NotebookNode, timeout: int) -> None:
+    """Execute `book` in place in notebooks/ (nbclient), `timeout` seconds per cell."""
     from nbclient import NotebookClient
 
+    NotebookClient(
+        book,
+        timeout=timeout,
+        iopub_timeout=120,  # a cell's outputs were once dropped after the default 4 s wait (CI, 2026-12-03)
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    ).execute()
+
+
+def execute(name: str, tmp_path: Path) -> nbformat.NotebookNode:
     book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     inject_parameters(book, {**SMALL[name], "OUT": str(tmp_path / name)})
-    NotebookClient(book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    run_book(book, timeout=600)
     return book
 
 
@@ -86,20 +97,13 @@ def test_quickstart_runs(tmp_path: Path):
 
 def execute_with_defaults(name: str, out: Path) -> nbformat.NotebookNode:
     """Run notebook `name` with its own defaults, writing under `out` (OUT is the only value changed)."""
-    from nbclient import NotebookClient
 
     book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     for cell in book.cells:
         if cell.cell_type == "code":  # start clean: the stored outputs are the published run's
             cell.outputs, cell.execution_count = [], None
     inject_parameters(book, {"OUT": str(out)})
-    NotebookClient(
-        book,
-        timeout=1800,
-        iopub_timeout=120,  # a cell's outputs were once dropped after the default 4 s wait (CI, 2026-12-03)
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOKS)}},
-    ).execute()
+    run_book(book, timeout=1800)
     return book
 
 
