@@ -79,7 +79,8 @@ def copy_run(base: RunPaths, dst: Path) -> RunPaths:
 
 def train_config(args: argparse.Namespace, init: str, depth_loss: str, seed: int, n: int):
     """The train config `recon run --preset cpu --split-protocol llff --train-views N` uses (504x378, the
-    sparse-view settings for N <= 9: recon.stages.split.SPARSE_TRAIN), with the benchmark's settings."""
+    sparse-view settings for N <= 9: recon.stages.split.SPARSE_TRAIN with SPARSE_TRAIN_BY_PROTOCOL["llff"]), with the
+    benchmark's settings."""
     over: dict[str, Any] = dict(
         init=init,
         depth_loss=depth_loss,

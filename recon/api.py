@@ -63,7 +63,7 @@ def make_config(preset: str = "auto", config: str | Path | None = None, **sectio
 
     cfg = build(preset_config(preset))
     if sparse_view(cfg):  # the sparse-view settings sit between the preset and everything the caller set
-        cfg = build(sparse_settings(preset_config(preset)))
+        cfg = build(sparse_settings(preset_config(preset), cfg.split.protocol))
     return validate_run_config(cfg)
 
 

@@ -261,7 +261,7 @@ def build_config(cmd: StageCommand):
 
     cfg = build(preset_config(cmd.preset))
     if sparse_view(cfg):  # the sparse-view settings sit between the preset and the run's saved configs, flags, --set
-        cfg = build(sparse_settings(preset_config(cmd.preset)))
+        cfg = build(sparse_settings(preset_config(cmd.preset), cfg.split.protocol))
     try:
         return validate_run_config(cfg)
     except ReconError as e:

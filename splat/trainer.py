@@ -138,7 +138,7 @@ class TrainConfig:
     """Every step from refine_start on, each Gaussian's opacity is multiplied by this factor (as Binocular3DGS,
     Han et al., NeurIPS 2024: 0.995): a Gaussian the photometric loss does not keep pulling up fades below the
     pruning threshold, which removes floaters that fit one view. A sparse-view regulariser (benchmarks/llff.py
-    measures it; recon's sparse-view settings set 0.995); 1 = off."""
+    measures it; recon's sparse-view settings set 0.995, 0.985 under the llff protocol); 1 = off."""
     binocular_weight: float = 0.0
     """Weight of the self-supervised stereo consistency (as Binocular3DGS; splat.losses.binocular_loss): each step
     from binocular_start on also renders the training view's camera moved sideways, warps that render back by the

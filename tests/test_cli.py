@@ -43,7 +43,7 @@ def test_sparse_view_settings_sit_between_the_preset_and_the_users_settings(tmp_
     """--train-views 1..9 starts from the sparse-view settings (recon.stages.split.SPARSE_*); a YAML file, a flag or
     --set still overrides each of them; 10 views or all frames keep the preset's values; recon.api does the same."""
     from recon import api
-    from recon.stages.split import SPARSE_FUSE, SPARSE_MIN_GAUSSIANS, SPARSE_TRAIN
+    from recon.stages.split import SPARSE_FUSE, SPARSE_MIN_GAUSSIANS, SPARSE_TRAIN, SPARSE_TRAIN_BY_PROTOCOL
 
     dense = build_config(StageCommand(preset="cpu"))
     for cfg in (
@@ -63,6 +63,16 @@ def test_sparse_view_settings_sit_between_the_preset_and_the_users_settings(tmp_
     assert api.make_config("cpu", split={"train_views": 3}, train={"opacity_decay": 1.0}).train.opacity_decay == 1.0
     ten = build_config(StageCommand(preset="cpu", train_views=10))
     assert (ten.fuse.stride, ten.train.max_init_points, ten.train.opacity_decay) == (2, 20_000, 1.0)
+    # the llff protocol's own sparse settings (SPARSE_TRAIN_BY_PROTOCOL) over SPARSE_TRAIN; --set still wins
+    llff_decay = SPARSE_TRAIN_BY_PROTOCOL["llff"]["opacity_decay"]
+    assert llff_decay != SPARSE_TRAIN["opacity_decay"]
+    for cfg in (
+        build_config(StageCommand(preset="cpu", train_views=3, split_protocol="llff")),
+        api.make_config("cpu", split={"protocol": "llff", "train_views": 3}),
+    ):
+        assert cfg.train.opacity_decay == llff_decay and cfg.train.binocular_weight == SPARSE_TRAIN["binocular_weight"]
+    cmd = StageCommand(preset="cpu", train_views=3, split_protocol="llff", set=("train.opacity_decay=0.995",))
+    assert build_config(cmd).train.opacity_decay == 0.995
 
 
 @pytest.mark.parametrize(
