@@ -281,9 +281,10 @@ def gaussians_from_points(
 
 
 def to_parameters(gaussians: dict[str, np.ndarray], device: torch.device | str) -> torch.nn.ParameterDict:
-    """Numpy Gaussian dict -> ParameterDict on `device` (float32, requires_grad)."""
+    """Numpy Gaussian dict -> ParameterDict on `device` (float32, requires_grad), copies that never share memory
+    with the arrays (the optimisers update parameters in place; a twin field is built from the same arrays)."""
     return torch.nn.ParameterDict(
-        {k: torch.nn.Parameter(torch.as_tensor(np.asarray(v, np.float32)).to(device)) for k, v in gaussians.items()}
+        {k: torch.nn.Parameter(torch.tensor(np.asarray(v, np.float32), device=device)) for k, v in gaussians.items()}
     )
 
 

@@ -152,6 +152,23 @@ class TrainConfig:
     binocular_start: float = 0.66
     """binocular_weight acts from this fraction of the iterations on (Binocular3DGS: 20k of 30k), once the
     Gaussians hold a geometry to warp with."""
+    co_reg_weight: float = 0.0
+    """Pseudo-view co-regularisation (as CoR-GS, Zhang et al., ECCV 2024; splat.cotrain): a second field (the twin)
+    trains beside this one from the same init with its own random draws, and each step from co_reg_start on
+    renders both at a pseudo camera near the training cameras (splat.cotrain.pseudo_pose) and adds this weight x
+    (1 - ssim_lambda) L1 + ssim_lambda D-SSIM between the two renders (CoR-GS: 1.0). The twin doubles the cost of
+    a step; only this field is kept. 0 = off (with co_prune_every 0: no twin)."""
+    co_reg_start: float = 0.2
+    """co_reg_weight acts from this fraction of the iterations on (CoR-GS / FSGS: 2k of 10k)."""
+    co_reg_noise: float = 0.25
+    """Std of the pseudo camera's move from a training camera, as a fraction of the distance to its nearest other
+    training camera."""
+    co_prune_every: int = 0
+    """Co-pruning (CoR-GS): every this many steps while densification runs (refine_start < step <= refine_stop),
+    the Gaussians of either field whose centre has no centre of the other field within co_prune_distance are
+    removed from it (CoR-GS: every 5 densification intervals). Trains the twin of co_reg_weight. 0 = off."""
+    co_prune_distance: float = 0.02
+    """Co-pruning's largest matching distance, as a fraction of the scene extent (the trainer's `extent`)."""
     checkpoint_every: int = 1000
     """Hand a checkpoint (`Trainer.state_dict`) to `fit`'s on_checkpoint every this many steps (0 = only at
     the end)."""
@@ -215,6 +232,13 @@ class TrainConfig:
         number(self.binocular_weight, n + "binocular_weight", SplatError, lo=0, hi=100, note="0 = off")
         number(self.binocular_disparity, n + "binocular_disparity", SplatError, lo=0, hi=1, lo_open=True)
         number(self.binocular_start, n + "binocular_start", SplatError, lo=0, hi=1)
+        number(self.co_reg_weight, n + "co_reg_weight", SplatError, lo=0, hi=100, note="0 = off")
+        number(self.co_reg_start, n + "co_reg_start", SplatError, lo=0, hi=1)
+        number(self.co_reg_noise, n + "co_reg_noise", SplatError, lo=0, hi=10)
+        count("co_prune_every", 0, note="0 = off")
+        number(self.co_prune_distance, n + "co_prune_distance", SplatError, lo=0, hi=10, lo_open=True)
+        if self.co_prune_every > 0 and self.strategy != "default":
+            raise SplatError(f"{n}co_prune_every needs strategy default (MCMC keeps its own count of Gaussians)")
         choice(self.depth_loss, n + "depth_loss", SplatError, tuple(DEPTH_LOSSES) + ("none",))
         number(self.depth_weight, n + "depth_weight", SplatError, lo=0, hi=1000)
         number(self.depth_weight_final, n + "depth_weight_final", SplatError, lo=0, hi=1, note="1 = constant")
@@ -551,6 +575,14 @@ def check_state(state: Any) -> int:
     if not isinstance(state["log"], list) or not all(isinstance(r, dict) for r in state["log"]):
         raise SplatError("'log' is not a list of log rows")
     _check_exposure(state)
+    twin = state.get("twin")
+    if twin is not None:
+        try:
+            check_state(twin)
+        except SplatError as e:
+            raise SplatError(f"the twin field's state: {e}") from e
+        if twin["step"] != step:
+            raise SplatError(f"the twin field's state is at step {twin['step']}, the field's at {step}")
     return n
 
 
@@ -566,6 +598,16 @@ def _check_exposure(state: dict[str, Any]) -> None:
         raise SplatError("'exposure' holds NaN or infinite values")
     if state.get("exposure_optimizer") is not None:
         _check_optimizer("exposure", state["exposure_optimizer"], A)
+
+
+def co_training(cfg: TrainConfig) -> bool:
+    """Whether `cfg` trains a twin field (co-regularisation: co_reg_weight > 0 or co_prune_every > 0)."""
+    return cfg.co_reg_weight > 0 or cfg.co_prune_every > 0
+
+
+def twin_config(cfg: TrainConfig) -> TrainConfig:
+    """The twin's config: `cfg` without co-regularisation of its own (the first field drives it)."""
+    return dataclasses.replace(cfg, co_reg_weight=0.0, co_prune_every=0)
 
 
 def _view_order(rng: np.random.Generator, train: list[int]) -> list[int]:
@@ -616,6 +658,8 @@ class Trainer:
         correction is the identity, so the Gaussians hold the training views' average exposure (the colour a
         held-out view is rendered in) instead of drifting to an arbitrary one."""
         self.exposure_optimizer: torch.optim.Optimizer | None = None
+        self.twin: Trainer | None = None
+        """The second field of co-regularisation (`co_training`), trained in the same steps; None when off."""
         if trainable:
             self._check_views()
             self.optimizers = make_optimizers(params, cfg, self.extent)
@@ -673,8 +717,13 @@ class Trainer:
         extent = scene_extent(views.c2w[train], xyz)
         g = gaussians_from_points(xyz, rgb, cfg.sh_degree, cfg.init_opacity, cfg.init_scale)
         trainer = cls(to_parameters(g, views.device), views, cfg, train, background, extent, rng)
-        assert trainer.strategy is not None, "a trainable Trainer has a strategy"
-        trainer.strategy.check_sanity(trainer.params, trainer.optimizers)
+        if co_training(cfg):  # the twin starts from the same Gaussians with its own draws
+            twin_g, twin_rng = to_parameters(g, views.device), np.random.default_rng([cfg.seed, 1])
+            trainer.twin = cls(twin_g, views, twin_config(cfg), train, background, extent, twin_rng)
+        for t in (trainer, trainer.twin):
+            if t is not None:
+                assert t.strategy is not None, "a trainable Trainer has a strategy"
+                t.strategy.check_sanity(t.params, t.optimizers)
         log.info("initial Gaussians: %d from %s, scene extent %.3g", len(xyz), cfg.init, extent)
         return trainer
 
@@ -722,8 +771,22 @@ class Trainer:
         trainer.elapsed = float(state["elapsed_s"])
         trainer._load_exposure(state)
         trainer.strategy.check_sanity(trainer.params, trainer.optimizers)
+        trainer._load_twin(state)
         log.info("resuming from step %d of %d", trainer.global_step, cfg.iterations)
         return trainer
+
+    def _load_twin(self, state: dict[str, Any]) -> None:
+        """The twin of a state_dict (SplatError if co-regularisation was on there but is off here, or the other
+        way round)."""
+        saved = state.get("twin")
+        if (saved is None) == co_training(self.cfg):
+            was = "without" if saved is None else "with"
+            raise SplatError(
+                f"the saved state was trained {was} co-regularisation (a twin field): resume with the same "
+                "train.co_reg_weight and train.co_prune_every"
+            )
+        if saved is not None:
+            self.twin = type(self).from_state(saved, self.views, twin_config(self.cfg), self.train, self.background)
 
     @classmethod
     def from_gaussians(
@@ -742,9 +805,27 @@ class Trainer:
     # ------------------------------------------------------------------------------ training
 
     def step(self) -> dict[str, Any]:
-        """One optimisation step on the next training view; returns its log row (step, loss terms, psnr, ...)."""
+        """One optimisation step on the next training view; returns its log row (step, loss terms, psnr, ...).
+
+        With a twin (co-regularisation, `co_training`), the twin takes its step on its own next view in the same
+        backward pass, joined by the pseudo-view term, and co-pruning runs when due."""
         if self.optimizers is None:
             raise SplatError("these Gaussians were loaded for evaluation only; they cannot be trained")
+        loss, row, meta = self._forward()
+        if self.twin is None:
+            loss.backward()
+            return self._finish(loss, row, meta)
+        twin_loss, twin_row, twin_meta = self.twin._forward()
+        co_reg = self._co_reg_term(row)
+        (loss + twin_loss + co_reg).backward()
+        self._finish(loss + co_reg, row, meta)
+        twin_row = self.twin._finish(twin_loss, twin_row, twin_meta)
+        row["twin_psnr"], row["twin_gaussians"] = twin_row["psnr"], twin_row["num_gaussians"]
+        self._co_prune(row)
+        return row
+
+    def _forward(self) -> tuple[torch.Tensor, dict[str, Any], dict]:
+        """The loss of this step's training view before backward: (loss, log row, gsplat's meta)."""
         assert self.strategy is not None, "the strategy is set with the optimizers"
         cfg, v, step = self.cfg, self.views, self.global_step
         # Views are drawn epoch by epoch from `rng`; an epoch restarts at every checkpoint, so a resumed
@@ -752,7 +833,7 @@ class Trainer:
         if not self._order:
             self._order = _view_order(self.rng, self.train)
         i = self._order.pop()
-        sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
+        sh_degree = self._sh_degree(step)
         bg = torch.rand(3, device=self.device) if self.background.training == "random" else self.bg_color
         drop = self._drop_scale(step)
         rgb, depth, alpha, meta = render(self.params, v.viewmats[i], v.K[i], v.width, v.height, sh_degree, bg, drop)
@@ -760,7 +841,7 @@ class Trainer:
             rgb = apply_affine(rgb, self._correction(i))  # this image's exposure / white balance
         gt = v.images[i]
         loss, terms = photometric_loss(rgb, gt, cfg.ssim_lambda)
-        row: dict[str, Any] = {"step": step + 1, **terms}
+        row: dict[str, Any] = {"step": step + 1, **terms, "psnr": ev.psnr(rgb.detach(), gt)}
         if self.use_depth:
             loss = loss + self._depth_term(i, depth, alpha, row)
         if cfg.binocular_weight > 0 and step >= cfg.binocular_start * cfg.iterations:
@@ -771,16 +852,62 @@ class Trainer:
             loss = loss + 0.01 * torch.sigmoid(p["opacities"]).mean() + 0.01 * torch.exp(p["scales"]).mean()
         else:
             self.strategy.step_pre_backward(self.params, self.optimizers, self.strategy_state, step, meta)
-        loss.backward()
+        return loss, row, meta
+
+    def _finish(self, loss: torch.Tensor, row: dict[str, Any], meta: dict) -> dict[str, Any]:
+        """After backward: optimiser steps and densification, the divergence check, the row completed."""
         self._optimise(meta)
         value = float(loss.detach())
         if not np.isfinite(value):
-            raise SplatError(f"training diverged: the loss became {value} at step {step + 1}")
+            raise SplatError(f"training diverged: the loss became {value} at step {self.global_step + 1}")
         row["loss"] = value
-        row["psnr"] = ev.psnr(rgb.detach(), gt)
         row["num_gaussians"] = int(len(self.params["means"]))
         self.global_step += 1
         return row
+
+    def _sh_degree(self, step: int) -> int:
+        return min(step // max(self.cfg.sh_degree_interval, 1), self.cfg.sh_degree)
+
+    def _co_reg_term(self, row: dict[str, Any]) -> torch.Tensor:
+        """co_reg_weight x the photometric difference of this field and its twin at a pseudo camera
+        (splat.cotrain.pseudo_pose); gradients reach both fields. Zero before co_reg_start or when off."""
+        from depth.geometry import invert_pose
+        from splat.cotrain import pseudo_pose
+
+        cfg, v, step = self.cfg, self.views, self.global_step
+        assert self.twin is not None, "co-regularisation has a twin"
+        if cfg.co_reg_weight <= 0 or step < cfg.co_reg_start * cfg.iterations:
+            return torch.zeros((), device=self.device)
+        c2w = pseudo_pose(v.c2w[self.train], self.rng, cfg.co_reg_noise)
+        w2c = torch.as_tensor(invert_pose(c2w), dtype=torch.float32, device=self.device)
+        K, d = v.K[self.train[0]], self._sh_degree(step)
+        mine, _, _, _ = render(self.params, w2c, K, v.width, v.height, d, self.bg_color)
+        twins, _, _, _ = render(self.twin.params, w2c, K, v.width, v.height, d, self.bg_color)
+        co, _ = photometric_loss(mine, twins, cfg.ssim_lambda)
+        row["co_reg"] = float(co.detach())
+        return cfg.co_reg_weight * co
+
+    def _co_prune(self, row: dict[str, Any]) -> None:
+        """CoR-GS's co-pruning when due (after this step's densification): each field loses the Gaussians whose
+        centre has no centre of the other within co_prune_distance x extent (a field is never emptied)."""
+        from gsplat.strategy.ops import remove
+
+        from splat.cotrain import non_matching
+
+        cfg, step, twin = self.cfg, self.global_step, self.twin
+        assert twin is not None, "co-pruning has a twin"
+        if cfg.co_prune_every <= 0 or step % cfg.co_prune_every or not cfg.refine_start < step <= cfg.refine_stop:
+            return
+        tau = cfg.co_prune_distance * self.extent
+        a, b = (t.params["means"].detach().cpu().numpy() for t in (self, twin))
+        masks = (non_matching(a, b, tau), non_matching(b, a, tau))
+        row["co_pruned"] = 0
+        for t, m in zip((self, twin), masks, strict=True):
+            if m.any() and not m.all():
+                assert t.optimizers is not None and t.strategy_state is not None, "a trained field"
+                remove(t.params, t.optimizers, t.strategy_state, torch.as_tensor(m, device=t.device))
+                row["co_pruned"] += int(m.sum())
+        log.debug("co-pruning at step %d: %d + %d Gaussians without a match", step, *map(int, map(np.sum, masks)))
 
     def _drop_scale(self, step: int) -> torch.Tensor | None:
         """[N] opacity factors of this step's random dropping (0 = dropped, 1 / (1 - rate) kept); None when off."""
@@ -887,6 +1014,8 @@ class Trainer:
                 # Unconsumed views of the current epoch go back by re-seeding the order at checkpoint
                 # boundaries: an epoch always restarts after a checkpoint, resumed or not.
                 self._order = []
+                if self.twin is not None:
+                    self.twin._order = []
                 if on_checkpoint is not None:
                     on_checkpoint(self.state_dict())
             if callback is not None:
@@ -921,6 +1050,7 @@ class Trainer:
             "exposure_optimizer": None
             if self.exposure_optimizer is None
             else _to_cpu(self.exposure_optimizer.state_dict()),
+            "twin": None if self.twin is None else self.twin.state_dict(),
         }
 
     def _load_exposure(self, state: dict[str, Any]) -> None:

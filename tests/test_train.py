@@ -330,6 +330,115 @@ def test_state_dict_round_trips_through_checkpoint_and_resumes(lego_run, tmp_pat
     assert resumed.evaluate(test)["psnr"] == pytest.approx(full.evaluate(test)["psnr"], abs=1e-4)
 
 
+def test_co_regularisation_trains_a_twin_field(lego_run, one_thread):
+    """co_reg_weight / co_prune_every (CoR-GS): a twin field starts from the same Gaussians, takes every step with
+    its own draws, the pseudo-view term is in the log from co_reg_start on, co-pruning runs every co_prune_every
+    steps while densification runs, and the field still learns the test views."""
+    from splat.gaussians import random_points
+
+    views, train, test, box = _array_views(lego_run)
+    xyz, rgb = random_points(box, 600, np.random.default_rng(0))
+    cfg = _lib_cfg(co_reg_weight=1.0, co_reg_start=0.5, co_prune_every=10, co_prune_distance=0.02)
+    trainer = Trainer.from_points(xyz, rgb, views, cfg, train=train)
+    assert trainer.twin is not None and trainer.twin.twin is None
+    assert all(trainer.twin.params[k].data_ptr() != trainer.params[k].data_ptr() for k in trainer.params.keys())
+    for k in trainer.params.keys():
+        torch.testing.assert_close(trainer.twin.params[k], trainer.params[k])
+    before = trainer.evaluate(test)
+    trainer.fit()
+    assert trainer.twin.global_step == trainer.global_step == 60
+    co_reg = [r["step"] for r in trainer.log if "co_reg" in r]
+    assert co_reg == [40, 50, 60] and all(np.isfinite(r["co_reg"]) for r in trainer.log if "co_reg" in r)
+    assert [r["step"] for r in trainer.log if "co_pruned" in r] == [20, 30, 40, 50]
+    assert sum(r["co_pruned"] for r in trainer.log if "co_pruned" in r) > 0
+    assert not torch.equal(trainer.params["means"], trainer.twin.params["means"])  # the twin drew its own
+    assert trainer.evaluate(test)["psnr"] > before["psnr"] + 2.0
+    assert trainer.twin.evaluate(test)["psnr"] > before["psnr"] + 2.0
+    with pytest.raises(SplatError, match="co_prune_every needs strategy default"):
+        _lib_cfg(co_prune_every=10, strategy="mcmc").validate()
+
+
+def test_co_pruning_removes_the_gaussians_without_a_match(lego_run, one_thread):
+    """Ten of the twin's Gaussians moved far away: co-pruning removes them from the twin, and from the field every
+    Gaussian whose nearest twin Gaussian is now farther than co_prune_distance x extent (brute force), with the
+    optimiser and densification states cut to match (gsplat's check_sanity)."""
+    import dataclasses
+
+    from splat.gaussians import random_points
+
+    views, train, _, box = _array_views(lego_run)
+    xyz, rgb = random_points(box, 400, np.random.default_rng(0))
+    cfg = _lib_cfg(iterations=15, co_reg_weight=1.0, co_prune_every=0)
+    trainer = Trainer.from_points(xyz, rgb, views, cfg, train=train)
+    trainer.fit()  # grad2d / count accumulated in both strategy states
+    twin = trainer.twin
+    assert twin is not None
+    tau = 0.05 * trainer.extent
+    with torch.no_grad():
+        twin.params["means"][:10] += 10 * trainer.extent
+    a, b = trainer.params["means"].detach(), twin.params["means"].detach()
+    expect_a = torch.cdist(a, b).min(1).values > tau
+    expect_b = torch.cdist(b, a).min(1).values > tau
+    assert expect_b[:10].all() and 0 < int(expect_a.sum()) < len(a)
+    keep_a, keep_b = a[~expect_a].clone(), b[~expect_b].clone()
+    trainer.cfg = dataclasses.replace(cfg, co_prune_every=5, co_prune_distance=0.05)
+    trainer.global_step = 20
+    row: dict = {}
+    trainer._co_prune(row)
+    assert row["co_pruned"] == int(expect_a.sum() + expect_b.sum())
+    torch.testing.assert_close(trainer.params["means"].detach(), keep_a)
+    torch.testing.assert_close(twin.params["means"].detach(), keep_b)
+    for t in (trainer, twin):
+        assert t.strategy is not None
+        t.strategy.check_sanity(t.params, t.optimizers)
+        assert t.strategy_state is not None and len(t.strategy_state["grad2d"]) == t.num_gaussians
+        assert t.optimizers is not None and len(t.optimizers["means"].state_dict()["state"][0]["exp_avg"]) == len(
+            t.params["means"]
+        )
+
+
+def test_a_twin_resumes_from_a_checkpoint(lego_run, tmp_path, one_thread):
+    """With co-regularisation the state_dict holds the twin's state; resumed from the checkpoint at step 20, both
+    fields end as the uninterrupted run's. Resuming with co-regularisation off, or from a twin at another step,
+    is one SplatError."""
+    from splat.gaussians import random_points
+    from splat.trainer import check_state
+
+    views, train, _, box = _array_views(lego_run)
+    cfg = _lib_cfg(
+        iterations=40, checkpoint_every=20, refine_start=5, refine_stop=35, co_reg_weight=1.0, co_reg_start=0.25
+    )
+    cfg = dataclasses_replace(cfg, co_prune_every=10)
+    xyz, rgb = random_points(box, 400, np.random.default_rng(0))
+
+    def keep(state):
+        if state["step"] == 20:
+            Checkpoint(state).save(tmp_path / "checkpoint.pt")
+
+    full = Trainer.from_points(xyz, rgb, views, cfg, train=train)
+    full.fit(on_checkpoint=keep)
+    state = Checkpoint.load(tmp_path / "checkpoint.pt").state
+    assert state["twin"]["step"] == 20 and state["twin"]["twin"] is None
+    resumed = Trainer.from_state(state, views, cfg, train=train)
+    resumed.fit()
+    assert full.twin is not None and resumed.twin is not None
+    for a, b in ((full, resumed), (full.twin, resumed.twin)):
+        ga, gb = a.gaussians(), b.gaussians()
+        for k in ga:
+            np.testing.assert_allclose(ga[k], gb[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    with pytest.raises(SplatError, match="trained with co-regularisation"):
+        Trainer.from_state(state, views, dataclasses_replace(cfg, co_reg_weight=0.0, co_prune_every=0), train=train)
+    state["twin"]["step"] = 19
+    with pytest.raises(SplatError, match="twin field's state is at step 19"):
+        check_state(state)
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
 def test_background_resolution(lego_run, redkitchen_run_copy):
     """TrainConfig.background None: the composite colour of transparent inputs, else the training images'
     mean colour (computed here independently with PIL's box filter at the training size)."""
