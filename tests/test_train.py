@@ -9,6 +9,7 @@ Checkpoint and back); bad inputs raise ReconError; losses, schedules, depth metr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -362,8 +363,6 @@ def test_co_pruning_removes_the_gaussians_without_a_match(lego_run, one_thread):
     """Ten of the twin's Gaussians moved far away: co-pruning removes them from the twin, and from the field every
     Gaussian whose nearest twin Gaussian is now farther than co_prune_distance x extent (brute force), with the
     optimiser and densification states cut to match (gsplat's check_sanity)."""
-    import dataclasses
-
     from splat.gaussians import random_points
 
     views, train, _, box = _array_views(lego_run)
@@ -406,9 +405,14 @@ def test_a_twin_resumes_from_a_checkpoint(lego_run, tmp_path, one_thread):
 
     views, train, _, box = _array_views(lego_run)
     cfg = _lib_cfg(
-        iterations=40, checkpoint_every=20, refine_start=5, refine_stop=35, co_reg_weight=1.0, co_reg_start=0.25
+        iterations=40,
+        checkpoint_every=20,
+        refine_start=5,
+        refine_stop=35,
+        co_reg_weight=1.0,
+        co_reg_start=0.25,
+        co_prune_every=10,
     )
-    cfg = dataclasses_replace(cfg, co_prune_every=10)
     xyz, rgb = random_points(box, 400, np.random.default_rng(0))
 
     def keep(state):
@@ -427,16 +431,10 @@ def test_a_twin_resumes_from_a_checkpoint(lego_run, tmp_path, one_thread):
         for k in ga:
             np.testing.assert_allclose(ga[k], gb[k], rtol=1e-4, atol=1e-5, err_msg=k)
     with pytest.raises(SplatError, match="trained with co-regularisation"):
-        Trainer.from_state(state, views, dataclasses_replace(cfg, co_reg_weight=0.0, co_prune_every=0), train=train)
+        Trainer.from_state(state, views, dataclasses.replace(cfg, co_reg_weight=0.0, co_prune_every=0), train=train)
     state["twin"]["step"] = 19
     with pytest.raises(SplatError, match="twin field's state is at step 19"):
         check_state(state)
-
-
-def dataclasses_replace(cfg, **kw):
-    import dataclasses
-
-    return dataclasses.replace(cfg, **kw)
 
 
 def test_background_resolution(lego_run, redkitchen_run_copy):
