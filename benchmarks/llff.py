@@ -14,6 +14,7 @@ path as `recon run ... --split-protocol llff --train-views N`. Rows give mean +-
     .venv/bin/python benchmarks/llff.py                                  # N = 3 6 9, 3 seeds, 600 iterations
     .venv/bin/python benchmarks/llff.py --views 3 --seeds 0 --iterations 300 --inits depth sfm
     .venv/bin/python benchmarks/llff.py --views 3 --inits depth --set co_reg_weight=1.0 co_prune_every=100  # CoR-GS
+    .venv/bin/python benchmarks/llff.py --views 3 --inits sfm --set unpool_every=50  # FSGS's unpooling
 
 The published figures beside the table average the 8 LLFF scenes at 3 views; fern alone is one of them, so they
 are a reference point, not a like-for-like comparison.

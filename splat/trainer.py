@@ -80,7 +80,8 @@ class TrainConfig:
     """gsplat densification: DefaultStrategy (3DGS) or MCMCStrategy (3DGS-MCMC; on the CPU its two
     CUDA-only ops run through splat.mcmc_cpu)."""
     max_gaussians: int = 3_000_000
-    """Stop densifying (default strategy) once this many Gaussians exist; MCMC's cap_max."""
+    """Default strategy: no growth (clone / split, unpooling) while this many Gaussians exist; pruning goes on, and
+    growth resumes below it (one densification step may pass it by what it grows). MCMC's cap_max."""
     refine_start: int = 500
     refine_stop: int = 15_000
     refine_every: int = 100
@@ -169,6 +170,19 @@ class TrainConfig:
     removed from it (CoR-GS: every 5 densification intervals). Trains the twin of co_reg_weight. 0 = off."""
     co_prune_distance: float = 0.02
     """Co-pruning's largest matching distance, as a fraction of the scene extent (the trainer's `extent`)."""
+    unpool_every: int = 0
+    """Proximity-guided unpooling (as FSGS, Zhu et al., ECCV 2024; splat.unpool): every this many steps while
+    densification runs (refine_start < step < refine_stop) and before unpool_until, each Gaussian whose mean
+    distance to its unpool_neighbours nearest Gaussians is above unpool_distance grows one new Gaussian at the
+    middle of the edge to each of them: the neighbour's scale and opacity (as FSGS), identity rotation, the mean
+    base colour of the two ends (FSGS starts it at zero, i.e. grey) and no higher SH. The most isolated grow first
+    when max_gaussians leaves less room. Needs strategy default. 0 = off."""
+    unpool_distance: float = 0.05
+    """Unpooling's proximity threshold, as a fraction of the scene extent (the trainer's `extent`)."""
+    unpool_neighbours: int = 3
+    """Unpooling's K: the neighbours a Gaussian's proximity is averaged over and the edges it grows on (FSGS: 3)."""
+    unpool_until: float = 0.5
+    """Unpooling runs before this fraction of the iterations (FSGS: 2k of 10k, with densification from 0.5k)."""
     checkpoint_every: int = 1000
     """Hand a checkpoint (`Trainer.state_dict`) to `fit`'s on_checkpoint every this many steps (0 = only at
     the end)."""
@@ -237,8 +251,13 @@ class TrainConfig:
         number(self.co_reg_noise, n + "co_reg_noise", SplatError, lo=0, hi=10)
         count("co_prune_every", 0, note="0 = off")
         number(self.co_prune_distance, n + "co_prune_distance", SplatError, lo=0, hi=10, lo_open=True)
-        if self.co_prune_every > 0 and self.strategy != "default":
-            raise SplatError(f"{n}co_prune_every needs strategy default (MCMC keeps its own count of Gaussians)")
+        count("unpool_every", 0, note="0 = off")
+        number(self.unpool_distance, n + "unpool_distance", SplatError, lo=0, hi=10, lo_open=True)
+        count("unpool_neighbours", 1, 64)
+        number(self.unpool_until, n + "unpool_until", SplatError, lo=0, hi=1)
+        for name in ("co_prune_every", "unpool_every"):
+            if getattr(self, name) > 0 and self.strategy != "default":
+                raise SplatError(f"{n}{name} needs strategy default (MCMC keeps its own count of Gaussians)")
         choice(self.depth_loss, n + "depth_loss", SplatError, tuple(DEPTH_LOSSES) + ("none",))
         number(self.depth_weight, n + "depth_weight", SplatError, lo=0, hi=1000)
         number(self.depth_weight_final, n + "depth_weight_final", SplatError, lo=0, hi=1, note="1 = constant")
@@ -404,6 +423,48 @@ def make_optimizers(
         k: torch.optim.Adam([{"params": params[k], "lr": lrs[k], "name": k}], eps=1e-15, fused=fused)
         for k in params.keys()
     }
+
+
+@torch.no_grad()
+def unpooled_gaussians(
+    params: torch.nn.ParameterDict | dict[str, torch.Tensor], src: torch.Tensor, dst: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The Gaussians FSGS's unpooling grows on the edges src[m] -> dst[m] ([M] int64 indices into params): centre
+    halfway, the target's scale and opacity, identity rotation, the mean base colour (sh0) of the two ends, zero
+    higher SH; any other parameter is the target's. Returns a dict of [M, ...] tensors with params' keys."""
+    new = {k: v[dst].detach().clone() for k, v in params.items()}
+    new["means"] = (params["means"][src] + params["means"][dst]) / 2
+    new["quats"] = torch.zeros_like(new["quats"])
+    new["quats"][:, 0] = 1.0
+    new["sh0"] = (params["sh0"][src] + params["sh0"][dst]) / 2
+    new["shN"] = torch.zeros_like(new["shN"])
+    return new
+
+
+@torch.no_grad()
+def append_gaussians(
+    params: torch.nn.ParameterDict, optimizers: dict[str, torch.optim.Optimizer], state: dict, new: dict
+) -> None:
+    """Append the Gaussians `new` (a dict of [M, ...] tensors with params' keys) in place: the parameters, their
+    Adam moments (zero for the new rows) and the strategy's per-Gaussian statistics (zero for the new rows).
+
+    gsplat's ops grow Gaussians only as copies of existing ones (duplicate / split); its own helper that swaps a
+    parameter and its optimiser state together is used for the rest (private in gsplat 1.4, which the project pins).
+    """
+    from gsplat.strategy.ops import _update_param_with_optimizer
+
+    n_old, m = len(params["means"]), len(new["means"])
+
+    def param_fn(name: str, p: torch.Tensor) -> torch.Tensor:
+        return torch.nn.Parameter(torch.cat([p, new[name].to(p)]))
+
+    def optimizer_fn(key: str, v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([v, v.new_zeros((m, *v.shape[1:]))])
+
+    _update_param_with_optimizer(param_fn, optimizer_fn, params, optimizers)
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.ndim >= 1 and len(v) == n_old:
+            state[k] = torch.cat([v, v.new_zeros((m, *v.shape[1:]))])
 
 
 def decay_opacity_logits(logits: torch.Tensor, factor: float) -> torch.Tensor:
@@ -649,7 +710,7 @@ class Trainer:
         self.elapsed = 0.0
         self.use_depth = trainable and uses_depth(cfg)
         self._order: list[int] = []
-        self._capped = False
+        self._cap_warned = False
         self.optimizers: dict[str, torch.optim.Optimizer] | None = None
         self.strategy = self.strategy_state = None
         self.exposure: torch.nn.Parameter | None = None
@@ -855,14 +916,15 @@ class Trainer:
         return loss, row, meta
 
     def _finish(self, loss: torch.Tensor, row: dict[str, Any], meta: dict) -> dict[str, Any]:
-        """After backward: optimiser steps and densification, the divergence check, the row completed."""
+        """After backward: optimiser steps, densification and unpooling, the divergence check, the row completed."""
         self._optimise(meta)
         value = float(loss.detach())
         if not np.isfinite(value):
             raise SplatError(f"training diverged: the loss became {value} at step {self.global_step + 1}")
         row["loss"] = value
-        row["num_gaussians"] = int(len(self.params["means"]))
         self.global_step += 1
+        self._unpool(row)
+        row["num_gaussians"] = int(len(self.params["means"]))
         return row
 
     def _sh_degree(self, step: int) -> int:
@@ -908,6 +970,24 @@ class Trainer:
                 remove(t.params, t.optimizers, t.strategy_state, torch.as_tensor(m, device=t.device))
                 row["co_pruned"] += int(m.sum())
         log.debug("co-pruning at step %d: %d + %d Gaussians without a match", step, *map(int, map(np.sum, masks)))
+
+    def _unpool(self, row: dict[str, Any]) -> None:
+        """FSGS's proximity-guided unpooling when due (after this step's densification; `unpool_every` counts the
+        steps done): the new Gaussians join the parameters with zero Adam moments and densification statistics."""
+        from splat.unpool import unpool_edges
+
+        cfg, step, p = self.cfg, self.global_step, self.params
+        stop = min(cfg.refine_stop, cfg.unpool_until * cfg.iterations)
+        if cfg.unpool_every <= 0 or step % cfg.unpool_every or not cfg.refine_start < step < stop:
+            return
+        assert self.optimizers is not None and self.strategy_state is not None, "a trained field"
+        means = p["means"].detach().cpu().numpy()
+        edges = unpool_edges(means, cfg.unpool_neighbours, cfg.unpool_distance * self.extent)
+        room = max(cfg.max_gaussians - len(means), 0)  # the cap stops unpooling as it stops growth
+        src, dst = (torch.as_tensor(a[:room], device=self.device) for a in edges)
+        row["unpooled"] = len(src)
+        if len(src):
+            append_gaussians(p, self.optimizers, self.strategy_state, unpooled_gaussians(p, src, dst))
 
     def _drop_scale(self, step: int) -> torch.Tensor | None:
         """[N] opacity factors of this step's random dropping (0 = dropped, 1 / (1 - rate) kept); None when off."""
@@ -970,6 +1050,7 @@ class Trainer:
         if cfg.strategy == "mcmc":
             self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step, meta, lr=means_lr)
         else:
+            self._apply_cap(step)
             keep = None
             if step == 0 and not cfg.opacity_reset_at_start:
                 keep = self.params["opacities"].detach().clone()  # no growth or pruning at step 0: same Gaussians
@@ -979,15 +1060,22 @@ class Trainer:
             if keep is not None:
                 with torch.no_grad():
                     self.params["opacities"].copy_(keep)
-            if not self._capped and len(self.params["means"]) >= cfg.max_gaussians:
-                self.strategy.refine_stop_iter = step + 1  # densification stops at the cap (pruning too)
-                self._capped = True
-                log.warning("reached max_gaussians=%d at step %d: densification stopped", cfg.max_gaussians, step + 1)
         if len(self.params["means"]) == 0:
             raise SplatError(
                 f"training collapsed: every Gaussian was pruned by step {step + 1} "
                 "(try another --init or fewer iterations)"
             )
+
+    def _apply_cap(self, step: int) -> None:
+        """max_gaussians for the default strategy: it stops growth only (as MCMC's cap_max), so pruning goes on and
+        growth resumes below the cap. Stateless, so a resumed run does the same."""
+        assert self.strategy is not None, "a trainable Trainer has a strategy"
+        cap = self.cfg.max_gaussians
+        full = len(self.params["means"]) >= cap
+        self.strategy.grow_grad2d = float("inf") if full else self.cfg.grow_grad2d  # inf: no clone or split
+        if full and not self._cap_warned:
+            self._cap_warned = True
+            log.warning("max_gaussians=%d reached at step %d: no growth while at the cap", cap, step + 1)
 
     def fit(
         self,

@@ -396,6 +396,96 @@ def test_co_pruning_removes_the_gaussians_without_a_match(lego_run, one_thread):
         )
 
 
+def test_unpooling_grows_gaussians_on_the_isolated_ones_edges(lego_run, one_thread):
+    """FSGS's unpooling on a field with five Gaussians moved far out: exactly the brute-force edges of every
+    Gaussian whose mean distance to its 3 nearest is above unpool_distance x extent grow a Gaussian each, halfway,
+    with the target's scale and opacity, identity rotation, the ends' mean sh0 and zero shN; the old Gaussians,
+    their Adam moments and densification statistics are untouched, the new ones' are zero; training goes on."""
+    from splat.gaussians import random_points
+
+    views, train, _, box = _array_views(lego_run)
+    xyz, rgb = random_points(box, 400, np.random.default_rng(0))
+    cfg = _lib_cfg(iterations=15)
+    trainer = Trainer.from_points(xyz, rgb, views, cfg, train=train)
+    trainer.fit()  # Adam moments and grad2d / count accumulated
+    with torch.no_grad():
+        trainer.params["means"][:5] += torch.arange(1, 6)[:, None] * trainer.extent
+    old = {k: v.detach().clone() for k, v in trainer.params.items()}
+    adam = trainer.optimizers["means"].state_dict()["state"][0]["exp_avg"].clone()  # type: ignore[index]
+    grad2d = trainer.strategy_state["grad2d"].clone()  # type: ignore[index]
+    tau = 0.3 * trainer.extent
+    d = torch.cdist(old["means"], old["means"]).fill_diagonal_(float("inf"))
+    near = d.topk(3, largest=False)
+    isolated = torch.nonzero(near.values.mean(1) > tau).flatten()
+    assert 5 <= len(isolated) < len(old["means"]) // 2
+    trainer.cfg = dataclasses.replace(cfg, iterations=25, unpool_every=5, unpool_distance=0.3, unpool_until=1.0)
+    trainer.global_step = 20
+    row: dict = {}
+    trainer._unpool(row)
+    n, m = len(old["means"]), 3 * len(isolated)
+    assert row["unpooled"] == m and trainer.num_gaussians == n + m
+    p = {k: v.detach() for k, v in trainer.params.items()}
+    for k in old:
+        torch.testing.assert_close(p[k][:n], old[k])
+    score = near.values.mean(1)[isolated]
+    isolated = isolated[torch.argsort(-score, stable=True)]  # the most isolated first, as unpool_edges
+    src, dst = isolated.repeat_interleave(3), near.indices[isolated].flatten()
+    torch.testing.assert_close(p["means"][n:], (old["means"][src] + old["means"][dst]) / 2)
+    torch.testing.assert_close(p["scales"][n:], old["scales"][dst])
+    torch.testing.assert_close(p["opacities"][n:], old["opacities"][dst])
+    torch.testing.assert_close(p["sh0"][n:], (old["sh0"][src] + old["sh0"][dst]) / 2)
+    assert (p["quats"][n:] == torch.tensor([1.0, 0, 0, 0])).all() and not p["shN"][n:].any()
+    assert trainer.strategy is not None and trainer.optimizers is not None and trainer.strategy_state is not None
+    trainer.strategy.check_sanity(trainer.params, trainer.optimizers)
+    moments = trainer.optimizers["means"].state_dict()["state"][0]["exp_avg"]
+    torch.testing.assert_close(moments[:n], adam)
+    assert not moments[n:].any() and moments[:n].any()
+    torch.testing.assert_close(trainer.strategy_state["grad2d"][:n], grad2d)
+    assert not trainer.strategy_state["grad2d"][n:].any()
+    trainer.fit()
+    assert trainer.global_step == 25 and all(np.isfinite(r["loss"]) for r in trainer.log)
+    with pytest.raises(SplatError, match="unpool_every needs strategy default"):
+        _lib_cfg(unpool_every=10, strategy="mcmc").validate()
+
+
+def test_unpooling_in_a_fit_runs_at_its_steps_and_keeps_the_cap(lego_run, one_thread):
+    """unpool_every in a fit: unpooling rows only at the due steps (refine_start < step < unpool_until x
+    iterations, counting steps done), never past max_gaussians, and the field still learns the test views."""
+    from splat.gaussians import random_points
+
+    views, train, test, box = _array_views(lego_run)
+    xyz, rgb = random_points(box, 300, np.random.default_rng(0))
+    cfg = _lib_cfg(unpool_every=10, unpool_distance=0.02, unpool_until=0.6, max_gaussians=1500)
+    trainer = Trainer.from_points(xyz, rgb, views, cfg, train=train)
+    before = trainer.evaluate(test)
+    trainer.fit()
+    due = [r for r in trainer.log if "unpooled" in r]
+    assert [r["step"] for r in due] == [20, 30] and due[0]["unpooled"] > 0
+    assert all(r["num_gaussians"] <= 1500 for r in trainer.log)
+    assert trainer.evaluate(test)["psnr"] > before["psnr"] + 2.0
+
+
+def test_max_gaussians_stops_growth_but_not_pruning(lego_run, one_thread):
+    """An init larger than max_gaussians (as the dense fused init of 6 LLFF views against the sparse settings' 200k):
+    no Gaussian is grown while at the cap, yet pruning goes on (before, the cap stopped densification at step 1,
+    pruning included, and the count stayed at the init's); below the cap growth resumes."""
+    from splat.gaussians import random_points
+
+    views, train, _, box = _array_views(lego_run)
+    xyz, rgb = random_points(box, 600, np.random.default_rng(0))
+    cfg = _lib_cfg(iterations=40, max_gaussians=500, opacity_decay=0.97, log_every=1)
+    trainer = Trainer.from_points(xyz, rgb, views, cfg, train=train)
+    trainer.fit()
+    counts = [r["num_gaussians"] for r in trainer.log]
+    assert max(counts) == 600 and counts[-1] < 500  # pruned below the cap
+    assert all(b <= a for a, b in zip(counts, counts[1:], strict=False) if a >= 500)  # no growth at the cap
+    assert trainer.strategy is not None
+    assert trainer.strategy.grow_grad2d == cfg.grow_grad2d  # below the cap again: growth back on
+    big = Trainer.from_points(xyz, rgb, views, dataclasses.replace(cfg, iterations=1), train=train)
+    big.fit()
+    assert big.strategy is not None and big.strategy.grow_grad2d == float("inf")
+
+
 def test_a_twin_resumes_from_a_checkpoint(lego_run, tmp_path, one_thread):
     """With co-regularisation the state_dict holds the twin's state; resumed from the checkpoint at step 20, both
     fields end as the uninterrupted run's. Resuming with co-regularisation off, or from a twin at another step,
