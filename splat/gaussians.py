@@ -44,15 +44,12 @@ def knn_scales(xyz: np.ndarray, k: int = 3) -> np.ndarray:
     Returns:
         [N] float32 distances (scene units), floored at 1e-7 so that log() is finite for duplicates.
     """
-    from scipy.spatial import cKDTree
+    from splat.unpool import proximity
 
-    xyz = np.asarray(xyz, np.float64)
     n = len(xyz)
     if n < 2:
         return np.full(n, 1e-2, np.float32)
-    k = min(k, n - 1)
-    dist, _ = cKDTree(xyz).query(xyz, k=k + 1)  # column 0 is the point itself
-    return np.maximum(dist[:, 1:].mean(axis=1), 1e-7).astype(np.float32)
+    return np.maximum(proximity(xyz, k)[0], 1e-7).astype(np.float32)
 
 
 def scene_extent(c2w: np.ndarray, points: np.ndarray | None = None) -> float:

@@ -4,7 +4,8 @@ Few training views leave gaps between the Gaussians that gradient-driven densifi
 error points into an empty region). FSGS scores each Gaussian by its proximity, the mean distance to its K
 nearest Gaussians, and grows a new Gaussian at the middle of each edge from a Gaussian whose score is above a
 threshold to its K neighbours. `splat.trainer` runs it during densification (`TrainConfig.unpool_every`) and
-builds the new Gaussians' parameters; this module holds the pure neighbour search.
+builds the new Gaussians' parameters; this module holds the pure neighbour search (also the initial
+Gaussians' size, `splat.gaussians.knn_scales`).
 
 Written here because no library used by the project grows Gaussians by proximity (gsplat's strategies split and
 clone by gradient, relocate by opacity); the nearest neighbours come from scipy's cKDTree.
@@ -19,8 +20,8 @@ def proximity(means: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """FSGS's proximity score and the neighbours it is taken over.
 
     Args:
-        means: [N, 3] Gaussian centres (scene units), N >= 2.
-        k: neighbours per Gaussian (FSGS: 3); fewer when N - 1 < k.
+        means: [N, 3] Gaussian centres (scene units).
+        k: neighbours per Gaussian (FSGS: 3); fewer when N - 1 < k (none when N < 2).
     Returns:
         score [N] float64, the mean distance (scene units) to the k nearest other centres, and
         neighbours [N, k'] int64 (k' = min(k, N - 1)), their indices, nearest first.
@@ -49,10 +50,7 @@ def unpool_edges(means: np.ndarray, k: int, threshold: float) -> tuple[np.ndarra
         source, the most isolated source (highest score) first, ties in index order; the new centres are
         (means[source] + means[target]) / 2.
     """
-    means = np.asarray(means, np.float64).reshape(-1, 3)
-    if len(means) < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    score, nbrs = proximity(means, k)
+    score, nbrs = proximity(means, k)  # fewer than 2 Gaussians: no neighbours, no edges
     sel = np.flatnonzero(score > threshold)
     sel = sel[np.argsort(-score[sel], kind="stable")]
     return np.repeat(sel, nbrs.shape[1]).astype(np.int64), nbrs[sel].reshape(-1)
