@@ -653,6 +653,31 @@ def _composite(coef: Tensor, feats: Tensor, for_grad: bool, may_clamp: bool):
     return w, r, t_incl
 
 
+def _composite_chunks(
+    plan: _Plan, coef: Tensor, cols: Tensor, opac: Tensor, feats: Tensor, for_grad: bool, budget: int
+) -> tuple[Tensor, list]:
+    """Composite every chunk of `plan`: per planned tile and pixel the weighted sum of the slots' columns,
+    [n_planned, P, D + 1] (the last column is the alpha), and per chunk its (w, r, T_incl) for the backward pass
+    while they fit in `budget` bytes, else None (recomputed there)."""
+    P = feats.shape[0]
+    out = torch.empty(plan.order.numel(), P, cols.shape[0], dtype=coef.dtype, device=coef.device)
+    stored: list = []
+    for t0, nb, length, s0 in plan.chunks:
+        sl = slice(s0, s0 + nb * length)
+        coef_k = coef[:, sl].view(6, nb, length).transpose(0, 1)  # [B, 6, L]
+        may_clamp = bool(opac[sl].max() > ALPHA_MAX)
+        w, r, t_incl = _composite(coef_k, feats, for_grad, may_clamp)
+        cols_k = cols[:, sl].view(cols.shape[0], nb, length).transpose(0, 1)  # [B, D + 1, L]
+        torch.bmm(w, cols_k.transpose(1, 2), out=out[t0 : t0 + nb])
+        size = 3 * w.numel() * w.element_size()
+        if budget >= size:
+            stored.append((w, r, t_incl))
+            budget -= size
+        else:
+            stored.append(None)
+    return out, stored
+
+
 @functools.cache
 def _alpha_floor(dtype) -> float:
     """Largest value below 1/255 in `dtype`: alpha > floor <=> alpha >= 1/255."""
@@ -725,21 +750,7 @@ class _RasterizeToPixels(torch.autograd.Function):
         coef = torch.stack([la0, -ad0x, -ad0y, -a, -c, -b], 0)  # [6, n_slots]
         cols = torch.stack(rows[6:] + [torch.ones_like(opac)], 0)  # [D + 1, n_slots]
 
-        out = torch.empty(plan.order.numel(), P, D + 1, dtype=dtype, device=device)
-        stored, budget = [], store_bytes if for_grad else 0
-        for t0, nb, length, s0 in plan.chunks:
-            sl = slice(s0, s0 + nb * length)
-            coef_k = coef[:, sl].view(6, nb, length).transpose(0, 1)  # [B, 6, L]
-            may_clamp = bool(opac[sl].max() > ALPHA_MAX)
-            w, r, t_incl = _composite(coef_k, feats, for_grad, may_clamp)
-            cols_k = cols[:, sl].view(D + 1, nb, length).transpose(0, 1)  # [B, D + 1, L]
-            torch.bmm(w, cols_k.transpose(1, 2), out=out[t0 : t0 + nb])
-            size = 3 * w.numel() * w.element_size()
-            if budget >= size:
-                stored.append((w, r, t_incl))
-                budget -= size
-            else:
-                stored.append(None)
+        out, stored = _composite_chunks(plan, coef, cols, opac, feats, for_grad, store_bytes if for_grad else 0)
         out_all = torch.zeros(bins.n_tiles, P, D + 1, dtype=dtype, device=device)
         out_all[plan.order] = out
         trans = 1.0 - out_all[..., D]  # [n_tiles, P]
@@ -761,8 +772,7 @@ class _RasterizeToPixels(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, v_colors, v_alphas):
         backgrounds, trans, out = ctx.saved_tensors
-        bins, plan, stored = ctx.bins, ctx.plan, ctx.stored
-        coef, cols, dx, dy, a, b, c, opac, ad0x, ad0y = ctx.slots
+        bins, plan = ctx.bins, ctx.plan
         D = out.shape[-1]
         S = ctx.shapes[3].numel()
         dtype, device = out.dtype, out.device
@@ -778,44 +788,9 @@ class _RasterizeToPixels(torch.autograd.Function):
         g_sorted = g_all[plan.order]  # [n, P, D]
 
         feats = _pixel_features(bins.tile_size, dtype, device)
-        n_slots = plan.ids.numel()
-        n_rows = 6 + D + (2 if ctx.absgrad else 0)
-        v_slot = torch.zeros(n_rows, n_slots, dtype=dtype, device=device)
-        for k, (t0, nb, length, s0) in enumerate(plan.chunks):
-            sl = slice(s0, s0 + nb * length)
-            if stored[k] is not None:
-                w, r, t_incl = stored[k]
-            else:
-                coef_k = coef[:, sl].view(6, nb, length).transpose(0, 1)
-                w, r, t_incl = _composite(coef_k, feats, True, bool(opac[sl].max() > ALPHA_MAX))
-            g = g_sorted[t0 : t0 + nb]  # [B, P, D]
-            cols_k = cols[:D, sl].view(D, nb, length).transpose(0, 1)  # [B, D, L]
-            v = torch.bmm(g, cols_k)  # [B, P, L]: g . c_i
-            # head - sum_{j<=i} w_j v_j - T_i^incl v_i = tail + sum_{j>i} w_j v_j - T_i^incl v_i
-            x = torch.cumsum(w * v, dim=-1)
-            x = torch.sub(head[t0 : t0 + nb, :, None], x, out=x)
-            x.addcmul_(t_incl, v, value=-1.0)
-            ds = x.mul_(r)  # dL/ds, s = -log alpha = sigma - log(opacity)
-            vs = v_slot[:, sl].view(n_rows, nb, length).transpose(0, 1)  # [B, rows, L]
-            # dL/d(-coef) = dL/d(Q(d0) - log o, (A d0)_x, (A d0)_y, a, c, b)
-            vs[:, :6] = torch.matmul(feats.t(), ds)
-            vs[:, 6 : 6 + D] = torch.bmm(g.transpose(1, 2), w)
-            if ctx.absgrad:
-                # per pixel, d s / d mean = -A (d0 + u): sum over pixels of |ds| |.| per component
-                ax, ay = ad0x[sl].view(nb, 1, length), ad0y[sl].view(nb, 1, length)
-                a_, b_, c_ = (t[sl].view(nb, 1, length) for t in (a, b, c))
-                ux, uy = feats[:, 1].view(1, -1, 1), feats[:, 2].view(1, -1, 1)
-                ads = ds.abs_()
-                vs[:, 6 + D] = (ads * (ax + a_ * ux + b_ * uy).abs_()).sum(1)
-                vs[:, 7 + D] = (ads * (ay + b_ * ux + c_ * uy).abs_()).sum(1)
-        g0, g1, g2, g3, g4, g5 = v_slot[:6].clone().unbind(0)
-        ex, ey = g0 * dx + g1, g0 * dy + g2  # dL/dmean = -A (g0 d0 + (g1, g2)), d0 = centre - mean
-        torch.neg(a * ex + b * ey, out=v_slot[0])
-        torch.neg(b * ex + c * ey, out=v_slot[1])
-        torch.add(0.5 * g0 * dx * dx + g1 * dx, g3, out=v_slot[2])
-        torch.add(g0 * dx * dy + g1 * dy + g2 * dx, g5, out=v_slot[3])
-        torch.add(0.5 * g0 * dy * dy + g2 * dy, g4, out=v_slot[4])
-        torch.div(-g0, opac, out=v_slot[5])
+        v_slot = _slot_grads(ctx, g_sorted, head, feats)
+        _chain_to_splats(v_slot, ctx.slots)
+        n_rows = v_slot.shape[0]
         v_all = torch.zeros(n_rows, S, dtype=dtype, device=device).index_add_(1, plan.ids, v_slot)
         v_bg = None
         if backgrounds is not None and ctx.needs_input_grad[4]:
@@ -836,6 +811,58 @@ class _RasterizeToPixels(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _slot_grads(ctx: Any, g_sorted: Tensor, head: Tensor, feats: Tensor) -> Tensor:
+    """Per tile slot, dL/d(-coef) (6 rows), dL/dcolour (D rows) and, with absgrad, the two |dL/dmean2d| rows:
+    [6 + D (+ 2), n_slots]. g_sorted [n, P, D] is dL/dcolour per pixel in plan order, head [n, P] the tail plus
+    sum_j w_j g.c_j per pixel."""
+    plan, stored = ctx.plan, ctx.stored
+    coef, cols, _, _, a, b, c, opac, ad0x, ad0y = ctx.slots
+    D = g_sorted.shape[-1]
+    n_rows = 6 + D + (2 if ctx.absgrad else 0)
+    v_slot = torch.zeros(n_rows, plan.ids.numel(), dtype=g_sorted.dtype, device=g_sorted.device)
+    for k, (t0, nb, length, s0) in enumerate(plan.chunks):
+        sl = slice(s0, s0 + nb * length)
+        if stored[k] is not None:
+            w, r, t_incl = stored[k]
+        else:
+            coef_k = coef[:, sl].view(6, nb, length).transpose(0, 1)
+            w, r, t_incl = _composite(coef_k, feats, True, bool(opac[sl].max() > ALPHA_MAX))
+        g = g_sorted[t0 : t0 + nb]  # [B, P, D]
+        cols_k = cols[:D, sl].view(D, nb, length).transpose(0, 1)  # [B, D, L]
+        v = torch.bmm(g, cols_k)  # [B, P, L]: g . c_i
+        # head - sum_{j<=i} w_j v_j - T_i^incl v_i = tail + sum_{j>i} w_j v_j - T_i^incl v_i
+        x = torch.cumsum(w * v, dim=-1)
+        x = torch.sub(head[t0 : t0 + nb, :, None], x, out=x)
+        x.addcmul_(t_incl, v, value=-1.0)
+        ds = x.mul_(r)  # dL/ds, s = -log alpha = sigma - log(opacity)
+        vs = v_slot[:, sl].view(n_rows, nb, length).transpose(0, 1)  # [B, rows, L]
+        # dL/d(-coef) = dL/d(Q(d0) - log o, (A d0)_x, (A d0)_y, a, c, b)
+        vs[:, :6] = torch.matmul(feats.t(), ds)
+        vs[:, 6 : 6 + D] = torch.bmm(g.transpose(1, 2), w)
+        if ctx.absgrad:
+            # per pixel, d s / d mean = -A (d0 + u): sum over pixels of |ds| |.| per component
+            ax, ay = ad0x[sl].view(nb, 1, length), ad0y[sl].view(nb, 1, length)
+            a_, b_, c_ = (t[sl].view(nb, 1, length) for t in (a, b, c))
+            ux, uy = feats[:, 1].view(1, -1, 1), feats[:, 2].view(1, -1, 1)
+            ads = ds.abs_()
+            vs[:, 6 + D] = (ads * (ax + a_ * ux + b_ * uy).abs_()).sum(1)
+            vs[:, 7 + D] = (ads * (ay + b_ * ux + c_ * uy).abs_()).sum(1)
+    return v_slot
+
+
+def _chain_to_splats(v_slot: Tensor, slots: tuple) -> None:
+    """Rows 0-5 of `v_slot` from dL/d(-coef) to dL/d(mean x, mean y, conic a, b, c, opacity), in place."""
+    _, _, dx, dy, a, b, c, opac, _, _ = slots
+    g0, g1, g2, g3, g4, g5 = v_slot[:6].clone().unbind(0)
+    ex, ey = g0 * dx + g1, g0 * dy + g2  # dL/dmean = -A (g0 d0 + (g1, g2)), d0 = centre - mean
+    torch.neg(a * ex + b * ey, out=v_slot[0])
+    torch.neg(b * ex + c * ey, out=v_slot[1])
+    torch.add(0.5 * g0 * dx * dx + g1 * dx, g3, out=v_slot[2])
+    torch.add(g0 * dx * dy + g1 * dy + g2 * dx, g5, out=v_slot[3])
+    torch.add(0.5 * g0 * dy * dy + g2 * dy, g4, out=v_slot[4])
+    torch.div(-g0, opac, out=v_slot[5])
 
 
 def rasterize_to_pixels(

@@ -14,6 +14,7 @@ file. Progress goes to the `callback` of `fit`, checkpoints to its `on_checkpoin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -226,10 +227,19 @@ class TrainConfig:
     def validate(self, where: str = "train") -> Self:
         """SplatError unless every field is in range; `where` prefixes the field names in the message."""
         n = f"{where}."
+        self._validate_init(n)
+        self._validate_regularisers(n)
+        self._validate_optimisation(n)
+        self._validate_output(n)
+        return self
 
-        def count(name: str, lo: int, hi: int = 1_000_000_000, note: str = "") -> None:
-            number(getattr(self, name), n + name, SplatError, lo=lo, hi=hi, integer=True, note=note)
+    def _count(self, n: str, name: str, lo: int, hi: int = 1_000_000_000, note: str = "") -> None:
+        """SplatError unless field `name` is an integer in [lo, hi]; `n` is the message's prefix."""
+        number(getattr(self, name), n + name, SplatError, lo=lo, hi=hi, integer=True, note=note)
 
+    def _validate_init(self, n: str) -> None:
+        """The run length and the initial Gaussians."""
+        count = functools.partial(self._count, n)
         count("iterations", 1)
         choice(self.init, n + "init", SplatError, ("depth", "sfm", "random"))
         count("num_random", 1, 100_000_000)
@@ -240,6 +250,10 @@ class TrainConfig:
         number(self.init_scale, n + "init_scale", SplatError, lo=0, hi=100, lo_open=True)
         count("sh_degree", 0, 4)
         count("sh_degree_interval", 1)
+
+    def _validate_regularisers(self, n: str) -> None:
+        """The sparse-view regularisers and the depth loss."""
+        count = functools.partial(self._count, n)
         number(self.ssim_lambda, n + "ssim_lambda", SplatError, lo=0, hi=1)
         number(self.drop_rate, n + "drop_rate", SplatError, lo=0, hi=0.9, note="0 = off")
         number(self.opacity_decay, n + "opacity_decay", SplatError, lo=0.5, hi=1, note="1 = off")
@@ -261,6 +275,10 @@ class TrainConfig:
         choice(self.depth_loss, n + "depth_loss", SplatError, tuple(DEPTH_LOSSES) + ("none",))
         number(self.depth_weight, n + "depth_weight", SplatError, lo=0, hi=1000)
         number(self.depth_weight_final, n + "depth_weight_final", SplatError, lo=0, hi=1, note="1 = constant")
+
+    def _validate_optimisation(self, n: str) -> None:
+        """Densification, exposure and learning rates."""
+        count = functools.partial(self._count, n)
         choice(self.strategy, n + "strategy", SplatError, ("default", "mcmc"))
         count("max_gaussians", 1)
         for name in ("refine_start", "refine_stop"):
@@ -273,6 +291,10 @@ class TrainConfig:
         lrs = ("lr_means", "lr_means_final", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN")
         for name in (*lrs, "lr_exposure", "lr_exposure_final"):
             number(getattr(self, name), n + name, SplatError, lo=0, hi=10)
+
+    def _validate_output(self, n: str) -> None:
+        """Resolution, background, threads, seed, checkpoints, logging and device."""
+        count = functools.partial(self._count, n)
         number(self.downscale, n + "downscale", SplatError, lo=1, hi=64, note="1 = frame resolution")
         count("max_size", 0, 100_000, note="0 = no cap")
         if 0 < self.max_size < 8:
@@ -289,7 +311,6 @@ class TrainConfig:
         count("checkpoint_every", 0, note="0 = only at the end")
         count("log_every", 1)
         device(self.device, n + "device", SplatError)
-        return self
 
 
 def config_json(cfg: TrainConfig) -> dict[str, Any]:

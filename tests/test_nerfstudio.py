@@ -227,3 +227,31 @@ def test_ns_train_dvd_splat_on_cpu_then_ns_export(run: RunPaths, tmp_path: Path)
     g = read_gaussian_ply(tmp_path / "export" / "splat.ply")
     assert len(g["means"]) == SEED_POINTS  # no densification before step 500 and no Gaussian lost
     assert np.isfinite(g["means"]).all() and g["shN"].shape[1] == 15  # splatfacto's SH degree 3
+    _crop_box_renders(config)
+
+
+def _crop_box_renders(config: Path) -> None:
+    """Outside training the model renders only the Gaussians inside its crop box (the viewer's crop)."""
+    import torch
+    from nerfstudio.data.scene_box import OrientedBox
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(config, test_mode="test")
+    model = pipeline.model
+    camera = pipeline.datamanager.train_dataset.cameras[0:1].to(model.device)
+    means = model.means.detach()
+    lo, hi = means.min(0).values, means.max(0).values
+
+    def render(box: OrientedBox | None) -> dict:
+        model.crop_box = box
+        with torch.no_grad():
+            return model.get_outputs(camera)
+
+    full = render(None)
+    everything = render(OrientedBox(R=torch.eye(3), T=(lo + hi) / 2, S=(hi - lo) * 1.01))
+    assert torch.equal(everything["rgb"], full["rgb"]) and full["accumulation"].mean() > 0.5
+    nothing = render(OrientedBox(R=torch.eye(3), T=hi + 10 * (hi - lo), S=(hi - lo) * 0.01))
+    assert nothing["accumulation"].abs().max() == 0
+    assert nothing["rgb"].shape == full["rgb"].shape
+    half = render(OrientedBox(R=torch.eye(3), T=lo, S=(hi - lo)))  # the corner octant's Gaussians only
+    assert 0 < half["accumulation"].mean() < full["accumulation"].mean()

@@ -19,7 +19,14 @@ from recon.artifacts import CameraSet, FramesIndex, RunPaths
 from recon.atomic import atomic_dir
 from recon.console import debug, info, progress, warn
 from recon.errors import ReconError
-from recon.known_poses import PoseSource, frame_cameras, load_pose_source, match_pose_source, triangulate_known
+from recon.known_poses import (
+    KnownCameras,
+    PoseSource,
+    frame_cameras,
+    load_pose_source,
+    match_pose_source,
+    triangulate_known,
+)
 from recon.manifest import read_manifest
 from recon.poses import PosesConfig as Config
 from recon.poses import (
@@ -190,22 +197,8 @@ def _run_known(paths: RunPaths, cfg: Config, frames: FramesIndex) -> dict[str, A
     match, method = _match_pose_file(src, frames, cfg)
     cams = frame_cameras(src, match, W, H)
     matcher = resolve_matcher(frames, cfg)
-    with progress() as bar:
-        # always rewritten (cheap, deterministic): RUN/images may have been replaced by an SfM run since
-        t0 = time.perf_counter()
-        dst = [cams.targets[c] for c in cams.ids]
-        with atomic_dir(paths.images_dir) as tmp:
-            out_names = write_undistorted_frames(paths.root, frames.files, cams.source, dst, tmp, bar)
-        undistort_s = round(time.perf_counter() - t0, 3)
-        task = bar.add_task("triangulate", total=3, status="extract")
-        step = lambda status: bar.update(task, advance=1, status=status)  # noqa: E731
-        work = paths.sfm_work_dir / "known"
-        base = frames_key(frames)
-        point_match = _point_views(match, cfg)
-        rec, seconds = triangulate_known(
-            work, paths.images_dir, out_names, point_match, cams, src.c2w, base, cfg, matcher, step
-        )
-        step("done")
+    point_match = _point_views(match, cfg)
+    rec, out_names, seconds = _undistort_and_triangulate(paths, frames, cfg, src, cams, point_match, matcher)
     if rec.num_points3D() == 0:
         warn("--poses: no 3D points could be triangulated; depth alignment will have no SfM points to use")
     with atomic_dir(paths.sfm_dir) as tmp:
@@ -224,7 +217,7 @@ def _run_known(paths: RunPaths, cfg: Config, frames: FramesIndex) -> dict[str, A
         "matched_by": method,
         "matcher": matcher,
         "distorted_camera": camera_record(cams.source[0], W, H),
-        "seconds": {"undistort": undistort_s, **seconds, "total": round(time.perf_counter() - t_start, 3)},
+        "seconds": {**seconds, "total": round(time.perf_counter() - t_start, 3)},
         "config": config_record(cfg),
     }
     if src.bounds is not None:
@@ -246,3 +239,31 @@ def _run_known(paths: RunPaths, cfg: Config, frames: FramesIndex) -> dict[str, A
         f"{sfm['points']} triangulated points"
     )
     return summary_from_sfm(sfm)
+
+
+def _undistort_and_triangulate(
+    paths: RunPaths,
+    frames: FramesIndex,
+    cfg: Config,
+    src: PoseSource,
+    cams: KnownCameras,
+    point_match: list[int | None],
+    matcher: str,
+) -> tuple[Any, list[str], dict[str, float]]:
+    """RUN/images undistorted to the given cameras, then points triangulated from the `point_match` views with
+    the poses held fixed. Returns (the pycolmap.Reconstruction, the image names, seconds per step)."""
+    with progress() as bar:
+        # always rewritten (cheap, deterministic): RUN/images may have been replaced by an SfM run since
+        t0 = time.perf_counter()
+        dst = [cams.targets[c] for c in cams.ids]
+        with atomic_dir(paths.images_dir) as tmp:
+            out_names = write_undistorted_frames(paths.root, frames.files, cams.source, dst, tmp, bar)
+        undistort_s = round(time.perf_counter() - t0, 3)
+        task = bar.add_task("triangulate", total=3, status="extract")
+        step = lambda status: bar.update(task, advance=1, status=status)  # noqa: E731
+        work = paths.sfm_work_dir / "known"
+        rec, seconds = triangulate_known(
+            work, paths.images_dir, out_names, point_match, cams, src.c2w, frames_key(frames), cfg, matcher, step
+        )
+        step("done")
+    return rec, out_names, {"undistort": undistort_s, **seconds}

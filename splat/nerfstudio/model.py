@@ -104,22 +104,10 @@ class DVDSplatModel(SplatfactoModel):
         else:
             c2w = camera.camera_to_worlds
 
-        params = {
-            k: self.gauss_params[k] for k in ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
-        }
-        if self.crop_box is not None and not self.training:
-            inside = self.crop_box.within(params["means"]).squeeze()
-            if inside.sum() == 0:
-                return self.get_empty_outputs(
-                    int(camera.width.item()), int(camera.height.item()), self.background_color
-                )
-            params = {k: v[inside] for k, v in params.items()}
-
-        scale = self._get_downscale_factor()
-        camera.rescale_output_resolution(1 / scale)
-        Ks = camera.get_intrinsics_matrices().to(self.device)
-        width, height = int(camera.width.item()), int(camera.height.item())
-        camera.rescale_output_resolution(scale)
+        params = self._cropped_params()
+        if params is None:
+            return self.get_empty_outputs(int(camera.width.item()), int(camera.height.item()), self.background_color)
+        Ks, width, height = self._intrinsics(camera)
         self.last_size = (height, width)
 
         colors = torch.cat((params["features_dc"][:, None, :], params["features_rest"]), dim=1)
@@ -162,6 +150,27 @@ class DVDSplatModel(SplatfactoModel):
         if background.shape[0] == 3 and not self.training:
             background = background.expand(height, width, 3)
         return {"rgb": rgb.squeeze(0), "depth": depth, "accumulation": alpha.squeeze(0), "background": background}
+
+    def _cropped_params(self) -> dict[str, torch.Tensor] | None:
+        """The Gaussians' parameters, outside training only those inside the crop box; None when it holds none."""
+        params = {
+            k: self.gauss_params[k] for k in ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
+        }
+        if self.crop_box is not None and not self.training:
+            inside = self.crop_box.within(params["means"]).squeeze()
+            if inside.sum() == 0:
+                return None
+            params = {k: v[inside] for k, v in params.items()}
+        return params
+
+    def _intrinsics(self, camera: Cameras) -> tuple[torch.Tensor, int, int]:
+        """Ks [1, 3, 3], width, height of `camera` at the current training downscale (the camera is left as given)."""
+        scale = self._get_downscale_factor()
+        camera.rescale_output_resolution(1 / scale)
+        Ks = camera.get_intrinsics_matrices().to(self.device)
+        width, height = int(camera.width.item()), int(camera.height.item())
+        camera.rescale_output_resolution(scale)
+        return Ks, width, height
 
     def depth_loss_weight(self) -> float:
         """Depth-loss weight at the current step (splat.losses schedule over the run's iterations)."""
