@@ -15,6 +15,13 @@ path as `recon run ... --split-protocol llff --train-views N`. Rows give mean +-
     .venv/bin/python benchmarks/llff.py --views 3 --seeds 0 --iterations 300 --inits depth sfm
     .venv/bin/python benchmarks/llff.py --views 3 --inits depth --set co_reg_weight=1.0 co_prune_every=100  # CoR-GS
     .venv/bin/python benchmarks/llff.py --views 3 --inits sfm --set unpool_every=50  # FSGS's unpooling
+    .venv/bin/python benchmarks/llff.py --views 6 --inits depth --json /tmp/n6.json   # resumes from the ledger
+    .venv/bin/python benchmarks/llff.py --merge /tmp/n6.json /tmp/n6b.json           # one table of two streams
+    .venv/bin/python benchmarks/llff.py --merge benchmarks/results/llff_fern.json   # the measured table
+
+With `--json` every finished row is written to the ledger at once, and the cells it already holds (measured with
+the same iterations, backend and `--set`) are skipped: a killed run resumes, and the 36-cell table (about 10 h on
+2 CPU cores) can be split into streams and sessions, then printed as one table with `--merge`.
 
 The published figures beside the table average the 8 LLFF scenes at 3 views; fern alone is one of them, so they
 are a reference point, not a like-for-like comparison.
@@ -24,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,22 +124,66 @@ def train_one(base: RunPaths, args: argparse.Namespace, init: str, dl: str, seed
     return row
 
 
-def bench_views(args: argparse.Namespace, n: int) -> list[dict]:
-    """Prepare N views once, then every (init, depth loss, seed)."""
+def cells(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """Every (init, depth loss, seed) asked for, in the order they train."""
+    return [(init, dl, seed) for init in args.inits for dl in args.depth_losses for seed in args.seeds]
+
+
+def bench_views(args: argparse.Namespace, n: int, done: set[tuple], on_row: Callable[[dict], None]) -> None:
+    """Prepare N views once, then every (init, depth loss, seed) not in `done` ((views, init, depth loss, seed)
+    keys); each finished row goes to `on_row`."""
+    todo = [c for c in cells(args) if (n, *c) not in done]
+    if not todo:
+        print(f"[N={n}] every cell is in {args.json}", flush=True)
+        return
     base, prep_s, why = prepare(args.scene, n, args.out, args.depth_backend)
     print(f"[N={n}] prepared in {prep_s:.0f} s" + (f"; no depth prior: {why}" if why else ""), flush=True)
-    rows = []
-    for init in args.inits:
-        for dl in args.depth_losses:
-            if why and (init == "depth" or dl != "none"):
-                continue
-            for seed in args.seeds:
-                row = train_one(base, args, init, dl, seed, n)
-                if row is not None:
-                    rows.append({"views": n, **row})
-                    print(f"  {init:6s} {dl:10s} seed {seed}: PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.3f}  "
-                          f"{row['wall_s']:.0f} s", flush=True)  # fmt: skip
+    for init, dl, seed in todo:
+        if why and (init == "depth" or dl != "none"):
+            continue
+        row = train_one(base, args, init, dl, seed, n)
+        if row is not None:
+            on_row({"views": n, **row})
+            print(f"  {init:6s} {dl:10s} seed {seed}: PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.3f}  "
+                  f"{row['wall_s']:.0f} s", flush=True)  # fmt: skip
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What makes rows comparable: rows measured under other settings never mix in one ledger or table."""
+    return dict(
+        scene=args.scene.name, iterations=args.iterations, depth_backend=args.depth_backend, set=sorted(args.set)
+    )
+
+
+def load_ledger(path: Path, expected: dict[str, Any]) -> list[dict]:
+    """The rows of the ledger at `path` ([] when there is none yet), so that a killed or split-up run resumes;
+    SystemExit with one line when it is not a ledger or holds other settings."""
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        got, rows = data["settings"], data["rows"]
+        keys = [(r["views"], r["init"], r["depth_loss"], r["seed"], r["psnr"]) for r in rows]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"error: {path} is not a benchmarks/llff.py ledger ({type(e).__name__}: {e})") from None
+    if got != expected:
+        raise SystemExit(f"error: {path} holds rows measured with {got}, not {expected}; give another --json")
+    if len({k[:4] for k in keys}) != len(keys):
+        raise SystemExit(f"error: {path} holds one (views, init, depth loss, seed) twice")
     return rows
+
+
+def save_ledger(path: Path, expected: dict[str, Any], rows: list[dict]) -> None:
+    """Rows and their summary, replaced atomically (a kill leaves the previous ledger)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"settings": expected, "rows": rows, "summary": summarise(rows)}, indent=1))
+    os.replace(tmp, path)
+
+
+def table_order(row: dict) -> tuple:
+    """N, then SfM / random / depth-fused, then no depth loss first (the order of the table in benchmarks/README)."""
+    inits = ("sfm", "random", "depth")
+    return row["views"], inits.index(row["init"]), row["depth_loss"] != "none", row["depth_loss"], row["seed"]
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -178,7 +231,18 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--set", nargs="*", default=[], help="extra train fields, KEY=JSON (e.g. drop_rate=0.1)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/llff_bench"))
     ap.add_argument("--keep", action="store_true", help="keep every trained variant's run directory")
-    ap.add_argument("--json", type=Path, help="write the per-seed rows and the summary here")
+    ap.add_argument(
+        "--json",
+        type=Path,
+        help="ledger of the per-seed rows and the summary, written after every row; the cells it already holds "
+        "(same settings) are not trained again, so a killed run resumes and streams can split a table",
+    )
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="print the table of these ledgers (same settings) and train nothing; with --json, write them as one",
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap.parse_args()
 
@@ -186,12 +250,27 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     set_verbosity(1 if args.verbose else 0)
-    rows = [row for n in args.views for row in bench_views(args, n)]
-    summary = summarise(rows)
+    expected = settings(args)
+    if args.merge:
+        rows = [r for path in args.merge for r in load_ledger(path, expected)]
+        keys = [(r["views"], r["init"], r["depth_loss"], r["seed"]) for r in rows]
+        if len(set(keys)) != len(keys):
+            raise SystemExit("error: the --merge ledgers hold one (views, init, depth loss, seed) more than once")
+        if args.json:
+            save_ledger(args.json, expected, sorted(rows, key=table_order))
+    else:
+        rows = load_ledger(args.json, expected) if args.json else []
+        done = {(r["views"], r["init"], r["depth_loss"], r["seed"]) for r in rows}
+
+        def on_row(row: dict) -> None:
+            rows.append(row)
+            if args.json:
+                save_ledger(args.json, expected, rows)
+
+        for n in args.views:
+            bench_views(args, n, done, on_row)
     print()
-    print(table(summary, args.iterations))
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
+    print(table(summarise(sorted(rows, key=table_order)), args.iterations))
 
 
 if __name__ == "__main__":
