@@ -30,6 +30,7 @@ are a reference point, not a like-for-like comparison.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -106,6 +107,16 @@ def train_config(args: argparse.Namespace, init: str, depth_loss: str, seed: int
     return api.make_config("cpu", split={"protocol": "llff", "train_views": n}, train=over).train
 
 
+def fingerprint(base: RunPaths) -> str:
+    """8 hex digits naming a prepared run: the split, the SfM model's points, the aligned depth and the fused init.
+    Rows with one fingerprint share their prepare; the ± std over seeds is over training alone only among them
+    (COLMAP's triangulation from the training views differs a little between two prepares)."""
+    h = hashlib.sha256()
+    for path in (base.split_json, base.sfm_dir / "points3D.bin", base.aligned_npz, base.init_ply):
+        h.update(path.read_bytes() if path.exists() else b"-")
+    return h.hexdigest()[:8]
+
+
 def train_one(base: RunPaths, args: argparse.Namespace, init: str, dl: str, seed: int, n: int) -> dict | None:
     """Train and evaluate one variant on a copy of `base`; the metrics row, or None when it cannot run."""
     from recon.stages.train import run as run_train
@@ -119,6 +130,7 @@ def train_one(base: RunPaths, args: argparse.Namespace, init: str, dl: str, seed
         return None
     row = {"init": init, "depth_loss": dl, "seed": seed, "psnr": s["psnr"], "ssim": s["ssim"]}
     row.update(lpips=s.get("lpips"), gaussians=s["num_gaussians"], wall_s=time.perf_counter() - t0)
+    row.update(prepare=fingerprint(base), date=time.strftime("%Y-%m-%d"))
     if not args.keep:
         shutil.rmtree(paths.root, ignore_errors=True)
     return row
@@ -193,7 +205,13 @@ def summarise(rows: list[dict]) -> list[dict]:
         groups.setdefault((r["views"], r["init"], r["depth_loss"]), []).append(r)
     out = []
     for (n, init, dl), rs in groups.items():
-        agg = {"views": n, "init": init, "depth_loss": dl, "seeds": len(rs)}
+        agg = {
+            "views": n,
+            "init": init,
+            "depth_loss": dl,
+            "seeds": len(rs),
+            "prepares": len({r.get("prepare") for r in rs}),
+        }
         for k in ("psnr", "ssim", "lpips", "wall_s"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             agg[k] = (float(np.mean(vals)), float(np.std(vals))) if vals else None
@@ -204,14 +222,15 @@ def summarise(rows: list[dict]) -> list[dict]:
 def table(summary: list[dict], iterations: int) -> str:
     f = lambda v, p: "-" if v is None else f"{v[0]:.{p}f} ± {v[1]:.{p}f}"  # noqa: E731
     lines = [
-        f"fern, LLFF protocol, 504x378, {iterations} iterations (CPU preset otherwise), mean ± std over seeds",
-        "|  N | init   | depth loss | seeds |        PSNR   |        SSIM     |       LPIPS     |    wall s   |",
-        "|----|--------|------------|-------|---------------|-----------------|-----------------|-------------|",
+        f"fern, LLFF protocol, 504x378, {iterations} iterations (CPU preset otherwise), mean ± std over seeds; "
+        "prep: how many prepared runs (poses -> fuse) the seeds trained on",
+        "|  N | init   | depth loss | seeds |        PSNR   |        SSIM     |       LPIPS     |    wall s   | prep |",
+        "|----|--------|------------|-------|---------------|-----------------|-----------------|-------------|------|",
     ]
     for a in summary:
         lines.append(
             f"| {a['views']:2d} | {a['init']:6s} | {a['depth_loss']:10s} | {a['seeds']:5d} | {f(a['psnr'], 2):>13s} | "
-            f"{f(a['ssim'], 3):>15s} | {f(a['lpips'], 3):>15s} | {f(a['wall_s'], 0):>11s} |"
+            f"{f(a['ssim'], 3):>15s} | {f(a['lpips'], 3):>15s} | {f(a['wall_s'], 0):>11s} | {a['prepares']:4d} |"
         )
     pub = ", ".join(f"{k} {v:.2f}" for k, v in PUBLISHED_3VIEW.items())
     lines.append(f"published 3-view PSNR, mean of the 8 LLFF scenes (not fern alone): {pub}")
