@@ -159,3 +159,23 @@ def test_library_entry_points_load_nothing_of_recon(statement):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+MAX_FUNCTION_LINES = 60  # DEVELOPERS.md: "short functions (split anything past ~60 lines)"
+
+
+def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from the first statement after the docstring to the last one."""
+    body = fn.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return body[-1].end_lineno - body[0].lineno + 1 if body and body[-1].end_lineno else 0
+
+
+def test_library_and_stage_functions_stay_short():
+    long = []
+    for p in _modules(*PACKAGES):
+        for node in ast.walk(ast.parse(p.read_text(), filename=str(p))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _body_lines(node) > MAX_FUNCTION_LINES:
+                long.append(f"{_rel(p)}:{node.lineno} {node.name}: {_body_lines(node)} lines")
+    assert long == []
