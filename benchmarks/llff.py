@@ -30,12 +30,14 @@ are a reference point, not a like-for-like comparison.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +187,25 @@ def load_ledger(path: Path, expected: dict[str, Any]) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def ledger_lock(path: Path | None) -> Iterator[None]:
+    """One writer per ledger: an OS lock on LEDGER.lock for the whole run (released however the process ends), so two
+    runs given one --json cannot overwrite each other's rows; the second fails at once with one line. Written with
+    fcntl as recon.lock does for run directories (whose lock is per folder, not per file)."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(
+                f"error: {path} is being written by another benchmarks/llff.py; give another --json"
+            ) from None
+        yield
+
+
 def save_ledger(path: Path, expected: dict[str, Any], rows: list[dict]) -> None:
     """Rows and their summary, replaced atomically (a kill leaves the previous ledger)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -269,27 +290,37 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     set_verbosity(1 if args.verbose else 0)
-    expected = settings(args)
-    if args.merge:
-        rows = [r for path in args.merge for r in load_ledger(path, expected)]
-        keys = [(r["views"], r["init"], r["depth_loss"], r["seed"]) for r in rows]
-        if len(set(keys)) != len(keys):
-            raise SystemExit("error: the --merge ledgers hold one (views, init, depth loss, seed) more than once")
-        if args.json:
-            save_ledger(args.json, expected, sorted(rows, key=table_order))
-    else:
-        rows = load_ledger(args.json, expected) if args.json else []
-        done = {(r["views"], r["init"], r["depth_loss"], r["seed"]) for r in rows}
-
-        def on_row(row: dict) -> None:
-            rows.append(row)
-            if args.json:
-                save_ledger(args.json, expected, rows)
-
-        for n in args.views:
-            bench_views(args, n, done, on_row)
+    with ledger_lock(args.json):
+        rows = merge(args) if args.merge else measure(args)
     print()
     print(table(summarise(sorted(rows, key=table_order)), args.iterations))
+
+
+def merge(args: argparse.Namespace) -> list[dict]:
+    """The rows of the --merge ledgers, written to --json as one ledger when it is given."""
+    rows = [r for path in args.merge for r in load_ledger(path, settings(args))]
+    keys = [(r["views"], r["init"], r["depth_loss"], r["seed"]) for r in rows]
+    if len(set(keys)) != len(keys):
+        raise SystemExit("error: the --merge ledgers hold one (views, init, depth loss, seed) more than once")
+    if args.json:
+        save_ledger(args.json, settings(args), sorted(rows, key=table_order))
+    return rows
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    """Train every cell the --json ledger does not hold yet, writing the ledger after each; all its rows."""
+    expected = settings(args)
+    rows = load_ledger(args.json, expected) if args.json else []
+    done = {(r["views"], r["init"], r["depth_loss"], r["seed"]) for r in rows}
+
+    def on_row(row: dict) -> None:
+        rows.append(row)
+        if args.json:
+            save_ledger(args.json, expected, rows)
+
+    for n in args.views:
+        bench_views(args, n, done, on_row)
+    return rows
 
 
 if __name__ == "__main__":

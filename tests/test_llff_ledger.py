@@ -84,6 +84,23 @@ def test_other_settings_and_broken_ledgers_are_one_line_errors(monkeypatch, tmp_
     assert "not a benchmarks/llff.py ledger" in str(e.value) and fake.trained == []
 
 
+def test_a_second_writer_of_one_ledger_is_refused(monkeypatch, tmp_path: Path):
+    """Two runs given one --json would each rewrite the ledger from their own rows; the second one stops at once."""
+    import fcntl
+
+    ledger = tmp_path / "l.json"
+    fake = FakeTraining(monkeypatch)
+    with open(tmp_path / "l.json.lock", "w") as held:  # the first writer, still running
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit) as e:
+            run_main(monkeypatch, "--views", "3", "--seeds", "0", "--json", str(ledger), "--out", str(tmp_path))
+    assert "being written by another" in str(e.value) and fake.trained == [] and fake.prepared == []
+    assert not ledger.exists()
+    run_main(monkeypatch, "--views", "3", "--seeds", "0", "--inits", "sfm", "--depth-losses", "none", "--json",
+             str(ledger), "--out", str(tmp_path))  # fmt: skip
+    assert fake.trained == [(3, "sfm", "none", 0)]  # the lock went with its holder
+
+
 def test_the_committed_ledger_holds_the_readme_table(monkeypatch, capsys):
     """benchmarks/results/llff_fern.json is the table benchmarks/README.md quotes: every row with more than one seed
     appears in the README's 600-iteration tables, on a line of its N, with the ledger's "mean ± std" PSNR."""
