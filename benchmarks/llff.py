@@ -162,6 +162,11 @@ def bench_views(args: argparse.Namespace, n: int, done: set[tuple], on_row: Call
                   f"{row['wall_s']:.0f} s", flush=True)  # fmt: skip
 
 
+def cell_key(row: dict) -> tuple[int, str, str, int]:
+    """(views, init, depth loss, seed): what one ledger row measures; a ledger holds each at most once."""
+    return row["views"], row["init"], row["depth_loss"], row["seed"]
+
+
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """What makes rows comparable: rows measured under other settings never mix in one ledger or table."""
     return dict(
@@ -177,12 +182,14 @@ def load_ledger(path: Path, expected: dict[str, Any]) -> list[dict]:
     try:
         data = json.loads(path.read_text())
         got, rows = data["settings"], data["rows"]
-        keys = [(r["views"], r["init"], r["depth_loss"], r["seed"], r["psnr"]) for r in rows]
+        keys = [cell_key(r) for r in rows]
+        if any("psnr" not in r for r in rows):
+            raise KeyError("psnr")
     except (ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"error: {path} is not a benchmarks/llff.py ledger ({type(e).__name__}: {e})") from None
     if got != expected:
         raise SystemExit(f"error: {path} holds rows measured with {got}, not {expected}; give another --json")
-    if len({k[:4] for k in keys}) != len(keys):
+    if len(set(keys)) != len(rows):
         raise SystemExit(f"error: {path} holds one (views, init, depth loss, seed) twice")
     return rows
 
@@ -299,8 +306,7 @@ def main() -> None:
 def merge(args: argparse.Namespace) -> list[dict]:
     """The rows of the --merge ledgers, written to --json as one ledger when it is given."""
     rows = [r for path in args.merge for r in load_ledger(path, settings(args))]
-    keys = [(r["views"], r["init"], r["depth_loss"], r["seed"]) for r in rows]
-    if len(set(keys)) != len(keys):
+    if len({cell_key(r) for r in rows}) != len(rows):
         raise SystemExit("error: the --merge ledgers hold one (views, init, depth loss, seed) more than once")
     if args.json:
         save_ledger(args.json, settings(args), sorted(rows, key=table_order))
@@ -311,7 +317,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
     """Train every cell the --json ledger does not hold yet, writing the ledger after each; all its rows."""
     expected = settings(args)
     rows = load_ledger(args.json, expected) if args.json else []
-    done = {(r["views"], r["init"], r["depth_loss"], r["seed"]) for r in rows}
+    done = {cell_key(r) for r in rows}
 
     def on_row(row: dict) -> None:
         rows.append(row)
