@@ -20,8 +20,9 @@ path as `recon run ... --split-protocol llff --train-views N`. Rows give mean +-
     .venv/bin/python benchmarks/llff.py --merge benchmarks/results/llff_fern.json   # the measured table
 
 With `--json` every finished row is written to the ledger at once, and the cells it already holds (measured with
-the same iterations, backend and `--set`) are skipped: a killed run resumes, and the 36-cell table (about 10 h on
-2 CPU cores) can be split into streams and sessions, then printed as one table with `--merge`.
+the same iterations, backend and `--set`) are skipped: a killed run resumes, and the whole table (18 cells x 3 seeds
+= 54 runs, about 8 h on 2 CPU cores at two runs at a time) can be split into streams and sessions, then printed
+as one table with `--merge`.
 
 The published figures beside the table average the 8 LLFF scenes at 3 views; fern alone is one of them, so they
 are a reference point, not a like-for-like comparison.
