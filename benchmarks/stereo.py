@@ -15,7 +15,8 @@ see the data's PROVENANCE.md):
   coverage     fraction of the GT-valid pixels that have stereo depth;
   AbsRel traj  mean |d - g| / g over those pixels, d = stereo depth x the Sim(3) scale of the SfM trajectory
                onto the GT trajectory; it includes the SfM structure's own bias vs GT (GT depth / (SfM point
-               depth x s) = 1.09 on this run), which no stereo can remove;
+               depth x s) = 1.09 on this run), which no stereo can remove: it follows the focal length SfM
+               self-calibrates (`--focal F` fixes it instead);
   AbsRel med   the same after one median scale over all frames (the stereo's own error);
   delta1       fraction with max(d/g, g/d) < 1.25 (median scale);
   px<=7%       fraction of the GT-valid pixels that have depth with |d - g| / g <= 0.07 (median scale);
@@ -26,6 +27,7 @@ the same views over the pixels valid in both (no scaling: same poses, same units
 seconds = wall time of the stereo call (all frames of the row).
 
     .venv/bin/python benchmarks/stereo.py --threads 1      # builds the runs in /tmp on first use
+    .venv/bin/python benchmarks/stereo.py --threads 1 --no-fern --focal 280   # SfM with a fixed focal length
 """
 
 from __future__ import annotations
@@ -47,15 +49,18 @@ SPARSE_KITCHEN = [2, 11, 17]
 FERN_TRAIN = [1, 10, 19]
 
 
-def build_kitchen(root: Path) -> Path:
-    """The test suite's recipe: 60 frames of the redkitchen video at 320x240, default SfM."""
+def build_kitchen(root: Path, focal: float = 0.0) -> Path:
+    """The test suite's recipe: 60 frames of the redkitchen video at 320x240, SfM on one COLMAP thread (its threaded
+    mapper is not deterministic); focal > 0: with that focal length (px at 320x240) fixed (poses.refine_focal=false)
+    instead of self-calibrated."""
     from recon.artifacts import RunPaths
     from recon.stages import StageContext, frames, poses
 
     paths = RunPaths(root)
     if not paths.cameras_json.exists():
         frames.run(StageContext(paths, KITCHEN / "video_30fps.mp4"), frames.Config(max_frames=60, max_size=320))
-        poses.run(StageContext(paths), poses.Config())
+        cfg = poses.Config(num_threads=1, focal_px=focal, refine_focal=focal <= 0)
+        poses.run(StageContext(paths), cfg)
     return root
 
 
@@ -200,6 +205,14 @@ def main() -> None:
     ap.add_argument("--planes", type=int, default=None, help="depth hypotheses (default: StereoConfig's)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument(
+        "--focal",
+        type=float,
+        default=0.0,
+        help="7-Scenes SfM with this focal length (px at 320x240) fixed instead of self-calibrated (its own run "
+        "folder: --kitchen-run + _f<F>); the trajectory scale follows the focal length (README, 'Known focal length')",
+    )
+    ap.add_argument("--no-fern", action="store_true", help="7-Scenes rows only")
     args = ap.parse_args()
 
     from depth.stereo import StereoConfig
@@ -207,7 +220,12 @@ def main() -> None:
     cfg = StereoConfig(device=args.device, cpu_threads=args.threads)
     if args.planes:
         cfg.num_planes = args.planes
-    rows = kitchen_rows(build_kitchen(args.kitchen_run), cfg) + fern_rows(build_fern(args.fern_run), cfg)
+    kitchen = (
+        args.kitchen_run.with_name(f"{args.kitchen_run.name}_f{args.focal:g}") if args.focal > 0 else args.kitchen_run
+    )
+    rows = kitchen_rows(build_kitchen(kitchen, args.focal), cfg)
+    if not args.no_fern:
+        rows += fern_rows(build_fern(args.fern_run), cfg)
     levels = f"scale {cfg.scale}, coarse {cfg.coarse_scale}"
     print(f"\nplane-sweep stereo (planes {cfg.num_planes}, views {cfg.num_views}, {levels})")
     head = f"{'scene':<11} {'views':>11} {'coverage':>8} {'AbsRel traj':>11} {'AbsRel med':>10} {'delta1':>6}"

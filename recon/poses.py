@@ -89,6 +89,13 @@ class PosesConfig:
     """Initial focal length in pixels of the stored frames; 0 = from EXIF if present, else focal_factor * max(W, H)."""
     focal_factor: float = 1.2
     """Focal-length heuristic when neither focal_px nor EXIF gives one."""
+    refine_focal: bool = True
+    """False: a known focal length (focal_px or EXIF; needs one of them) stays fixed through mapping and bundle
+    adjustment; the distortion of camera_model is still estimated (a PINHOLE / SIMPLE_PINHOLE camera_model has
+    none). Self-calibration from a video with little rotation is weakly constrained: on the 7-Scenes clip (26 degrees
+    of rotation) a 7 % longer focal length costs 0.02 px of reprojection error and makes the structure 7 % deeper
+    against the trajectory (tests/test_poses.py::test_fixed_focal_sets_the_depth_scale). A focal length the images
+    disagree with can bend the model when COLMAP runs on several threads (README, "Known focal length")."""
     max_num_features: int = 8192
     """SIFT features per image at most."""
     num_threads: int = -1
@@ -142,6 +149,7 @@ class PosesConfig:
         number(self.points_llff_train_views, "poses.points_llff_train_views", ReconError, lo=-1, integer=True)
         number(self.focal_px, "poses.focal_px", ReconError, lo=0, hi=1e6, note="0 = from EXIF or focal_factor")
         number(self.focal_factor, "poses.focal_factor", ReconError, lo=0, hi=100, lo_open=True)
+        flag(self.refine_focal, "poses.refine_focal", ReconError)
         number(self.max_num_features, "poses.max_num_features", ReconError, lo=16, hi=1_000_000, integer=True)
         number(self.num_threads, "poses.num_threads", ReconError, lo=-1, hi=1024, integer=True, note="-1 = all")
         if self.num_threads == 0:
@@ -177,7 +185,7 @@ def pinhole_target(camera: Any, width: int, height: int) -> Any:
 
     COLMAP's undistorter picks a distortion-free camera without blank pixels (its size may differ
     slightly from the input); it is scaled uniformly (square pixels kept) and centre-cropped to
-    exactly width x height. An undistorted input camera maps to itself (after any resize).
+    exactly width x height. A camera without distortion maps to itself (after any resize).
 
     Args:
         camera: pycolmap.Camera (any model) at its own resolution.
@@ -194,7 +202,10 @@ def pinhole_target(camera: Any, width: int, height: int) -> Any:
                 f"camera of {cam.width}x{cam.height} cannot describe {width}x{height} frames (different aspect ratio)"
             )
         cam.rescale(int(width), int(height))
-    if cam.model_name in ("SIMPLE_PINHOLE", "PINHOLE"):
+    distortion = [cam.params[i] for i in cam.extra_params_idxs()]
+    if cam.model_name in ("SIMPLE_PINHOLE", "PINHOLE") or not any(distortion):
+        # a distortion-free camera of any model (e.g. SIMPLE_RADIAL with k1 = 0): COLMAP's
+        # undistorter would still shrink it by a pixel, and the rescale back would change the focal length by ~0.4 %
         fx, fy = cam.focal_length_x, cam.focal_length_y
         cx, cy = cam.principal_point_x, cam.principal_point_y
         return _pinhole(cam.camera_id, width, height, fx, fy, cx, cy)
@@ -548,6 +559,11 @@ class SfmPlan:
         matcher = attempt.matcher or resolve_matcher(frames, cfg)
         mapper = attempt.mapper or cfg.mapper
         focal, focal_src = initial_focal_px(frames, cfg)
+        if not cfg.refine_focal and focal_src == "heuristic":
+            raise ReconError(
+                "poses.refine_focal=false keeps the focal length fixed, but none is known: set poses.focal_px "
+                "(pixels at the stored frame size) or give images with an EXIF focal length"
+            )
         single = cfg.single_camera or frames.source_type == "video"
         kf_px = keyframe_motion_px(len(frames), max(frames.size), matcher, cfg)
         k_extract = settings_key(*frames_key(frames), cfg.camera_model, focal, focal_src, single, cfg.max_num_features)
@@ -563,6 +579,8 @@ class SfmPlan:
         map_settings.append(f"frames observe >= {MIN_IMAGE_POINTS} points")  # models mapped before this rule are redone
         if kf_px > 0:
             map_settings += ["keyframes", kf_px, cfg.sequential_overlap]
+        if not cfg.refine_focal:
+            map_settings.append("fixed focal length")
         k_map = settings_key(*map_settings)
         keys = {"extract": k_extract, "match": k_match, "map": k_map}
         return cls(matcher, mapper, focal, focal_src, single, attempt, keys, kf_px)
@@ -719,7 +737,7 @@ FILTER_MAX_REPROJ_PX = 4.0
 mapper filter_max_reproj_error)."""
 
 
-def adjust_placed(rec: Any, num_threads: int = -1) -> dict[str, float]:
+def adjust_placed(rec: Any, num_threads: int = -1, refine_focal: bool = True) -> dict[str, float]:
     """The global bundle adjustment COLMAP's mapper ends with, over the keyframes and the placed frames together
     (Ceres, soft-L1 loss so that a wrong PnP inlier does not pull a pose), then observations reprojecting farther
     than FILTER_MAX_REPROJ_PX dropped (points left with < 2 views deleted) and the points adjusted once more.
@@ -734,6 +752,7 @@ def adjust_placed(rec: Any, num_threads: int = -1) -> dict[str, float]:
     opts.ceres.loss_function_type = pycolmap.LossFunctionType.SOFT_L1
     opts.ceres.solver_options.num_threads = num_threads
     opts.ceres.solver_options.max_num_iterations = 50  # COLMAP's ba_global_max_num_iterations
+    opts.refine_focal_length = refine_focal
     pycolmap.bundle_adjustment(rec, opts)
     dropped = drop_far_observations(rec, FILTER_MAX_REPROJ_PX)
     if dropped:
@@ -810,7 +829,7 @@ def map_models(db_path: Path, image_dir: Path, out_dir: Path, cfg: PosesConfig, 
         record["placed"] = register_remaining(recs[best], graph)
         record["register_seconds"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
-        record["adjusted"] = adjust_placed(recs[best], cfg.num_threads)
+        record["adjusted"] = adjust_placed(recs[best], cfg.num_threads, cfg.refine_focal)
         record["adjust_seconds"] = round(time.perf_counter() - t0, 3)
         recs[best].write(out_dir / str(best))
     return recs, record
@@ -1311,6 +1330,8 @@ def map_features(
             opt.mapper.init_min_tri_angle = float(attempt.init_min_tri_angle)
         if attempt.min_tri_angle is not None:
             opt.triangulation.min_angle = opt.mapper.filter_min_tri_angle = float(attempt.min_tri_angle)
+        if not cfg.refine_focal:
+            opt.ba_refine_focal_length = opt.mapper.abs_pose_refine_focal_length = False
         return pycolmap.incremental_mapping(db_path, image_dir, out_dir, opt)
     if mapper == "global":
         global_opt = pycolmap.GlobalPipelineOptions()
@@ -1318,6 +1339,8 @@ def map_features(
         global_opt.random_seed = attempt.mapper_seed(cfg.seed)
         if image_names is not None:
             global_opt.image_names = list(image_names)
+        if not cfg.refine_focal:
+            global_opt.mapper.bundle_adjustment.refine_focal_length = False
         return pycolmap.global_mapping(db_path, image_dir, out_dir, global_opt)
     raise ReconError(f"unknown mapper {mapper!r}: use 'incremental' or 'global'")
 

@@ -91,6 +91,20 @@ class RedkitchenGT:
         depth[(raw == 0) | (raw == 65535)] = 0.0
         return depth
 
+    def registered_depth(self, source_index: int, W: int, H: int) -> np.ndarray:
+        """GT depth [H, W] (metres, 0 = invalid) sampled at the colour pixels of a WxH frame, using the
+        registration PROVENANCE.md measured: depth pixel = 1.10 x (colour pixel - centre) + centre + (9, 5) at
+        640x480 (colour and depth cameras differ)."""
+        full = self.read_depth(source_index)
+        Hd, Wd = full.shape
+        v, u = np.mgrid[0:H, 0:W]
+        ud = np.round(1.10 * ((u + 0.5) * Wd / W - Wd / 2) + Wd / 2 + 9 - 0.5).astype(int)
+        vd = np.round(1.10 * ((v + 0.5) * Hd / H - Hd / 2) + Hd / 2 + 5 - 0.5).astype(int)
+        ok = (ud >= 0) & (ud < Wd) & (vd >= 0) & (vd < Hd)
+        out = np.zeros((H, W), np.float32)
+        out[ok] = full[vd[ok], ud[ok]]
+        return out
+
 
 @pytest.fixture(scope="session")
 def redkitchen_gt() -> RedkitchenGT:
