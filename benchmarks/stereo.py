@@ -41,6 +41,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # seven_scenes: the 7-Scenes GT reader the tests use
 
 DATA = ROOT.parent / "shared" / "data"
 KITCHEN = DATA / "7scenes_redkitchen_rgbd"
@@ -74,42 +75,6 @@ def build_fern(root: Path) -> Path:
         if main([*argv, *llff]) != 0:
             raise SystemExit("building the fern run failed")
     return root
-
-
-def gt_depth(source_index: int) -> np.ndarray | None:
-    """7-Scenes GT z-depth [480, 640] in metres (0 = invalid) of a video frame, or None (every 3rd has one)."""
-    from PIL import Image
-
-    p = KITCHEN / "depth" / f"frame-{int(source_index):06d}.depth.png"
-    if not p.exists():
-        return None
-    raw = np.asarray(Image.open(p)).astype(np.uint16)
-    depth = raw.astype(np.float32) / 1000.0
-    depth[(raw == 0) | (raw == 65535)] = 0.0
-    return depth
-
-
-def gt_centres(source_indices: list[int]) -> np.ndarray:
-    """[N, 3] GT camera centres (metres) of video frames."""
-    poses = {}
-    for line in (KITCHEN / "poses_c2w_all_frames.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            v = line.split()
-            poses[int(v[1])] = np.array(v[2:18], dtype=np.float64).reshape(4, 4)
-    return np.stack([poses[int(i)][:3, 3] for i in source_indices])
-
-
-def registered_gt(full: np.ndarray, W: int, H: int) -> np.ndarray:
-    """7-Scenes GT depth [480,640] sampled at the colour pixels of a WxH frame, using the registration
-    PROVENANCE.md measured: depth pixel = 1.10 x (colour pixel - centre) + centre + (9, 5) at 640x480."""
-    Hd, Wd = full.shape
-    v, u = np.mgrid[0:H, 0:W]
-    ud = np.round(1.10 * ((u + 0.5) * Wd / W - Wd / 2) + Wd / 2 + 9 - 0.5).astype(int)
-    vd = np.round(1.10 * ((v + 0.5) * Hd / H - Hd / 2) + Hd / 2 + 5 - 0.5).astype(int)
-    ok = (ud >= 0) & (ud < Wd) & (vd >= 0) & (vd < Hd)
-    out = np.zeros((H, W), np.float32)
-    out[ok] = full[vd[ok], ud[ok]]
-    return out
 
 
 def _stereo(frames, cfg) -> tuple[np.ndarray, float]:
@@ -159,9 +124,11 @@ def kitchen_rows(run: Path, cfg) -> list[dict]:
     paths = RunPaths(run)
     cams = CameraSet.load(paths.cameras_json)
     reg = [i for i in range(len(cams)) if cams.registered[i]]
-    s, _, _ = umeyama(cams.centers[reg], gt_centres([cams.source_index[i] for i in reg]))
-    gt_all = {i: gt_depth(cams.source_index[i]) for i in reg}
-    with_gt = [i for i in reg if gt_all[i] is not None]
+    from seven_scenes import RedkitchenGT
+
+    ref = RedkitchenGT()
+    s, _, _ = umeyama(cams.centers[reg], ref.centers([cams.source_index[i] for i in reg]))
+    with_gt = [i for i in reg if ref.depth_file(cams.source_index[i]) is not None]
     rows = []
     for scene, ids, pool, views in (
         ("7scenes GT", with_gt, reg, f"{len(with_gt)}/{len(reg)}"),
@@ -169,7 +136,7 @@ def kitchen_rows(run: Path, cfg) -> list[dict]:
     ):
         depth, seconds = _kitchen_depth(paths, cams, ids, pool, cfg)
         depth = depth * s
-        gt = np.stack([registered_gt(gt_all[i], cams.width, cams.height) for i in ids])  # type: ignore[arg-type]
+        gt = np.stack([ref.registered_depth(cams.source_index[i], cams.width, cams.height) for i in ids])
         both = (depth > 0) & (gt > 0)
         med = float(np.median(gt[both]) / np.median(depth[both]))
         m_med, m_traj = _scores(depth * med, gt), _scores(depth, gt)
