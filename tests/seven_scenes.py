@@ -1,5 +1,6 @@
 """Ground truth of the shared 7-Scenes redkitchen data, for the tests (conftest.redkitchen_gt) and the benchmarks
-(benchmarks/stereo.py puts this folder on sys.path): a plain module, no pytest."""
+(benchmarks/stereo.py puts this folder on sys.path), and the comparison of depth maps with a run's SfM points
+that the pose and stereo tests make against it: a plain module, no pytest."""
 
 from __future__ import annotations
 
@@ -81,3 +82,27 @@ class RedkitchenGT:
         out = np.zeros((H, W), np.float32)
         out[ok] = full[vd[ok], ud[ok]]
         return out
+
+
+def sfm_point_ratio(paths, cams, ids, maps) -> tuple[float, float]:
+    """Over the SfM points seen by frames `ids`: median of maps[n] / SfM point depth at the points'
+    pixels (maps [len(ids),H,W], 0 = invalid, same units as the SfM), and the fraction within 2 %."""
+    import pycolmap
+
+    from depth.geometry import invert_pose
+
+    rec = pycolmap.Reconstruction(str(paths.sfm_dir))
+    by_name = {im.name: im for im in rec.images.values()}
+    ratios = []
+    for n, i in enumerate(ids):
+        im = by_name[Path(cams.files[i]).name]
+        w2c = invert_pose(cams.c2w[i])
+        for p in im.points2D:
+            if not p.has_point3D():
+                continue
+            z = (w2c[:3, :3] @ rec.points3D[p.point3D_id].xyz + w2c[:3, 3])[2]
+            u, v = int(p.xy[0]), int(p.xy[1])  # COLMAP: pixel (i, j) covers [i, i+1)
+            if 0 <= u < cams.width and 0 <= v < cams.height and maps[n, v, u] > 0:
+                ratios.append(maps[n, v, u] / z)
+    r = np.asarray(ratios)
+    return float(np.median(r)), float(np.mean(np.abs(r - 1) < 0.02))

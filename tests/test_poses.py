@@ -12,6 +12,7 @@ import numpy as np
 import pycolmap
 import pytest
 from PIL import Image
+from seven_scenes import sfm_point_ratio
 
 from depth.errors import DepthError
 from depth.geometry import ate_rmse, umeyama
@@ -214,23 +215,9 @@ def _gt_over_sfm_depth(run: RunPaths, cs: CameraSet, gt) -> float:
     depth x the Sim(3) scale of the camera trajectory onto GT): 1 when structure and trajectory agree with GT."""
     reg = np.flatnonzero(cs.registered)
     s, _, _ = umeyama(cs.centers[reg], gt.centers([cs.source_index[i] for i in reg]))
-    rec = pycolmap.Reconstruction(str(run.sfm_dir))
-    by_name = {Path(f).name: i for i, f in enumerate(cs.files)}
-    ratios = []
-    for im in rec.images.values():
-        src = cs.source_index[by_name[im.name]]
-        if gt.depth_file(src) is None:
-            continue
-        depth = gt.registered_depth(src, cs.width, cs.height)
-        w2c = im.cam_from_world().matrix()
-        for p2 in im.points2D:
-            if p2.has_point3D():
-                z = (w2c[:3, :3] @ rec.points3D[p2.point3D_id].xyz + w2c[:3, 3])[2]
-                x, y = int(p2.xy[0]), int(p2.xy[1])
-                if 0 <= x < cs.width and 0 <= y < cs.height and depth[y, x] > 0:
-                    ratios.append(depth[y, x] / (z * s))
-    assert len(ratios) > 1000
-    return float(np.median(ratios))
+    ids = [int(i) for i in reg if gt.depth_file(cs.source_index[i]) is not None]
+    maps = np.stack([gt.registered_depth(cs.source_index[i], cs.width, cs.height) for i in ids]) / s
+    return sfm_point_ratio(run, cs, ids, maps)[0]
 
 
 def _reprojected_depth_error(gt, a: int, b: int, scale: float) -> float:

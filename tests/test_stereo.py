@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from seven_scenes import sfm_point_ratio
 
 from depth import stereo as S
 from depth.errors import DepthError
-from depth.geometry import invert_pose
 from depth.metrics import depth_metrics
 from depth.result import DepthFrames, depth_to_disparity, disparity_to_depth
 from recon.artifacts.cameras import CameraSet
@@ -186,8 +186,8 @@ def kitchen_stereo(redkitchen_sfm_run, redkitchen_gt):
     reg_gt = np.stack([redkitchen_gt.registered_depth(cams.source_index[i], W, H) for i in gt_ids])
     m_reg = depth_metrics(depth * s, reg_gt)
     m_reg_med = depth_metrics(depth * s, reg_gt, align="median")
-    sfm_ratio = _sfm_point_ratio(paths, cams, gt_ids, depth)
-    gt_over_sfm = _sfm_point_ratio(paths, cams, gt_ids, gt / s)  # GT depth / (SfM point depth x s)
+    sfm_ratio = sfm_point_ratio(paths, cams, gt_ids, depth)
+    gt_over_sfm = sfm_point_ratio(paths, cams, gt_ids, gt / s)  # GT depth / (SfM point depth x s)
     print(
         f"\nredkitchen stereo ({len(gt_ids)} frames, Sim(3) scale {s:.4f}): AbsRel {m['abs_rel']:.4f} "
         f"delta1 {m['delta1']:.4f} RMSE {m['rmse']:.3f} m coverage {m['coverage']:.3f} | "
@@ -253,28 +253,6 @@ def test_redkitchen_stereo_abs_rel_target(kitchen_stereo):
         f"scale {kitchen_stereo['median']['scale']:.3f}: SfM-vs-GT scale bias; vs registered GT "
         f"{kitchen_stereo['registered']['abs_rel']:.4f}: colour/depth misregistration)"
     )
-
-
-def _sfm_point_ratio(paths, cams, ids, maps) -> tuple[float, float]:
-    """Over the SfM points seen by frames `ids`: median of maps[n] / SfM point depth at the points'
-    pixels (maps [len(ids),H,W], 0 = invalid, same units as the SfM), and the fraction within 2 %."""
-    import pycolmap
-
-    rec = pycolmap.Reconstruction(str(paths.sfm_dir))
-    by_name = {im.name: im for im in rec.images.values()}
-    ratios = []
-    for n, i in enumerate(ids):
-        im = by_name[Path(cams.files[i]).name]
-        w2c = invert_pose(cams.c2w[i])
-        for p in im.points2D:
-            if not p.has_point3D():
-                continue
-            z = (w2c[:3, :3] @ rec.points3D[p.point3D_id].xyz + w2c[:3, 3])[2]
-            u, v = int(p.xy[0]), int(p.xy[1])  # COLMAP: pixel (i, j) covers [i, i+1)
-            if 0 <= u < cams.width and 0 <= v < cams.height and maps[n, v, u] > 0:
-                ratios.append(maps[n, v, u] / z)
-    r = np.asarray(ratios)
-    return float(np.median(r)), float(np.mean(np.abs(r - 1) < 0.02))
 
 
 def test_stereo_backend_on_run_frames_reads_only_given_frames(redkitchen_sfm_run, monkeypatch):
@@ -394,7 +372,7 @@ def test_fern_three_training_views_use_pose_bounds(fern_posed):
     result = S.StereoBackend().estimate(frames)
     assert result.report["range_from"] == "pose bounds" and result.report["near"] == frames.bounds[:, 0].tolist()
     depth = disparity_to_depth(result.disparity)
-    ratio, within = _sfm_point_ratio(paths, cams, train, depth)
+    ratio, within = sfm_point_ratio(paths, cams, train, depth)
     print(
         f"\nfern 3 views: coverage {(depth > 0).mean():.3f}, stereo / SfM depth median {ratio:.4f}, {within:.1%} in 2 %"
     )
