@@ -15,7 +15,7 @@ from PIL import Image
 from seven_scenes import sfm_point_ratio
 
 from depth.errors import DepthError
-from depth.geometry import ate_rmse, umeyama
+from depth.geometry import ate_rmse, backproject, invert_pose, project, umeyama
 from recon.artifacts import CameraSet, FramesIndex, RunPaths
 from recon.errors import ReconError
 from recon.poses import SfmPlan, initial_focal_px, pinhole_target, resolve_matcher, undistort_points, undistortion_maps
@@ -223,18 +223,11 @@ def _gt_over_sfm_depth(run: RunPaths, cs: CameraSet, gt) -> float:
 def _reprojected_depth_error(gt, a: int, b: int, scale: float) -> float:
     """Mean relative depth error (each pixel capped at 0.1) of GT depth of video frame a, times `scale`,
     back-projected with the depth camera's K, moved to frame b with the GT poses and compared with b's GT depth."""
-    K = gt.K_depth
     da, db = gt.read_depth(a) * scale, gt.read_depth(b) * scale
-    v, u = np.nonzero(da > 0)
-    z = da[v, u]
-    cam = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z, np.ones_like(z)])
-    q = (np.linalg.inv(gt.c2w([b])[0]) @ gt.c2w([a])[0] @ cam)[:3]
-    ub, vb = (
-        np.round(q[0] / q[2] * K[0, 0] + K[0, 2]).astype(int),
-        np.round(q[1] / q[2] * K[1, 1] + K[1, 2]).astype(int),
-    )
-    ok = (q[2] > 0.1) & (ub >= 0) & (ub < db.shape[1]) & (vb >= 0) & (vb < db.shape[0])
-    zb, ref = q[2][ok], db[vb[ok], ub[ok]]
+    uv, z = project(backproject(da, gt.K_depth, gt.c2w([a])[0]), gt.K_depth, invert_pose(gt.c2w([b])[0]))
+    ub, vb = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)  # pixel (i, j) covers [i, i+1)
+    ok = (z > 0.1) & (ub >= 0) & (ub < db.shape[1]) & (vb >= 0) & (vb < db.shape[0])
+    zb, ref = z[ok], db[vb[ok], ub[ok]]
     seen = ref > 0
     return float(np.mean(np.minimum(np.abs(zb[seen] - ref[seen]) / ref[seen], 0.1)))
 
