@@ -7,6 +7,10 @@ The call shape and output semantics are those of gsplat 1.4.0's `gsplat.renderin
 On the CPU the compiled backend (`splat.numba_raster`, all cores) is the default; the pure-PyTorch one
 (`splat.cpu_raster`) is the fallback when numba cannot load or compile (one logged notice) and can be chosen
 with `backend="torch"` or the environment variable SPLAT_CPU_BACKEND=torch.
+
+On CUDA, gsplat compiles its kernels on first use (minutes; nvcc and ninja needed). When that fails, "auto"
+renders with the PyTorch backend on the CUDA tensors (one logged notice naming the cause), and an explicit
+backend="gsplat" fails in one line; SPLAT_CUDA_BACKEND=torch chooses the PyTorch backend on CUDA outright.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from splat.errors import SplatError
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 BACKENDS = ("auto", "gsplat", "numba", "torch")
 CPU_BACKEND_ENV = "SPLAT_CPU_BACKEND"  # what "auto" means on the CPU: "numba" (default) or "torch"
+CUDA_BACKEND_ENV = "SPLAT_CUDA_BACKEND"  # what "auto" means on CUDA: "gsplat" (default) or "torch"
 log = logging.getLogger(__name__)
 
 
@@ -115,12 +120,14 @@ def rasterization(
     if backend not in BACKENDS:
         raise SplatError(f"unknown render backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        backend = "gsplat" if means.is_cuda else _auto_cpu_backend(means.dtype)
+        backend = _auto_cuda_backend() if means.is_cuda else _auto_cpu_backend(means.dtype)
     elif backend == "numba":
         _require_numba(means)
     if backend == "gsplat":
         if not means.is_cuda:
             raise SplatError("render backend 'gsplat' needs CUDA tensors; use backend='torch' on the CPU")
+        if why := gsplat_unavailable():
+            raise SplatError(f"render backend 'gsplat' unavailable: {why}")
         from gsplat.rendering import rasterization as gsplat_rasterization
 
         return gsplat_rasterization(
@@ -358,6 +365,46 @@ def _auto_cpu_backend(dtype: torch.dtype) -> str:
     if not _NOTICE_GIVEN:
         _NOTICE_GIVEN.append(True)
         log.warning("compiled CPU rasterizer unavailable (%s); using the slower PyTorch one", why)
+    return "torch"
+
+
+_CUDA_NOTICE: list[bool] = []
+_GSPLAT_STATUS: list[str] = []  # [why gsplat's CUDA kernels cannot run, "" when they can], once per process
+
+
+def gsplat_unavailable() -> str:
+    """Why gsplat's CUDA kernels cannot run in this process ("" when they can).
+
+    The first call imports gsplat's extension, which compiles it on first use (README, "On a GPU": 214 s on 16 cores for
+    sm_90 with nvcc 13.0; about 20 minutes on 2) and loads it from torch's extension cache afterwards. The answer is
+    kept for the process: gsplat deletes an unfinished build and starts over on each import attempt, so a failed
+    build is not retried at every render call. Call it only where CUDA tensors are rendered (a machine with nvcc
+    but no GPU would otherwise compile for minutes)."""
+    if not _GSPLAT_STATUS:
+        try:
+            from gsplat.cuda._backend import _C
+
+            why = "" if _C is not None else "gsplat found no CUDA toolkit (nvcc) to compile its kernels with"
+        except Exception as e:  # noqa: BLE001 - the JIT build's error (compiler, ninja, CUDA_HOME): named in one line
+            lines = str(e).strip().splitlines()
+            why = f"building gsplat's CUDA kernels failed: {type(e).__name__}: {lines[0] if lines else ''}"
+        _GSPLAT_STATUS.append(why)
+    return _GSPLAT_STATUS[0]
+
+
+def _auto_cuda_backend() -> str:
+    """'gsplat' or 'torch' for backend='auto' on CUDA tensors: SPLAT_CUDA_BACKEND, gsplat when its kernels load."""
+    choice = os.environ.get(CUDA_BACKEND_ENV, "gsplat").strip().lower() or "gsplat"
+    if choice not in ("gsplat", "torch"):
+        raise SplatError(f"{CUDA_BACKEND_ENV}={choice!r}: use 'gsplat' or 'torch'")
+    if choice == "torch":
+        return "torch"
+    why = gsplat_unavailable()
+    if not why:
+        return "gsplat"
+    if not _CUDA_NOTICE:
+        _CUDA_NOTICE.append(True)
+        log.warning("%s; rendering with the PyTorch rasterizer on the GPU (slower; see README, 'On a GPU')", why)
     return "torch"
 
 

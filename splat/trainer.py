@@ -33,6 +33,7 @@ from splat.exposure import apply_affine, identity
 from splat.gaussians import gaussians_from_points, to_numpy, to_parameters
 from splat.losses import DEPTH_LOSSES, binocular_loss, depth_weight_at, exp_decay, photometric_loss
 from splat.ply import sh_degree_from_bases
+from splat.render import gsplat_unavailable
 from splat.views import TrainViews
 
 log = logging.getLogger(__name__)
@@ -510,6 +511,8 @@ def make_strategy(cfg: TrainConfig, device: torch.device):
             install_cpu_mcmc_ops()  # gsplat's relocation and covariance ops are CUDA-only; CUDA tensors are untouched
         elif device.type != "cuda":
             raise SplatError(f"train.strategy mcmc runs on CUDA or the CPU, not on {device.type}")
+        elif why := gsplat_unavailable():  # its relocation and noise ops on CUDA tensors are gsplat's kernels
+            raise SplatError(f"train.strategy mcmc on CUDA needs gsplat's CUDA kernels: {why}")
         return MCMCStrategy(
             cap_max=cfg.max_gaussians,
             refine_start_iter=cfg.refine_start,
