@@ -180,6 +180,7 @@ def prepare(
     seven_poses: str = "sfm",
     seven_span: tuple[int, int] = (0, 449),
     sparse: bool = True,
+    reuse: bool = False,
 ) -> tuple[RunPaths, Path | None, float, str | None]:
     """Run frames..fuse once for (dataset, n).
 
@@ -187,6 +188,7 @@ def prepare(
         (run, GT depth npz in cameras.json order or None, seconds, why the depth prior is missing or None).
         With `sparse`, N <= 9 views fuse with the sparse-view settings `recon run --train-views N` uses
         (recon.stages.split.SPARSE_FUSE; this benchmark gives its views as a split file, which does not set them).
+        With `reuse`, an earlier preparation of the same settings in `out` is returned as it is (prepared.json).
         Beside the GT depth npz, eval_mask.npz holds the test views' co-visibility masks (pixels some
         training view observes, from GT depth and GT poses alone, so every variant is scored on the same
         pixels) for the masked metrics.
@@ -201,6 +203,15 @@ def prepare(
         + (f"_{seven_span[0]}-{seven_span[1]}" if dataset == "7scenes" and tuple(seven_span) != (0, 449) else "")
     )
     work.mkdir(parents=True, exist_ok=True)
+    key = dict(
+        frame_size=frame_size,
+        num_frames=num_frames,
+        depth_backend=depth_backend,
+        fuse_min_views=fuse_min_views,
+        sparse=sparse,
+    )
+    if reuse and (done := _prepared(work, key)) is not None:
+        return done
     tj: Path | None
     if dataset == "lego":
         folder, tj, split, gt = lego_input(work, n)
@@ -241,7 +252,23 @@ def prepare(
         gt_npz = work / "gt_depth.npz"
         save_npz(gt_npz, depth=depth)
         save_npz(work / "eval_mask.npz", mask=seven_scenes_covisibility(paths, depth, [gt_c2w[s] for s in stems]))
+    record = dict(key=key, seconds=seconds, depth_error=depth_error, gt_depth=gt_npz is not None)
+    (work / "prepared.json").write_text(json.dumps(record, indent=1))
     return paths, gt_npz, seconds, depth_error
+
+
+def _prepared(work: Path, key: dict[str, Any]) -> tuple[RunPaths, Path | None, float, str | None] | None:
+    """The earlier preparation in `work` when its prepared.json names the same settings (--reuse-prepared),
+    e.g. a run directory prepared on a CPU machine and carried to a GPU one for training only."""
+    f = work / "prepared.json"
+    if not f.exists():
+        return None
+    rec = json.loads(f.read_text())
+    if rec.get("key") != key:
+        print(f"[{work.name}] prepared with other settings ({rec.get('key')}); preparing again", flush=True)
+        return None
+    gt_npz = work / "gt_depth.npz" if rec["gt_depth"] else None
+    return RunPaths(work / "base"), gt_npz, float(rec["seconds"]), rec["depth_error"]
 
 
 def seven_scenes_covisibility(paths: RunPaths, depth: np.ndarray, c2w: list[np.ndarray]) -> np.ndarray:
@@ -381,6 +408,11 @@ def _add_run_args(ap: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fuse and train with the preset's settings, not the sparse-view ones (recon.stages.split.SPARSE_*)",
     )
+    ap.add_argument(
+        "--reuse-prepared",
+        action="store_true",
+        help="train on the run directories an earlier call prepared in --out with the same settings (prepared.json)",
+    )
     ap.add_argument("--set", nargs="*", default=[], help="extra train fields, KEY=JSON (e.g. opacity_decay=0.99)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/sparse_view_bench"))
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -474,6 +506,7 @@ def _bench_views(args: argparse.Namespace, dataset: str, n: int) -> list[dict]:
             args.seven_poses,
             tuple(args.seven_span),
             not args.no_sparse_settings,
+            args.reuse_prepared,
         )
     except ReconError as e:
         print(f"[{dataset} N={n}] preparation failed: {e}", flush=True)
@@ -491,15 +524,34 @@ def _bench_views(args: argparse.Namespace, dataset: str, n: int) -> list[dict]:
             paths = copy_run(oracle, dst)
         else:
             paths = copy_run(base, dst)
+        cfg = _train_config(args, init, dl, n, gt_npz)
+        _reset_peak(args.device)
         t0 = time.perf_counter()
         try:
-            s = run_train(StageContext(paths), _train_config(args, init, dl, n, gt_npz))
+            s = run_train(StageContext(paths), cfg)
         except ReconError as e:
             print(f"[{dataset} N={n}] {init}/{dl}/{prior}: {e}", flush=True)
             continue
         rows.append(_row(dataset, n, init, dl, prior, s, time.perf_counter() - t0))
+        rows[-1].update(iterations=cfg.iterations, size=cfg.max_size, strategy=cfg.strategy, **_peak(args.device))
         print(_fmt(rows[-1]), flush=True)
     return rows
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device: str) -> dict[str, float]:
+    """{"peak_gib": torch's peak allocated CUDA memory during the training} on CUDA, else {}."""
+    if not device.startswith("cuda"):
+        return {}
+    import torch
+
+    return {"peak_gib": torch.cuda.max_memory_allocated(device) / 2**30}
 
 
 def main() -> None:
@@ -518,7 +570,7 @@ def _fmt(r: dict) -> str:
         f"| {r['dataset']:8s} | {r['views']:2d} | {r['init']:6s} | {r['depth_loss']:10s} | {r['prior']:6s} | "
         f"{f(r['psnr'], 2):>6s} | {f(r['ssim'], 3):>5s} | {f(r.get('mpsnr'), 2):>6s} | {f(r.get('mssim'), 3):>5s} | "
         f"{f(r.get('covis'), 2):>5s} | {f(r['abs_rel'], 3):>6s} | {f(r['delta1'], 3):>5s} | "
-        f"{r['gaussians']:6d} | {r['train_s']:6.0f} |"
+        f"{r['gaussians']:6d} | {r['train_s']:6.0f} |" + (f" {r['peak_gib']:.2f} GiB |" if "peak_gib" in r else "")
     )
 
 
