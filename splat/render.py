@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,20 +353,32 @@ def _numba_error(dtype: torch.dtype) -> str:
     return _NUMBA_READY[dtype]
 
 
-def _auto_cpu_backend(dtype: torch.dtype) -> str:
-    """'numba' or 'torch' for backend='auto' on the CPU: SPLAT_CPU_BACKEND, numba when it loads."""
-    choice = os.environ.get(CPU_BACKEND_ENV, "numba").strip().lower() or "numba"
-    if choice not in ("numba", "torch"):
-        raise SplatError(f"{CPU_BACKEND_ENV}={choice!r}: use 'numba' or 'torch'")
+def _auto_backend(env: str, fast: str, why_not: Callable[[], str], notice: list[bool], message: str) -> str:
+    """`fast` or "torch" for backend='auto': the environment variable `env` ("" = `fast`) chooses; `fast` when
+    `why_not()` is "", else "torch" after one logged `message` % why (once per process, `notice` remembers)."""
+    choice = os.environ.get(env, fast).strip().lower() or fast
+    if choice not in (fast, "torch"):
+        raise SplatError(f"{env}={choice!r}: use '{fast}' or 'torch'")
     if choice == "torch":
         return "torch"
-    why = _numba_error(dtype)
+    why = why_not()
     if not why:
-        return "numba"
-    if not _NOTICE_GIVEN:
-        _NOTICE_GIVEN.append(True)
-        log.warning("compiled CPU rasterizer unavailable (%s); using the slower PyTorch one", why)
+        return fast
+    if not notice:
+        notice.append(True)
+        log.warning(message, why)
     return "torch"
+
+
+def _auto_cpu_backend(dtype: torch.dtype) -> str:
+    """'numba' or 'torch' for backend='auto' on the CPU: SPLAT_CPU_BACKEND, numba when it loads."""
+    return _auto_backend(
+        CPU_BACKEND_ENV,
+        "numba",
+        lambda: _numba_error(dtype),
+        _NOTICE_GIVEN,
+        "compiled CPU rasterizer unavailable (%s); using the slower PyTorch one",
+    )
 
 
 _CUDA_NOTICE: list[bool] = []
@@ -394,18 +407,13 @@ def gsplat_unavailable() -> str:
 
 def _auto_cuda_backend() -> str:
     """'gsplat' or 'torch' for backend='auto' on CUDA tensors: SPLAT_CUDA_BACKEND, gsplat when its kernels load."""
-    choice = os.environ.get(CUDA_BACKEND_ENV, "gsplat").strip().lower() or "gsplat"
-    if choice not in ("gsplat", "torch"):
-        raise SplatError(f"{CUDA_BACKEND_ENV}={choice!r}: use 'gsplat' or 'torch'")
-    if choice == "torch":
-        return "torch"
-    why = gsplat_unavailable()
-    if not why:
-        return "gsplat"
-    if not _CUDA_NOTICE:
-        _CUDA_NOTICE.append(True)
-        log.warning("%s; rendering with the PyTorch rasterizer on the GPU (slower; see README, 'On a GPU')", why)
-    return "torch"
+    return _auto_backend(
+        CUDA_BACKEND_ENV,
+        "gsplat",
+        gsplat_unavailable,
+        _CUDA_NOTICE,
+        "%s; rendering with the PyTorch rasterizer on the GPU (slower; see README, 'On a GPU')",
+    )
 
 
 def _require_numba(means: Tensor) -> None:

@@ -468,15 +468,20 @@ def test_gsplat_build_failure_is_one_line_and_auto_falls_back(monkeypatch, caplo
         render_mod._auto_cuda_backend()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_torch_backend_on_cuda_matches_cpu():
-    """The fallback when gsplat's kernels cannot be built: the PyTorch rasterizer on CUDA tensors."""
-    s = make_scene(15, n=200, n_cams=2, width=64, height=48, dtype=torch.float32)
-    cpu = _leaves(s, PARAMS)
+def _cpu_and_cuda(seed: int) -> tuple[dict, dict]:
+    """A 200-Gaussian scene, 2 cameras at 64x48: its leaves on the CPU, and a copy on CUDA (leaves of their own)."""
+    cpu = _leaves(make_scene(seed, n=200, n_cams=2, width=64, height=48, dtype=torch.float32), PARAMS)
     gpu = {
         k: (v.detach().cuda().requires_grad_(True) if k in PARAMS else (v.cuda() if torch.is_tensor(v) else v))
         for k, v in cpu.items()
     }
+    return cpu, gpu
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torch_backend_on_cuda_matches_cpu():
+    """The fallback when gsplat's kernels cannot be built: the PyTorch rasterizer on CUDA tensors."""
+    cpu, gpu = _cpu_and_cuda(15)
     rgb_c, a_c, _ = rasterization(**cpu, render_mode="RGB+ED", backend="torch")
     rgb_g, a_g, _ = rasterization(**gpu, render_mode="RGB+ED", backend="torch")
     print(f"torch backend CUDA vs CPU: max |rgb| {(rgb_g.cpu() - rgb_c).abs().max():.2e}")
@@ -490,12 +495,7 @@ def test_torch_backend_on_cuda_matches_cpu():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="gsplat parity needs CUDA")
 def test_parity_with_gsplat_on_cuda():
-    s = make_scene(14, n=200, n_cams=2, width=64, height=48, dtype=torch.float32)
-    cpu = _leaves(s, PARAMS)
-    gpu = {
-        k: (v.detach().cuda().requires_grad_(True) if k in PARAMS else (v.cuda() if torch.is_tensor(v) else v))
-        for k, v in cpu.items()
-    }
+    cpu, gpu = _cpu_and_cuda(14)
     rgb_c, a_c, m_c = rasterization(**cpu, tile_size=16, render_mode="RGB+ED", backend="torch")
     rgb_g, a_g, m_g = rasterization(**gpu, tile_size=16, render_mode="RGB+ED", backend="gsplat", packed=False)
     torch.testing.assert_close(rgb_g.cpu(), rgb_c, atol=2e-4, rtol=1e-3)
