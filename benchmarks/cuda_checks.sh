@@ -10,6 +10,8 @@
 #                   --prior-frames non-test --inits depth --no-oracle --iterations 1 --out DIR
 #             (the training rows run with --reuse-prepared: pycolmap, which the SfM init and the pose stage need, is
 #             a 38 MB wheel, beyond what one call carries beside the rest, so the SfM-init rows are not run there)
+#   (both defaults live in .devrun/, which the device tool's `carry` names; keep it out of git with
+#   `echo /.devrun/ >> .git/info/exclude`)
 #   BUDGET_S  seconds for the whole script (default 530); every step gets what is left, minus the steps after it
 #   CHECKS    which checks beside the build (default "dvd fallback parity train"; also "mcmc")
 #   OUT       what comes back (the device tool's $OUT, at most 8 files): checks.log (each step's command, exit
