@@ -524,10 +524,10 @@ def _bench_views(args: argparse.Namespace, dataset: str, n: int) -> list[dict]:
             paths = copy_run(oracle, dst)
         else:
             paths = copy_run(base, dst)
-        cfg = _train_config(args, init, dl, n, gt_npz)
         _reset_peak(args.device)
         t0 = time.perf_counter()
         try:
+            cfg = _train_config(args, init, dl, n, gt_npz)
             s = run_train(StageContext(paths), cfg)
         except ReconError as e:
             print(f"[{dataset} N={n}] {init}/{dl}/{prior}: {e}", flush=True)
