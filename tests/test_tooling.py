@@ -37,7 +37,9 @@ def test_shell_scripts_parse(script):
 def test_cuda_checks_script_runs_its_steps_in_budget_without_a_gpu(tmp_path):
     """benchmarks/cuda_checks.sh runs only on a lent GPU machine, one call at a time: here it must still get from
     its first line to its last (no unset variable, every step skipped or run, the log and the archive written), so
-    an edit cannot spend a GPU call on a shell error. The gsplat build it starts is cut after 1 s, in tmp_path."""
+    an edit cannot spend a GPU call on a shell error. One step runs through its `run` helper: the parity tests, which
+    skip their CUDA cases here (a training step would prepare a run first). The gsplat build it starts is cut after
+    1 s, in tmp_path."""
     import os
     import tarfile
 
@@ -47,8 +49,8 @@ def test_cuda_checks_script_runs_its_steps_in_budget_without_a_gpu(tmp_path):
         PY=sys.executable,
         WHEELS=str(tmp_path / "no-wheels"),
         PREPARED=str(tmp_path / "no-runs"),
-        BUDGET_S="60",
-        CHECKS="mcmc",
+        BUDGET_S="150",
+        CHECKS="parity",
         GSPLAT_BUILD_S="1",
         TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"),
     )
@@ -59,6 +61,7 @@ def test_cuda_checks_script_runs_its_steps_in_budget_without_a_gpu(tmp_path):
     log = (tmp_path / "out" / "checks.log").read_text()
     # rc 124 where nvcc is there (the build cut), 0 where gsplat finds no toolkit and builds nothing
     assert re.search(r"gsplat build: .*rc=\d+ seconds=\d+", log) and log.rstrip().endswith("done"), log[-3000:]
-    assert "SKIP train_lego_mcmc: out of time" in log or "START train_lego_mcmc " in log
+    assert "START parity (limit " in log and re.search(r"END parity rc=0 in \d+s", log), log[-3000:]
+    assert "s] SKIP " not in log and "START dvd" not in log and "START train" not in log  # only what CHECKS names
     with tarfile.open(tmp_path / "out" / "logs.tgz") as tar:
         assert tar.getnames()
