@@ -31,8 +31,16 @@ from splat.camera_path import render_path
 from splat.errors import SplatError
 from splat.exposure import apply_affine, identity
 from splat.gaussians import gaussians_from_points, to_numpy, to_parameters
-from splat.losses import DEPTH_LOSSES, binocular_loss, depth_weight_at, exp_decay, photometric_loss
+from splat.losses import (
+    DEPTH_LOSSES,
+    binocular_loss,
+    depth_pearson,
+    depth_weight_at,
+    exp_decay,
+    photometric_loss,
+)
 from splat.ply import sh_degree_from_bases
+from splat.pseudo import PseudoTargets
 from splat.render import gsplat_unavailable
 from splat.views import TrainViews
 
@@ -185,6 +193,25 @@ class TrainConfig:
     """Unpooling's K: the neighbours a Gaussian's proximity is averaged over and the edges it grows on (FSGS: 3)."""
     unpool_until: float = 0.5
     """Unpooling runs before this fraction of the iterations (FSGS: 2k of 10k, with densification from 0.5k)."""
+    pseudo_depth_weight: float = 0.0
+    """Pseudo-view depth (as FSGS, Zhu et al., ECCV 2024, with the depth prior in place of its monocular model;
+    splat.pseudo): every pseudo_depth_every steps from pseudo_depth_start to pseudo_depth_end, the Gaussians are
+    also rendered at one of pseudo_depth_views cameras near the training ones (splat.cotrain.pseudo_pose) and
+    this weight x (1 - Pearson correlation) of the rendered and the target inverse depth joins the loss, ramped in
+    over 5 % of the iterations (FSGS: 0.5, 500 of 10k steps). The target is the training views' prior surface
+    seen from that camera, each pixel weighted by the prior's confidence there; pixels it does not reach stay out.
+    Needs the prior of the training views; 0 = off."""
+    pseudo_depth_every: int = 10
+    """Steps between pseudo-view depth terms (FSGS: 10)."""
+    pseudo_depth_start: float = 0.2
+    """pseudo_depth_weight acts from this fraction of the iterations (FSGS: 2k of 10k) ..."""
+    pseudo_depth_end: float = 0.95
+    """... until this one (FSGS: 9.5k of 10k)."""
+    pseudo_depth_views: int = 32
+    """Pseudo cameras drawn once (from cfg.seed, so a resumed training draws the same) and cycled through."""
+    pseudo_depth_noise: float = 0.25
+    """Std of a pseudo camera's move from a training camera, as a fraction of the distance to its nearest other
+    training camera (as co_reg_noise)."""
     checkpoint_every: int = 1000
     """Hand a checkpoint (`Trainer.state_dict`) to `fit`'s on_checkpoint every this many steps (0 = only at
     the end)."""
@@ -270,6 +297,12 @@ class TrainConfig:
         number(self.unpool_distance, n + "unpool_distance", SplatError, lo=0, hi=10, lo_open=True)
         count("unpool_neighbours", 1, 64)
         number(self.unpool_until, n + "unpool_until", SplatError, lo=0, hi=1)
+        number(self.pseudo_depth_weight, n + "pseudo_depth_weight", SplatError, lo=0, hi=100, note="0 = off")
+        count("pseudo_depth_every", 1)
+        number(self.pseudo_depth_start, n + "pseudo_depth_start", SplatError, lo=0, hi=1)
+        number(self.pseudo_depth_end, n + "pseudo_depth_end", SplatError, lo=0, hi=1)
+        count("pseudo_depth_views", 1, 4096)
+        number(self.pseudo_depth_noise, n + "pseudo_depth_noise", SplatError, lo=0, hi=10)
         for name in ("co_prune_every", "unpool_every"):
             if getattr(self, name) > 0 and self.strategy != "default":
                 raise SplatError(f"{n}{name} needs strategy default (MCMC keeps its own count of Gaussians)")
@@ -537,6 +570,11 @@ def uses_depth(cfg: TrainConfig) -> bool:
     return cfg.depth_loss != "none" and cfg.depth_weight > 0
 
 
+def needs_prior(cfg: TrainConfig) -> bool:
+    """Whether training reads the depth prior of the training views (a depth loss or pseudo-view depth)."""
+    return uses_depth(cfg) or cfg.pseudo_depth_weight > 0
+
+
 def _to_cpu(obj: Any) -> Any:
     """A copy of nested dicts / lists / tuples with every tensor detached and cloned onto the CPU."""
     if isinstance(obj, torch.Tensor):
@@ -743,6 +781,7 @@ class Trainer:
         correction is the identity, so the Gaussians hold the training views' average exposure (the colour a
         held-out view is rendered in) instead of drifting to an arbitrary one."""
         self.exposure_optimizer: torch.optim.Optimizer | None = None
+        self._pseudo: PseudoTargets | None = None
         self.twin: Trainer | None = None
         """The second field of co-regularisation (`co_training`), trained in the same steps; None when off."""
         if trainable:
@@ -768,10 +807,11 @@ class Trainer:
         missing = [i for i in self.train if i not in self.views.images]
         if missing:
             raise SplatError(f"training views {missing} have no image")
-        if self.use_depth:
+        if needs_prior(self.cfg):
             missing = [i for i in self.train if i not in self.views.prior_depth]
             if missing:
-                raise SplatError(f"depth loss {self.cfg.depth_loss}: training views {missing} have no prior depth")
+                what = f"depth loss {self.cfg.depth_loss}" if self.use_depth else "pseudo_depth_weight"
+                raise SplatError(f"{what}: training views {missing} have no prior depth")
 
     # ------------------------------------------------------------------------------ constructors
 
@@ -929,6 +969,8 @@ class Trainer:
         row: dict[str, Any] = {"step": step + 1, **terms, "psnr": ev.psnr(rgb.detach(), gt)}
         if self.use_depth:
             loss = loss + self._depth_term(i, depth, alpha, row)
+        if self._pseudo_due(step):
+            loss = loss + self._pseudo_depth_term((sh_degree, bg, drop), row)
         if cfg.binocular_weight > 0 and step >= cfg.binocular_start * cfg.iterations:
             loss = loss + self._binocular_term(i, depth, alpha, (sh_degree, bg, drop), row)
         if cfg.strategy == "mcmc":
@@ -1042,6 +1084,60 @@ class Trainer:
         bl = binocular_loss(shifted, depth, alpha, v.images[i], fx * t)
         row["binocular"] = float(bl.detach())
         return cfg.binocular_weight * bl
+
+    def _pseudo_due(self, step: int) -> bool:
+        cfg = self.cfg
+        it = cfg.iterations
+        return (
+            cfg.pseudo_depth_weight > 0
+            and step % cfg.pseudo_depth_every == 0
+            and cfg.pseudo_depth_start * it <= step < cfg.pseudo_depth_end * it
+        )
+
+    def pseudo_targets(self) -> PseudoTargets:
+        """The pseudo cameras and their depth targets (splat.pseudo), made on first use: pseudo_depth_views
+        cameras drawn by splat.cotrain.pseudo_pose from a generator seeded with cfg.seed, K of the first
+        training view, the targets ray-cast from the training views' prior."""
+        from splat.cotrain import pseudo_pose
+        from splat.pseudo import prior_depth_targets
+
+        if self._pseudo is None:
+            cfg, v, train = self.cfg, self.views, self.train
+            rng = np.random.default_rng([cfg.seed, 2])
+            c2w = np.stack(
+                [pseudo_pose(v.c2w[train], rng, cfg.pseudo_depth_noise) for _ in range(cfg.pseudo_depth_views)]
+            )
+            prior = [v.prior_depth[i].cpu().numpy() for i in train]
+            K = v.K[train].cpu().numpy().astype(np.float64)
+            conf = None
+            if any(i in v.prior_confidence for i in train):
+                ones = np.ones((v.height, v.width), np.float32)
+                conf = [v.prior_confidence[i].cpu().numpy() if i in v.prior_confidence else ones for i in train]
+            self._pseudo = prior_depth_targets(prior, K, v.c2w[train], c2w, K[0], conf)
+            log.info(
+                "pseudo-view depth: %d cameras, %.0f %% of their pixels have a target",
+                len(c2w),
+                100 * self._pseudo.coverage,
+            )
+        return self._pseudo
+
+    def _pseudo_depth_term(self, how: tuple, row: dict[str, Any]) -> torch.Tensor:
+        """pseudo_depth_weight (ramped) x splat.losses.depth_pearson of the render at this step's pseudo camera
+        against its target (TrainConfig.pseudo_depth_weight)."""
+        from depth.geometry import invert_pose
+
+        cfg, v, step = self.cfg, self.views, self.global_step
+        targets = self.pseudo_targets()
+        k = (step // cfg.pseudo_depth_every) % len(targets.c2w)
+        w2c = torch.as_tensor(invert_pose(targets.c2w[k]), dtype=torch.float32, device=self.device)
+        K = torch.as_tensor(targets.K, dtype=torch.float32, device=self.device)
+        _, depth, alpha, _ = render(self.params, w2c, K, v.width, v.height, *how)
+        target = torch.as_tensor(targets.depth[k], device=self.device)
+        weight = torch.as_tensor(targets.confidence[k], device=self.device)
+        pl = depth_pearson(depth, target, alpha.detach() > 0.01, weight)
+        ramp = min(1.0, (step - cfg.pseudo_depth_start * cfg.iterations + 1) / max(0.05 * cfg.iterations, 1.0))
+        row["pseudo_depth"] = float(pl.detach())
+        return cfg.pseudo_depth_weight * ramp * pl
 
     def _depth_term(self, i: int, depth: torch.Tensor, alpha: torch.Tensor, row: dict[str, Any]) -> torch.Tensor:
         cfg = self.cfg

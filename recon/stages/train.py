@@ -46,7 +46,7 @@ from splat.gaussians import (
     initial_points,
     visible_depths,
 )
-from splat.trainer import Background, TrainConfig, Trainer, config_json, uses_depth
+from splat.trainer import Background, TrainConfig, Trainer, config_json, needs_prior
 from splat.views import TrainViews, resize_nearest, target_size
 
 
@@ -146,7 +146,8 @@ def load_prior(paths: RunPaths, cams: CameraSet, train: list[int]) -> AlignedDep
     """depth/aligned.npz, checked to hold valid depth on the training views."""
     if not paths.aligned_npz.exists():
         raise ReconError(
-            f"{paths.aligned_npz} not found: run the depth and align stages first, or train with --depth-loss none"
+            f"{paths.aligned_npz} not found: run the depth and align stages first, or train without the prior "
+            "(--depth-loss none and train.pseudo_depth_weight=0)"
         )
     prior = AlignedDepth.load(paths.aligned_npz, (len(cams), cams.height, cams.width))
     prior.require_valid(train, paths.aligned_npz)
@@ -326,7 +327,7 @@ def _check_llff_size(cams: CameraSet, cfg: Config) -> None:
 
 def _setup(paths: RunPaths, cfg: Config, device: Any) -> _Setup:
     with _library_errors():
-        use_depth = uses_depth(cfg) and not cfg.eval_only
+        use_depth = needs_prior(cfg) and not cfg.eval_only
     cams = CameraSet.load(paths.cameras_json)
     split = Split.load(paths.split_json)
     if split.protocol.startswith("llff"):
