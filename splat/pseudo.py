@@ -33,16 +33,16 @@ def depth_grid_mesh(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, edge_rati
         depth: [H, W] z-depth in scene units, 0 = invalid.
         K: [3, 3] intrinsics in pixels at (W, H). c2w: [4, 4] camera-to-world.
     Returns:
-        (vertices [H * W, 3] float32 world points, one per pixel (invalid pixels at the camera centre, used by
-        no triangle), triangles [F, 3] uint32 vertex indices).
+        (vertices [H * W, 3] float32 world points, one per pixel in row-major order (an invalid pixel at depth 1,
+        used by no triangle), triangles [F, 3] uint32 vertex indices).
     """
+    from depth.geometry import backproject
+
     depth = np.asarray(depth, np.float64)
     H, W = depth.shape
     valid = np.isfinite(depth) & (depth > 0)
     z = np.where(valid, depth, 0.0)
-    cols, rows = np.meshgrid(np.arange(W), np.arange(H))
-    cam = np.stack([(cols + 0.5 - K[0, 2]) / K[0, 0] * z, (rows + 0.5 - K[1, 2]) / K[1, 1] * z, z], -1)
-    vertices = cam.reshape(-1, 3) @ np.asarray(c2w)[:3, :3].T + np.asarray(c2w)[:3, 3]
+    vertices = backproject(np.where(valid, depth, 1.0), K, c2w)  # every pixel, row-major; invalid ones at depth 1
     idx = np.arange(H * W).reshape(H, W)
     a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]  # a b / c d
     tris = np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)])

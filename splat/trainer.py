@@ -40,7 +40,7 @@ from splat.losses import (
     photometric_loss,
 )
 from splat.ply import sh_degree_from_bases
-from splat.pseudo import PseudoTargets
+from splat.pseudo import PseudoTargets, prior_depth_targets
 from splat.render import gsplat_unavailable
 from splat.views import TrainViews
 
@@ -1099,7 +1099,6 @@ class Trainer:
         cameras drawn by splat.cotrain.pseudo_pose from a generator seeded with cfg.seed, K of the first
         training view, the targets ray-cast from the training views' prior."""
         from splat.cotrain import pseudo_pose
-        from splat.pseudo import prior_depth_targets
 
         if self._pseudo is None:
             cfg, v, train = self.cfg, self.views, self.train
