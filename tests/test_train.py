@@ -829,9 +829,10 @@ ICL = Path(__file__).resolve().parents[2] / "shared" / "data" / "icl_nuim_living
 
 
 @pytest.fixture(scope="module")
-def icl_prior_run(tmp_path_factory) -> tuple[RunPaths, dict]:
+def icl_prior_run(tmp_path_factory) -> tuple[RunPaths, dict, dict]:
     """ICL-NUIM, 4 training views (0, 1, 3, 4) at 80x60 with their GT depth as the aligned prior, view 2 held out
-    (no prior), fused points for the random init's box; and the train settings of the tests on it."""
+    (no prior), fused points for the random init's box; the train settings of the tests on it, and the summary
+    of a training with photometric loss alone."""
     from support.posed_run import build_rgbd_run
 
     from recon.artifacts import AlignedDepth
@@ -864,14 +865,14 @@ def icl_prior_run(tmp_path_factory) -> tuple[RunPaths, dict]:
         gt_depth=gt,
         gt_depth_align="none",
     )
-    return paths, common
+    without = run_train(paths, _cfg(depth_loss="none", **common))  # photometric loss alone: the tests' baseline
+    return paths, common, without
 
 
 def test_depth_loss_fixes_geometry_on_icl_nuim(icl_prior_run):
     """Random init, 4 training views: the l1-inverse depth loss against GT depth (as the aligned
     prior) makes the held-out view's rendered depth far closer to GT than photometric loss alone."""
-    paths, common = icl_prior_run
-    without = run_train(paths, _cfg(depth_loss="none", **common))
+    paths, common, without = icl_prior_run
     with_depth = run_train(paths, _cfg(depth_loss="l1-inverse", depth_weight=1.0, **common))
     # Measured here: AbsRel 0.247 without the prior, 0.132 with it (metric GT poses: no scale alignment; random
     # points in the frustums since 2026-12-02; in the fused points' box before: 0.210 / 0.127).
@@ -887,10 +888,9 @@ def test_pseudo_view_depth_improves_held_out_geometry(icl_prior_run):
     cameras against the prior's surface (splat.pseudo) brings the held-out view's rendered depth closer to GT
     (measured: AbsRel 0.247 -> 0.163; the l1-inverse loss on the training views gives 0.132), and runs at its
     steps only."""
-    paths, common = icl_prior_run
+    paths, common, without = icl_prior_run
     pseudo = dict(pseudo_depth_every=2, pseudo_depth_start=0.1, pseudo_depth_end=0.9)
     rows: dict[int, dict] = {}
-    without = run_train(paths, _cfg(depth_loss="none", **common))
     with_pseudo = run_train(
         paths,
         _cfg(depth_loss="none", pseudo_depth_weight=1.0, **pseudo, **common),

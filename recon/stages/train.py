@@ -46,7 +46,7 @@ from splat.gaussians import (
     initial_points,
     visible_depths,
 )
-from splat.trainer import Background, TrainConfig, Trainer, config_json, needs_prior
+from splat.trainer import Background, TrainConfig, Trainer, config_json, needs_prior, uses_depth
 from splat.views import TrainViews, resize_nearest, target_size
 
 
@@ -327,13 +327,14 @@ def _check_llff_size(cams: CameraSet, cfg: Config) -> None:
 
 def _setup(paths: RunPaths, cfg: Config, device: Any) -> _Setup:
     with _library_errors():
-        use_depth = needs_prior(cfg) and not cfg.eval_only
+        use_depth = uses_depth(cfg) and not cfg.eval_only  # the depth loss the summary reports
+        read_prior = needs_prior(cfg) and not cfg.eval_only  # the depth loss or pseudo-view depth
     cams = CameraSet.load(paths.cameras_json)
     split = Split.load(paths.split_json)
     if split.protocol.startswith("llff"):
         _check_llff_size(cams, cfg)
     train, test = training_views(paths, cams, split)
-    prior = load_prior(paths, cams, train) if use_depth else None
+    prior = load_prior(paths, cams, train) if read_prior else None
     views = load_views(paths, cams, sorted(set(train) | set(test)), cfg, device, prior)
     size = (views.width, views.height)
     gt_depth = load_gt_depth(cfg, cams, test, size)
